@@ -1,0 +1,324 @@
+// Command haproxy-config manages a multi-tenant HAProxy from fragments.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"haproxy-config/assemble"
+	"haproxy-config/fragments"
+	"haproxy-config/reconcile"
+	"haproxy-config/reload"
+	"haproxy-config/settings"
+)
+
+// Exit codes. 3 is left out: urfave/cli uses it for "no help topic".
+const (
+	exitOK       = 0
+	exitInternal = 1
+	exitUsage    = 2
+	exitRejected = 4
+	exitEnv      = 5
+	exitNotFound = 6
+)
+
+const exitCodesHelp = `EXIT CODES:
+   0  success
+   1  unexpected internal error
+   2  usage error (unknown flag or command, wrong arguments, bad setting)
+   4  rejected by validation: the input (or a stored fragment) is invalid; nothing changed
+      (for "assemble": the rejected fragments stay out, the valid ones were written)
+   5  environment problem: haproxy missing, no permission, lock not obtained in time
+   6  no such fragment`
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := newApp(stdin, stdout, stderr)
+	var unknown string
+	app.CommandNotFound = func(_ *cli.Context, name string) { unknown = name }
+	err := app.RunContext(ctx, args)
+	if err == nil && unknown != "" {
+		err = usageErr("unknown command %q; see --help", unknown)
+	}
+	if err == nil {
+		return exitOK
+	}
+	code := exitCode(err)
+	var ps assemble.Problems
+	if errors.As(err, &ps) {
+		fmt.Fprintln(stderr, "haproxy-config: rejected:")
+		for _, p := range ps {
+			fmt.Fprintln(stderr, "  "+p.Error())
+		}
+	} else {
+		fmt.Fprintln(stderr, "haproxy-config:", err)
+	}
+	return code
+}
+
+func exitCode(err error) int {
+	var ps assemble.Problems
+	var usage *reconcile.UsageError
+	var env *reload.EnvError
+	var code cli.ExitCoder
+	switch {
+	case errors.As(err, &usage):
+		return exitUsage
+	case errors.Is(err, fragments.ErrNotFound):
+		return exitNotFound
+	case errors.As(err, &ps):
+		return exitRejected
+	case errors.As(err, &env), errors.Is(err, fs.ErrPermission):
+		return exitEnv
+	case errors.As(err, &code):
+		return code.ExitCode()
+	}
+	return exitInternal
+}
+
+func usageErr(format string, args ...any) error {
+	return &reconcile.UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "root", Usage: "move the whole default layout under `DIR` [$HAPROXY_CONFIG_ROOT]"},
+		&cli.StringFlag{Name: "defaults-file", Usage: "KEY=VALUE settings `FILE` (default ROOT/etc/default/haproxy-config) [$HAPROXY_CONFIG_DEFAULTS]"},
+	}
+	for _, k := range settings.Keys {
+		flags = append(flags, &cli.StringFlag{Name: k.Flag, Usage: fmt.Sprintf("%s (default %q) [$%s]", k.Usage, k.Default("/"), k.Env())})
+	}
+	app := &cli.App{
+		Name:      "haproxy-config",
+		Usage:     "validated HAProxy configuration from tenant fragments",
+		Version:   version,
+		Reader:    stdin,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Flags:     flags,
+		Description: "Tenants hand in fragments: HAProxy sections (CONF) and \"domain backend\" lines (MAP).\n" +
+			"Every change is validated with haproxy -c on the exact configuration that would go live.\n\n" + exitCodesHelp,
+		CustomAppHelpTemplate: cli.AppHelpTemplate,
+		ExitErrHandler:        func(*cli.Context, error) {},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return &reconcile.UsageError{Err: err}
+		},
+		Commands: []*cli.Command{
+			{
+				Name:      "apply",
+				Usage:     "add or replace fragment NAME after validating it with everything else",
+				ArgsUsage: "NAME CONF MAP   (CONF or MAP may be - for standard input; either may be an empty file)",
+				Action:    withEngine(apply),
+			},
+			{
+				Name:      "remove",
+				Usage:     "remove fragment NAME after validating what remains",
+				ArgsUsage: "NAME",
+				Action:    withEngine(remove),
+			},
+			{
+				Name:   "list",
+				Usage:  "list stored fragments: name, domains, backends, size, when applied",
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: withEngine(list),
+			},
+			{
+				Name:      "show",
+				Usage:     "print a stored fragment, config part and map part",
+				ArgsUsage: "NAME",
+				Action:    withEngine(show),
+			},
+			{
+				Name:   "check",
+				Usage:  "assemble and validate everything stored now; change nothing",
+				Action: withEngine(check),
+			},
+			{
+				Name:   "assemble",
+				Usage:  "write haproxy.cfg and the host map from the valid stored fragments, as a new generation",
+				Action: withEngine(assembleCmd),
+			},
+		},
+	}
+	for _, c := range app.Commands {
+		c.OnUsageError = app.OnUsageError
+	}
+	return app
+}
+
+func withEngine(action func(*cli.Context, *reconcile.Engine) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		given := map[string]string{}
+		for _, name := range c.FlagNames() {
+			if c.IsSet(name) {
+				given[name] = c.String(name)
+			}
+		}
+		s, err := settings.Load(settings.Source{Flags: given})
+		if err != nil {
+			return &reconcile.UsageError{Err: err}
+		}
+		return action(c, reconcile.New(s))
+	}
+}
+
+func readPart(c *cli.Context, arg string, stdinUsed *bool) ([]byte, string, error) {
+	if arg == "-" {
+		if *stdinUsed {
+			return nil, "", usageErr("only one of CONF and MAP can be - (standard input)")
+		}
+		*stdinUsed = true
+		data, err := io.ReadAll(c.App.Reader)
+		return data, "<stdin>", err
+	}
+	data, err := os.ReadFile(arg)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", usageErr("%s: no such file", arg)
+	}
+	return data, arg, err
+}
+
+func apply(c *cli.Context, e *reconcile.Engine) error {
+	if c.NArg() != 3 {
+		return usageErr("apply takes NAME CONF MAP, got %d arguments", c.NArg())
+	}
+	ch := reconcile.Change{Name: c.Args().Get(0)}
+	var stdinUsed bool
+	var err error
+	if ch.Conf, ch.ConfFile, err = readPart(c, c.Args().Get(1), &stdinUsed); err != nil {
+		return err
+	}
+	if ch.Map, ch.MapFile, err = readPart(c, c.Args().Get(2), &stdinUsed); err != nil {
+		return err
+	}
+	res, err := e.Apply(c.Context, ch)
+	if err != nil {
+		return err
+	}
+	printWarnings(c, res.Warnings)
+	verb := "added"
+	if res.Replaced {
+		verb = "replaced"
+	}
+	f := res.Fragment
+	fmt.Fprintf(c.App.Writer, "%s fragment %q: %d domains, backends %s (%s)\n", verb, f.Name, len(f.Map), strings.Join(f.Backends(), ", "), f.Checksum)
+	return nil
+}
+
+func printWarnings(c *cli.Context, ws assemble.Problems) {
+	for _, w := range ws {
+		fmt.Fprintln(c.App.ErrWriter, "warning:", w.Error())
+	}
+}
+
+func remove(c *cli.Context, e *reconcile.Engine) error {
+	if c.NArg() != 1 {
+		return usageErr("remove takes NAME, got %d arguments", c.NArg())
+	}
+	name := c.Args().First()
+	if err := e.Remove(c.Context, name); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "removed fragment %q\n", name)
+	return nil
+}
+
+func list(c *cli.Context, e *reconcile.Engine) error {
+	infos, err := e.List()
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(infos)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tDOMAINS\tBACKENDS\tSIZE\tAPPLIED\tSTATUS")
+	for _, in := range infos {
+		status := "ok"
+		if !in.Valid {
+			status = "invalid: " + in.Problems[0]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", in.Name, dash(in.Domains), dash(in.Backends), in.Size, in.Applied.Format(time.RFC3339), status)
+	}
+	return tw.Flush()
+}
+
+func dash(items []string) string {
+	if len(items) == 0 {
+		return "-"
+	}
+	return strings.Join(items, ",")
+}
+
+func show(c *cli.Context, e *reconcile.Engine) error {
+	if c.NArg() != 1 {
+		return usageErr("show takes NAME, got %d arguments", c.NArg())
+	}
+	st, err := e.Store.Read(c.Args().First())
+	if err != nil {
+		if !errors.Is(err, fragments.ErrNotFound) && !errors.Is(err, fs.ErrPermission) {
+			return &reconcile.UsageError{Err: err}
+		}
+		return err
+	}
+	confPath, mapPath := e.Store.Paths(st.Name)
+	fmt.Fprintf(c.App.Writer, "# config part: %s\n%s", confPath, st.Conf)
+	fmt.Fprintf(c.App.Writer, "# map part: %s\n%s", mapPath, st.Map)
+	return nil
+}
+
+func check(c *cli.Context, e *reconcile.Engine) error {
+	sel, err := e.Check(c.Context)
+	if err != nil {
+		return err
+	}
+	printWarnings(c, sel.Verdict.Warnings)
+	fmt.Fprintf(c.App.Writer, "%d fragments valid, %d rejected\n", len(sel.Live), len(sel.Rejected))
+	return rejection(sel)
+}
+
+// rejection returns the problems of rejected fragments and stray files.
+func rejection(sel *reconcile.Selection) error {
+	ps := sel.Strays
+	for _, name := range sel.RejectedNames() {
+		ps = append(ps, sel.Rejected[name]...)
+	}
+	return ps.Err()
+}
+
+func assembleCmd(c *cli.Context, e *reconcile.Engine) error {
+	pub, err := e.Publish(c.Context)
+	if err != nil {
+		return err
+	}
+	printWarnings(c, pub.Selection.Verdict.Warnings)
+	g := pub.Generation
+	state := "written"
+	if !pub.Changed {
+		state = "unchanged"
+	}
+	fmt.Fprintf(c.App.Writer, "generation %d %s: %s and %s (%d fragments live, %d rejected)\n",
+		g.Number, state, e.S.OutputConfig, e.S.OutputMap, len(pub.Selection.Live), len(pub.Selection.Rejected))
+	return rejection(pub.Selection)
+}

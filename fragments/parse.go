@@ -1,0 +1,287 @@
+// Package fragments owns tenant input: fragment names, the checks every
+// fragment passes before HAProxy sees it (encoding, size, map syntax,
+// policy), and the on-disk store the CLI and the daemon share.
+package fragments
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
+
+	"haproxy-config/assemble"
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// backupSuffixes mark names editors and package managers leave behind. A
+// fragment may not be called that, and the store ignores such files.
+var backupSuffixes = []string{
+	"~", ".bak", ".old", ".orig", ".rej", ".swp", ".swo", ".tmp", ".save",
+	".dpkg-old", ".dpkg-new", ".dpkg-dist", ".dpkg-tmp", ".ucf-old", ".ucf-new", ".ucf-dist",
+}
+
+// ValidName checks a fragment name: [a-z0-9][a-z0-9._-]{0,63}, no "..", not
+// a backup or temp-file name, not ending in a part's own suffix.
+func ValidName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("fragment name is empty")
+	case !nameRE.MatchString(name):
+		return fmt.Errorf("fragment name %q is invalid: use 1 to 64 of a-z 0-9 . _ - starting with a letter or digit", name)
+	case strings.Contains(name, ".."):
+		return fmt.Errorf("fragment name %q is invalid: it contains \"..\"", name)
+	case isBackupName(name):
+		return fmt.Errorf("fragment name %q is invalid: it looks like a backup or temporary file", name)
+	case strings.HasSuffix(name, ".cfg") || strings.HasSuffix(name, ".map"):
+		return fmt.Errorf("fragment name %q is invalid: leave out the .cfg/.map suffix", name)
+	}
+	return nil
+}
+
+func isBackupName(name string) bool {
+	return slices.ContainsFunc(backupSuffixes, func(s string) bool { return strings.HasSuffix(name, s) })
+}
+
+// Normalize checks one uploaded part and returns it with LF line endings,
+// no UTF-8 byte-order mark, and a final newline. loc names the part.
+func Normalize(loc assemble.Location, data []byte, maxBytes int64) ([]byte, *assemble.Problem) {
+	if maxBytes > 0 && int64(len(data)) > maxBytes {
+		return nil, assemble.Problemf(loc, "file is %d bytes, over the limit of %d", len(data), maxBytes)
+	}
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		return nil, problemAt(loc, data, i, "NUL byte at column %d: fragments are text", column(data, i))
+	}
+	if !utf8.Valid(data) {
+		i := firstInvalidUTF8(data)
+		return nil, problemAt(loc, data, i, "invalid UTF-8 at column %d", column(data, i))
+	}
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	data = bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n"))
+	if i := bytes.IndexByte(data, '\r'); i >= 0 {
+		return nil, problemAt(loc, data, i, "carriage return without a line feed at column %d", column(data, i))
+	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		data = append(data, '\n')
+	}
+	return data, nil
+}
+
+func problemAt(loc assemble.Location, data []byte, offset int, format string, args ...any) *assemble.Problem {
+	loc.Line = bytes.Count(data[:offset], []byte{'\n'}) + 1
+	return assemble.Problemf(loc, format, args...)
+}
+
+func column(data []byte, offset int) int {
+	return offset - bytes.LastIndexByte(data[:offset], '\n')
+}
+
+func firstInvalidUTF8(data []byte) int {
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		if r == utf8.RuneError && size <= 1 {
+			return i
+		}
+		i += size
+	}
+	return len(data)
+}
+
+// domainProfile is the IDNA profile for map domains: lookup mapping
+// (lowercase, width folding), STD3 letters-digits-hyphen rules, bidi rule,
+// and DNS length limits. Names come out as lowercase punycode.
+var domainProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.VerifyDNSLength(true), idna.Transitional(false))
+
+var backendRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]+$`)
+
+// NormalizeDomain returns the stored form of a map domain: IDNs as
+// lowercase punycode, no trailing dot; "*." allowed as the whole first label.
+func NormalizeDomain(d string) (string, error) {
+	wildcard := strings.HasPrefix(d, "*.")
+	name := strings.TrimSuffix(strings.TrimPrefix(d, "*."), ".")
+	if strings.Contains(name, "*") {
+		return "", fmt.Errorf("%q: a wildcard is only allowed as the whole first label, as in *.example.com", d)
+	}
+	ascii, err := domainProfile.ToASCII(name)
+	if err != nil {
+		return "", fmt.Errorf("%q is not a valid host name: %v", d, err)
+	}
+	labels := strings.Split(ascii, ".")
+	if len(labels) < 2 {
+		return "", fmt.Errorf("%q is not a valid host name: it needs at least two labels, as in example.com", d)
+	}
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return "", fmt.Errorf("%q is not a host name: the last label is numeric (IP addresses are not routed by name)", d)
+	}
+	if wildcard {
+		return "*." + ascii, nil
+	}
+	return ascii, nil
+}
+
+// ParseMap checks a fragment's map part. It returns the entries and the
+// normalised text to store, which keeps every line (comments too) in place
+// so that line numbers stay valid, with each entry rewritten as
+// "domain backend".
+func ParseMap(loc assemble.Location, data []byte) ([]assemble.MapEntry, []byte, assemble.Problems) {
+	var entries []assemble.MapEntry
+	var ps assemble.Problems
+	var out bytes.Buffer
+	seen := map[string]int{}
+	num := 0
+	for rest := data; len(rest) > 0; {
+		var raw []byte
+		raw, rest, _ = bytes.Cut(rest, []byte{'\n'})
+		num++
+		at := loc
+		at.Line = num
+		text := string(raw)
+		content := text
+		if i := strings.IndexByte(content, '#'); i >= 0 {
+			content = content[:i]
+		}
+		fields := strings.Fields(content)
+		if len(fields) == 0 {
+			out.WriteString(text + "\n")
+			continue
+		}
+		if len(fields) != 2 {
+			ps = append(ps, assemble.Problemf(at, "expected two fields \"domain backend\", found %d", len(fields)))
+			out.WriteString(text + "\n")
+			continue
+		}
+		domain, err := NormalizeDomain(fields[0])
+		if err != nil {
+			ps = append(ps, assemble.Problemf(at, "%v", err))
+			out.WriteString(text + "\n")
+			continue
+		}
+		backend := fields[1]
+		if !backendRE.MatchString(backend) {
+			ps = append(ps, assemble.Problemf(at, "backend name %q is invalid: use letters, digits and _ . : -", backend))
+		}
+		if prev, ok := seen[domain]; ok {
+			ps = append(ps, assemble.Problemf(at, "domain %q is already mapped on line %d", domain, prev))
+		} else {
+			seen[domain] = num
+		}
+		entries = append(entries, assemble.MapEntry{Domain: domain, Backend: backend, Line: num})
+		out.WriteString(domain + " " + backend + "\n")
+	}
+	return entries, out.Bytes(), ps
+}
+
+// Policy is what the operator lets a fragment contain.
+type Policy struct {
+	// AllowSections are the section kinds a fragment may define besides
+	// "backend" (for example userlist, cache, resolvers).
+	AllowSections []string
+	// AllowDirectives lifts the ban on directives that run programs or load
+	// code, by name ("external-check", "lua", ...).
+	AllowDirectives []string
+	// MaxBytes caps each part's size; 0 means no limit.
+	MaxBytes int64
+}
+
+// neverSections change every tenant's settings, so no policy admits them.
+var neverSections = map[string]bool{"global": true, "defaults": true}
+
+// codeDirectives run programs or load code. The key is what an operator
+// names in AllowDirectives.
+var codeDirectives = map[string]bool{
+	"external-check": true, "lua-load": true, "lua-load-per-thread": true,
+	"lua-prepend-path": true, "command": true, "insecure-fork-wanted": true,
+	"insecure-setuid-wanted": true, "setenv": true, "presetenv": true,
+	"resetenv": true, "unsetenv": true,
+}
+
+// reservedPrefix names sections and backends the base config owns.
+const reservedPrefix = "haproxy_config"
+
+// CheckConf applies the policy to a fragment's scanned config part.
+func CheckConf(loc assemble.Location, lines []assemble.Line, sections []assemble.Section, pol Policy) assemble.Problems {
+	var ps assemble.Problems
+	at := func(n int) assemble.Location { l := loc; l.Line = n; return l }
+	allowed := func(kind string) bool { return kind == "backend" || slices.Contains(pol.AllowSections, kind) }
+	if len(lines) > 0 && lines[0].Section < 0 {
+		ps = append(ps, assemble.Problemf(at(lines[0].Num), "%q is outside any section: a fragment starts with a section header such as \"backend NAME\"", lines[0].Words[0]))
+	}
+	for _, s := range sections {
+		switch {
+		case neverSections[s.Kind]:
+			ps = append(ps, assemble.Problemf(at(s.Line), "%s sections change every tenant's settings and are never accepted from a fragment", s.Kind))
+		case !allowed(s.Kind):
+			ps = append(ps, assemble.Problemf(at(s.Line), "%s sections are not allowed in fragments (allowed: %s); the operator can allow more kinds with HAPROXY_CONFIG_ALLOW_SECTIONS", s.Kind, strings.Join(append([]string{"backend"}, pol.AllowSections...), ", ")))
+		case s.Name == "":
+			ps = append(ps, assemble.Problemf(at(s.Line), "%s section without a name", s.Kind))
+		case strings.HasPrefix(s.Name, reservedPrefix):
+			ps = append(ps, assemble.Problemf(at(s.Line), "%s name %q is reserved for the base config (prefix %q)", s.Kind, s.Name, reservedPrefix))
+		}
+	}
+	for _, l := range lines {
+		if key := codeDirective(l.Words); key != "" && !slices.Contains(pol.AllowDirectives, key) {
+			ps = append(ps, assemble.Problemf(at(l.Num), "directive %q runs programs or loads code and is not allowed in fragments; the operator can allow it with HAPROXY_CONFIG_ALLOW_DIRECTIVES=%s", strings.Join(l.Words[:min(len(l.Words), 2)], " "), key))
+		}
+	}
+	return ps
+}
+
+// codeDirective returns the allow-key of a directive that runs programs or
+// loads code, or "" for an ordinary line.
+func codeDirective(words []string) string {
+	if codeDirectives[words[0]] {
+		return words[0]
+	}
+	if words[0] == "option" && len(words) > 1 && words[1] == "external-check" {
+		return "external-check"
+	}
+	for _, w := range words[1:] {
+		if strings.HasPrefix(w, "lua.") || strings.Contains(w, "%[lua.") {
+			return "lua"
+		}
+	}
+	return ""
+}
+
+// Parse runs every check that needs only the fragment itself and returns
+// it ready for assembly. confFile and mapFile name the parts in messages.
+func Parse(name, confFile string, conf []byte, mapFile string, mapData []byte, pol Policy) (*assemble.Fragment, assemble.Problems) {
+	if err := ValidName(name); err != nil {
+		return nil, assemble.Problems{{Location: assemble.Location{Fragment: name, File: confFile}, Msg: err.Error()}}
+	}
+	confLoc := assemble.Location{Fragment: name, File: confFile}
+	mapLoc := assemble.Location{Fragment: name, File: mapFile}
+	var ps assemble.Problems
+	conf, p := Normalize(confLoc, conf, pol.MaxBytes)
+	if p != nil {
+		ps = append(ps, p)
+	}
+	mapData, p = Normalize(mapLoc, mapData, pol.MaxBytes)
+	if p != nil {
+		ps = append(ps, p)
+	}
+	if len(ps) > 0 {
+		return nil, ps
+	}
+	lines, sections := assemble.Scan(conf)
+	ps = append(ps, CheckConf(confLoc, lines, sections, pol)...)
+	entries, mapText, mps := ParseMap(mapLoc, mapData)
+	ps = append(ps, mps...)
+	if len(ps) > 0 {
+		return nil, ps
+	}
+	sum := sha256.New()
+	sum.Write(conf)
+	sum.Write([]byte{0})
+	sum.Write(mapText)
+	return &assemble.Fragment{
+		Name: name, ConfFile: confFile, MapFile: mapFile,
+		Conf: conf, MapText: mapText, Lines: lines, Sections: sections, Map: entries,
+		Checksum: fmt.Sprintf("sha256:%x", sum.Sum(nil)),
+	}, nil
+}

@@ -1,0 +1,339 @@
+package fragments
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/renameio/v2"
+
+	"haproxy-config/assemble"
+)
+
+// ErrNotFound is returned for a fragment that is not in the store.
+var ErrNotFound = errors.New("no such fragment")
+
+// Part suffixes of the two files a fragment is stored as.
+const (
+	ConfSuffix = ".cfg"
+	MapSuffix  = ".map"
+)
+
+// Store is the fragment directory (NAME.cfg + NAME.map per tenant, which
+// Ansible may also write directly) plus the state directory holding the
+// lock and the history. Writers hold the lock; every write is a temp file in
+// the same directory, fsync, rename, then an fsync of the directory.
+type Store struct {
+	Dir      string
+	StateDir string
+}
+
+// Lock takes the store's exclusive lock, waiting until ctx is done. The
+// returned function releases it.
+func (s *Store) Lock(ctx context.Context) (func(), error) {
+	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	path := filepath.Join(s.StateDir, "store.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("open store lock: %w", err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// Stored is one fragment as found on disk.
+type Stored struct {
+	Name     string
+	ConfPath string // "" when the fragment has no config part on disk
+	MapPath  string // "" when the fragment has no map part on disk
+	Conf     []byte
+	Map      []byte
+	ModTime  time.Time // newest of the two parts
+}
+
+// Parse checks a stored fragment; messages name the stored files.
+func (st *Stored) Parse(pol Policy) (*assemble.Fragment, assemble.Problems) {
+	return Parse(st.Name, st.ConfPath, st.Conf, st.MapPath, st.Map, pol)
+}
+
+// Ignored reports whether a file in the fragment directory is not a
+// fragment part: hidden files (our own temp files among them), editor
+// backups and swap files, package-manager leftovers, other suffixes.
+func Ignored(file string) bool {
+	if strings.HasPrefix(file, ".") || isBackupName(file) {
+		return true
+	}
+	return !strings.HasSuffix(file, ConfSuffix) && !strings.HasSuffix(file, MapSuffix)
+}
+
+// ReadAll loads every fragment in the store, sorted by name. Files with a
+// fragment suffix but an invalid name come back as problems, so a bad file
+// copied in by hand is reported rather than silently skipped.
+func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
+	entries, err := os.ReadDir(s.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read fragment directory: %w", err)
+	}
+	byName := map[string]*Stored{}
+	var ps assemble.Problems
+	for _, e := range entries {
+		file := e.Name()
+		if Ignored(file) || e.IsDir() {
+			continue
+		}
+		name := strings.TrimSuffix(strings.TrimSuffix(file, ConfSuffix), MapSuffix)
+		path := filepath.Join(s.Dir, file)
+		if err := ValidName(name); err != nil {
+			ps = append(ps, &assemble.Problem{Location: assemble.Location{Fragment: name, File: path}, Msg: err.Error()})
+			continue
+		}
+		st := byName[name]
+		if st == nil {
+			st = &Stored{Name: name}
+			byName[name] = st
+		}
+		if err := st.load(path, strings.HasSuffix(file, ConfSuffix)); err != nil {
+			return nil, nil, err
+		}
+	}
+	out := make([]*Stored, 0, len(byName))
+	for _, st := range byName {
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, ps, nil
+}
+
+func (st *Stored) load(path string, conf bool) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) { // removed between ReadDir and now
+			return nil
+		}
+		return fmt.Errorf("read fragment: %w", err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.ModTime().After(st.ModTime) {
+		st.ModTime = fi.ModTime()
+	}
+	if conf {
+		st.ConfPath, st.Conf = path, data
+	} else {
+		st.MapPath, st.Map = path, data
+	}
+	return nil
+}
+
+// Read loads one fragment.
+func (s *Store) Read(name string) (*Stored, error) {
+	if err := ValidName(name); err != nil {
+		return nil, err
+	}
+	st := &Stored{Name: name}
+	for _, conf := range []bool{true, false} {
+		if err := st.load(s.path(name, conf), conf); err != nil {
+			return nil, err
+		}
+	}
+	if st.ConfPath == "" && st.MapPath == "" {
+		return nil, fmt.Errorf("fragment %q: %w", name, ErrNotFound)
+	}
+	return st, nil
+}
+
+// Paths returns where fragment name's parts are stored.
+func (s *Store) Paths(name string) (conf, hostMap string) {
+	return s.path(name, true), s.path(name, false)
+}
+
+func (s *Store) path(name string, conf bool) string {
+	if conf {
+		return filepath.Join(s.Dir, name+ConfSuffix)
+	}
+	return filepath.Join(s.Dir, name+MapSuffix)
+}
+
+// Write stores a checked fragment. The caller holds the lock.
+func (s *Store) Write(f *assemble.Fragment) error {
+	if err := ValidName(f.Name); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return fmt.Errorf("create fragment directory: %w", err)
+	}
+	if err := WriteFile(s.path(f.Name, true), f.Conf, 0o644); err != nil {
+		return err
+	}
+	return WriteFile(s.path(f.Name, false), f.MapText, 0o644)
+}
+
+// Delete removes a fragment's files. The caller holds the lock.
+func (s *Store) Delete(name string) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	found := false
+	for _, conf := range []bool{true, false} {
+		err := os.Remove(s.path(name, conf))
+		switch {
+		case err == nil:
+			found = true
+		case !errors.Is(err, fs.ErrNotExist):
+			return fmt.Errorf("remove fragment: %w", err)
+		}
+	}
+	if !found {
+		return fmt.Errorf("fragment %q: %w", name, ErrNotFound)
+	}
+	return syncDir(s.Dir)
+}
+
+// WriteFile replaces path atomically and durably: renameio writes a hidden
+// temp file in the same directory, fsyncs and renames it; the directory is
+// then fsynced so the rename itself survives a power cut.
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	if err := renameio.WriteFile(path, data, perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Event is one accepted change, as recorded in the history.
+type Event struct {
+	Time     time.Time `json:"time"`
+	Action   string    `json:"action"` // "apply" or "remove"
+	Name     string    `json:"name"`
+	Checksum string    `json:"checksum,omitempty"`
+	Actor    string    `json:"actor"`
+}
+
+const (
+	historyFile = "history.jsonl"
+	historyMax  = 8 << 20 // trim the history file past this size
+	historyKeep = 10000   // events kept when trimming
+)
+
+// Record appends an event to the history and fsyncs it. The caller holds
+// the lock. A crash can at worst leave a torn last line, which History skips.
+func (s *Store) Record(e Event) error {
+	path := filepath.Join(s.StateDir, historyFile)
+	line, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("open history: %w", err)
+	}
+	_, err = f.Write(append(line, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	fi, statErr := f.Stat()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("record history: %w", err)
+	}
+	if statErr == nil && fi.Size() > historyMax {
+		return s.trimHistory(path)
+	}
+	return nil
+}
+
+func (s *Store) trimHistory(path string) error {
+	events, err := s.History()
+	if err != nil {
+		return err
+	}
+	events = events[max(0, len(events)-historyKeep):]
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for _, e := range events {
+		if err := enc.Encode(e); err != nil {
+			return err
+		}
+	}
+	return WriteFile(path, buf.Bytes(), 0o640)
+}
+
+// History returns the recorded events, oldest first.
+func (s *Store) History() ([]Event, error) {
+	f, err := os.Open(filepath.Join(s.StateDir, historyFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read history: %w", err)
+	}
+	defer f.Close()
+	var events []Event
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e Event
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			events = append(events, e)
+		}
+	}
+	return events, sc.Err()
+}
+
+// Actor describes who is making a change: HAPROXY_CONFIG_ACTOR when set
+// (an instance manager can name the tenant it acts for), else the user, with
+// the sudo caller when there is one.
+func Actor() string {
+	if a := os.Getenv("HAPROXY_CONFIG_ACTOR"); a != "" {
+		return a
+	}
+	name := "uid " + fmt.Sprint(os.Getuid())
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	if su := os.Getenv("SUDO_USER"); su != "" {
+		name += " (sudo by " + su + ")"
+	}
+	return name
+}

@@ -1,0 +1,325 @@
+// Package reconcile keeps "base config + every valid fragment" and what is
+// written for HAProxy equal. It holds the operations the CLI runs (apply,
+// remove, check, assemble) on top of the fragment store, the assembler and
+// the validator; the watcher daemon drives the same engine.
+package reconcile
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"haproxy-config/assemble"
+	"haproxy-config/certs"
+	"haproxy-config/fragments"
+	"haproxy-config/reload"
+	"haproxy-config/settings"
+)
+
+// Engine runs changes against one installation.
+type Engine struct {
+	S         *settings.Settings
+	Store     *fragments.Store
+	Validator *reload.Validator
+	// LockWait bounds how long an operation waits for the store lock.
+	LockWait time.Duration
+}
+
+// New returns an engine for the given settings.
+func New(s *settings.Settings) *Engine {
+	return &Engine{
+		S:         s,
+		Store:     &fragments.Store{Dir: s.FragmentsDir, StateDir: s.StateDir},
+		Validator: &reload.Validator{Haproxy: s.Haproxy},
+		LockWait:  2 * time.Minute,
+	}
+}
+
+func (e *Engine) policy() fragments.Policy {
+	return fragments.Policy{AllowSections: e.S.AllowSections, AllowDirectives: e.S.AllowDirectives, MaxBytes: e.S.MaxFragmentBytes}
+}
+
+func (e *Engine) options() assemble.Options { return assemble.Options{CrossRefs: e.S.CrossRefs} }
+
+// lock takes the store lock and clears candidates a crashed run left.
+func (e *Engine) lock(ctx context.Context) (func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, e.LockWait)
+	defer cancel()
+	unlock, err := e.Store.Lock(ctx)
+	if err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := os.RemoveAll(e.candidatesDir()); err != nil {
+		unlock()
+		return nil, &reload.EnvError{Err: fmt.Errorf("clear old candidates: %w", err)}
+	}
+	return unlock, nil
+}
+
+func (e *Engine) candidatesDir() string { return filepath.Join(e.S.StateDir, "candidates") }
+
+// mapRef is the host map's path as the generated config names it: relative
+// to the config's directory, resolved by HAProxy through "default-path
+// config". The same bytes then work for a candidate in a scratch directory,
+// a kept generation, and the live file.
+func (e *Engine) mapRef() (string, error) {
+	rel, err := filepath.Rel(filepath.Dir(e.S.OutputConfig), e.S.OutputMap)
+	if err != nil {
+		return "", fmt.Errorf("host map %s relative to %s: %w", e.S.OutputMap, e.S.OutputConfig, err)
+	}
+	return rel, nil
+}
+
+// Base reads and renders the base config template.
+func (e *Engine) Base() (*assemble.Base, error) {
+	tmpl, err := os.ReadFile(e.S.BaseConfig)
+	file := e.S.BaseConfig
+	if errors.Is(err, fs.ErrNotExist) && e.S.BaseIsDefault {
+		tmpl, err, file = assemble.DefaultBase, nil, "(embedded) base.cfg"
+	}
+	if err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("base config: %w", err)}
+	}
+	ref, err := e.mapRef()
+	if err != nil {
+		return nil, err
+	}
+	return assemble.RenderBase(file, tmpl, e.S.Vars(ref))
+}
+
+// layout returns where a tree rooted at dir holds the config and the map so
+// that the map reference resolves inside dir. A reference that climbs out
+// of the config's directory ("../maps/hosts.map") nests the config deeper.
+func (e *Engine) layout(dir string) (cfg, hostMap string, err error) {
+	ref, err := e.mapRef()
+	if err != nil {
+		return "", "", err
+	}
+	cfgDir := dir
+	for p := ref; strings.HasPrefix(p, ".."+string(filepath.Separator)); p = p[3:] {
+		cfgDir = filepath.Join(cfgDir, "c")
+	}
+	return filepath.Join(cfgDir, filepath.Base(e.S.OutputConfig)), filepath.Join(cfgDir, ref), nil
+}
+
+// writeTree writes an assembled output into dir with the live layout.
+func (e *Engine) writeTree(dir string, out *assemble.Output) (cfg, hostMap string, err error) {
+	cfg, hostMap, err = e.layout(dir)
+	if err != nil {
+		return "", "", err
+	}
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{hostMap, out.Map}, {cfg, out.Config}} {
+		if err := os.MkdirAll(filepath.Dir(f.path), 0o750); err != nil {
+			return "", "", err
+		}
+		if err := os.WriteFile(f.path, f.data, 0o640); err != nil {
+			return "", "", err
+		}
+	}
+	return cfg, hostMap, nil
+}
+
+// Verdict is the outcome of validating one set of fragments.
+type Verdict struct {
+	Output   *assemble.Output
+	Errors   assemble.Problems // empty when the set is valid
+	Warnings assemble.Problems
+}
+
+// validate checks a set as a whole: cross-fragment rules, then haproxy -c
+// on exactly the bytes that would go live. A set already known to be valid
+// (same bytes, same haproxy binary) is not run through haproxy again.
+func (e *Engine) validate(ctx context.Context, base *assemble.Base, frags []*assemble.Fragment) (*Verdict, error) {
+	if ps := assemble.Check(base, frags, e.options()); len(ps) > 0 {
+		return &Verdict{Errors: ps}, nil
+	}
+	out := assemble.Build(base, frags)
+	key, err := e.validKey(out)
+	if err != nil {
+		return nil, err
+	}
+	if e.knownValid(key) {
+		return &Verdict{Output: out}, nil
+	}
+	if err := certs.EnsureFiles(e.S.FallbackCert(), e.S.CrtList()); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := os.MkdirAll(e.candidatesDir(), 0o750); err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("create candidates directory: %w", err)}
+	}
+	dir, err := os.MkdirTemp(e.candidatesDir(), "candidate-")
+	if err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	defer os.RemoveAll(dir)
+	cfg, hostMap, err := e.writeTree(dir, out)
+	if err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("write candidate: %w", err)}
+	}
+	res, err := e.Validator.Check(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	v := &Verdict{Output: out}
+	v.Errors, v.Warnings = reload.Explain(out.Source, cfg, hostMap, res.Messages)
+	if res.Valid {
+		v.Errors = nil
+		e.rememberValid(key)
+	} else if len(v.Errors) == 0 {
+		v.Errors = assemble.Problems{{Location: assemble.Location{File: "haproxy -c"}, Msg: "configuration rejected without a message"}}
+	}
+	return v, nil
+}
+
+// validKey identifies an assembled output together with the haproxy binary
+// that judged it, for the known-valid cache.
+func (e *Engine) validKey(out *assemble.Output) (string, error) {
+	bin, err := e.Validator.Binary()
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(bin)
+	if err != nil {
+		return "", &reload.EnvError{Err: fmt.Errorf("haproxy binary: %w", err)}
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%d\x00", bin, fi.Size(), fi.ModTime().UnixNano())
+	h.Write(out.Config)
+	h.Write([]byte{0})
+	h.Write(out.Map)
+	return fmt.Sprintf("%x", h.Sum(nil)), nil
+}
+
+func (e *Engine) knownValid(key string) bool {
+	data, err := os.ReadFile(filepath.Join(e.S.StateDir, "validated"))
+	return err == nil && strings.TrimSpace(string(data)) == key
+}
+
+// rememberValid records the last set haproxy accepted. Losing it only costs
+// one more haproxy -c, so a failed write is not an error.
+func (e *Engine) rememberValid(key string) {
+	_ = fragments.WriteFile(filepath.Join(e.S.StateDir, "validated"), []byte(key+"\n"), 0o640)
+}
+
+// Selection is the largest valid set found among the stored fragments.
+type Selection struct {
+	Base     *assemble.Base
+	Live     []*assemble.Fragment          // fragments that go live
+	Rejected map[string]assemble.Problems  // fragment name -> why it stays out
+	Strays   assemble.Problems             // files that are not fragments
+	Verdict  *Verdict                      // of the live set
+	Stored   map[string]*fragments.Stored  // everything read from disk
+	Parsed   map[string]*assemble.Fragment // fragments that passed their own checks
+}
+
+// load reads and parses the store. The caller holds the lock.
+func (e *Engine) load() (*Selection, error) {
+	base, err := e.Base()
+	if err != nil {
+		return nil, err
+	}
+	stored, strays, err := e.Store.ReadAll()
+	if err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	sel := &Selection{Base: base, Rejected: map[string]assemble.Problems{}, Strays: strays,
+		Stored: map[string]*fragments.Stored{}, Parsed: map[string]*assemble.Fragment{}}
+	for _, st := range stored {
+		sel.Stored[st.Name] = st
+		if f, ps := st.Parse(e.policy()); len(ps) > 0 {
+			sel.Rejected[st.Name] = ps
+		} else {
+			sel.Parsed[st.Name] = f
+		}
+	}
+	return sel, nil
+}
+
+// selectValid finds which of the candidates can go live together and
+// rejects the rest. Blame comes from the cross-fragment checks and from
+// haproxy's messages mapped to fragments; a message that blames no fragment
+// makes it validate fragments one by one against the base.
+func (e *Engine) selectValid(ctx context.Context, sel *Selection, candidates []*assemble.Fragment) error {
+	live := slices.Clone(candidates)
+	for {
+		v, err := e.validate(ctx, sel.Base, live)
+		if err != nil {
+			return err
+		}
+		if len(v.Errors) == 0 {
+			sel.Live, sel.Verdict = live, v
+			return nil
+		}
+		blamed := v.Errors.Fragments()
+		if len(blamed) == 0 {
+			if blamed, err = e.blameOneByOne(ctx, sel, live, v.Errors); err != nil {
+				return err
+			}
+		}
+		for _, p := range v.Errors {
+			if p.Fragment != "" {
+				sel.Rejected[p.Fragment] = append(sel.Rejected[p.Fragment], p)
+			}
+		}
+		live = slices.DeleteFunc(live, func(f *assemble.Fragment) bool { return slices.Contains(blamed, f.Name) })
+	}
+}
+
+// blameOneByOne handles a rejection haproxy did not tie to a line: the base
+// alone must pass, then each fragment is tried with the base alone.
+func (e *Engine) blameOneByOne(ctx context.Context, sel *Selection, live []*assemble.Fragment, errs assemble.Problems) ([]string, error) {
+	v, err := e.validate(ctx, sel.Base, nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(v.Errors) > 0 {
+		return nil, fmt.Errorf("the base config itself is invalid: %w", v.Errors)
+	}
+	var blamed []string
+	for _, f := range live {
+		v, err := e.validate(ctx, sel.Base, []*assemble.Fragment{f})
+		if err != nil {
+			return nil, err
+		}
+		if len(v.Errors) > 0 {
+			blamed = append(blamed, f.Name)
+			sel.Rejected[f.Name] = append(sel.Rejected[f.Name], v.Errors...)
+		}
+	}
+	if len(blamed) == 0 {
+		return nil, fmt.Errorf("haproxy rejects the fragments together but accepts each alone: %w", errs)
+	}
+	return blamed, nil
+}
+
+// RejectedNames returns the rejected fragments' names, sorted.
+func (sel *Selection) RejectedNames() []string {
+	names := make([]string, 0, len(sel.Rejected))
+	for name := range sel.Rejected {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// parsedList returns the parsed fragments in name order, leaving out skip.
+func (sel *Selection) parsedList(skip string) []*assemble.Fragment {
+	var list []*assemble.Fragment
+	for name, f := range sel.Parsed {
+		if name != skip {
+			list = append(list, f)
+		}
+	}
+	slices.SortFunc(list, func(a, b *assemble.Fragment) int { return strings.Compare(a.Name, b.Name) })
+	return list
+}

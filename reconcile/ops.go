@@ -1,0 +1,366 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	"haproxy-config/assemble"
+	"haproxy-config/fragments"
+	"haproxy-config/reload"
+)
+
+// Change describes a fragment handed in by a tenant.
+type Change struct {
+	Name     string
+	ConfFile string // as the user named it, for messages ("-" for stdin)
+	Conf     []byte
+	MapFile  string
+	Map      []byte
+}
+
+// ApplyResult reports an accepted apply.
+type ApplyResult struct {
+	Fragment *assemble.Fragment
+	Replaced bool // an earlier version was stored
+	Warnings assemble.Problems
+}
+
+// Apply checks a fragment against everything that is stored and valid and,
+// only if haproxy accepts the candidate, stores it. On any problem nothing
+// is written and the returned error is an assemble.Problems.
+func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
+	f, ps := fragments.Parse(c.Name, c.ConfFile, c.Conf, c.MapFile, c.Map, e.policy())
+	if len(ps) > 0 {
+		return nil, ps
+	}
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	sel, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	_, replaced := sel.Stored[c.Name]
+	if err := e.selectValid(ctx, sel, sel.parsedList(c.Name)); err != nil {
+		return nil, err
+	}
+	candidate := append(slices.Clone(sel.Live), f)
+	v, err := e.validate(ctx, sel.Base, candidate)
+	if err != nil {
+		return nil, err
+	}
+	if len(v.Errors) > 0 {
+		return nil, v.Errors
+	}
+	if err := e.orphanCheck(sel, c.Name, candidate); err != nil {
+		return nil, err
+	}
+	if err := e.Store.Write(f); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := e.Store.Record(fragments.Event{Time: time.Now().UTC(), Action: "apply", Name: f.Name, Checksum: f.Checksum, Actor: fragments.Actor()}); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	return &ApplyResult{Fragment: f, Replaced: replaced, Warnings: v.Warnings}, nil
+}
+
+// orphanCheck refuses a change that would leave another fragment's map
+// line routing to a backend that is gone (possible only with cross-fragment
+// references). next is the set after the change.
+func (e *Engine) orphanCheck(sel *Selection, name string, next []*assemble.Fragment) error {
+	if !e.S.CrossRefs {
+		return nil
+	}
+	before := map[string]bool{}
+	for _, p := range assemble.Check(sel.Base, sel.Live, e.options()) {
+		before[p.Error()] = true
+	}
+	var broken assemble.Problems
+	for _, p := range assemble.Check(sel.Base, next, e.options()) {
+		if p.Fragment != name && !before[p.Error()] {
+			broken = append(broken, p)
+		}
+	}
+	if len(broken) > 0 {
+		conf, _ := e.Store.Paths(name)
+		return append(assemble.Problems{{Location: assemble.Location{Fragment: name, File: conf},
+			Msg: "refused: other fragments route domains to backends this change takes away"}}, broken...)
+	}
+	return nil
+}
+
+// Remove deletes a fragment after checking that what remains is valid.
+func (e *Engine) Remove(ctx context.Context, name string) error {
+	if err := fragments.ValidName(name); err != nil {
+		return &UsageError{Err: err}
+	}
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	sel, err := e.load()
+	if err != nil {
+		return err
+	}
+	if _, ok := sel.Stored[name]; !ok {
+		return fmt.Errorf("fragment %q: %w", name, fragments.ErrNotFound)
+	}
+	if err := e.selectValid(ctx, sel, sel.parsedList("")); err != nil {
+		return err
+	}
+	remaining := slices.DeleteFunc(slices.Clone(sel.Live), func(f *assemble.Fragment) bool { return f.Name == name })
+	if err := e.orphanCheck(sel, name, remaining); err != nil {
+		return err
+	}
+	v, err := e.validate(ctx, sel.Base, remaining)
+	if err != nil {
+		return err
+	}
+	if len(v.Errors) > 0 {
+		conf, _ := e.Store.Paths(name)
+		return append(assemble.Problems{{Location: assemble.Location{Fragment: name, File: conf},
+			Msg: "remove refused: the configuration without this fragment is invalid"}}, v.Errors...)
+	}
+	if err := e.Store.Delete(name); err != nil {
+		return &reload.EnvError{Err: err}
+	}
+	return e.Store.Record(fragments.Event{Time: time.Now().UTC(), Action: "remove", Name: name, Actor: fragments.Actor()})
+}
+
+// Check validates everything stored and changes nothing in the store or
+// the live files.
+func (e *Engine) Check(ctx context.Context) (*Selection, error) {
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return e.selectAll(ctx)
+}
+
+func (e *Engine) selectAll(ctx context.Context) (*Selection, error) {
+	sel, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	if err := e.selectValid(ctx, sel, sel.parsedList("")); err != nil {
+		return nil, err
+	}
+	return sel, nil
+}
+
+// Generation is one assembled, validated output kept under the state
+// directory.
+type Generation struct {
+	Number    int               `json:"generation"`
+	Time      time.Time         `json:"time"`
+	Actor     string            `json:"actor"`
+	Fragments map[string]string `json:"fragments"` // name -> checksum
+	Rejected  []string          `json:"rejected,omitempty"`
+	Dir       string            `json:"-"`
+}
+
+// Published reports what Publish did.
+type Published struct {
+	Generation *Generation
+	Changed    bool // false when the live files already held this output
+	Selection  *Selection
+}
+
+func (e *Engine) generationsDir() string { return filepath.Join(e.S.StateDir, "generations") }
+
+// Publish assembles the valid fragments, keeps the result as a new
+// generation and writes the live config and map (map first, each atomic).
+// Rejected fragments stay out; Selection.Rejected says why.
+func (e *Engine) Publish(ctx context.Context) (*Published, error) {
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	sel, err := e.selectAll(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := sel.Verdict.Output
+	gens, err := e.Generations()
+	if err != nil {
+		return nil, err
+	}
+	if len(gens) > 0 && e.liveEquals(out) {
+		return &Published{Generation: gens[len(gens)-1], Selection: sel}, nil
+	}
+	g := &Generation{Number: 1, Time: time.Now().UTC(), Actor: fragments.Actor(), Fragments: map[string]string{}}
+	if len(gens) > 0 {
+		g.Number = gens[len(gens)-1].Number + 1
+	}
+	for _, f := range sel.Live {
+		g.Fragments[f.Name] = f.Checksum
+	}
+	g.Rejected = sel.RejectedNames()
+	if err := e.writeGeneration(g, out); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{e.S.OutputMap, out.Map}, {e.S.OutputConfig, out.Config}} {
+		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
+			return nil, &reload.EnvError{Err: err}
+		}
+		if err := fragments.WriteFile(f.path, f.data, 0o640); err != nil {
+			return nil, &reload.EnvError{Err: err}
+		}
+	}
+	if err := e.prune(append(gens, g)); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	return &Published{Generation: g, Changed: true, Selection: sel}, nil
+}
+
+func (e *Engine) liveEquals(out *assemble.Output) bool {
+	cfg, err1 := os.ReadFile(e.S.OutputConfig)
+	hostMap, err2 := os.ReadFile(e.S.OutputMap)
+	return err1 == nil && err2 == nil && string(cfg) == string(out.Config) && string(hostMap) == string(out.Map)
+}
+
+// writeGeneration writes the generation into a hidden directory and renames
+// it into place, so a listed generation is always complete.
+func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
+	if err := os.MkdirAll(e.generationsDir(), 0o750); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(e.generationsDir(), ".new-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if _, _, err := e.writeTree(tmp, out); err != nil {
+		return err
+	}
+	meta, err := json.MarshalIndent(g, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := fragments.WriteFile(filepath.Join(tmp, "meta.json"), append(meta, '\n'), 0o640); err != nil {
+		return err
+	}
+	g.Dir = filepath.Join(e.generationsDir(), fmt.Sprintf("%06d", g.Number))
+	return os.Rename(tmp, g.Dir)
+}
+
+// Generations lists the kept generations, oldest first.
+func (e *Engine) Generations() ([]*Generation, error) {
+	entries, err := os.ReadDir(e.generationsDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	var gens []*Generation
+	for _, ent := range entries {
+		if _, err := strconv.Atoi(ent.Name()); err != nil || !ent.IsDir() {
+			continue
+		}
+		dir := filepath.Join(e.generationsDir(), ent.Name())
+		data, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+		if err != nil {
+			return nil, &reload.EnvError{Err: fmt.Errorf("generation %s: %w", ent.Name(), err)}
+		}
+		g := &Generation{Dir: dir}
+		if err := json.Unmarshal(data, g); err != nil {
+			return nil, &reload.EnvError{Err: fmt.Errorf("generation %s: %w", ent.Name(), err)}
+		}
+		gens = append(gens, g)
+	}
+	sort.Slice(gens, func(i, j int) bool { return gens[i].Number < gens[j].Number })
+	return gens, nil
+}
+
+func (e *Engine) prune(gens []*Generation) error {
+	for len(gens) > e.S.KeepGenerations {
+		if err := os.RemoveAll(gens[0].Dir); err != nil {
+			return err
+		}
+		gens = gens[1:]
+	}
+	return nil
+}
+
+// Info is one line of "list".
+type Info struct {
+	Name     string    `json:"name"`
+	Domains  []string  `json:"domains"`
+	Backends []string  `json:"backends"`
+	Size     int       `json:"size"`
+	Applied  time.Time `json:"applied"`
+	By       string    `json:"by,omitempty"`
+	Checksum string    `json:"checksum,omitempty"`
+	Valid    bool      `json:"valid"`
+	Problems []string  `json:"problems,omitempty"`
+}
+
+// List describes every stored fragment without running haproxy: its own
+// checks and the cross-fragment rules only. "check" runs haproxy too.
+func (e *Engine) List() ([]Info, error) {
+	sel, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	history, err := e.Store.History()
+	if err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	last := map[string]fragments.Event{}
+	for _, ev := range history {
+		last[ev.Name] = ev
+	}
+	for _, p := range assemble.Check(sel.Base, sel.parsedList(""), e.options()) {
+		sel.Rejected[p.Fragment] = append(sel.Rejected[p.Fragment], p)
+	}
+	names := make([]string, 0, len(sel.Stored))
+	for name := range sel.Stored {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	infos := make([]Info, 0, len(names))
+	for _, name := range names {
+		st := sel.Stored[name]
+		in := Info{Name: name, Size: len(st.Conf) + len(st.Map), Applied: st.ModTime.UTC(), Domains: []string{}, Backends: []string{}}
+		if ev, ok := last[name]; ok && ev.Action == "apply" {
+			in.Applied, in.By = ev.Time, ev.Actor
+		}
+		if f := sel.Parsed[name]; f != nil {
+			for _, m := range f.Map {
+				in.Domains = append(in.Domains, m.Domain)
+			}
+			in.Backends = append(in.Backends, f.Backends()...)
+			in.Checksum = f.Checksum
+		}
+		for _, p := range sel.Rejected[name] {
+			in.Problems = append(in.Problems, p.Error())
+		}
+		in.Valid = len(in.Problems) == 0
+		infos = append(infos, in)
+	}
+	return infos, nil
+}
+
+// UsageError is a mistake in how the command was called.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }

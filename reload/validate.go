@@ -1,0 +1,160 @@
+// Package reload talks to HAProxy: validation with "haproxy -c" and the
+// translation of its messages back to the files people wrote.
+package reload
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"haproxy-config/assemble"
+)
+
+// EnvError is a problem with the machine (haproxy missing, no permission,
+// a validation that hung), as opposed to a problem with the input.
+type EnvError struct{ Err error }
+
+func (e *EnvError) Error() string { return e.Err.Error() }
+func (e *EnvError) Unwrap() error { return e.Err }
+
+// Validator runs "haproxy -c".
+type Validator struct {
+	Haproxy string        // binary; a bare name is looked up in PATH, then /usr/sbin
+	Timeout time.Duration // per run; 0 means one minute
+}
+
+// Message is one ALERT or WARNING line haproxy printed.
+type Message struct {
+	Level string // "ALERT" or "WARNING"
+	Text  string
+}
+
+// Result is the outcome of one validation.
+type Result struct {
+	Valid    bool
+	Messages []Message
+	Duration time.Duration
+}
+
+// Binary resolves the haproxy executable.
+func (v *Validator) Binary() (string, error) {
+	if strings.ContainsRune(v.Haproxy, '/') {
+		return v.Haproxy, nil
+	}
+	name := v.Haproxy
+	if name == "" {
+		name = "haproxy"
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	if p, err := exec.LookPath("/usr/sbin/" + name); err == nil {
+		return p, nil
+	}
+	return "", &EnvError{fmt.Errorf("haproxy binary %q not found in PATH or /usr/sbin: install haproxy (apt-get install haproxy) or set HAPROXY_CONFIG_HAPROXY", name)}
+}
+
+var lineRE = regexp.MustCompile(`^\[(ALERT|WARNING)\]\s+\(\d+\) : (?:config : )?(.*)$`)
+
+// Check validates the config at cfgPath exactly as HAProxy would load it.
+// A configuration HAProxy rejects is not an error: Result.Valid is false.
+func (v *Validator) Check(ctx context.Context, cfgPath string) (*Result, error) {
+	bin, err := v.Binary()
+	if err != nil {
+		return nil, err
+	}
+	timeout := v.Timeout
+	if timeout == 0 {
+		timeout = time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, bin, "-c", "-f", cfgPath)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	res := &Result{Duration: time.Since(start)}
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		res.Valid = true
+	case ctx.Err() != nil:
+		return nil, &EnvError{fmt.Errorf("haproxy -c did not finish within %s", timeout)}
+	case errors.As(err, &exit) && exit.ExitCode() == 1:
+	default:
+		return nil, &EnvError{fmt.Errorf("run %s -c: %w: %s", bin, err, strings.TrimSpace(out.String()))}
+	}
+	for _, l := range strings.Split(out.String(), "\n") {
+		if m := lineRE.FindStringSubmatch(strings.TrimSpace(l)); m != nil {
+			res.Messages = append(res.Messages, Message{Level: m[1], Text: strings.TrimSpace(m[2])})
+		}
+	}
+	if !res.Valid && len(res.Messages) == 0 {
+		return nil, &EnvError{fmt.Errorf("haproxy -c failed without a message: %s", strings.TrimSpace(out.String()))}
+	}
+	return res, nil
+}
+
+// summaryRE matches the closing lines haproxy adds after the real errors.
+var summaryRE = regexp.MustCompile(`^(Error\(s\) found in configuration file|Fatal errors found in configuration|Failed to initialize server\(s\) addr)`)
+
+// proxyRE finds the proxy a message without a line number is about.
+var proxyRE = regexp.MustCompile(`(?:Proxy|backend|frontend|listen) '([^']+)'|'server ([^'/]+)/`)
+
+// Explain turns haproxy's messages about the files at cfgPath and mapPath
+// into problems located in the base config or in fragments. Errors come
+// first, then warnings, each as haproxy ordered them.
+func Explain(src *assemble.SourceMap, cfgPath, mapPath string, msgs []Message) (errs, warnings assemble.Problems) {
+	refRE := regexp.MustCompile(`\[?(` + regexp.QuoteMeta(cfgPath) + `|` + regexp.QuoteMeta(mapPath) + `):(\d+)\]?`)
+	for _, m := range msgs {
+		if summaryRE.MatchString(m.Text) {
+			continue
+		}
+		var first *assemble.Location
+		text := refRE.ReplaceAllStringFunc(m.Text, func(ref string) string {
+			sub := refRE.FindStringSubmatch(ref)
+			n, _ := strconv.Atoi(sub[2])
+			lookup := src.ConfigLine
+			if sub[1] == mapPath {
+				lookup = src.MapLine
+			}
+			loc, ok := lookup(n)
+			if !ok {
+				return "generated line " + sub[2]
+			}
+			if first == nil {
+				first = &loc
+				return "\x00"
+			}
+			return loc.String()
+		})
+		text = strings.TrimPrefix(strings.TrimPrefix(text, "parsing "), "Parsing ")
+		text = strings.TrimLeft(strings.TrimPrefix(text, "\x00"), " :")
+		text = strings.ReplaceAll(text, "\x00", "this line")
+		p := &assemble.Problem{Msg: text}
+		switch {
+		case first != nil:
+			p.Location = *first
+		default:
+			p.Location = assemble.Location{File: "haproxy -c"}
+			if sub := proxyRE.FindStringSubmatch(m.Text); sub != nil {
+				if loc, ok := src.Proxy(sub[1] + sub[2]); ok {
+					p.Location = loc
+				}
+			}
+		}
+		if m.Level == "ALERT" {
+			errs = append(errs, p)
+		} else {
+			warnings = append(warnings, p)
+		}
+	}
+	return errs, warnings
+}

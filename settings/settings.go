@@ -1,0 +1,273 @@
+// Package settings resolves the paths and options the CLI and the daemon
+// share. Each setting has a flag and an environment variable
+// HAPROXY_CONFIG_<NAME>, and can be given in /etc/default/haproxy-config
+// (KEY=VALUE), so that "haproxy-config apply" run by Ansible finds the
+// daemon's directories without flags. Precedence: flag, environment,
+// defaults file, built-in default. HAPROXY_CONFIG_ROOT=DIR moves the whole
+// default layout under DIR.
+package settings
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"haproxy-config/assemble"
+)
+
+// EnvPrefix starts every environment variable and defaults-file key.
+const EnvPrefix = "HAPROXY_CONFIG_"
+
+// Settings are resolved settings.
+type Settings struct {
+	Root             string
+	DefaultsFile     string
+	BaseConfig       string
+	BaseIsDefault    bool // BaseConfig was not chosen by the operator
+	FragmentsDir     string
+	OutputConfig     string
+	OutputMap        string
+	StateDir         string
+	Haproxy          string
+	RuntimeSocket    string
+	CertsDir         string
+	HTTPAddr         string
+	HTTPSAddr        string
+	ChallengeAddr    string
+	AllowSections    []string
+	AllowDirectives  []string
+	CrossRefs        bool
+	MaxFragmentBytes int64
+	KeepGenerations  int
+}
+
+// Key describes one setting.
+type Key struct {
+	Name    string // suffix of the environment variable
+	Flag    string // long flag name
+	Usage   string
+	Default func(root string) string
+	set     func(s *Settings, v string) error
+}
+
+// Env is the setting's environment variable and defaults-file key.
+func (k Key) Env() string { return EnvPrefix + k.Name }
+
+func fixed(v string) func(string) string { return func(string) string { return v } }
+
+func under(p string) func(string) string {
+	return func(root string) string { return filepath.Join(root, p) }
+}
+
+func str(dst func(*Settings) *string) func(*Settings, string) error {
+	return func(s *Settings, v string) error { *dst(s) = v; return nil }
+}
+
+func list(dst func(*Settings) *[]string) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		*dst(s) = nil
+		for _, f := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
+			*dst(s) = append(*dst(s), f)
+		}
+		return nil
+	}
+}
+
+func addr(dst func(*Settings) *string) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return fmt.Errorf("%q is not HOST:PORT (use :PORT for all addresses)", v)
+		}
+		*dst(s) = v
+		return nil
+	}
+}
+
+// Keys lists every setting. The root and the defaults file are resolved
+// first and are not part of this list.
+var Keys = []Key{
+	{"BASE", "base", "base config template `FILE` (the embedded default is used while the default path does not exist)",
+		under("/etc/haproxy-config/base.cfg"), str(func(s *Settings) *string { return &s.BaseConfig })},
+	{"FRAGMENTS", "fragments", "fragment store `DIR` (NAME.cfg + NAME.map per tenant)",
+		under("/etc/haproxy-config/fragments"), str(func(s *Settings) *string { return &s.FragmentsDir })},
+	{"OUTPUT", "output", "generated haproxy.cfg `FILE` that HAProxy loads",
+		under("/var/lib/haproxy-config/live/haproxy.cfg"), str(func(s *Settings) *string { return &s.OutputConfig })},
+	{"MAP", "map", "generated host map `FILE`",
+		under("/var/lib/haproxy-config/live/hosts.map"), str(func(s *Settings) *string { return &s.OutputMap })},
+	{"STATE", "state", "state `DIR`: lock, history, generations",
+		under("/var/lib/haproxy-config"), str(func(s *Settings) *string { return &s.StateDir })},
+	{"CERTS", "certs", "certificate `DIR`: crt-list and fallback certificate",
+		under("/var/lib/haproxy-config/certs"), str(func(s *Settings) *string { return &s.CertsDir })},
+	{"HAPROXY", "haproxy", "haproxy `BINARY`",
+		fixed("haproxy"), str(func(s *Settings) *string { return &s.Haproxy })},
+	{"RUNTIME_SOCKET", "runtime-socket", "HAProxy stats socket `PATH` (level admin) the base config opens",
+		under("/run/haproxy-config/admin.sock"), str(func(s *Settings) *string { return &s.RuntimeSocket })},
+	{"HTTP_ADDR", "http-addr", "`HOST:PORT` the HTTP frontend binds",
+		fixed(":80"), addr(func(s *Settings) *string { return &s.HTTPAddr })},
+	{"HTTPS_ADDR", "https-addr", "`HOST:PORT` the HTTPS frontend binds",
+		fixed(":443"), addr(func(s *Settings) *string { return &s.HTTPSAddr })},
+	{"CHALLENGE_ADDR", "challenge-addr", "`HOST:PORT` of the ACME HTTP-01 challenge handler",
+		fixed("127.0.0.1:8402"), addr(func(s *Settings) *string { return &s.ChallengeAddr })},
+	{"ALLOW_SECTIONS", "allow-sections", "section `KINDS` fragments may define besides backend (comma-separated, e.g. userlist,cache)",
+		fixed(""), list(func(s *Settings) *[]string { return &s.AllowSections })},
+	{"ALLOW_DIRECTIVES", "allow-directives", "code-running `DIRECTIVES` fragments may use (comma-separated: external-check, lua, command, ...)",
+		fixed(""), list(func(s *Settings) *[]string { return &s.AllowDirectives })},
+	{"CROSS_REFS", "cross-refs", "let map lines route to backends of other fragments (`BOOL`); remove then refuses to orphan them",
+		fixed("false"), func(s *Settings, v string) (err error) { s.CrossRefs, err = parseBool(v); return err }},
+	{"MAX_FRAGMENT_BYTES", "max-fragment-bytes", "size limit of each fragment part in `BYTES`",
+		fixed("262144"), func(s *Settings, v string) (err error) {
+			s.MaxFragmentBytes, err = strconv.ParseInt(v, 10, 64)
+			if err == nil && s.MaxFragmentBytes <= 0 {
+				err = errors.New("must be positive")
+			}
+			return err
+		}},
+	{"KEEP_GENERATIONS", "keep-generations", "assembled generations to keep (`N`)",
+		fixed("20"), func(s *Settings, v string) (err error) {
+			s.KeepGenerations, err = strconv.Atoi(v)
+			if err == nil && s.KeepGenerations < 1 {
+				err = errors.New("must be at least 1")
+			}
+			return err
+		}},
+}
+
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "1", "true", "yes", "on":
+		return true, nil
+	case "0", "false", "no", "off", "":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not a boolean (true/false)", v)
+}
+
+// Source tells where explicitly given values come from.
+type Source struct {
+	Flags  map[string]string // flag name -> value, only flags given on the command line
+	Getenv func(string) (string, bool)
+}
+
+// Load resolves the settings.
+func Load(src Source) (*Settings, error) {
+	lookupEnv := src.Getenv
+	if lookupEnv == nil {
+		lookupEnv = os.LookupEnv
+	}
+	first := func(flag, env string) (string, bool) {
+		if v, ok := src.Flags[flag]; ok {
+			return v, true
+		}
+		return lookupEnv(EnvPrefix + env)
+	}
+	s := &Settings{}
+	root, _ := first("root", "ROOT")
+	if root == "" {
+		root = "/"
+	}
+	s.Root = root
+	defaultsFile, explicit := first("defaults-file", "DEFAULTS")
+	if !explicit {
+		defaultsFile = filepath.Join(root, "etc/default/haproxy-config")
+	}
+	s.DefaultsFile = defaultsFile
+	fileValues, err := ReadDefaultsFile(defaultsFile)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		err = nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range Keys {
+		v, ok := first(k.Flag, k.Name)
+		origin := "--" + k.Flag + " / $" + k.Env()
+		if !ok {
+			v, ok = fileValues[k.Env()]
+			origin = k.Env() + " in " + defaultsFile
+		}
+		if !ok {
+			v = k.Default(root)
+			origin = "default of " + k.Env()
+			if k.Name == "BASE" {
+				s.BaseIsDefault = true
+			}
+		}
+		if err := k.set(s, v); err != nil {
+			return nil, fmt.Errorf("setting %s: %w", origin, err)
+		}
+	}
+	return s, nil
+}
+
+// ReadDefaultsFile reads KEY=VALUE lines in the format systemd's
+// EnvironmentFile= and /etc/default files share: # comments, optional
+// "export ", optional single or double quotes. Keys outside
+// HAPROXY_CONFIG_* are ignored; an unknown HAPROXY_CONFIG_* key is an error,
+// since a mistyped setting silently ignored would surprise the operator.
+func ReadDefaultsFile(path string) (map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("defaults file: %w", err)
+	}
+	known := map[string]bool{}
+	for _, k := range Keys {
+		known[k.Env()] = true
+	}
+	values := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for num := 1; sc.Scan(); num++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, value, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		key = strings.TrimSpace(key)
+		if !ok || key == "" {
+			return nil, fmt.Errorf("%s:%d: expected KEY=VALUE", path, num)
+		}
+		if !strings.HasPrefix(key, EnvPrefix) {
+			continue
+		}
+		if !known[key] {
+			return nil, fmt.Errorf("%s:%d: unknown setting %s", path, num, key)
+		}
+		value = strings.TrimSpace(value)
+		if n := len(value); n >= 2 && (value[0] == '"' || value[0] == '\'') && value[n-1] == value[0] {
+			value = value[1 : n-1]
+		}
+		values[key] = value
+	}
+	return values, sc.Err()
+}
+
+// CrtList is the crt-list the HTTPS frontend loads.
+func (s *Settings) CrtList() string { return filepath.Join(s.CertsDir, "crt-list") }
+
+// FallbackCert is the self-signed certificate served for unknown names.
+func (s *Settings) FallbackCert() string { return filepath.Join(s.CertsDir, "fallback.pem") }
+
+// Vars are the base template's values; mapRef is the host map path as the
+// generated config names it.
+func (s *Settings) Vars(mapRef string) assemble.Vars {
+	httpsPort := ""
+	if _, port, err := net.SplitHostPort(s.HTTPSAddr); err == nil && port != "443" {
+		httpsPort = ":" + port
+	}
+	return assemble.Vars{
+		HTTPAddr:      s.HTTPAddr,
+		HTTPSAddr:     s.HTTPSAddr,
+		HTTPSPort:     httpsPort,
+		MapFile:       mapRef,
+		CrtList:       s.CrtList(),
+		FallbackCert:  s.FallbackCert(),
+		RuntimeSocket: s.RuntimeSocket,
+		ChallengeAddr: s.ChallengeAddr,
+	}
+}
