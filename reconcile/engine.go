@@ -220,6 +220,7 @@ type Selection struct {
 	Verdict  *Verdict                      // of the live set
 	Stored   map[string]*fragments.Stored  // everything read from disk
 	Parsed   map[string]*assemble.Fragment // fragments that passed their own checks
+	wasLive  map[string]string             // the previous generation's fragments
 }
 
 // load reads and parses the store. The caller holds the lock.
@@ -232,8 +233,15 @@ func (e *Engine) load() (*Selection, error) {
 	if err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
+	gens, err := e.Generations()
+	if err != nil {
+		return nil, err
+	}
 	sel := &Selection{Base: base, Rejected: map[string]assemble.Problems{}, Strays: strays,
 		Stored: map[string]*fragments.Stored{}, Parsed: map[string]*assemble.Fragment{}}
+	if len(gens) > 0 {
+		sel.wasLive = gens[len(gens)-1].Fragments
+	}
 	for _, st := range stored {
 		sel.Stored[st.Name] = st
 		if f, ps := st.Parse(e.policy()); len(ps) > 0 {
@@ -312,14 +320,27 @@ func (sel *Selection) RejectedNames() []string {
 	return names
 }
 
-// parsedList returns the parsed fragments in name order, leaving out skip.
-func (sel *Selection) parsedList(skip string) []*assemble.Fragment {
-	var list []*assemble.Fragment
-	for name, f := range sel.Parsed {
-		if name != skip {
-			list = append(list, f)
-		}
+// candidates returns the parsed fragments incumbents first, so that when
+// two collide the newcomer is the one rejected: first what the previous
+// generation had live, then the rest by age on disk, then by name.
+func (sel *Selection) candidates() []*assemble.Fragment {
+	list := make([]*assemble.Fragment, 0, len(sel.Parsed))
+	for _, f := range sel.Parsed {
+		list = append(list, f)
 	}
-	slices.SortFunc(list, func(a, b *assemble.Fragment) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(list, func(a, b *assemble.Fragment) int {
+		_, aLive := sel.wasLive[a.Name]
+		_, bLive := sel.wasLive[b.Name]
+		if aLive != bLive {
+			if aLive {
+				return -1
+			}
+			return 1
+		}
+		if c := sel.Stored[a.Name].ModTime.Compare(sel.Stored[b.Name].ModTime); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
 	return list
 }

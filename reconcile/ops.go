@@ -52,10 +52,10 @@ func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
 		return nil, err
 	}
 	_, replaced := sel.Stored[c.Name]
-	if err := e.selectValid(ctx, sel, sel.parsedList(c.Name)); err != nil {
+	if err := e.selectValid(ctx, sel, sel.candidates()); err != nil {
 		return nil, err
 	}
-	candidate := append(slices.Clone(sel.Live), f)
+	candidate := append(without(sel.Live, c.Name), f)
 	v, err := e.validate(ctx, sel.Base, candidate)
 	if err != nil {
 		return nil, err
@@ -73,6 +73,11 @@ func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
 		return nil, &reload.EnvError{Err: err}
 	}
 	return &ApplyResult{Fragment: f, Replaced: replaced, Warnings: v.Warnings}, nil
+}
+
+// without returns a copy of frags leaving out the fragment called name.
+func without(frags []*assemble.Fragment, name string) []*assemble.Fragment {
+	return slices.DeleteFunc(slices.Clone(frags), func(f *assemble.Fragment) bool { return f.Name == name })
 }
 
 // orphanCheck refuses a change that would leave another fragment's map
@@ -117,10 +122,10 @@ func (e *Engine) Remove(ctx context.Context, name string) error {
 	if _, ok := sel.Stored[name]; !ok {
 		return fmt.Errorf("fragment %q: %w", name, fragments.ErrNotFound)
 	}
-	if err := e.selectValid(ctx, sel, sel.parsedList("")); err != nil {
+	if err := e.selectValid(ctx, sel, sel.candidates()); err != nil {
 		return err
 	}
-	remaining := slices.DeleteFunc(slices.Clone(sel.Live), func(f *assemble.Fragment) bool { return f.Name == name })
+	remaining := without(sel.Live, name)
 	if err := e.orphanCheck(sel, name, remaining); err != nil {
 		return err
 	}
@@ -155,7 +160,7 @@ func (e *Engine) selectAll(ctx context.Context) (*Selection, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.selectValid(ctx, sel, sel.parsedList("")); err != nil {
+	if err := e.selectValid(ctx, sel, sel.candidates()); err != nil {
 		return nil, err
 	}
 	return sel, nil
@@ -328,7 +333,7 @@ func (e *Engine) List() ([]Info, error) {
 	for _, ev := range history {
 		last[ev.Name] = ev
 	}
-	for _, p := range assemble.Check(sel.Base, sel.parsedList(""), e.options()) {
+	for _, p := range assemble.Check(sel.Base, sel.candidates(), e.options()) {
 		sel.Rejected[p.Fragment] = append(sel.Rejected[p.Fragment], p)
 	}
 	names := make([]string, 0, len(sel.Stored))

@@ -1,0 +1,30 @@
+# haproxy-config: see README.md. Targets work on a fresh Debian 12 machine;
+# "test" installs what the suite needs (haproxy, curl) through apt first.
+GO      ?= go
+BIN     := bin/haproxy-config
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build test deps lint bench run clean
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/haproxy-config
+
+deps:
+	./tests/install-deps.sh
+
+lint:
+	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+test: deps lint
+	$(GO) test -count=1 -timeout 10m ./...
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 20m ./assemble/ ./tests/
+
+run: deps build
+	./packaging/demo.sh $(BIN)
+
+clean:
+	rm -rf bin .demo

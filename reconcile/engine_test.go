@@ -1,0 +1,445 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"haproxy-config/assemble"
+	"haproxy-config/fragments"
+	"haproxy-config/settings"
+)
+
+// newEngine returns an engine rooted in a fresh directory. Tests here run
+// the real haproxy -c; without haproxy they cannot say anything.
+func newEngine(t *testing.T, env map[string]string) *Engine {
+	t.Helper()
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+			t.Skip("SKIPPING: haproxy is not installed; run tests/install-deps.sh (CI installs it)")
+		}
+	}
+	root := t.TempDir()
+	vars := map[string]string{
+		"HAPROXY_CONFIG_ROOT":       root,
+		"HAPROXY_CONFIG_HTTP_ADDR":  "127.0.0.1:18080",
+		"HAPROXY_CONFIG_HTTPS_ADDR": "127.0.0.1:18443",
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	s, err := settings.Load(settings.Source{Getenv: func(k string) (string, bool) { v, ok := vars[k]; return v, ok }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(s)
+}
+
+func apply(t *testing.T, e *Engine, name, conf, hostMap string) (*ApplyResult, error) {
+	t.Helper()
+	return e.Apply(context.Background(), Change{Name: name, ConfFile: name + ".conf.in", Conf: []byte(conf), MapFile: name + ".map.in", Map: []byte(hostMap)})
+}
+
+func mustApply(t *testing.T, e *Engine, name, conf, hostMap string) {
+	t.Helper()
+	if _, err := apply(t, e, name, conf, hostMap); err != nil {
+		t.Fatalf("apply %s: %v", name, err)
+	}
+}
+
+// snapshot captures every file under the fragment and state directories
+// except scratch candidates, to prove a rejected change wrote nothing.
+func snapshot(t *testing.T, e *Engine) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	for _, dir := range []string{e.S.FragmentsDir, e.S.StateDir} {
+		filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || strings.Contains(path, "/candidates/") || filepath.Base(path) == "validated" {
+				return nil
+			}
+			data, _ := os.ReadFile(path)
+			files[path] = string(data)
+			return nil
+		})
+	}
+	return files
+}
+
+const incumbentConf = `backend inc_web
+    server s1 127.0.0.1:9001
+`
+
+func TestApplyRejections(t *testing.T) {
+	e := newEngine(t, nil)
+	mustApply(t, e, "incumbent", incumbentConf, "inc.example.com inc_web\n")
+	okConf := "backend new_web\n    server s1 127.0.0.1:9002\n"
+	okMap := "new.example.com new_web\n"
+	big := strings.Repeat("# padding\n", int(e.S.MaxFragmentBytes/10)+1)
+
+	cases := []struct {
+		name, frag, conf, hostMap string
+		wantMap                   bool // the problem is in the map part
+		line                      int
+		msg                       string
+	}{
+		{"name with traversal", "../etc", okConf, okMap, false, 0, "fragment name"},
+		{"map line with three fields", "t", okConf, "# comment\nnew.example.com new_web extra\n", true, 2, "expected two fields"},
+		{"invalid domain", "t", okConf, "exa_mple.com new_web\n", true, 1, "not a valid host name"},
+		{"bad wildcard", "t", okConf, "\nfoo.*.example.com new_web\n", true, 2, "wildcard"},
+		{"domain twice in one file", "t", okConf, okMap + "NEW.example.com new_web\n", true, 2, "already mapped on line 1"},
+		{"domain of another fragment", "t", okConf, okMap + "inc.example.com new_web\n", true, 2, `already mapped by fragment "incumbent"`},
+		{"backend nobody defines", "t", okConf, "new.example.com other_web\n", true, 1, "neither this fragment nor the base config"},
+		{"backend of another fragment", "t", okConf, "new.example.com inc_web\n", true, 1, "neither this fragment nor the base config"},
+		{"section of another fragment", "t", "# mine\n" + incumbentConf, "", false, 2, `already defined as backend by fragment "incumbent"`},
+		{"section of the base config", "t", "backend https\n    server s1 127.0.0.1:1\n", "", false, 1, "base config (embedded) base.cfg:"},
+		{"global section", "t", "global\n    maxconn 1\n", "", false, 1, "global sections"},
+		{"userlist not allowed", "t", okConf + "userlist admins\n    user a insecure-password b\n", okMap, false, 3, "userlist sections are not allowed"},
+		{"lua action", "t", okConf + "    http-request lua.hook\n", okMap, false, 3, `"http-request lua.hook" runs programs`},
+		{"external check", "t", "backend new_web\n    option external-check\n    external-check command /bin/true\n", okMap, false, 2, "external-check"},
+		{"directive before any section", "t", "    server s1 127.0.0.1:1\n" + okConf, okMap, false, 1, "outside any section"},
+		{"NUL byte", "t", "backend new_web\n    server s1 127.0.0.1:9002\x00\n", okMap, false, 2, "NUL byte"},
+		{"invalid UTF-8", "t", okConf, "new.example.com new_web\n\xff\n", true, 2, "invalid UTF-8"},
+		{"oversized", "t", okConf + big, okMap, false, 0, "over the limit"},
+		{"reserved backend name", "t", "backend haproxy_config_x\n", "", false, 1, "reserved"},
+		// rejected by haproxy -c itself, mapped back to the fragment's lines
+		{"haproxy: unknown keyword", "t", "backend new_web\n    balance roundrobin\n    bogus-keyword 1\n", okMap, false, 3, "unknown keyword 'bogus-keyword'"},
+		{"haproxy: bad port", "t", "backend new_web\n\n    server s1 127.0.0.1:abc\n", okMap, false, 3, "invalid character 'a' in port number"},
+		{"haproxy: timeout without value", "t", "backend new_web\n    timeout server\n", okMap, false, 2, "expects an integer value"},
+		{"haproxy: unknown fetch", "t", "backend new_web\n    http-request deny if { nosuchfetch }\n", okMap, false, 2, "unknown fetch method 'nosuchfetch'"},
+		{"haproxy: track unknown proxy", "t", "backend new_web\n    server s1 127.0.0.1:80 track nosuch/x\n", okMap, false, 2, "unable to find required proxy 'nosuch'"},
+		{"haproxy: stick table unknown (no line from haproxy)", "t", "# tenant t\nbackend new_web\n    stick on src table nosuch\n", okMap, false, 2, "unable to find stick-table 'nosuch'"},
+	}
+	before := snapshot(t, e)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := apply(t, e, tc.frag, tc.conf, tc.hostMap)
+			var ps assemble.Problems
+			if !errors.As(err, &ps) {
+				t.Fatalf("want rejection (assemble.Problems), got %v", err)
+			}
+			p := ps[0]
+			wantFile := tc.frag + ".conf.in"
+			if tc.wantMap {
+				wantFile = tc.frag + ".map.in"
+			}
+			if p.Fragment != tc.frag || p.File != wantFile || p.Line != tc.line {
+				t.Errorf("location = %q %s:%d, want %q %s:%d\n%v", p.Fragment, p.File, p.Line, tc.frag, wantFile, tc.line, err)
+			}
+			if !strings.Contains(p.Error(), tc.msg) {
+				t.Errorf("message %q does not contain %q", p.Error(), tc.msg)
+			}
+			if strings.Contains(err.Error(), "/candidates/") {
+				t.Errorf("message leaks the candidate path: %v", err)
+			}
+			after := snapshot(t, e)
+			if len(after) != len(before) {
+				t.Fatalf("files changed: %d before, %d after", len(before), len(after))
+			}
+			for path, data := range before {
+				if after[path] != data {
+					t.Fatalf("%s changed after a rejected apply", path)
+				}
+			}
+		})
+	}
+	if len(cases) < 15 {
+		t.Fatalf("only %d bad inputs", len(cases))
+	}
+}
+
+func TestApplyNormalizesAndRecords(t *testing.T) {
+	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_ALLOW_SECTIONS": "userlist"})
+	conf := "backend shop_web\r\n    server s1 127.0.0.1:9001\r\nuserlist shop_users\r\n    user a insecure-password b\r\n"
+	hostMap := "\xef\xbb\xbf# shop\r\nBücher.Example shop_web\r\n*.Shop.example.com shop_web\r\n"
+	res, err := apply(t, e, "shop", conf, hostMap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Replaced {
+		t.Error("first apply reported as a replacement")
+	}
+	st, err := e.Store.Read("shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.ReplaceAll(conf, "\r\n", "\n"); string(st.Conf) != want {
+		t.Errorf("stored conf = %q, want %q", st.Conf, want)
+	}
+	if want := "# shop\nxn--bcher-kva.example shop_web\n*.shop.example.com shop_web\n"; string(st.Map) != want {
+		t.Errorf("stored map = %q, want %q", st.Map, want)
+	}
+	res, err = apply(t, e, "shop", conf, "")
+	if err != nil || !res.Replaced {
+		t.Fatalf("second apply: replaced=%v err=%v", res != nil && res.Replaced, err)
+	}
+	events, err := e.Store.History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events) != 2 || events[0].Action != "apply" || events[0].Name != "shop" || !strings.HasPrefix(events[0].Checksum, "sha256:") || events[0].Actor == "" {
+		t.Fatalf("history = %+v", events)
+	}
+	if events[0].Checksum == events[1].Checksum {
+		t.Error("different content recorded with the same checksum")
+	}
+}
+
+func TestEmptyPartsAndBaseBackends(t *testing.T) {
+	e := newEngine(t, nil)
+	// a map-only fragment may route to a backend of the base config
+	mustApply(t, e, "parked", "", "parked.example.com haproxy_config_unknown_host\n")
+	// a config-only fragment
+	mustApply(t, e, "spare", "backend spare_web\n    server s1 127.0.0.1:9\n", "")
+	infos, err := e.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 2 || infos[0].Name != "parked" || infos[0].Domains[0] != "parked.example.com" || len(infos[1].Domains) != 0 {
+		t.Fatalf("list = %+v", infos)
+	}
+}
+
+func TestCrossReferences(t *testing.T) {
+	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_CROSS_REFS": "true"})
+	mustApply(t, e, "shared", "backend shared_web\n    server s1 127.0.0.1:9\n", "")
+	mustApply(t, e, "user", "", "user.example.com shared_web\n")
+
+	err := e.Remove(context.Background(), "shared")
+	var ps assemble.Problems
+	if !errors.As(err, &ps) || !strings.Contains(err.Error(), `fragment "user"`) || !strings.Contains(err.Error(), "shared_web") {
+		t.Fatalf("remove of a used backend: want refusal naming the user, got %v", err)
+	}
+	if _, err := e.Store.Read("shared"); err != nil {
+		t.Fatalf("refused remove deleted the fragment: %v", err)
+	}
+	_, err = apply(t, e, "shared", "backend other_web\n    server s1 127.0.0.1:9\n", "")
+	if !errors.As(err, &ps) || !strings.Contains(err.Error(), `fragment "user"`) {
+		t.Fatalf("replacing away a used backend: want refusal naming the user, got %v", err)
+	}
+	if err := e.Remove(context.Background(), "user"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Remove(context.Background(), "shared"); err != nil {
+		t.Fatalf("remove once unused: %v", err)
+	}
+	if err := e.Remove(context.Background(), "shared"); !errors.Is(err, fragments.ErrNotFound) {
+		t.Fatalf("second remove: want ErrNotFound, got %v", err)
+	}
+}
+
+func TestRemoveRefusedWhenOthersDependOnIt(t *testing.T) {
+	e := newEngine(t, nil)
+	mustApply(t, e, "primary", "backend primary_web\n    server s1 127.0.0.1:9001 check\n", "")
+	// a tenant tracking another tenant's server: haproxy -c rejects the
+	// config once the tracked backend is gone, so the remove must be refused
+	mustApply(t, e, "tracker", "backend tracker_web\n    server s1 127.0.0.1:9002 track primary_web/s1\n", "")
+	err := e.Remove(context.Background(), "primary")
+	if err == nil || !strings.Contains(err.Error(), `fragment "tracker"`) {
+		t.Fatalf("want refusal naming the tracker, got %v", err)
+	}
+	if _, err := e.Store.Read("primary"); err != nil {
+		t.Fatal("refused remove deleted the fragment")
+	}
+}
+
+// writeRaw drops files into the fragment directory the way Ansible's copy
+// module would, bypassing every check.
+func writeRaw(t *testing.T, e *Engine, name, conf, hostMap string) {
+	t.Helper()
+	if err := os.MkdirAll(e.S.FragmentsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, m := e.Store.Paths(name)
+	if err := os.WriteFile(c, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m, []byte(hostMap), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPublishQuarantinesBadFragments(t *testing.T) {
+	e := newEngine(t, nil)
+	ctx := context.Background()
+	writeRaw(t, e, "good", "backend good_web\n    server s1 127.0.0.1:9001\n", "good.example.com good_web\n")
+	writeRaw(t, e, "badmap", "backend badmap_web\n    server s1 127.0.0.1:9002\n", "not a valid line\n")
+	writeRaw(t, e, "badcfg", "backend badcfg_web\n    server s1 127.0.0.1:abc\n", "badcfg.example.com badcfg_web\n")
+	writeRaw(t, e, "clash", "backend clash_web\n    server s1 127.0.0.1:9003\n", "good.example.com clash_web\n")
+	// "clash" sorts first but arrived later: the older file keeps the domain
+	for name, age := range map[string]time.Duration{"good": 2 * time.Hour, "clash": time.Hour} {
+		c, m := e.Store.Paths(name)
+		for _, p := range []string{c, m} {
+			if err := os.Chtimes(p, time.Now().Add(-age), time.Now().Add(-age)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(e.S.FragmentsDir, "Bad Name.cfg"), []byte("backend x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	pub, err := e.Publish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(pub.Selection.Live); strings.Join(got, ",") != "good" {
+		t.Fatalf("live = %v, want [good]", got)
+	}
+	if got := strings.Join(pub.Selection.RejectedNames(), ","); got != "badcfg,badmap,clash" {
+		t.Fatalf("rejected = %s", got)
+	}
+	if p := pub.Selection.Rejected["badcfg"][0]; p.Line != 2 || !strings.HasSuffix(p.File, "badcfg.cfg") {
+		t.Errorf("badcfg blamed at %s:%d", p.File, p.Line)
+	}
+	if len(pub.Selection.Strays) != 1 || !strings.Contains(pub.Selection.Strays[0].File, "Bad Name.cfg") {
+		t.Errorf("strays = %v", pub.Selection.Strays)
+	}
+	live, err := os.ReadFile(e.S.OutputConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(live, []byte("backend good_web")) || bytes.Contains(live, []byte("badcfg_web")) || bytes.Contains(live, []byte("clash_web")) {
+		t.Fatalf("live config holds the wrong fragments:\n%s", live)
+	}
+	hostMap, _ := os.ReadFile(e.S.OutputMap)
+	if !bytes.Contains(hostMap, []byte("good.example.com good_web\n")) || bytes.Contains(hostMap, []byte("clash_web")) {
+		t.Fatalf("live map:\n%s", hostMap)
+	}
+	// the bad files stay on disk untouched
+	if data, _ := os.ReadFile(filepath.Join(e.S.FragmentsDir, "badmap.map")); string(data) != "not a valid line\n" {
+		t.Errorf("quarantined file was modified: %q", data)
+	}
+
+	// fixing a file brings it live by itself
+	writeRaw(t, e, "badcfg", "backend badcfg_web\n    server s1 127.0.0.1:9004\n", "badcfg.example.com badcfg_web\n")
+	pub, err = e.Publish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(names(pub.Selection.Live), ","); got != "badcfg,good" {
+		t.Fatalf("after the fix live = %s", got)
+	}
+	if !pub.Changed || pub.Generation.Number != 2 {
+		t.Fatalf("want generation 2 written, got %d changed=%v", pub.Generation.Number, pub.Changed)
+	}
+
+	// once live, a fragment keeps its domain against a newer claim even when
+	// the newcomer's file is older on disk
+	writeRaw(t, e, "aaa", "backend aaa_web\n    server s1 127.0.0.1:9005\n", "badcfg.example.com aaa_web\n")
+	c, m := e.Store.Paths("aaa")
+	for _, p := range []string{c, m} {
+		if err := os.Chtimes(p, time.Now().Add(-24*time.Hour), time.Now().Add(-24*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub, err = e.Publish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(names(pub.Selection.Live), ","); got != "badcfg,good" {
+		t.Fatalf("a newcomer displaced a live fragment: live = %s", got)
+	}
+	if p := pub.Selection.Rejected["aaa"]; len(p) == 0 || !strings.Contains(p[0].Msg, `fragment "badcfg"`) {
+		t.Fatalf("aaa should be rejected naming badcfg: %v", p)
+	}
+}
+
+func names(frags []*assemble.Fragment) []string {
+	var out []string
+	for _, f := range frags {
+		out = append(out, f.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestGenerationsKeptAndLiveIsWhatWasValidated(t *testing.T) {
+	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_KEEP_GENERATIONS": "3"})
+	ctx := context.Background()
+	for i := range 5 {
+		mustApply(t, e, "t", "backend t_web\n    server s1 127.0.0.1:900"+string(rune('0'+i))+"\n", "")
+		pub, err := e.Publish(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pub.Generation.Number != i+1 || !pub.Changed {
+			t.Fatalf("publish %d: generation %d changed=%v", i, pub.Generation.Number, pub.Changed)
+		}
+	}
+	pub, err := e.Publish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub.Changed || pub.Generation.Number != 5 {
+		t.Fatalf("unchanged publish: generation %d changed=%v", pub.Generation.Number, pub.Changed)
+	}
+	gens, err := e.Generations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gens) != 3 || gens[0].Number != 3 || gens[2].Number != 5 {
+		t.Fatalf("kept generations: %+v", gens)
+	}
+	// the newest generation is byte for byte the live pair, and haproxy
+	// accepts the live file where it is, with its relative map reference
+	cfg, hostMap, err := e.layout(gens[2].Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pair := range [][2]string{{cfg, e.S.OutputConfig}, {hostMap, e.S.OutputMap}} {
+		a, _ := os.ReadFile(pair[0])
+		b, _ := os.ReadFile(pair[1])
+		if len(a) == 0 || !bytes.Equal(a, b) {
+			t.Fatalf("%s and %s differ", pair[0], pair[1])
+		}
+	}
+	res, err := e.Validator.Check(ctx, e.S.OutputConfig)
+	if err != nil || !res.Valid {
+		t.Fatalf("live config does not validate in place: %v %+v", err, res)
+	}
+}
+
+func TestMapOutsideConfigDirectory(t *testing.T) {
+	root := t.TempDir()
+	e := newEngine(t, map[string]string{
+		"HAPROXY_CONFIG_OUTPUT": filepath.Join(root, "etc/live/haproxy.cfg"),
+		"HAPROXY_CONFIG_MAP":    filepath.Join(root, "maps/hosts.map"),
+	})
+	mustApply(t, e, "t", "backend t_web\n    server s1 127.0.0.1:9001\n", "t.example.com t_web\n")
+	if _, err := e.Publish(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	live, _ := os.ReadFile(e.S.OutputConfig)
+	if !bytes.Contains(live, []byte("map(../../maps/hosts.map)")) {
+		t.Fatalf("live config does not reference the map relatively:\n%s", live)
+	}
+	res, err := e.Validator.Check(context.Background(), e.S.OutputConfig)
+	if err != nil || !res.Valid {
+		t.Fatalf("live config does not validate in place: %v %+v", err, res)
+	}
+}
+
+func TestBaseConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.cfg")
+	if err := os.WriteFile(base, []byte("global\n    master-worker\n\nbackend b\n    server s {{.Nope}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_BASE": base})
+	_, err := e.Check(context.Background())
+	var ps assemble.Problems
+	if !errors.As(err, &ps) || ps[0].File != base || ps[0].Line != 5 || !strings.Contains(err.Error(), "Nope") {
+		t.Fatalf("want a problem at %s:5 about Nope, got %v", base, err)
+	}
+	missing := newEngine(t, map[string]string{"HAPROXY_CONFIG_BASE": filepath.Join(dir, "missing.cfg")})
+	if _, err := missing.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "missing.cfg") {
+		t.Fatalf("explicit base that does not exist: got %v", err)
+	}
+}
