@@ -73,6 +73,15 @@ func Scan(conf []byte) ([]Line, []Section) {
 // Words splits one config line the way HAProxy does: on blanks, honouring
 // single and double quotes and backslash escapes, up to an unquoted '#'.
 func Words(line string) []string {
+	if !strings.ContainsAny(line, "\"'\\") {
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		if words := strings.Fields(line); len(words) > 0 {
+			return words
+		}
+		return nil
+	}
 	var words []string
 	var cur strings.Builder
 	inWord := false

@@ -97,7 +97,42 @@ func firstInvalidUTF8(data []byte) int {
 // and DNS length limits. Names come out as lowercase punycode.
 var domainProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.VerifyDNSLength(true), idna.Transitional(false))
 
-var backendRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]+$`)
+// plainLDH reports whether name is already in the form domainProfile would
+// return: lowercase letters, digits and hyphens, labels of 1 to 63 bytes
+// without a hyphen at either end or in positions 3-4 (which would make it an
+// A-label to decode), at most 253 bytes. Most names are; they skip the
+// IDNA tables, which dominate parsing time in large stores.
+func plainLDH(name string) bool {
+	if len(name) == 0 || len(name) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(name, ".") {
+		n := len(label)
+		if n == 0 || n > 63 || label[0] == '-' || label[n-1] == '-' || (n >= 4 && label[2] == '-' && label[3] == '-') {
+			return false
+		}
+		for i := 0; i < n; i++ {
+			if c := label[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validBackendName accepts the characters HAProxy allows in proxy names.
+func validBackendName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("_.:-", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
 
 // NormalizeDomain returns the stored form of a map domain: IDNs as
 // lowercase punycode, no trailing dot; "*." allowed as the whole first label.
@@ -107,9 +142,15 @@ func NormalizeDomain(d string) (string, error) {
 	if strings.Contains(name, "*") {
 		return "", fmt.Errorf("%q: a wildcard is only allowed as the whole first label, as in *.example.com", d)
 	}
-	ascii, err := domainProfile.ToASCII(name)
-	if err != nil {
-		return "", fmt.Errorf("%q is not a valid host name: %v", d, err)
+	ascii := name
+	if !plainLDH(name) {
+		var err error
+		if ascii, err = domainProfile.ToASCII(name); err != nil {
+			return "", fmt.Errorf("%q is not a valid host name: %v", d, err)
+		}
+	}
+	if strings.HasSuffix(ascii, ".") { // "example.com..": the idna profile accepts one root dot
+		return "", fmt.Errorf("%q is not a valid host name: it has an empty label", d)
 	}
 	labels := strings.Split(ascii, ".")
 	if len(labels) < 2 {
@@ -162,7 +203,7 @@ func ParseMap(loc assemble.Location, data []byte) ([]assemble.MapEntry, []byte, 
 			continue
 		}
 		backend := fields[1]
-		if !backendRE.MatchString(backend) {
+		if !validBackendName(backend) {
 			ps = append(ps, assemble.Problemf(at, "backend name %q is invalid: use letters, digits and _ . : -", backend))
 		}
 		if prev, ok := seen[domain]; ok {
@@ -241,7 +282,7 @@ func codeDirective(words []string) string {
 		return "external-check"
 	}
 	for _, w := range words[1:] {
-		if strings.HasPrefix(w, "lua.") || strings.Contains(w, "%[lua.") {
+		if strings.HasPrefix(w, "lua.") || strings.Contains(w, "%[lua.") || strings.Contains(w, ",lua.") { // ",lua.": a Lua converter
 			return "lua"
 		}
 	}

@@ -19,7 +19,7 @@ import (
 
 // newEngine returns an engine rooted in a fresh directory. Tests here run
 // the real haproxy -c; without haproxy they cannot say anything.
-func newEngine(t *testing.T, env map[string]string) *Engine {
+func newEngine(t testing.TB, env map[string]string) *Engine {
 	t.Helper()
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
