@@ -45,6 +45,9 @@ type Result struct {
 // Binary resolves the haproxy executable.
 func (v *Validator) Binary() (string, error) {
 	if strings.ContainsRune(v.Haproxy, '/') {
+		if _, err := exec.LookPath(v.Haproxy); err != nil {
+			return "", &EnvError{fmt.Errorf("haproxy binary %s (HAPROXY_CONFIG_HAPROXY) is not usable: %w", v.Haproxy, err)}
+		}
 		return v.Haproxy, nil
 	}
 	name := v.Haproxy

@@ -118,9 +118,17 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Description: "Tenants hand in fragments: HAProxy sections (CONF) and \"domain backend\" lines (MAP).\n" +
 			"Every change is validated with haproxy -c on the exact configuration that would go live.\n\n" + exitCodesHelp,
 		CustomAppHelpTemplate: cli.AppHelpTemplate,
-		ExitErrHandler:        func(*cli.Context, error) {},
+		// Without this, urfave/cli prints the help and exits 0 when no
+		// command is given, so a script that lost its arguments "succeeds".
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return usageErr("unknown command %q; see --help", c.Args().First())
+			}
+			return usageErr("no command given; see --help")
+		},
+		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return &reconcile.UsageError{Err: err}
+			return &reconcile.UsageError{Err: fmt.Errorf("%w; see --help", err)}
 		},
 		Commands: []*cli.Command{
 			{
@@ -220,7 +228,7 @@ func apply(c *cli.Context, e *reconcile.Engine) error {
 		verb = "replaced"
 	}
 	f := res.Fragment
-	fmt.Fprintf(c.App.Writer, "%s fragment %q: %d domains, backends %s (%s)\n", verb, f.Name, len(f.Map), strings.Join(f.Backends(), ", "), f.Checksum)
+	fmt.Fprintf(c.App.Writer, "%s fragment %q: %s, backends %s (%s)\n", verb, f.Name, plural(len(f.Map), "domain"), dash(f.Backends()), f.Checksum)
 	return nil
 }
 
@@ -264,6 +272,13 @@ func list(c *cli.Context, e *reconcile.Engine) error {
 	return tw.Flush()
 }
 
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
 func dash(items []string) string {
 	if len(items) == 0 {
 		return "-"
@@ -294,7 +309,7 @@ func check(c *cli.Context, e *reconcile.Engine) error {
 		return err
 	}
 	printWarnings(c, sel.Verdict.Warnings)
-	fmt.Fprintf(c.App.Writer, "%d fragments valid, %d rejected\n", len(sel.Live), len(sel.Rejected))
+	fmt.Fprintf(c.App.Writer, "%s valid, %d rejected\n", plural(len(sel.Live), "fragment"), len(sel.Rejected))
 	return rejection(sel)
 }
 
@@ -318,7 +333,7 @@ func assembleCmd(c *cli.Context, e *reconcile.Engine) error {
 	if !pub.Changed {
 		state = "unchanged"
 	}
-	fmt.Fprintf(c.App.Writer, "generation %d %s: %s and %s (%d fragments live, %d rejected)\n",
-		g.Number, state, e.S.OutputConfig, e.S.OutputMap, len(pub.Selection.Live), len(pub.Selection.Rejected))
+	fmt.Fprintf(c.App.Writer, "generation %d %s: %s and %s (%s live, %d rejected)\n",
+		g.Number, state, e.S.OutputConfig, e.S.OutputMap, plural(len(pub.Selection.Live), "fragment"), len(pub.Selection.Rejected))
 	return rejection(pub.Selection)
 }

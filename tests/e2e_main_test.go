@@ -1,0 +1,231 @@
+// Package tests holds end-to-end tests: they build the haproxy-config
+// binary once and run it as a child process against a private root
+// (HAPROXY_CONFIG_ROOT) per test, with the real haproxy validating.
+package tests
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// binary is the haproxy-config executable TestMain builds.
+var binary string
+
+// cmdTimeout bounds every haproxy-config run. It is far above what a run
+// needs; it only keeps a hung child from hanging the suite.
+const cmdTimeout = 3 * time.Minute
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "haproxy-config-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: temp dir:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binary = filepath.Join(dir, "haproxy-config")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: the go command is not in PATH:", err)
+		return 1
+	}
+	build := exec.Command(goBin, "build", "-o", binary, "haproxy-config/cmd/haproxy-config")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: go build failed: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// haproxyBinary finds haproxy the way the CLI does: PATH, then /usr/sbin.
+func haproxyBinary() (string, error) {
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		return p, nil
+	}
+	return exec.LookPath("/usr/sbin/haproxy")
+}
+
+// requireHaproxy skips a test that cannot run without haproxy.
+func requireHaproxy(t *testing.T) string {
+	t.Helper()
+	p, err := haproxyBinary()
+	if err != nil {
+		t.Skipf("SKIPPING: haproxy not installed: run tests/install-deps.sh (%v)", err)
+	}
+	return p
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	_, port, err := net.SplitHostPort(l.Addr().String())
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	return port
+}
+
+// install is one private haproxy-config installation.
+type install struct {
+	root      string
+	httpPort  string
+	httpsPort string
+	env       []string // HAPROXY_CONFIG_* for the child
+}
+
+func newInstall(t *testing.T) *install {
+	t.Helper()
+	in := &install{root: t.TempDir(), httpPort: freePort(t), httpsPort: freePort(t)}
+	in.env = []string{
+		"HAPROXY_CONFIG_ROOT=" + in.root,
+		"HAPROXY_CONFIG_HTTP_ADDR=127.0.0.1:" + in.httpPort,
+		"HAPROXY_CONFIG_HTTPS_ADDR=127.0.0.1:" + in.httpsPort,
+	}
+	return in
+}
+
+// with returns the installation's environment plus extra variables.
+func (in *install) with(extra ...string) []string {
+	return append(append([]string{}, in.env...), extra...)
+}
+
+func (in *install) fragmentsDir() string {
+	return filepath.Join(in.root, "etc/haproxy-config/fragments")
+}
+
+func (in *install) stateDir() string { return filepath.Join(in.root, "var/lib/haproxy-config") }
+
+func (in *install) historyFile() string { return filepath.Join(in.stateDir(), "history.jsonl") }
+
+func (in *install) liveConfig() string { return filepath.Join(in.stateDir(), "live/haproxy.cfg") }
+
+// childEnv is the test process's environment without any HAPROXY_CONFIG_*
+// a developer may have exported, plus env.
+func childEnv(env []string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "HAPROXY_CONFIG_") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, env...)
+}
+
+// proc is a started haproxy-config child.
+type proc struct {
+	cmd            *exec.Cmd
+	cancel         context.CancelFunc
+	stdout, stderr bytes.Buffer
+	args           []string
+}
+
+// start starts haproxy-config with args; stdin "" means no input.
+func start(t *testing.T, env []string, stdin string, args ...string) *proc {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	p := &proc{cancel: cancel, args: args}
+	p.cmd = exec.CommandContext(ctx, binary, args...)
+	p.cmd.Env = childEnv(env)
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	p.cmd.WaitDelay = 5 * time.Second
+	if stdin != "" {
+		p.cmd.Stdin = strings.NewReader(stdin)
+	}
+	if err := p.cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start haproxy-config %q: %v", args, err)
+	}
+	return p
+}
+
+// wait waits for the child and returns its output and exit code.
+func (p *proc) wait(t *testing.T) (stdout, stderr string, code int) {
+	t.Helper()
+	defer p.cancel()
+	err := p.cmd.Wait()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit) && exit.ExitCode() >= 0:
+	default:
+		t.Errorf("haproxy-config %q did not exit normally: %v\nstderr:\n%s", p.args, err, p.stderr.String())
+		return p.stdout.String(), p.stderr.String(), -1
+	}
+	return p.stdout.String(), p.stderr.String(), p.cmd.ProcessState.ExitCode()
+}
+
+// run runs haproxy-config to completion. env holds HAPROXY_CONFIG_*
+// settings; stdin "" means no input.
+func run(t *testing.T, env []string, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return start(t, env, stdin, args...).wait(t)
+}
+
+// mustRun runs haproxy-config and fails the test unless it exits 0.
+func mustRun(t *testing.T, env []string, stdin string, args ...string) string {
+	t.Helper()
+	stdout, stderr, code := run(t, env, stdin, args...)
+	if code != 0 {
+		t.Fatalf("haproxy-config %q: exit %d, want 0\nstdout:\n%s\nstderr:\n%s", args, code, stdout, stderr)
+	}
+	return stdout
+}
+
+// writeFile writes a test input file and returns its path.
+func writeFile(t *testing.T, path, content string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// backendConf is a fragment config part whose backend answers with body.
+func backendConf(backend, body string) string {
+	return fmt.Sprintf("backend %s\n    http-request return status 200 content-type text/plain string \"%s\"\n", backend, body)
+}
+
+// snapshot reads every regular file under dir, keyed by relative path.
+func snapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		files[rel] = string(data)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("snapshot %s: %v", dir, err)
+	}
+	return files
+}
