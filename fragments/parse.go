@@ -272,6 +272,20 @@ func CheckConf(loc assemble.Location, lines []assemble.Line, sections []assemble
 	return ps
 }
 
+// luaPositions are the words after which a "lua." word is a Lua action,
+// service or sample fetch rather than, say, a host name such as
+// lua.example.org in a server line or an ACL pattern.
+var luaPositions = map[string]bool{
+	"http-request": true, "http-response": true, "http-after-response": true,
+	"tcp-request": true, "tcp-response": true, "content": true, "connection": true,
+	"session": true, "use-service": true, "{": true, "if": true, "unless": true,
+	"!": true, "||": true, "or": true,
+}
+
+// luaCall finds Lua converters (",lua.x") and fetches in expressions
+// ("%[lua.x]"), wherever the word stands.
+var luaCall = regexp.MustCompile(`(%\[|,)\s*lua\.`)
+
 // codeDirective returns the allow-key of a directive that runs programs or
 // loads code, or "" for an ordinary line.
 func codeDirective(words []string) string {
@@ -281,8 +295,10 @@ func codeDirective(words []string) string {
 	if words[0] == "option" && len(words) > 1 && words[1] == "external-check" {
 		return "external-check"
 	}
-	for _, w := range words[1:] {
-		if strings.HasPrefix(w, "lua.") || strings.Contains(w, "%[lua.") || strings.Contains(w, ",lua.") { // ",lua.": a Lua converter
+	for i, w := range words[1:] {
+		prev := words[i]
+		isACLFetch := words[0] == "acl" && i == 1 // acl NAME lua.fetch ...
+		if luaCall.MatchString(w) || strings.HasPrefix(w, "lua.") && (luaPositions[prev] || isACLFetch) {
 			return "lua"
 		}
 	}

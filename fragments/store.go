@@ -43,7 +43,7 @@ type Store struct {
 // returned function releases it.
 func (s *Store) Lock(ctx context.Context) (func(), error) {
 	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+		return nil, fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
 	}
 	path := filepath.Join(s.StateDir, "store.lock")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
@@ -111,7 +111,12 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 		if Ignored(file) || e.IsDir() {
 			continue
 		}
-		name := strings.TrimSuffix(strings.TrimSuffix(file, ConfSuffix), MapSuffix)
+		// Strip only the suffix the file has: "x.map.cfg" is not fragment x.
+		conf := strings.HasSuffix(file, ConfSuffix)
+		name := strings.TrimSuffix(file, MapSuffix)
+		if conf {
+			name = strings.TrimSuffix(file, ConfSuffix)
+		}
 		path := filepath.Join(s.Dir, file)
 		if err := ValidName(name); err != nil {
 			ps = append(ps, &assemble.Problem{Location: assemble.Location{Fragment: name, File: path}, Msg: err.Error()})
@@ -122,7 +127,7 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 			st = &Stored{Name: name}
 			byName[name] = st
 		}
-		if err := st.load(path, strings.HasSuffix(file, ConfSuffix)); err != nil {
+		if err := st.load(path, conf); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -188,7 +193,7 @@ func (s *Store) Write(f *assemble.Fragment) error {
 		return err
 	}
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
-		return fmt.Errorf("create fragment directory: %w", err)
+		return fmt.Errorf("create fragment directory (HAPROXY_CONFIG_FRAGMENTS): %w", err)
 	}
 	if err := WriteFile(s.path(f.Name, true), f.Conf, 0o644); err != nil {
 		return err
@@ -262,9 +267,17 @@ func (s *Store) Record(e Event) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		return fmt.Errorf("open history: %w", err)
+	}
+	// After a crash the file may end in a torn line: end it, or this event
+	// would be glued to it and skipped by History as well.
+	if fi, err := f.Stat(); err == nil && fi.Size() > 0 {
+		last := []byte{0}
+		if _, err := f.ReadAt(last, fi.Size()-1); err == nil && last[0] != '\n' {
+			line = append([]byte{'\n'}, line...)
+		}
 	}
 	_, err = f.Write(append(line, '\n'))
 	if err == nil {

@@ -1,0 +1,451 @@
+package fragments
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"haproxy-config/assemble"
+)
+
+func newStore(t *testing.T) *Store {
+	t.Helper()
+	root := t.TempDir()
+	return &Store{Dir: filepath.Join(root, "fragments"), StateDir: filepath.Join(root, "state")}
+}
+
+func mustParse(t *testing.T, name, conf, mapData string) *assemble.Fragment {
+	t.Helper()
+	f, ps := Parse(name, name+".cfg", []byte(conf), name+".map", []byte(mapData), Policy{})
+	if len(ps) != 0 {
+		t.Fatalf("Parse(%s): %v", name, ps)
+	}
+	return f
+}
+
+func writeRaw(t *testing.T, dir, file, data string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestStoreWriteRead(t *testing.T) {
+	s := newStore(t)
+	f := mustParse(t, "shop", "backend shop\r\n    server s1 10.0.0.1:80", "Shop.Example.com shop")
+	if err := s.Write(f); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if got, want := dirNames(t, s.Dir), []string{"shop.cfg", "shop.map"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("directory holds %q, want %q (no temp files)", got, want)
+	}
+	st, err := s.Read("shop")
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	conf, hostMap := s.Paths("shop")
+	if conf != filepath.Join(s.Dir, "shop.cfg") || hostMap != filepath.Join(s.Dir, "shop.map") {
+		t.Errorf("Paths = %q %q", conf, hostMap)
+	}
+	if st.Name != "shop" || st.ConfPath != conf || st.MapPath != hostMap {
+		t.Errorf("Read = %+v", st)
+	}
+	if string(st.Conf) != "backend shop\n    server s1 10.0.0.1:80\n" || string(st.Map) != "shop.example.com shop\n" {
+		t.Errorf("Read content = %q / %q", st.Conf, st.Map)
+	}
+	if st.ModTime.IsZero() {
+		t.Errorf("ModTime not set")
+	}
+	// What was stored parses back to the same fragment.
+	g, ps := st.Parse(Policy{})
+	if len(ps) != 0 || g.Checksum != f.Checksum || g.ConfFile != conf || g.MapFile != hostMap {
+		t.Errorf("stored fragment parses to %+v, %v; want checksum %s", g, ps, f.Checksum)
+	}
+
+	// Overwriting replaces both parts, still without leftovers.
+	f2 := mustParse(t, "shop", "backend shop\n", "")
+	if err := s.Write(f2); err != nil {
+		t.Fatalf("second Write: %v", err)
+	}
+	st, err = s.Read("shop")
+	if err != nil || string(st.Conf) != "backend shop\n" || string(st.Map) != "" || st.MapPath != hostMap {
+		t.Errorf("Read after overwrite = %+v, %v", st, err)
+	}
+	if got, want := dirNames(t, s.Dir), []string{"shop.cfg", "shop.map"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("directory holds %q after overwrite, want %q", got, want)
+	}
+
+	if err := s.Write(&assemble.Fragment{Name: "../evil"}); err == nil {
+		t.Errorf("Write of an invalid name succeeded")
+	}
+}
+
+func TestStoreReadErrors(t *testing.T) {
+	s := newStore(t)
+	if _, err := s.Read("nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Read of a missing store = %v, want ErrNotFound", err)
+	}
+	writeRaw(t, s.Dir, "other.cfg", "backend other\n")
+	_, err := s.Read("nosuch")
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("Read(nosuch) = %v, want ErrNotFound", err)
+	}
+	if err != nil && err.Error() != `fragment "nosuch": no such fragment` {
+		t.Errorf("Read(nosuch) error text = %q", err)
+	}
+	for _, name := range []string{"../other", "Other", "other.cfg", ""} {
+		if _, err := s.Read(name); err == nil || errors.Is(err, ErrNotFound) {
+			t.Errorf("Read(%q) = %v, want a name error", name, err)
+		}
+	}
+}
+
+func TestStoreReadAll(t *testing.T) {
+	s := newStore(t)
+
+	// A missing directory is an empty store.
+	all, ps, err := s.ReadAll()
+	if all != nil || ps != nil || err != nil {
+		t.Errorf("ReadAll of a missing directory = %v, %v, %v", all, ps, err)
+	}
+
+	files := map[string]string{
+		"zeta.cfg":       "backend zeta\n",
+		"zeta.map":       "zeta.example.com zeta\n",
+		"alpha.cfg":      "backend alpha\n",
+		"maponly.map":    "m.example.com base_backend\n",
+		"m-1.cfg":        "backend m1\n",
+		".hidden.cfg":    "x",
+		"x.cfg~":         "x",
+		"x.cfg.bak":      "x",
+		".x.cfg.swp":     "x",
+		"README":         "x",
+		"x.cfg.dpkg-old": "x",
+		"x.cfg.orig":     "x",
+		"x.txt":          "x",
+		".shop.cfg12345": "x", // a renameio temp file
+		"Bad_Name.cfg":   "x",
+		"bad..name.map":  "x",
+		"x.map.cfg":      "x",
+	}
+	for file, data := range files {
+		writeRaw(t, s.Dir, file, data)
+	}
+	if err := os.Mkdir(filepath.Join(s.Dir, "dir.cfg"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	all, ps, err = s.ReadAll()
+	if err != nil {
+		t.Fatalf("ReadAll: %v", err)
+	}
+	type got struct{ Name, ConfPath, MapPath, Conf, Map string }
+	var gots []got
+	for _, st := range all {
+		gots = append(gots, got{st.Name, st.ConfPath, st.MapPath, string(st.Conf), string(st.Map)})
+		if st.ModTime.IsZero() {
+			t.Errorf("%s: ModTime not set", st.Name)
+		}
+	}
+	p := func(f string) string { return filepath.Join(s.Dir, f) }
+	want := []got{
+		{"alpha", p("alpha.cfg"), "", "backend alpha\n", ""},
+		{"m-1", p("m-1.cfg"), "", "backend m1\n", ""},
+		{"maponly", "", p("maponly.map"), "", "m.example.com base_backend\n"},
+		{"zeta", p("zeta.cfg"), p("zeta.map"), "backend zeta\n", "zeta.example.com zeta\n"},
+	}
+	if !reflect.DeepEqual(gots, want) {
+		t.Errorf("ReadAll =\n%+v\nwant\n%+v", gots, want)
+	}
+	// Problems come in directory order (sorted by file name).
+	wantPs := []where{
+		{"Bad_Name", p("Bad_Name.cfg"), 0, `fragment name "Bad_Name" is invalid: use 1 to 64 of a-z 0-9 . _ - starting with a letter or digit`},
+		{"bad..name", p("bad..name.map"), 0, `fragment name "bad..name" is invalid: it contains ".."`},
+		{"x.map", p("x.map.cfg"), 0, `fragment name "x.map" is invalid: leave out the .cfg/.map suffix`},
+	}
+	if got := wheres(ps); !reflect.DeepEqual(got, wantPs) {
+		t.Errorf("ReadAll problems =\n%+v\nwant\n%+v", got, wantPs)
+	}
+
+	// A map-only fragment parses (its conf part is empty).
+	for _, st := range all {
+		if st.Name != "maponly" {
+			continue
+		}
+		f, ps := st.Parse(Policy{})
+		if len(ps) != 0 || f.ConfFile != "" || f.MapFile != p("maponly.map") || len(f.Map) != 1 {
+			t.Errorf("maponly parses to %+v, %v", f, ps)
+		}
+	}
+}
+
+func TestIgnored(t *testing.T) {
+	for file, want := range map[string]bool{
+		"a.cfg": false, "a.map": false, "a.b.cfg": false,
+		".a.cfg": true, "a.cfg~": true, "a.cfg.bak": true, ".a.cfg.swp": true, "a.cfg.swo": true,
+		"a.cfg.dpkg-old": true, "a.cfg.dpkg-new": true, "a.cfg.ucf-dist": true, "a.map.tmp": true,
+		"README": true, "a.conf": true, "a.cfgx": true, "": true,
+	} {
+		if got := Ignored(file); got != want {
+			t.Errorf("Ignored(%q) = %v, want %v", file, got, want)
+		}
+	}
+}
+
+func TestStoreDelete(t *testing.T) {
+	s := newStore(t)
+	if err := s.Write(mustParse(t, "shop", "backend shop\n", "shop.example.com shop\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(mustParse(t, "keep", "backend keep\n", "")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete("shop"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if got, want := dirNames(t, s.Dir), []string{"keep.cfg", "keep.map"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after Delete the directory holds %q, want %q", got, want)
+	}
+	if _, err := s.Read("shop"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Read after Delete = %v, want ErrNotFound", err)
+	}
+	err := s.Delete("shop")
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Delete = %v, want ErrNotFound", err)
+	}
+	if err := s.Delete("never-there"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Delete(never-there) = %v, want ErrNotFound", err)
+	}
+	if err := s.Delete("../keep"); err == nil || errors.Is(err, ErrNotFound) {
+		t.Errorf("Delete(../keep) = %v, want a name error", err)
+	}
+
+	// One part alone is deleted too.
+	writeRaw(t, s.Dir, "half.map", "h.example.com keep\n")
+	if err := s.Delete("half"); err != nil {
+		t.Errorf("Delete of a map-only fragment: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir, "half.map")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("half.map still there: %v", err)
+	}
+}
+
+func TestStoreHistory(t *testing.T) {
+	s := newStore(t)
+	if events, err := s.History(); events != nil || err != nil {
+		t.Errorf("History without a file = %v, %v", events, err)
+	}
+	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
+	want := []Event{
+		{Time: t0, Action: "apply", Name: "shop", Checksum: "sha256:ab", Actor: "alice"},
+		{Time: t0.Add(time.Minute), Action: "remove", Name: "shop", Actor: "bob (sudo by carol)"},
+	}
+	for _, e := range want {
+		if err := s.Record(e); err != nil {
+			t.Fatalf("Record: %v", err)
+		}
+	}
+	got, err := s.History()
+	if err != nil {
+		t.Fatalf("History: %v", err)
+	}
+	if !eventsEqual(got, want) {
+		t.Errorf("History = %+v, want %+v", got, want)
+	}
+
+	// A crash mid-write leaves a torn last line: History skips it.
+	path := filepath.Join(s.StateDir, "history.jsonl")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"time":"2024-05-06T07:10:00Z","action":"app`); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	got, err = s.History()
+	if err != nil || !eventsEqual(got, want) {
+		t.Errorf("History with a torn last line = %+v, %v; want %+v", got, err, want)
+	}
+
+	// The next event after the crash is not lost with the torn line.
+	next := Event{Time: t0.Add(2 * time.Minute), Action: "apply", Name: "blog", Checksum: "sha256:cd", Actor: "dave"}
+	if err := s.Record(next); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.History()
+	if want := append(slices.Clone(want), next); err != nil || !eventsEqual(got, want) {
+		t.Errorf("History after recording past a torn line = %+v, %v; want %+v", got, err, want)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data[len(data)-1] != '\n' {
+		t.Errorf("history does not end in a newline")
+	}
+}
+
+func TestStoreTrimHistory(t *testing.T) {
+	s := newStore(t)
+	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(s.StateDir, "history.jsonl")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := json.NewEncoder(f)
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	const n = historyKeep + 7
+	for i := 0; i < n; i++ {
+		if err := enc.Encode(Event{Time: t0.Add(time.Duration(i) * time.Second), Action: "apply", Name: "f", Actor: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if err := s.trimHistory(path); err != nil {
+		t.Fatalf("trimHistory: %v", err)
+	}
+	events, err := s.History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events) != historyKeep {
+		t.Fatalf("kept %d events, want %d", len(events), historyKeep)
+	}
+	if !events[0].Time.Equal(t0.Add(7*time.Second)) || !events[len(events)-1].Time.Equal(t0.Add((n-1)*time.Second)) {
+		t.Errorf("kept %v .. %v, want the newest", events[0].Time, events[len(events)-1].Time)
+	}
+	if got := dirNames(t, s.StateDir); !reflect.DeepEqual(got, []string{"history.jsonl"}) {
+		t.Errorf("state directory holds %q", got)
+	}
+}
+
+func eventsEqual(a, b []Event) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if !x.Time.Equal(y.Time) || x.Action != y.Action || x.Name != y.Name || x.Checksum != y.Checksum || x.Actor != y.Actor {
+			return false
+		}
+	}
+	return true
+}
+
+func TestStoreLock(t *testing.T) {
+	s := newStore(t)
+	unlock, err := s.Lock(context.Background())
+	if err != nil {
+		t.Fatalf("first Lock: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.StateDir, "store.lock")); err != nil {
+		t.Errorf("lock file: %v", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	start := time.Now()
+	unlock2, err := s.Lock(ctx)
+	cancel()
+	if err == nil {
+		unlock2()
+		t.Fatalf("second Lock succeeded while the first is held")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("second Lock error = %v, want context.DeadlineExceeded", err)
+	}
+	if waited := time.Since(start); waited < 40*time.Millisecond {
+		t.Errorf("second Lock gave up after %v, before its deadline", waited)
+	}
+
+	unlock()
+	ctx, cancel = context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	unlock3, err := s.Lock(ctx)
+	if err != nil {
+		t.Fatalf("Lock after release: %v", err)
+	}
+
+	// A waiter gets the lock as soon as it is released.
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		u, err := s.Lock(ctx)
+		if err == nil {
+			u()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("waiter got the lock while it was held: %v", err)
+	case <-time.After(30 * time.Millisecond):
+	}
+	unlock3()
+	if err := <-done; err != nil {
+		t.Errorf("waiter: %v", err)
+	}
+}
+
+func TestStoreLockCanceled(t *testing.T) {
+	s := newStore(t)
+	unlock, err := s.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Lock(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Lock with a canceled context = %v, want context.Canceled", err)
+	}
+}
+
+func TestWriteFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "out.cfg")
+	for _, data := range []string{"first\n", "second, longer\n", ""} {
+		if err := WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatalf("WriteFile: %v", err)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil || string(got) != data {
+			t.Errorf("read back %q, %v; want %q", got, err, data)
+		}
+		if names := dirNames(t, dir); !reflect.DeepEqual(names, []string{"out.cfg"}) {
+			t.Errorf("directory holds %q, want only out.cfg", names)
+		}
+	}
+	if err := WriteFile(filepath.Join(dir, "missing", "x"), []byte("x"), 0o600); err == nil {
+		t.Errorf("WriteFile into a missing directory succeeded")
+	}
+}
