@@ -42,7 +42,21 @@ type Problem struct {
 	Msg string
 }
 
-func (p *Problem) Error() string { return p.Location.String() + ": " + p.Msg }
+// Error puts the file and line first, as compilers do, so that editors and
+// CI annotators can jump to it: "shop.cfg:3: fragment "shop": message".
+func (p *Problem) Error() string {
+	where := p.File
+	if p.Line > 0 {
+		where = fmt.Sprintf("%s:%d", p.File, p.Line)
+	}
+	switch {
+	case p.Fragment != "":
+		return fmt.Sprintf("%s: fragment %q: %s", where, p.Fragment, p.Msg)
+	case p.Line > 0:
+		return where + ": base config: " + p.Msg
+	}
+	return where + ": " + p.Msg
+}
 
 // Problemf builds a Problem with a formatted message.
 func Problemf(loc Location, format string, args ...any) *Problem {

@@ -2,6 +2,7 @@ package assemble
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 )
 
@@ -70,14 +71,23 @@ func Scan(conf []byte) ([]Line, []Section) {
 	return lines, sections
 }
 
-// Words splits one config line the way HAProxy does: on blanks, honouring
-// single and double quotes and backslash escapes, up to an unquoted '#'.
+// isBlank reports whether HAProxy separates words at r: C isspace() in the
+// "C" locale. Other Unicode spaces (U+00A0 ...) are part of a word.
+func isBlank(r rune) bool {
+	return r == ' ' || r == '\t' || r == '\v' || r == '\f' || r == '\r' || r == '\n'
+}
+
+// Words splits one config line the way HAProxy 2.6 does, so that policy
+// checks see the words HAProxy will see: on blanks, honouring single quotes
+// (no escapes inside), double quotes, and the backslash escapes HAProxy
+// decodes outside single quotes (\<space> \\ \" \' \# \$ \r \n \t \xHH;
+// any other backslash stays as it is), up to an unquoted '#'.
 func Words(line string) []string {
 	if !strings.ContainsAny(line, "\"'\\") {
 		if i := strings.IndexByte(line, '#'); i >= 0 {
 			line = line[:i]
 		}
-		if words := strings.Fields(line); len(words) > 0 {
+		if words := strings.FieldsFunc(line, isBlank); len(words) > 0 {
 			return words
 		}
 		return nil
@@ -89,25 +99,29 @@ func Words(line string) []string {
 	for i := 0; i < len(line); i++ {
 		c := line[i]
 		switch {
-		case quote != 0:
+		case quote == '\'':
 			if c == quote {
 				quote = 0
-			} else if c == '\\' && quote == '"' && i+1 < len(line) {
-				i++
-				cur.WriteByte(line[i])
 			} else {
 				cur.WriteByte(c)
 			}
-		case c == '\\' && i+1 < len(line):
-			i++
-			cur.WriteByte(line[i])
+		case c == '\\':
+			n, size := unescape(line[i:])
+			cur.WriteByte(n)
+			i += size - 1
 			inWord = true
+		case quote == '"':
+			if c == quote {
+				quote = 0
+			} else {
+				cur.WriteByte(c)
+			}
 		case c == '"' || c == '\'':
 			quote = c
 			inWord = true
 		case c == '#':
 			i = len(line)
-		case c == ' ' || c == '\t' || c == '\r':
+		case isBlank(rune(c)):
 			if inWord {
 				words = append(words, cur.String())
 				cur.Reset()
@@ -122,4 +136,29 @@ func Words(line string) []string {
 		words = append(words, cur.String())
 	}
 	return words
+}
+
+// unescape decodes the backslash sequence at the start of s and returns
+// the byte it stands for and how many bytes of s it used.
+func unescape(s string) (byte, int) {
+	if len(s) < 2 {
+		return '\\', 1
+	}
+	switch s[1] {
+	case ' ', '\\', '"', '\'', '#', '$':
+		return s[1], 2
+	case 'r':
+		return '\r', 2
+	case 'n':
+		return '\n', 2
+	case 't':
+		return '\t', 2
+	case 'x':
+		if len(s) >= 4 {
+			if v, err := strconv.ParseUint(s[2:4], 16, 8); err == nil {
+				return byte(v), 4
+			}
+		}
+	}
+	return '\\', 1
 }

@@ -629,3 +629,14 @@ func TestLuaOnlyWhereLuaRuns(t *testing.T) {
 		}
 	}
 }
+
+func TestEscapedCodeDirectivesRefused(t *testing.T) {
+	for _, line := range []string{`option external\x2dcheck`, `external\x2dcheck command /bin/true`, `http-request lua\x2ehook`, "option\vexternal-check # \""} {
+		conf := "backend b\n    " + line + "\n"
+		lines, sections := assemble.Scan([]byte(conf))
+		ps := CheckConf(assemble.Location{Fragment: "t", File: "t.cfg"}, lines, sections, Policy{})
+		if len(ps) != 1 || ps[0].Line != 2 || !strings.Contains(ps[0].Msg, "runs programs or loads code") {
+			t.Errorf("%q: want one refusal on line 2, got %v", line, ps)
+		}
+	}
+}

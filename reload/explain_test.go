@@ -214,7 +214,7 @@ func TestExplainProblemText(t *testing.T) {
 	errs, _ := Explain(out.Source, candCfg, candMap, []Message{
 		{"ALERT", fmt.Sprintf("parsing [%s:%d] : unknown keyword 'bogus-keyword' in 'backend' section", candCfg, c)},
 	})
-	want := `fragment "c" (` + cCfgFile + `:5): unknown keyword 'bogus-keyword' in 'backend' section`
+	want := cCfgFile + `:5: fragment "c": unknown keyword 'bogus-keyword' in 'backend' section`
 	if len(errs) != 1 || errs.Error() != want {
 		t.Errorf("Explain text = %q, want %q", errs.Error(), want)
 	}

@@ -82,7 +82,7 @@ func list(dst func(*Settings) *[]string) func(*Settings, string) error {
 
 func addr(dst func(*Settings) *string) func(*Settings, string) error {
 	return func(s *Settings, v string) error {
-		if _, _, err := net.SplitHostPort(v); err != nil {
+		if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
 			return fmt.Errorf("%q is not HOST:PORT (use :PORT for all addresses)", v)
 		}
 		*dst(s) = v

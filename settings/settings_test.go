@@ -1,0 +1,605 @@
+package settings
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"haproxy-config/assemble"
+)
+
+// env is a fake environment for Source.Getenv.
+func env(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := vars[k]
+		return v, ok
+	}
+}
+
+// writeFile writes a defaults file in a fresh temporary directory.
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "haproxy-config")
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// builtIn are the settings with every built-in default under root.
+func builtIn(root, defaultsFile string) *Settings {
+	return &Settings{
+		Root:             root,
+		DefaultsFile:     defaultsFile,
+		BaseConfig:       filepath.Join(root, "etc/haproxy-config/base.cfg"),
+		BaseIsDefault:    true,
+		FragmentsDir:     filepath.Join(root, "etc/haproxy-config/fragments"),
+		OutputConfig:     filepath.Join(root, "var/lib/haproxy-config/live/haproxy.cfg"),
+		OutputMap:        filepath.Join(root, "var/lib/haproxy-config/live/hosts.map"),
+		StateDir:         filepath.Join(root, "var/lib/haproxy-config"),
+		Haproxy:          "haproxy",
+		RuntimeSocket:    filepath.Join(root, "run/haproxy-config/admin.sock"),
+		CertsDir:         filepath.Join(root, "var/lib/haproxy-config/certs"),
+		HTTPAddr:         ":80",
+		HTTPSAddr:        ":443",
+		ChallengeAddr:    "127.0.0.1:8402",
+		CrossRefs:        false,
+		MaxFragmentBytes: 262144,
+		KeepGenerations:  20,
+	}
+}
+
+func TestLoadBuiltInDefaults(t *testing.T) {
+	empty := writeFile(t, "")
+	s, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_DEFAULTS": empty})})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	want := &Settings{
+		Root:             "/",
+		DefaultsFile:     empty,
+		BaseConfig:       "/etc/haproxy-config/base.cfg",
+		BaseIsDefault:    true,
+		FragmentsDir:     "/etc/haproxy-config/fragments",
+		OutputConfig:     "/var/lib/haproxy-config/live/haproxy.cfg",
+		OutputMap:        "/var/lib/haproxy-config/live/hosts.map",
+		StateDir:         "/var/lib/haproxy-config",
+		Haproxy:          "haproxy",
+		RuntimeSocket:    "/run/haproxy-config/admin.sock",
+		CertsDir:         "/var/lib/haproxy-config/certs",
+		HTTPAddr:         ":80",
+		HTTPSAddr:        ":443",
+		ChallengeAddr:    "127.0.0.1:8402",
+		MaxFragmentBytes: 262144,
+		KeepGenerations:  20,
+	}
+	if !reflect.DeepEqual(s, want) {
+		t.Errorf("Load:\n got %+v\nwant %+v", s, want)
+	}
+	if got, want := s.CrtList(), "/var/lib/haproxy-config/certs/crt-list"; got != want {
+		t.Errorf("CrtList() = %q, want %q", got, want)
+	}
+	if got, want := s.FallbackCert(), "/var/lib/haproxy-config/certs/fallback.pem"; got != want {
+		t.Errorf("FallbackCert() = %q, want %q", got, want)
+	}
+}
+
+func TestLoadRoot(t *testing.T) {
+	root := t.TempDir() // holds no defaults file: the default location may be missing
+	other := t.TempDir()
+	tests := []struct {
+		name string
+		src  Source
+		root string
+	}{
+		{"environment", Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": root})}, root},
+		{"flag", Source{Flags: map[string]string{"root": root}, Getenv: env(nil)}, root},
+		{"flag beats environment", Source{Flags: map[string]string{"root": root}, Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": other})}, root},
+		{"empty root is /", Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": "", "HAPROXY_CONFIG_DEFAULTS": writeFile(t, "")})}, "/"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Load(tt.src)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			defaultsFile := filepath.Join(tt.root, "etc/default/haproxy-config")
+			if tt.root == "/" {
+				defaultsFile = s.DefaultsFile // named explicitly above
+			}
+			if want := builtIn(tt.root, defaultsFile); !reflect.DeepEqual(s, want) {
+				t.Errorf("Load:\n got %+v\nwant %+v", s, want)
+			}
+		})
+	}
+}
+
+func TestLoadRootDefaultsFile(t *testing.T) {
+	// The defaults file at its default location under the root is read.
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc/default"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(root, "etc/default/haproxy-config")
+	if err := os.WriteFile(path, []byte("HAPROXY_CONFIG_HTTP_ADDR=127.0.0.1:8080\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": root})})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if s.DefaultsFile != path {
+		t.Errorf("DefaultsFile = %q, want %q", s.DefaultsFile, path)
+	}
+	if s.HTTPAddr != "127.0.0.1:8080" {
+		t.Errorf("HTTPAddr = %q, want the defaults file's 127.0.0.1:8080", s.HTTPAddr)
+	}
+	// The defaults file does not move the root or itself.
+	if s.Root != root || s.StateDir != filepath.Join(root, "var/lib/haproxy-config") {
+		t.Errorf("Root = %q, StateDir = %q", s.Root, s.StateDir)
+	}
+}
+
+func TestLoadPrecedence(t *testing.T) {
+	keys := []struct {
+		key   string // Name of the setting
+		flag  string
+		vals  [4]string // flag, env, file, built-in default (as given)
+		want  [4]any    // the parsed field for each source
+		field func(*Settings) any
+	}{
+		{"BASE", "base", [4]string{"/f/base.cfg", "/e/base.cfg", "/d/base.cfg", ""},
+			[4]any{"/f/base.cfg", "/e/base.cfg", "/d/base.cfg", "ROOT/etc/haproxy-config/base.cfg"},
+			func(s *Settings) any { return s.BaseConfig }},
+		{"FRAGMENTS", "fragments", [4]string{"/f", "/e", "/d", ""},
+			[4]any{"/f", "/e", "/d", "ROOT/etc/haproxy-config/fragments"},
+			func(s *Settings) any { return s.FragmentsDir }},
+		{"OUTPUT", "output", [4]string{"/f", "/e", "/d", ""},
+			[4]any{"/f", "/e", "/d", "ROOT/var/lib/haproxy-config/live/haproxy.cfg"},
+			func(s *Settings) any { return s.OutputConfig }},
+		{"MAP", "map", [4]string{"/f", "/e", "/d", ""},
+			[4]any{"/f", "/e", "/d", "ROOT/var/lib/haproxy-config/live/hosts.map"},
+			func(s *Settings) any { return s.OutputMap }},
+		{"STATE", "state", [4]string{"/f", "/e", "/d", ""},
+			[4]any{"/f", "/e", "/d", "ROOT/var/lib/haproxy-config"},
+			func(s *Settings) any { return s.StateDir }},
+		{"CERTS", "certs", [4]string{"/f", "/e", "/d", ""},
+			[4]any{"/f", "/e", "/d", "ROOT/var/lib/haproxy-config/certs"},
+			func(s *Settings) any { return s.CertsDir }},
+		{"HAPROXY", "haproxy", [4]string{"/f/haproxy", "/e/haproxy", "/d/haproxy", ""},
+			[4]any{"/f/haproxy", "/e/haproxy", "/d/haproxy", "haproxy"},
+			func(s *Settings) any { return s.Haproxy }},
+		{"RUNTIME_SOCKET", "runtime-socket", [4]string{"/f.sock", "/e.sock", "/d.sock", ""},
+			[4]any{"/f.sock", "/e.sock", "/d.sock", "ROOT/run/haproxy-config/admin.sock"},
+			func(s *Settings) any { return s.RuntimeSocket }},
+		{"HTTP_ADDR", "http-addr", [4]string{":1", ":2", ":3", ""},
+			[4]any{":1", ":2", ":3", ":80"},
+			func(s *Settings) any { return s.HTTPAddr }},
+		{"HTTPS_ADDR", "https-addr", [4]string{"[::1]:1", "[::1]:2", "[::1]:3", ""},
+			[4]any{"[::1]:1", "[::1]:2", "[::1]:3", ":443"},
+			func(s *Settings) any { return s.HTTPSAddr }},
+		{"CHALLENGE_ADDR", "challenge-addr", [4]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", ""},
+			[4]any{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:8402"},
+			func(s *Settings) any { return s.ChallengeAddr }},
+		{"ALLOW_SECTIONS", "allow-sections", [4]string{"userlist", "cache, ring", "peers,userlist ,, cache", ""},
+			[4]any{[]string{"userlist"}, []string{"cache", "ring"}, []string{"peers", "userlist", "cache"}, []string(nil)},
+			func(s *Settings) any { return s.AllowSections }},
+		{"ALLOW_DIRECTIVES", "allow-directives", [4]string{"lua", "command external-check", "lua,command", ""},
+			[4]any{[]string{"lua"}, []string{"command", "external-check"}, []string{"lua", "command"}, []string(nil)},
+			func(s *Settings) any { return s.AllowDirectives }},
+		{"CROSS_REFS", "cross-refs", [4]string{"true", "false", "yes", ""},
+			[4]any{true, false, true, false},
+			func(s *Settings) any { return s.CrossRefs }},
+		{"MAX_FRAGMENT_BYTES", "max-fragment-bytes", [4]string{"1", "2", "3", ""},
+			[4]any{int64(1), int64(2), int64(3), int64(262144)},
+			func(s *Settings) any { return s.MaxFragmentBytes }},
+		{"KEEP_GENERATIONS", "keep-generations", [4]string{"1", "2", "3", ""},
+			[4]any{1, 2, 3, 20},
+			func(s *Settings) any { return s.KeepGenerations }},
+	}
+	layers := []struct {
+		name       string
+		flag, env  bool
+		file       bool
+		wantSource int // index into vals/want
+	}{
+		{"flag beats environment and file", true, true, true, 0},
+		{"flag beats file", true, false, true, 0},
+		{"flag alone", true, false, false, 0},
+		{"environment beats file", false, true, true, 1},
+		{"environment alone", false, true, false, 1},
+		{"file alone", false, false, true, 2},
+		{"built-in default", false, false, false, 3},
+	}
+	for _, k := range keys {
+		for _, l := range layers {
+			t.Run(k.key+"/"+l.name, func(t *testing.T) {
+				root := t.TempDir()
+				envVars := map[string]string{"HAPROXY_CONFIG_ROOT": root}
+				flags := map[string]string{}
+				content := "# test\n"
+				if l.flag {
+					flags[k.flag] = k.vals[0]
+				}
+				if l.env {
+					envVars[EnvPrefix+k.key] = k.vals[1]
+				}
+				if l.file {
+					content += EnvPrefix + k.key + "=" + k.vals[2] + "\n"
+				}
+				envVars["HAPROXY_CONFIG_DEFAULTS"] = writeFile(t, content)
+				s, err := Load(Source{Flags: flags, Getenv: env(envVars)})
+				if err != nil {
+					t.Fatalf("Load: %v", err)
+				}
+				want := k.want[l.wantSource]
+				if w, ok := want.(string); ok && strings.HasPrefix(w, "ROOT/") {
+					want = filepath.Join(root, strings.TrimPrefix(w, "ROOT/"))
+				}
+				if got := k.field(s); !reflect.DeepEqual(got, want) {
+					t.Errorf("got %#v, want %#v", got, want)
+				}
+				// Every other setting keeps its built-in default.
+				def := builtIn(root, s.DefaultsFile)
+				for _, other := range keys {
+					if other.key == k.key {
+						continue
+					}
+					if got, want := other.field(s), other.field(def); !reflect.DeepEqual(got, want) {
+						t.Errorf("%s = %#v, want its default %#v", other.key, got, want)
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestLoadFlagGivenEmpty(t *testing.T) {
+	// A flag given on the command line wins even when empty.
+	root := t.TempDir()
+	s, err := Load(Source{
+		Flags:  map[string]string{"allow-sections": "", "haproxy": ""},
+		Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": root, "HAPROXY_CONFIG_ALLOW_SECTIONS": "userlist", "HAPROXY_CONFIG_HAPROXY": "/usr/sbin/haproxy"}),
+	})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if s.AllowSections != nil || s.Haproxy != "" {
+		t.Errorf("AllowSections = %q, Haproxy = %q; want both empty", s.AllowSections, s.Haproxy)
+	}
+}
+
+func TestLoadUsesProcessEnvironment(t *testing.T) {
+	root := t.TempDir()
+	t.Setenv("HAPROXY_CONFIG_ROOT", root)
+	t.Setenv("HAPROXY_CONFIG_KEEP_GENERATIONS", "7")
+	s, err := Load(Source{})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if s.Root != root || s.KeepGenerations != 7 {
+		t.Errorf("Root = %q, KeepGenerations = %d; want %q, 7", s.Root, s.KeepGenerations, root)
+	}
+}
+
+func TestLoadBool(t *testing.T) {
+	tests := []struct {
+		v    string
+		want bool
+	}{
+		{"1", true}, {"true", true}, {"TRUE", true}, {"yes", true}, {"On", true},
+		{"0", false}, {"false", false}, {"False", false}, {"no", false}, {"OFF", false}, {"", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.v, func(t *testing.T) {
+			s, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": t.TempDir(), "HAPROXY_CONFIG_CROSS_REFS": tt.v})})
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if s.CrossRefs != tt.want {
+				t.Errorf("CrossRefs = %v, want %v", s.CrossRefs, tt.want)
+			}
+		})
+	}
+}
+
+func TestReadDefaultsFile(t *testing.T) {
+	path := writeFile(t, strings.Join([]string{
+		"# /etc/default/haproxy-config",
+		"   # an indented comment",
+		"",
+		`export HAPROXY_CONFIG_HTTP_ADDR=":8080"`,
+		`HAPROXY_CONFIG_HTTPS_ADDR=':8443'`,
+		"  HAPROXY_CONFIG_STATE = /srv/state   ",
+		"PATH=/usr/bin:/bin",
+		`export OTHER_THING="x y"`,
+		"GOMAXPROCS=2",
+		`HAPROXY_CONFIG_ALLOW_SECTIONS="userlist, cache"`,
+		`HAPROXY_CONFIG_HAPROXY="/usr/sbin/haproxy`,
+		`HAPROXY_CONFIG_CERTS="/a'`,
+		"HAPROXY_CONFIG_FRAGMENTS=",
+		"HAPROXY_CONFIG_OUTPUT=/first",
+		"HAPROXY_CONFIG_OUTPUT=/second",
+		"HAPROXY_CONFIG_MAP=a=b",
+		`HAPROXY_CONFIG_BASE=""`,
+		"",
+	}, "\n"))
+	got, err := ReadDefaultsFile(path)
+	if err != nil {
+		t.Fatalf("ReadDefaultsFile: %v", err)
+	}
+	want := map[string]string{
+		"HAPROXY_CONFIG_HTTP_ADDR":      ":8080",
+		"HAPROXY_CONFIG_HTTPS_ADDR":     ":8443",
+		"HAPROXY_CONFIG_STATE":          "/srv/state",
+		"HAPROXY_CONFIG_ALLOW_SECTIONS": "userlist, cache",
+		"HAPROXY_CONFIG_HAPROXY":        `"/usr/sbin/haproxy`, // unbalanced: kept
+		"HAPROXY_CONFIG_CERTS":          `"/a'`,               // mismatched: kept
+		"HAPROXY_CONFIG_FRAGMENTS":      "",
+		"HAPROXY_CONFIG_OUTPUT":         "/second", // the last one wins
+		"HAPROXY_CONFIG_MAP":            "a=b",     // split at the first '='
+		"HAPROXY_CONFIG_BASE":           "",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ReadDefaultsFile:\n got %q\nwant %q", got, want)
+	}
+
+	// Load applies them below flags and environment.
+	s, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_DEFAULTS": path, "HAPROXY_CONFIG_HTTPS_ADDR": ":9443"})})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if s.HTTPAddr != ":8080" || s.HTTPSAddr != ":9443" || s.StateDir != "/srv/state" ||
+		!reflect.DeepEqual(s.AllowSections, []string{"userlist", "cache"}) || s.OutputConfig != "/second" {
+		t.Errorf("Load with the defaults file: %+v", s)
+	}
+	if s.BaseIsDefault || s.BaseConfig != "" {
+		t.Errorf("BaseConfig = %q, BaseIsDefault = %v; want the file's empty value, not the default", s.BaseConfig, s.BaseIsDefault)
+	}
+}
+
+func TestDefaultsFileErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		content string
+		line    int
+		msg     string
+	}{
+		{"unknown setting", "# ok\nHAPROXY_CONFIG_HTTP_ADDR=:80\nHAPROXY_CONFIG_FOO=1\n", 3, "unknown setting HAPROXY_CONFIG_FOO"},
+		{"unknown exported setting", "export HAPROXY_CONFIG_ROOT=/x\n", 1, "unknown setting HAPROXY_CONFIG_ROOT"},
+		{"mistyped setting", "\n\nHAPROXY_CONFIG_KEEP_GENERATION=3\n", 3, "unknown setting HAPROXY_CONFIG_KEEP_GENERATION"},
+		{"no equals sign", "HAPROXY_CONFIG_STATE=/s\nHAPROXY_CONFIG_HTTP_ADDR :80\n", 2, "expected KEY=VALUE"},
+		{"no key", "# x\n=value\n", 2, "expected KEY=VALUE"},
+		{"blank key", "  = value\n", 1, "expected KEY=VALUE"},
+		{"bare word", "export\n", 1, "expected KEY=VALUE"},
+		{"malformed line outside the prefix", "PATH /usr/bin\n", 1, "expected KEY=VALUE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, tt.content)
+			want := fmt.Sprintf("%s:%d: %s", path, tt.line, tt.msg)
+			_, err := ReadDefaultsFile(path)
+			if err == nil || err.Error() != want {
+				t.Errorf("ReadDefaultsFile: %v, want %q", err, want)
+			}
+			s, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_DEFAULTS": path})})
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("Load = %+v, %v; want error containing %q", s, err, want)
+			}
+		})
+	}
+}
+
+func TestDefaultsFileMissing(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope")
+	for name, src := range map[string]Source{
+		"environment": {Getenv: env(map[string]string{"HAPROXY_CONFIG_DEFAULTS": missing})},
+		"flag":        {Flags: map[string]string{"defaults-file": missing}, Getenv: env(nil)},
+		"under root":  {Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": t.TempDir(), "HAPROXY_CONFIG_DEFAULTS": missing})},
+	} {
+		t.Run("named by "+name, func(t *testing.T) {
+			s, err := Load(src)
+			if err == nil {
+				t.Fatalf("Load accepted a missing defaults file it was told to read: %+v", s)
+			}
+			if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+				t.Errorf("error %q, want a not-exist error naming %s", err, missing)
+			}
+		})
+	}
+	t.Run("default location", func(t *testing.T) {
+		root := t.TempDir()
+		s, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": root})})
+		if err != nil {
+			t.Fatalf("Load: %v", err)
+		}
+		if want := builtIn(root, filepath.Join(root, "etc/default/haproxy-config")); !reflect.DeepEqual(s, want) {
+			t.Errorf("Load:\n got %+v\nwant %+v", s, want)
+		}
+	})
+	t.Run("default location unreadable", func(t *testing.T) {
+		// Only a missing file is fine: a directory in its place is not.
+		root := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(root, "etc/default/haproxy-config"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if s, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": root})}); err == nil {
+			t.Errorf("Load accepted a directory as defaults file: %+v", s)
+		}
+	})
+}
+
+func TestLoadBadValues(t *testing.T) {
+	tests := []struct {
+		name   string
+		key    string // setting Name
+		value  string
+		origin string // "flag", "env" or "file"
+		msg    string
+	}{
+		{"http addr without port", "HTTP_ADDR", "8080", "env", `"8080" is not HOST:PORT`},
+		{"http addr host only", "HTTP_ADDR", "localhost", "flag", `"localhost" is not HOST:PORT`},
+		{"https addr without port", "HTTPS_ADDR", "example.com", "file", `"example.com" is not HOST:PORT`},
+		{"challenge addr ipv6 unbracketed", "CHALLENGE_ADDR", "::1:80", "env", `"::1:80" is not HOST:PORT`},
+		{"cross refs maybe", "CROSS_REFS", "maybe", "env", `"maybe" is not a boolean`},
+		{"cross refs maybe in the file", "CROSS_REFS", "maybe", "file", `"maybe" is not a boolean`},
+		{"keep generations zero", "KEEP_GENERATIONS", "0", "env", "must be at least 1"},
+		{"keep generations negative", "KEEP_GENERATIONS", "-3", "flag", "must be at least 1"},
+		{"keep generations not a number", "KEEP_GENERATIONS", "ten", "file", `parsing "ten": invalid syntax`},
+		{"max fragment bytes zero", "MAX_FRAGMENT_BYTES", "0", "env", "must be positive"},
+		{"max fragment bytes with unit", "MAX_FRAGMENT_BYTES", "256k", "env", `parsing "256k": invalid syntax`},
+	}
+	flagOf := map[string]string{}
+	for _, k := range Keys {
+		flagOf[k.Name] = k.Flag
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			envVars := map[string]string{"HAPROXY_CONFIG_ROOT": t.TempDir()}
+			flags := map[string]string{}
+			var origin string
+			switch tt.origin {
+			case "flag":
+				flags[flagOf[tt.key]] = tt.value
+				origin = "--" + flagOf[tt.key] + " / $HAPROXY_CONFIG_" + tt.key
+			case "env":
+				envVars["HAPROXY_CONFIG_"+tt.key] = tt.value
+				origin = "--" + flagOf[tt.key] + " / $HAPROXY_CONFIG_" + tt.key
+			case "file":
+				path := writeFile(t, "HAPROXY_CONFIG_"+tt.key+"="+tt.value+"\n")
+				envVars["HAPROXY_CONFIG_DEFAULTS"] = path
+				origin = "HAPROXY_CONFIG_" + tt.key + " in " + path
+			}
+			s, err := Load(Source{Flags: flags, Getenv: env(envVars)})
+			if err == nil {
+				t.Fatalf("Load accepted %s=%q: %+v", tt.key, tt.value, s)
+			}
+			if s != nil {
+				t.Errorf("Load returned settings with its error")
+			}
+			if want := "setting " + origin + ": "; !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("error %q, want prefix %q", err, want)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q, want it to contain %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestBaseIsDefault(t *testing.T) {
+	tests := []struct {
+		name  string
+		flag  bool
+		env   bool
+		file  bool
+		value string
+		want  bool
+	}{
+		{"nobody sets it", false, false, false, "", true},
+		{"flag", true, false, false, "/x/base.cfg", false},
+		{"environment", false, true, false, "/x/base.cfg", false},
+		{"defaults file", false, false, true, "/x/base.cfg", false},
+		// Naming the default path is still the operator's choice.
+		{"environment names the default path", false, true, false, "ROOT/etc/haproxy-config/base.cfg", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			value := strings.Replace(tt.value, "ROOT", root, 1)
+			envVars := map[string]string{"HAPROXY_CONFIG_ROOT": root}
+			flags := map[string]string{}
+			content := "HAPROXY_CONFIG_STATE=/s\n"
+			if tt.flag {
+				flags["base"] = value
+			}
+			if tt.env {
+				envVars["HAPROXY_CONFIG_BASE"] = value
+			}
+			if tt.file {
+				content += "HAPROXY_CONFIG_BASE=" + value + "\n"
+			}
+			envVars["HAPROXY_CONFIG_DEFAULTS"] = writeFile(t, content)
+			s, err := Load(Source{Flags: flags, Getenv: env(envVars)})
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if s.BaseIsDefault != tt.want {
+				t.Errorf("BaseIsDefault = %v, want %v", s.BaseIsDefault, tt.want)
+			}
+			wantPath := value
+			if !tt.flag && !tt.env && !tt.file {
+				wantPath = filepath.Join(root, "etc/haproxy-config/base.cfg")
+			}
+			if s.BaseConfig != wantPath {
+				t.Errorf("BaseConfig = %q, want %q", s.BaseConfig, wantPath)
+			}
+		})
+	}
+}
+
+func TestVars(t *testing.T) {
+	tests := []struct {
+		httpsAddr string
+		wantPort  string
+	}{
+		{":443", ""},
+		{"0.0.0.0:443", ""},
+		{"[::]:443", ""},
+		{"127.0.0.1:8443", ":8443"},
+		{"[::1]:8443", ":8443"},
+		{":4430", ":4430"},
+		{"not-an-address", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.httpsAddr, func(t *testing.T) {
+			s := &Settings{
+				HTTPAddr:      "127.0.0.1:8080",
+				HTTPSAddr:     tt.httpsAddr,
+				CertsDir:      "/srv/certs",
+				RuntimeSocket: "/run/hc/admin.sock",
+				ChallengeAddr: "127.0.0.1:8402",
+			}
+			got := s.Vars("../maps/hosts.map")
+			want := assemble.Vars{
+				HTTPAddr:      "127.0.0.1:8080",
+				HTTPSAddr:     tt.httpsAddr,
+				HTTPSPort:     tt.wantPort,
+				MapFile:       "../maps/hosts.map",
+				CrtList:       "/srv/certs/crt-list",
+				FallbackCert:  "/srv/certs/fallback.pem",
+				RuntimeSocket: "/run/hc/admin.sock",
+				ChallengeAddr: "127.0.0.1:8402",
+			}
+			if got != want {
+				t.Errorf("Vars:\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestKeys(t *testing.T) {
+	flags, names := map[string]bool{}, map[string]bool{}
+	for _, k := range Keys {
+		if flags[k.Flag] || names[k.Name] {
+			t.Errorf("setting %s / --%s is listed twice", k.Name, k.Flag)
+		}
+		flags[k.Flag], names[k.Name] = true, true
+		if got, want := k.Env(), "HAPROXY_CONFIG_"+k.Name; got != want {
+			t.Errorf("Env() = %q, want %q", got, want)
+		}
+		if want := strings.ToLower(strings.ReplaceAll(k.Name, "_", "-")); k.Flag != want {
+			t.Errorf("setting %s has flag --%s, want --%s", k.Name, k.Flag, want)
+		}
+	}
+	// The root and the defaults file are resolved before the others and
+	// cannot come from the defaults file.
+	if names["ROOT"] || names["DEFAULTS"] {
+		t.Error("ROOT or DEFAULTS is in Keys")
+	}
+}
