@@ -62,7 +62,9 @@ func Normalize(loc assemble.Location, data []byte, maxBytes int64) ([]byte, *ass
 		return nil, problemAt(loc, data, i, "invalid UTF-8 at column %d", column(data, i))
 	}
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
-	data = bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n"))
+	if bytes.IndexByte(data, '\r') >= 0 {
+		data = bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n"))
+	}
 	if i := bytes.IndexByte(data, '\r'); i >= 0 {
 		return nil, problemAt(loc, data, i, "carriage return without a line feed at column %d", column(data, i))
 	}
@@ -106,7 +108,16 @@ func plainLDH(name string) bool {
 	if len(name) == 0 || len(name) > 253 {
 		return false
 	}
-	for _, label := range strings.Split(name, ".") {
+	for len(name) > 0 {
+		label := name
+		if i := strings.IndexByte(name, '.'); i >= 0 {
+			label, name = name[:i], name[i+1:]
+			if name == "" { // trailing empty label
+				return false
+			}
+		} else {
+			name = ""
+		}
 		n := len(label)
 		if n == 0 || n > 63 || label[0] == '-' || label[n-1] == '-' || (n >= 4 && label[2] == '-' && label[3] == '-') {
 			return false
@@ -173,6 +184,7 @@ func ParseMap(loc assemble.Location, data []byte) ([]assemble.MapEntry, []byte, 
 	var entries []assemble.MapEntry
 	var ps assemble.Problems
 	var out bytes.Buffer
+	out.Grow(len(data))
 	seen := map[string]int{}
 	num := 0
 	for rest := data; len(rest) > 0; {
@@ -188,7 +200,8 @@ func ParseMap(loc assemble.Location, data []byte) ([]assemble.MapEntry, []byte, 
 		}
 		fields := strings.Fields(content)
 		if len(fields) == 0 {
-			out.WriteString(text + "\n")
+			out.Write(raw)
+			out.WriteByte('\n')
 			continue
 		}
 		if len(fields) != 2 {
@@ -212,7 +225,10 @@ func ParseMap(loc assemble.Location, data []byte) ([]assemble.MapEntry, []byte, 
 			seen[domain] = num
 		}
 		entries = append(entries, assemble.MapEntry{Domain: domain, Backend: backend, Line: num})
-		out.WriteString(domain + " " + backend + "\n")
+		out.WriteString(domain)
+		out.WriteByte(' ')
+		out.WriteString(backend)
+		out.WriteByte('\n')
 	}
 	return entries, out.Bytes(), ps
 }
@@ -297,6 +313,9 @@ func codeDirective(words []string) string {
 	}
 	for i, w := range words[1:] {
 		prev := words[i]
+		if !strings.Contains(w, "lua.") {
+			continue
+		}
 		isACLFetch := words[0] == "acl" && i == 1 // acl NAME lua.fetch ...
 		if luaCall.MatchString(w) || strings.HasPrefix(w, "lua.") && (luaPositions[prev] || isACLFetch) {
 			return "lua"
