@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/user"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/renameio/v2"
+	"golang.org/x/sync/errgroup"
 
 	"haproxy-config/assemble"
 )
@@ -105,6 +107,7 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 		return nil, nil, fmt.Errorf("read fragment directory: %w", err)
 	}
 	byName := map[string]*Stored{}
+	var parts []*part
 	var ps assemble.Problems
 	for _, e := range entries {
 		file := e.Name()
@@ -127,9 +130,20 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 			st = &Stored{Name: name}
 			byName[name] = st
 		}
-		if err := st.load(path, conf); err != nil {
-			return nil, nil, err
-		}
+		parts = append(parts, &part{st: st, path: path, conf: conf})
+	}
+	// Reading thousands of small files is syscall-bound: spread it over a
+	// few goroutines, then fill in the fragments in one place.
+	var g errgroup.Group
+	g.SetLimit(readers)
+	for _, p := range parts {
+		g.Go(p.read)
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	for _, p := range parts {
+		p.st.set(p)
 	}
 	out := make([]*Stored, 0, len(byName))
 	for _, st := range byName {
@@ -139,23 +153,53 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	return out, ps, nil
 }
 
-func (st *Stored) load(path string, conf bool) error {
-	data, err := os.ReadFile(path)
+// readers bounds the goroutines reading fragment files at once.
+const readers = 8
+
+// part is one file of a fragment being read.
+type part struct {
+	st      *Stored
+	path    string
+	conf    bool
+	data    []byte
+	modTime time.Time
+	found   bool
+}
+
+// read loads the file with one open, one fstat and one read. A file
+// removed since the directory was listed is simply not found.
+func (p *part) read() error {
+	f, err := os.Open(p.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) { // removed between ReadDir and now
-			return nil
-		}
 		return fmt.Errorf("read fragment: %w", err)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.ModTime().After(st.ModTime) {
-		st.ModTime = fi.ModTime()
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("read fragment: %w", err)
 	}
-	if conf {
-		st.ConfPath, st.Conf = path, data
-	} else {
-		st.MapPath, st.Map = path, data
+	if p.data, err = io.ReadAll(io.LimitReader(f, fi.Size()+1)); err != nil {
+		return fmt.Errorf("read fragment %s: %w", p.path, err)
 	}
+	p.modTime, p.found = fi.ModTime(), true
 	return nil
+}
+
+func (st *Stored) set(p *part) {
+	if !p.found {
+		return
+	}
+	if p.modTime.After(st.ModTime) {
+		st.ModTime = p.modTime
+	}
+	if p.conf {
+		st.ConfPath, st.Conf = p.path, p.data
+	} else {
+		st.MapPath, st.Map = p.path, p.data
+	}
 }
 
 // Read loads one fragment.
@@ -165,9 +209,11 @@ func (s *Store) Read(name string) (*Stored, error) {
 	}
 	st := &Stored{Name: name}
 	for _, conf := range []bool{true, false} {
-		if err := st.load(s.path(name, conf), conf); err != nil {
+		p := &part{st: st, path: s.path(name, conf), conf: conf}
+		if err := p.read(); err != nil {
 			return nil, err
 		}
+		st.set(p)
 	}
 	if st.ConfPath == "" && st.MapPath == "" {
 		return nil, fmt.Errorf("fragment %q: %w", name, ErrNotFound)

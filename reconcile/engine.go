@@ -12,9 +12,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"haproxy-config/assemble"
 	"haproxy-config/certs"
@@ -233,21 +236,33 @@ func (e *Engine) load() (*Selection, error) {
 	if err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	gens, err := e.Generations()
+	latest, err := e.latestGeneration()
 	if err != nil {
 		return nil, err
 	}
 	sel := &Selection{Base: base, Rejected: map[string]assemble.Problems{}, Strays: strays,
 		Stored: map[string]*fragments.Stored{}, Parsed: map[string]*assemble.Fragment{}}
-	if len(gens) > 0 {
-		sel.wasLive = gens[len(gens)-1].Fragments
+	if latest != nil {
+		sel.wasLive = latest.Fragments
 	}
-	for _, st := range stored {
+	// per-fragment checks are independent: use every core
+	parsed := make([]*assemble.Fragment, len(stored))
+	problems := make([]assemble.Problems, len(stored))
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i, st := range stored {
+		g.Go(func() error {
+			parsed[i], problems[i] = st.Parse(e.policy())
+			return nil
+		})
+	}
+	_ = g.Wait() // the workers return no errors
+	for i, st := range stored {
 		sel.Stored[st.Name] = st
-		if f, ps := st.Parse(e.policy()); len(ps) > 0 {
-			sel.Rejected[st.Name] = ps
+		if len(problems[i]) > 0 {
+			sel.Rejected[st.Name] = problems[i]
 		} else {
-			sel.Parsed[st.Name] = f
+			sel.Parsed[st.Name] = parsed[i]
 		}
 	}
 	return sel, nil

@@ -200,16 +200,16 @@ func (e *Engine) Publish(ctx context.Context) (*Published, error) {
 		return nil, err
 	}
 	out := sel.Verdict.Output
-	gens, err := e.Generations()
+	latest, err := e.latestGeneration()
 	if err != nil {
 		return nil, err
 	}
-	if len(gens) > 0 && e.liveEquals(out) {
-		return &Published{Generation: gens[len(gens)-1], Selection: sel}, nil
+	if latest != nil && e.liveEquals(out) {
+		return &Published{Generation: latest, Selection: sel}, nil
 	}
 	g := &Generation{Number: 1, Time: time.Now().UTC(), Actor: fragments.Actor(), Fragments: map[string]string{}}
-	if len(gens) > 0 {
-		g.Number = gens[len(gens)-1].Number + 1
+	if latest != nil {
+		g.Number = latest.Number + 1
 	}
 	for _, f := range sel.Live {
 		g.Fragments[f.Name] = f.Checksum
@@ -229,7 +229,7 @@ func (e *Engine) Publish(ctx context.Context) (*Published, error) {
 			return nil, &reload.EnvError{Err: err}
 		}
 	}
-	if err := e.prune(append(gens, g)); err != nil {
+	if err := e.prune(); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
 	return &Published{Generation: g, Changed: true, Selection: sel}, nil
@@ -262,12 +262,13 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 	if err := fragments.WriteFile(filepath.Join(tmp, "meta.json"), append(meta, '\n'), 0o640); err != nil {
 		return err
 	}
-	g.Dir = filepath.Join(e.generationsDir(), fmt.Sprintf("%06d", g.Number))
+	g.Dir = e.generationDir(g.Number)
 	return os.Rename(tmp, g.Dir)
 }
 
-// Generations lists the kept generations, oldest first.
-func (e *Engine) Generations() ([]*Generation, error) {
+// generationNumbers lists the kept generations' numbers, ascending, from
+// the directory names alone.
+func (e *Engine) generationNumbers() ([]int, error) {
 	entries, err := os.ReadDir(e.generationsDir())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -275,32 +276,71 @@ func (e *Engine) Generations() ([]*Generation, error) {
 	if err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	var gens []*Generation
+	var nums []int
 	for _, ent := range entries {
-		if _, err := strconv.Atoi(ent.Name()); err != nil || !ent.IsDir() {
-			continue
+		if n, err := strconv.Atoi(ent.Name()); err == nil && ent.IsDir() {
+			nums = append(nums, n)
 		}
-		dir := filepath.Join(e.generationsDir(), ent.Name())
-		data, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+	}
+	sort.Ints(nums)
+	return nums, nil
+}
+
+func (e *Engine) generationDir(n int) string {
+	return filepath.Join(e.generationsDir(), fmt.Sprintf("%06d", n))
+}
+
+// readGeneration loads one generation's metadata.
+func (e *Engine) readGeneration(n int) (*Generation, error) {
+	dir := e.generationDir(n)
+	data, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+	if err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	}
+	g := &Generation{Dir: dir}
+	if err := json.Unmarshal(data, g); err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	}
+	return g, nil
+}
+
+// latestGeneration returns the newest kept generation, or nil. Only its
+// metadata is read: at 10,000 fragments each meta.json is about a megabyte.
+func (e *Engine) latestGeneration() (*Generation, error) {
+	nums, err := e.generationNumbers()
+	if err != nil || len(nums) == 0 {
+		return nil, err
+	}
+	return e.readGeneration(nums[len(nums)-1])
+}
+
+// Generations lists the kept generations, oldest first.
+func (e *Engine) Generations() ([]*Generation, error) {
+	nums, err := e.generationNumbers()
+	if err != nil {
+		return nil, err
+	}
+	gens := make([]*Generation, 0, len(nums))
+	for _, n := range nums {
+		g, err := e.readGeneration(n)
 		if err != nil {
-			return nil, &reload.EnvError{Err: fmt.Errorf("generation %s: %w", ent.Name(), err)}
-		}
-		g := &Generation{Dir: dir}
-		if err := json.Unmarshal(data, g); err != nil {
-			return nil, &reload.EnvError{Err: fmt.Errorf("generation %s: %w", ent.Name(), err)}
+			return nil, err
 		}
 		gens = append(gens, g)
 	}
-	sort.Slice(gens, func(i, j int) bool { return gens[i].Number < gens[j].Number })
 	return gens, nil
 }
 
-func (e *Engine) prune(gens []*Generation) error {
-	for len(gens) > e.S.KeepGenerations {
-		if err := os.RemoveAll(gens[0].Dir); err != nil {
+// prune removes the oldest generations beyond KeepGenerations.
+func (e *Engine) prune() error {
+	nums, err := e.generationNumbers()
+	if err != nil {
+		return err
+	}
+	for _, n := range nums[:max(0, len(nums)-e.S.KeepGenerations)] {
+		if err := os.RemoveAll(e.generationDir(n)); err != nil {
 			return err
 		}
-		gens = gens[1:]
 	}
 	return nil
 }
