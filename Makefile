@@ -21,7 +21,7 @@ test: deps lint
 	$(GO) test -count=1 -timeout 10m ./...
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 20m ./assemble/ ./tests/
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 20m ./reconcile/
 
 run: deps build
 	./packaging/demo.sh $(BIN)
