@@ -41,8 +41,8 @@ type Store struct {
 	StateDir string
 }
 
-// Lock takes the store's exclusive lock, waiting until ctx is done. The
-// returned function releases it.
+// Lock takes the store's exclusive lock, waiting until ctx is done, and
+// finishes any change a crash interrupted. The returned function releases it.
 func (s *Store) Lock(ctx context.Context) (func(), error) {
 	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
@@ -55,6 +55,10 @@ func (s *Store) Lock(ctx context.Context) (func(), error) {
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
+			if err := s.recover(); err != nil {
+				f.Close()
+				return nil, err
+			}
 			return func() { f.Close() }, nil
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
@@ -233,39 +237,45 @@ func (s *Store) path(name string, conf bool) string {
 	return filepath.Join(s.Dir, name+MapSuffix)
 }
 
-// Write stores a checked fragment. The caller holds the lock.
-func (s *Store) Write(f *assemble.Fragment) error {
+// Write stores a checked fragment, both parts or neither, and records ev
+// (when not nil) in the history. The caller holds the lock.
+func (s *Store) Write(f *assemble.Fragment, ev *Event) error {
 	if err := ValidName(f.Name); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		return fmt.Errorf("create fragment directory (HAPROXY_CONFIG_FRAGMENTS): %w", err)
 	}
-	if err := WriteFile(s.path(f.Name, true), f.Conf, 0o644); err != nil {
+	t := &Txn{Event: ev}
+	if err := t.Stage(s.path(f.Name, true), f.Conf, 0o644); err != nil {
 		return err
 	}
-	return WriteFile(s.path(f.Name, false), f.MapText, 0o644)
+	if err := t.Stage(s.path(f.Name, false), f.MapText, 0o644); err != nil {
+		t.Discard()
+		return err
+	}
+	return s.Commit(t)
 }
 
-// Delete removes a fragment's files. The caller holds the lock.
-func (s *Store) Delete(name string) error {
+// Delete removes a fragment's files, both or neither, and records ev (when
+// not nil). The caller holds the lock.
+func (s *Store) Delete(name string, ev *Event) error {
 	if err := ValidName(name); err != nil {
 		return err
 	}
-	found := false
+	t := &Txn{Event: ev}
 	for _, conf := range []bool{true, false} {
-		err := os.Remove(s.path(name, conf))
-		switch {
-		case err == nil:
-			found = true
-		case !errors.Is(err, fs.ErrNotExist):
+		path := s.path(name, conf)
+		if _, err := os.Lstat(path); err == nil {
+			t.Removes = append(t.Removes, path)
+		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove fragment: %w", err)
 		}
 	}
-	if !found {
+	if len(t.Removes) == 0 {
 		return fmt.Errorf("fragment %q: %w", name, ErrNotFound)
 	}
-	return syncDir(s.Dir)
+	return s.Commit(t)
 }
 
 // WriteFile replaces path atomically and durably: renameio writes a hidden

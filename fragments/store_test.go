@@ -55,7 +55,7 @@ func dirNames(t *testing.T, dir string) []string {
 func TestStoreWriteRead(t *testing.T) {
 	s := newStore(t)
 	f := mustParse(t, "shop", "backend shop\r\n    server s1 10.0.0.1:80", "Shop.Example.com shop")
-	if err := s.Write(f); err != nil {
+	if err := s.Write(f, nil); err != nil {
 		t.Fatalf("Write: %v", err)
 	}
 	if got, want := dirNames(t, s.Dir), []string{"shop.cfg", "shop.map"}; !reflect.DeepEqual(got, want) {
@@ -86,7 +86,7 @@ func TestStoreWriteRead(t *testing.T) {
 
 	// Overwriting replaces both parts, still without leftovers.
 	f2 := mustParse(t, "shop", "backend shop\n", "")
-	if err := s.Write(f2); err != nil {
+	if err := s.Write(f2, nil); err != nil {
 		t.Fatalf("second Write: %v", err)
 	}
 	st, err = s.Read("shop")
@@ -97,7 +97,7 @@ func TestStoreWriteRead(t *testing.T) {
 		t.Errorf("directory holds %q after overwrite, want %q", got, want)
 	}
 
-	if err := s.Write(&assemble.Fragment{Name: "../evil"}); err == nil {
+	if err := s.Write(&assemble.Fragment{Name: "../evil"}, nil); err == nil {
 		t.Errorf("Write of an invalid name succeeded")
 	}
 }
@@ -216,13 +216,13 @@ func TestIgnored(t *testing.T) {
 
 func TestStoreDelete(t *testing.T) {
 	s := newStore(t)
-	if err := s.Write(mustParse(t, "shop", "backend shop\n", "shop.example.com shop\n")); err != nil {
+	if err := s.Write(mustParse(t, "shop", "backend shop\n", "shop.example.com shop\n"), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Write(mustParse(t, "keep", "backend keep\n", "")); err != nil {
+	if err := s.Write(mustParse(t, "keep", "backend keep\n", ""), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Delete("shop"); err != nil {
+	if err := s.Delete("shop", nil); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
 	if got, want := dirNames(t, s.Dir), []string{"keep.cfg", "keep.map"}; !reflect.DeepEqual(got, want) {
@@ -231,20 +231,20 @@ func TestStoreDelete(t *testing.T) {
 	if _, err := s.Read("shop"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Read after Delete = %v, want ErrNotFound", err)
 	}
-	err := s.Delete("shop")
+	err := s.Delete("shop", nil)
 	if !errors.Is(err, ErrNotFound) {
 		t.Errorf("second Delete = %v, want ErrNotFound", err)
 	}
-	if err := s.Delete("never-there"); !errors.Is(err, ErrNotFound) {
+	if err := s.Delete("never-there", nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Delete(never-there) = %v, want ErrNotFound", err)
 	}
-	if err := s.Delete("../keep"); err == nil || errors.Is(err, ErrNotFound) {
+	if err := s.Delete("../keep", nil); err == nil || errors.Is(err, ErrNotFound) {
 		t.Errorf("Delete(../keep) = %v, want a name error", err)
 	}
 
 	// One part alone is deleted too.
 	writeRaw(t, s.Dir, "half.map", "h.example.com keep\n")
-	if err := s.Delete("half"); err != nil {
+	if err := s.Delete("half", nil); err != nil {
 		t.Errorf("Delete of a map-only fragment: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(s.Dir, "half.map")); !errors.Is(err, os.ErrNotExist) {

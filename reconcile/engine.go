@@ -59,11 +59,35 @@ func (e *Engine) lock(ctx context.Context) (func(), error) {
 	if err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	if err := os.RemoveAll(e.candidatesDir()); err != nil {
+	if err := e.clearLeftovers(); err != nil {
 		unlock()
-		return nil, &reload.EnvError{Err: fmt.Errorf("clear old candidates: %w", err)}
+		return nil, &reload.EnvError{Err: fmt.Errorf("clear what an interrupted run left: %w", err)}
 	}
 	return unlock, nil
+}
+
+// clearLeftovers removes what a killed run can leave once the store lock
+// has finished any journaled change: scratch candidates, half-written
+// generations, live files staged but never committed.
+func (e *Engine) clearLeftovers() error {
+	if err := os.RemoveAll(e.candidatesDir()); err != nil {
+		return err
+	}
+	partial, err := filepath.Glob(filepath.Join(e.generationsDir(), ".new-*"))
+	if err != nil {
+		return err
+	}
+	for _, dir := range partial {
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+	}
+	for _, dir := range []string{filepath.Dir(e.S.OutputConfig), filepath.Dir(e.S.OutputMap)} {
+		if err := fragments.RemoveStaged(dir); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (e *Engine) candidatesDir() string { return filepath.Join(e.S.StateDir, "candidates") }

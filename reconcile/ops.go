@@ -66,10 +66,8 @@ func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
 	if err := e.orphanCheck(sel, c.Name, candidate); err != nil {
 		return nil, err
 	}
-	if err := e.Store.Write(f); err != nil {
-		return nil, &reload.EnvError{Err: err}
-	}
-	if err := e.Store.Record(fragments.Event{Time: time.Now().UTC(), Action: "apply", Name: f.Name, Checksum: f.Checksum, Actor: fragments.Actor()}); err != nil {
+	ev := &fragments.Event{Time: time.Now().UTC(), Action: "apply", Name: f.Name, Checksum: f.Checksum, Actor: fragments.Actor()}
+	if err := e.Store.Write(f, ev); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
 	return &ApplyResult{Fragment: f, Replaced: replaced, Warnings: v.Warnings}, nil
@@ -138,10 +136,11 @@ func (e *Engine) Remove(ctx context.Context, name string) error {
 		return append(assemble.Problems{{Location: assemble.Location{Fragment: name, File: conf},
 			Msg: "remove refused: the configuration without this fragment is invalid"}}, v.Errors...)
 	}
-	if err := e.Store.Delete(name); err != nil {
+	ev := &fragments.Event{Time: time.Now().UTC(), Action: "remove", Name: name, Actor: fragments.Actor()}
+	if err := e.Store.Delete(name, ev); err != nil {
 		return &reload.EnvError{Err: err}
 	}
-	return e.Store.Record(fragments.Event{Time: time.Now().UTC(), Action: "remove", Name: name, Actor: fragments.Actor()})
+	return nil
 }
 
 // Check validates everything stored and changes nothing in the store or
@@ -218,16 +217,17 @@ func (e *Engine) Publish(ctx context.Context) (*Published, error) {
 	if err := e.writeGeneration(g, out); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	for _, f := range []struct {
-		path string
-		data []byte
-	}{{e.S.OutputMap, out.Map}, {e.S.OutputConfig, out.Config}} {
-		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
-			return nil, &reload.EnvError{Err: err}
-		}
-		if err := fragments.WriteFile(f.path, f.data, 0o640); err != nil {
-			return nil, &reload.EnvError{Err: err}
-		}
+	// the config and its map go live together or not at all
+	t := &fragments.Txn{}
+	if err := t.Stage(e.S.OutputMap, out.Map, 0o640); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := t.Stage(e.S.OutputConfig, out.Config, 0o640); err != nil {
+		t.Discard()
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := e.Store.Commit(t); err != nil {
+		return nil, &reload.EnvError{Err: err}
 	}
 	if err := e.prune(); err != nil {
 		return nil, &reload.EnvError{Err: err}
@@ -252,8 +252,14 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if _, _, err := e.writeTree(tmp, out); err != nil {
+	cfg, hostMap, err := e.writeTree(tmp, out)
+	if err != nil {
 		return err
+	}
+	for _, path := range []string{hostMap, cfg} {
+		if err := syncFile(path); err != nil {
+			return err
+		}
 	}
 	meta, err := json.MarshalIndent(g, "", "  ")
 	if err != nil {
@@ -263,7 +269,20 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 		return err
 	}
 	g.Dir = e.generationDir(g.Number)
-	return os.Rename(tmp, g.Dir)
+	if err := os.Rename(tmp, g.Dir); err != nil {
+		return err
+	}
+	return syncFile(e.generationsDir())
+}
+
+// syncFile fsyncs a file or directory.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // generationNumbers lists the kept generations' numbers, ascending, from

@@ -1,0 +1,201 @@
+package fragments
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Txn is a change to several files that must happen whole: a fragment's
+// two parts, or the live config and its host map. Every new file is first
+// staged beside its destination (a hidden file, fsynced); Commit then writes
+// the plan to the journal and carries it out. A crash before the journal is
+// written changes nothing; a crash after it is finished by the next Lock.
+type Txn struct {
+	Writes  []StagedWrite `json:"writes,omitempty"`
+	Removes []string      `json:"removes,omitempty"`
+	Event   *Event        `json:"event,omitempty"`
+}
+
+// StagedWrite renames Staged over Path.
+type StagedWrite struct {
+	Path   string `json:"path"`
+	Staged string `json:"staged"`
+}
+
+// stagedMark is part of every staged file's name, so that leftovers of a
+// commit that never reached its journal can be recognised and removed.
+const stagedMark = ".hc-staged-"
+
+// Stage writes data to a hidden file next to path and adds the rename to t.
+func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+stagedMark+"*")
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", path, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("stage %s: %w", path, err)
+	}
+	t.Writes = append(t.Writes, StagedWrite{Path: path, Staged: f.Name()})
+	return nil
+}
+
+// Discard removes the staged files of a transaction that will not commit.
+func (t *Txn) Discard() {
+	for _, w := range t.Writes {
+		os.Remove(w.Staged)
+	}
+}
+
+func (s *Store) journalPath() string { return filepath.Join(s.StateDir, "journal.json") }
+
+// Commit carries out t. The caller holds the lock.
+func (s *Store) Commit(t *Txn) error {
+	plan, err := json.Marshal(t)
+	if err != nil {
+		t.Discard()
+		return err
+	}
+	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+		t.Discard()
+		return fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
+	}
+	if err := WriteFile(s.journalPath(), plan, 0o640); err != nil {
+		t.Discard()
+		return err
+	}
+	return s.finish(t)
+}
+
+// finish performs a journaled transaction; running it twice is harmless.
+func (s *Store) finish(t *Txn) error {
+	dirs := map[string]bool{}
+	for _, w := range t.Writes {
+		err := os.Rename(w.Staged, w.Path)
+		if errors.Is(err, fs.ErrNotExist) {
+			if _, statErr := os.Stat(w.Path); statErr == nil {
+				continue // renamed before a crash
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("install %s: %w", w.Path, err)
+		}
+		dirs[filepath.Dir(w.Path)] = true
+	}
+	for _, path := range t.Removes {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove %s: %w", path, err)
+		}
+		dirs[filepath.Dir(path)] = true
+	}
+	for dir := range dirs {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+	}
+	if t.Event != nil {
+		recorded, err := s.recorded(*t.Event)
+		if err != nil {
+			return err
+		}
+		if !recorded {
+			if err := s.Record(*t.Event); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.Remove(s.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("clear journal: %w", err)
+	}
+	return syncDir(s.StateDir)
+}
+
+// recover finishes a transaction a crash interrupted, then removes staged
+// files that never made it into a journal. Called with the lock held.
+func (s *Store) recover() error {
+	plan, err := os.ReadFile(s.journalPath())
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("read journal: %w", err)
+	default:
+		var t Txn
+		if err := json.Unmarshal(plan, &t); err != nil {
+			return fmt.Errorf("journal %s is damaged: %w", s.journalPath(), err)
+		}
+		if err := s.finish(&t); err != nil {
+			return fmt.Errorf("finish interrupted change: %w", err)
+		}
+	}
+	return RemoveStaged(s.Dir)
+}
+
+// RemoveStaged deletes leftover staged files in dir. Only call it with the
+// lock held and no journal pending.
+func RemoveStaged(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), stagedMark) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// recorded reports whether e is already among the last lines of the
+// history, which happens when a crash came between recording an event and
+// clearing the journal.
+func (s *Store) recorded(e Event) (bool, error) {
+	line, err := json.Marshal(e)
+	if err != nil {
+		return false, err
+	}
+	f, err := os.Open(filepath.Join(s.StateDir, historyFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read history: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	const tail = 16 << 10
+	off := max(0, fi.Size()-tail)
+	buf, err := io.ReadAll(io.NewSectionReader(f, off, fi.Size()-off))
+	if err != nil {
+		return false, err
+	}
+	return bytes.Contains(buf, append(line, '\n')), nil
+}
