@@ -163,23 +163,29 @@ type Verdict struct {
 	Warnings assemble.Problems
 }
 
-// validate checks a set as a whole: cross-fragment rules, then haproxy -c
-// on exactly the bytes that would go live. A set already known to be valid
-// (same bytes, same haproxy binary) is not run through haproxy again.
-func (e *Engine) validate(ctx context.Context, base *assemble.Base, frags []*assemble.Fragment) (*Verdict, error) {
+// validate checks a set as a whole: the cross-fragment rules, then build.
+func (e *Engine) validate(ctx context.Context, base *assemble.Base, frags []*assemble.Fragment, trustCache bool) (*Verdict, error) {
 	if ps := assemble.Check(base, frags, e.options()); len(ps) > 0 {
 		return &Verdict{Errors: ps}, nil
+	}
+	return e.build(ctx, base, frags, trustCache)
+}
+
+// build assembles a set and runs haproxy -c on exactly the bytes that would
+// go live. With trustCache, a set haproxy accepted before (same bytes, same
+// binary, same certificate files) is not run again: that is for the
+// baseline an apply or remove starts from, never for what gets written.
+func (e *Engine) build(ctx context.Context, base *assemble.Base, frags []*assemble.Fragment, trustCache bool) (*Verdict, error) {
+	if err := certs.EnsureFiles(e.S.FallbackCert(), e.S.CrtList()); err != nil {
+		return nil, &reload.EnvError{Err: err}
 	}
 	out := assemble.Build(base, frags)
 	key, err := e.validKey(out)
 	if err != nil {
 		return nil, err
 	}
-	if e.knownValid(key) {
+	if trustCache && e.knownValid(key) {
 		return &Verdict{Output: out}, nil
-	}
-	if err := certs.EnsureFiles(e.S.FallbackCert(), e.S.CrtList()); err != nil {
-		return nil, &reload.EnvError{Err: err}
 	}
 	if err := os.MkdirAll(e.candidatesDir(), 0o750); err != nil {
 		return nil, &reload.EnvError{Err: fmt.Errorf("create candidates directory: %w", err)}
@@ -198,7 +204,7 @@ func (e *Engine) validate(ctx context.Context, base *assemble.Base, frags []*ass
 		return nil, err
 	}
 	v := &Verdict{Output: out}
-	v.Errors, v.Warnings = reload.Explain(out.Source, cfg, hostMap, res.Messages)
+	v.Errors, v.Warnings = reload.Explain(out.Source, cfg, hostMap, res.Messages, rankOf(frags))
 	if res.Valid {
 		v.Errors = nil
 		e.rememberValid(key)
@@ -206,6 +212,16 @@ func (e *Engine) validate(ctx context.Context, base *assemble.Base, frags []*ass
 		v.Errors = assemble.Problems{{Location: assemble.Location{File: "haproxy -c"}, Msg: "configuration rejected without a message"}}
 	}
 	return v, nil
+}
+
+// rankOf ranks fragments by their position in frags, incumbents first:
+// the higher the rank, the newer the fragment and the likelier its fault.
+func rankOf(frags []*assemble.Fragment) func(string) int {
+	pos := make(map[string]int, len(frags))
+	for i, f := range frags {
+		pos[f.Name] = i
+	}
+	return func(name string) int { return pos[name] }
 }
 
 // validKey identifies an assembled output together with the haproxy binary
@@ -221,6 +237,11 @@ func (e *Engine) validKey(out *assemble.Output) (string, error) {
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%d\x00%d\x00", bin, fi.Size(), fi.ModTime().UnixNano())
+	for _, path := range []string{e.S.FallbackCert(), e.S.CrtList()} {
+		if fi, err := os.Stat(path); err == nil {
+			fmt.Fprintf(h, "%s\x00%d\x00%d\x00", path, fi.Size(), fi.ModTime().UnixNano())
+		}
+	}
 	h.Write(out.Config)
 	h.Write([]byte{0})
 	h.Write(out.Map)
@@ -296,10 +317,10 @@ func (e *Engine) load() (*Selection, error) {
 // rejects the rest. Blame comes from the cross-fragment checks and from
 // haproxy's messages mapped to fragments; a message that blames no fragment
 // makes it validate fragments one by one against the base.
-func (e *Engine) selectValid(ctx context.Context, sel *Selection, candidates []*assemble.Fragment) error {
+func (e *Engine) selectValid(ctx context.Context, sel *Selection, candidates []*assemble.Fragment, trustCache bool) error {
 	live := slices.Clone(candidates)
 	for {
-		v, err := e.validate(ctx, sel.Base, live)
+		v, err := e.validate(ctx, sel.Base, live, trustCache)
 		if err != nil {
 			return err
 		}
@@ -322,29 +343,40 @@ func (e *Engine) selectValid(ctx context.Context, sel *Selection, candidates []*
 	}
 }
 
-// blameOneByOne handles a rejection haproxy did not tie to a line: the base
-// alone must pass, then each fragment is tried with the base alone.
+// blameOneByOne handles a rejection haproxy did not tie to a fragment: the
+// base alone must pass; then fragments are added back one at a time,
+// incumbents first, and each one whose addition breaks the set is blamed
+// and left out. Map lines are not checked here (Check has passed), so a
+// fragment routing to another's backend is judged on its config alone.
 func (e *Engine) blameOneByOne(ctx context.Context, sel *Selection, live []*assemble.Fragment, errs assemble.Problems) ([]string, error) {
-	v, err := e.validate(ctx, sel.Base, nil)
+	v, err := e.build(ctx, sel.Base, nil, false)
 	if err != nil {
 		return nil, err
 	}
 	if len(v.Errors) > 0 {
-		return nil, fmt.Errorf("the base config itself is invalid: %w", v.Errors)
+		return nil, &reload.EnvError{Err: fmt.Errorf("the base config itself is invalid:\n%w", v.Errors)}
 	}
+	var good []*assemble.Fragment
 	var blamed []string
 	for _, f := range live {
-		v, err := e.validate(ctx, sel.Base, []*assemble.Fragment{f})
+		v, err := e.build(ctx, sel.Base, append(slices.Clone(good), f), false)
 		if err != nil {
 			return nil, err
 		}
-		if len(v.Errors) > 0 {
-			blamed = append(blamed, f.Name)
-			sel.Rejected[f.Name] = append(sel.Rejected[f.Name], v.Errors...)
+		if len(v.Errors) == 0 {
+			good = append(good, f)
+			continue
+		}
+		blamed = append(blamed, f.Name)
+		for _, p := range v.Errors {
+			if p.Fragment == "" { // haproxy named no line: point at the fragment
+				p.Location = assemble.Location{Fragment: f.Name, File: f.ConfFile}
+			}
+			sel.Rejected[f.Name] = append(sel.Rejected[f.Name], p)
 		}
 	}
 	if len(blamed) == 0 {
-		return nil, fmt.Errorf("haproxy rejects the fragments together but accepts each alone: %w", errs)
+		return nil, fmt.Errorf("haproxy rejects the fragments together but accepts each added alone: %w", errs)
 	}
 	return blamed, nil
 }

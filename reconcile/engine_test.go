@@ -443,3 +443,82 @@ func TestBaseConfigErrors(t *testing.T) {
 		t.Fatalf("explicit base that does not exist: got %v", err)
 	}
 }
+
+// haproxy finds some clashes itself (a proxy id used twice) and reports them
+// at whichever fragment comes later in the file, which is name order. The
+// incumbent must keep its place whatever the names.
+func TestHaproxyClashBlamesTheNewcomer(t *testing.T) {
+	e := newEngine(t, nil)
+	ctx := context.Background()
+	mustApply(t, e, "zeta", "backend zeta_web\n    id 1000\n    server s1 127.0.0.1:9001\n", "zeta.example.com zeta_web\n")
+	if _, err := e.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// through the CLI path: refused, blamed on the newcomer's own file
+	_, err := apply(t, e, "alpha", "backend alpha_web\n    id 1000\n", "")
+	var ps assemble.Problems
+	if !errors.As(err, &ps) || ps[0].Fragment != "alpha" || ps[0].File != "alpha.conf.in" || ps[0].Line != 1 {
+		t.Fatalf("apply alpha: want a problem at alpha.conf.in:1, got %v", err)
+	}
+	if !strings.Contains(err.Error(), "custom id") {
+		t.Errorf("haproxy's reason is missing: %v", err)
+	}
+	// copied in directly: quarantined, zeta stays live
+	writeRaw(t, e, "alpha", "backend alpha_web\n    id 1000\n", "")
+	pub, err := e.Publish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(names(pub.Selection.Live), ","); got != "zeta" {
+		t.Fatalf("live = %s, want zeta", got)
+	}
+	if p := pub.Selection.Rejected["alpha"]; len(p) == 0 || !strings.HasSuffix(p[0].File, "alpha.cfg") || p[0].Line != 1 {
+		t.Fatalf("alpha rejected as %v", p)
+	}
+}
+
+// A failure haproxy ties to no line makes the engine add fragments back one
+// at a time; with cross-fragment references a fragment routing to another's
+// backend must not be mistaken for the culprit.
+func TestUnattributedFailureWithCrossReferences(t *testing.T) {
+	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_CROSS_REFS": "true", "HAPROXY_CONFIG_ALLOW_SECTIONS": "cache"})
+	ctx := context.Background()
+	mustApply(t, e, "api", "backend api_web\n    server s1 127.0.0.1:9001\n", "")
+	mustApply(t, e, "web", "", "www.example.com api_web\n")
+	if _, err := e.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	writeRaw(t, e, "cachey", "cache cachey_cache\n    total-max-size 1\n    max-object-size 2000000\n", "")
+	pub, err := e.Publish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(names(pub.Selection.Live), ","); got != "api,web" {
+		t.Fatalf("live = %s, want api,web", got)
+	}
+	p := pub.Selection.Rejected["cachey"]
+	if len(p) == 0 || p[0].Fragment != "cachey" || !strings.HasSuffix(p[0].File, "cachey.cfg") {
+		t.Fatalf("cachey rejected as %v", p)
+	}
+	if hostMap, _ := os.ReadFile(e.S.OutputMap); !bytes.Contains(hostMap, []byte("www.example.com api_web")) {
+		t.Fatalf("web's route lost:\n%s", hostMap)
+	}
+}
+
+// The known-valid cache must not let through a config whose certificate
+// files are gone: what is published is always run through haproxy -c.
+func TestPublishRevalidatesAfterCertFilesVanish(t *testing.T) {
+	e := newEngine(t, nil)
+	ctx := context.Background()
+	mustApply(t, e, "shop", "backend shop_web\n    server s1 127.0.0.1:9001\n", "shop.example.com shop_web\n")
+	if err := os.RemoveAll(e.S.CertsDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.Validator.Check(ctx, e.S.OutputConfig)
+	if err != nil || !res.Valid {
+		t.Fatalf("published config does not validate: %v %+v", err, res)
+	}
+}

@@ -52,19 +52,25 @@ func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
 		return nil, err
 	}
 	_, replaced := sel.Stored[c.Name]
-	if err := e.selectValid(ctx, sel, sel.candidates()); err != nil {
+	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		return nil, err
 	}
 	candidate := append(without(sel.Live, c.Name), f)
-	v, err := e.validate(ctx, sel.Base, candidate)
+	if err := e.orphanCheck(sel, c.Name, candidate); err != nil {
+		return nil, err
+	}
+	v, err := e.validate(ctx, sel.Base, candidate, false)
 	if err != nil {
 		return nil, err
 	}
 	if len(v.Errors) > 0 {
+		// the set without the newcomer is valid, so the fault is its own
+		// even where haproxy's message points elsewhere
+		if !slices.Contains(v.Errors.Fragments(), f.Name) {
+			return nil, append(assemble.Problems{{Location: assemble.Location{Fragment: f.Name, File: f.ConfFile},
+				Msg: "haproxy rejects the configuration once this fragment is added:"}}, v.Errors...)
+		}
 		return nil, v.Errors
-	}
-	if err := e.orphanCheck(sel, c.Name, candidate); err != nil {
-		return nil, err
 	}
 	ev := &fragments.Event{Time: time.Now().UTC(), Action: "apply", Name: f.Name, Checksum: f.Checksum, Actor: fragments.Actor()}
 	if err := e.Store.Write(f, ev); err != nil {
@@ -120,14 +126,14 @@ func (e *Engine) Remove(ctx context.Context, name string) error {
 	if _, ok := sel.Stored[name]; !ok {
 		return fmt.Errorf("fragment %q: %w", name, fragments.ErrNotFound)
 	}
-	if err := e.selectValid(ctx, sel, sel.candidates()); err != nil {
+	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		return err
 	}
 	remaining := without(sel.Live, name)
 	if err := e.orphanCheck(sel, name, remaining); err != nil {
 		return err
 	}
-	v, err := e.validate(ctx, sel.Base, remaining)
+	v, err := e.validate(ctx, sel.Base, remaining, false)
 	if err != nil {
 		return err
 	}
@@ -159,7 +165,7 @@ func (e *Engine) selectAll(ctx context.Context) (*Selection, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.selectValid(ctx, sel, sel.candidates()); err != nil {
+	if err := e.selectValid(ctx, sel, sel.candidates(), false); err != nil {
 		return nil, err
 	}
 	return sel, nil

@@ -155,7 +155,7 @@ func TestExplain(t *testing.T) {
 		{"ALERT", "Fatal errors found in configuration."},
 		{"ALERT", "Failed to initialize server(s) addr."},
 	}
-	errs, warnings := Explain(out.Source, candCfg, candMap, msgs)
+	errs, warnings := Explain(out.Source, candCfg, candMap, msgs, nil)
 
 	wantErrs := []explained{
 		{"c", cCfgFile, 5, "unknown keyword 'bogus-keyword' in 'backend' section"},
@@ -193,7 +193,7 @@ func TestExplain(t *testing.T) {
 
 func TestExplainNothing(t *testing.T) {
 	out := buildExplainOutput(t)
-	errs, warnings := Explain(out.Source, candCfg, candMap, nil)
+	errs, warnings := Explain(out.Source, candCfg, candMap, nil, nil)
 	if errs != nil || warnings != nil {
 		t.Errorf("Explain(nil) = %v, %v", errs, warnings)
 	}
@@ -201,7 +201,7 @@ func TestExplainNothing(t *testing.T) {
 	errs, warnings = Explain(out.Source, candCfg, candMap, []Message{
 		{"ALERT", "Error(s) found in configuration file : " + candCfg},
 		{"ALERT", "Fatal errors found in configuration."},
-	})
+	}, nil)
 	if errs != nil || warnings != nil {
 		t.Errorf("Explain(summaries) = %v, %v", errs, warnings)
 	}
@@ -213,7 +213,7 @@ func TestExplainProblemText(t *testing.T) {
 	c := outputLine(t, out, cConf, 5)
 	errs, _ := Explain(out.Source, candCfg, candMap, []Message{
 		{"ALERT", fmt.Sprintf("parsing [%s:%d] : unknown keyword 'bogus-keyword' in 'backend' section", candCfg, c)},
-	})
+	}, nil)
 	want := cCfgFile + `:5: fragment "c": unknown keyword 'bogus-keyword' in 'backend' section`
 	if len(errs) != 1 || errs.Error() != want {
 		t.Errorf("Explain text = %q, want %q", errs.Error(), want)

@@ -114,26 +114,51 @@ var proxyRE = regexp.MustCompile(`(?:Proxy|backend|frontend|listen) '([^']+)'|'s
 // Explain turns haproxy's messages about the files at cfgPath and mapPath
 // into problems located in the base config or in fragments. Errors come
 // first, then warnings, each as haproxy ordered them.
-func Explain(src *assemble.SourceMap, cfgPath, mapPath string, msgs []Message) (errs, warnings assemble.Problems) {
+//
+// A message may be about several places ("reuses the id declared at ...").
+// It is blamed on the fragment with the highest rank among those it names
+// (by line or by proxy): callers rank fragments by arrival, so that a clash
+// is the newcomer's fault, never the incumbent's. A nil rank takes the
+// first place named.
+func Explain(src *assemble.SourceMap, cfgPath, mapPath string, msgs []Message, rank func(fragment string) int) (errs, warnings assemble.Problems) {
 	refRE := regexp.MustCompile(`\[?(` + regexp.QuoteMeta(cfgPath) + `|` + regexp.QuoteMeta(mapPath) + `):(\d+)\]?`)
+	locate := func(ref []string) (assemble.Location, bool) {
+		n, _ := strconv.Atoi(ref[2])
+		if ref[1] == mapPath {
+			return src.MapLine(n)
+		}
+		return src.ConfigLine(n)
+	}
 	for _, m := range msgs {
 		if summaryRE.MatchString(m.Text) {
 			continue
 		}
-		var first *assemble.Location
+		var named []assemble.Location
+		for _, ref := range refRE.FindAllStringSubmatch(m.Text, -1) {
+			if loc, ok := locate(ref); ok {
+				named = append(named, loc)
+			}
+		}
+		for _, sub := range proxyRE.FindAllStringSubmatch(m.Text, -1) {
+			if loc, ok := src.Proxy(sub[1] + sub[2]); ok {
+				named = append(named, loc)
+			}
+		}
+		blamed := assemble.Location{File: "haproxy -c"}
+		if len(named) > 0 {
+			blamed = named[0]
+		}
+		for _, loc := range named[min(1, len(named)):] {
+			if loc.Fragment != "" && (blamed.Fragment == "" || rank != nil && rank(loc.Fragment) > rank(blamed.Fragment)) {
+				blamed = loc
+			}
+		}
 		text := refRE.ReplaceAllStringFunc(m.Text, func(ref string) string {
-			sub := refRE.FindStringSubmatch(ref)
-			n, _ := strconv.Atoi(sub[2])
-			lookup := src.ConfigLine
-			if sub[1] == mapPath {
-				lookup = src.MapLine
-			}
-			loc, ok := lookup(n)
-			if !ok {
-				return "generated line " + sub[2]
-			}
-			if first == nil {
-				first = &loc
+			loc, ok := locate(refRE.FindStringSubmatch(ref))
+			switch {
+			case !ok:
+				return "generated line " + refRE.FindStringSubmatch(ref)[2]
+			case loc == blamed:
 				return "\x00"
 			}
 			return loc.String()
@@ -141,18 +166,7 @@ func Explain(src *assemble.SourceMap, cfgPath, mapPath string, msgs []Message) (
 		text = strings.TrimPrefix(strings.TrimPrefix(text, "parsing "), "Parsing ")
 		text = strings.TrimLeft(strings.TrimPrefix(text, "\x00"), " :")
 		text = strings.ReplaceAll(text, "\x00", "this line")
-		p := &assemble.Problem{Msg: text}
-		switch {
-		case first != nil:
-			p.Location = *first
-		default:
-			p.Location = assemble.Location{File: "haproxy -c"}
-			if sub := proxyRE.FindStringSubmatch(m.Text); sub != nil {
-				if loc, ok := src.Proxy(sub[1] + sub[2]); ok {
-					p.Location = loc
-				}
-			}
-		}
+		p := &assemble.Problem{Location: blamed, Msg: text}
 		if m.Level == "ALERT" {
 			errs = append(errs, p)
 		} else {
