@@ -100,8 +100,9 @@ func Ignored(file string) bool {
 }
 
 // ReadAll loads every fragment in the store, sorted by name. Files with a
-// fragment suffix but an invalid name come back as problems, so a bad file
-// copied in by hand is reported rather than silently skipped.
+// fragment suffix but an invalid name, and files that cannot be read, come
+// back as problems, so a bad file copied in by hand is reported rather than
+// silently skipped, and keeps only its own fragment out.
 func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	entries, err := os.ReadDir(s.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -141,17 +142,25 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	var g errgroup.Group
 	g.SetLimit(readers)
 	for _, p := range parts {
-		g.Go(p.read)
+		g.Go(func() error { p.err = p.read(); return nil })
 	}
-	if err := g.Wait(); err != nil {
-		return nil, nil, err
-	}
+	_ = g.Wait() // errors are per part, below
+	unreadable := map[string]bool{}
 	for _, p := range parts {
+		if p.err != nil {
+			// one unreadable file (a symlink to a directory, a wrong mode)
+			// keeps its own fragment out, not every tenant
+			ps = append(ps, &assemble.Problem{Location: assemble.Location{Fragment: p.st.Name, File: p.path}, Msg: p.err.Error()})
+			unreadable[p.st.Name] = true
+			continue
+		}
 		p.st.set(p)
 	}
 	out := make([]*Stored, 0, len(byName))
-	for _, st := range byName {
-		out = append(out, st)
+	for name, st := range byName {
+		if !unreadable[name] && (st.ConfPath != "" || st.MapPath != "") {
+			out = append(out, st)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, ps, nil
@@ -168,6 +177,7 @@ type part struct {
 	data    []byte
 	modTime time.Time
 	found   bool
+	err     error
 }
 
 // read loads the file with one open, one fstat and one read. A file

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -447,5 +448,28 @@ func TestWriteFile(t *testing.T) {
 	}
 	if err := WriteFile(filepath.Join(dir, "missing", "x"), []byte("x"), 0o600); err == nil {
 		t.Errorf("WriteFile into a missing directory succeeded")
+	}
+}
+
+func TestStoreReadAllUnreadablePart(t *testing.T) {
+	s := newStore(t)
+	if err := s.Write(mustParse(t, "good", "backend good\n", "good.example.com good\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc", filepath.Join(s.Dir, "etc.cfg")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(s.Dir, "missing"), filepath.Join(s.Dir, "ghost.map")); err != nil {
+		t.Fatal(err)
+	}
+	stored, ps, err := s.ReadAll()
+	if err != nil {
+		t.Fatalf("one unreadable file failed the whole store: %v", err)
+	}
+	if len(stored) != 1 || stored[0].Name != "good" {
+		t.Fatalf("stored = %v, want only good (no etc, no empty ghost)", stored)
+	}
+	if len(ps) != 1 || ps[0].Fragment != "etc" || !strings.HasSuffix(ps[0].File, "etc.cfg") {
+		t.Fatalf("problems = %v, want one for etc.cfg", ps)
 	}
 }

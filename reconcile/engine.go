@@ -118,7 +118,12 @@ func (e *Engine) Base() (*assemble.Base, error) {
 	if err != nil {
 		return nil, err
 	}
-	return assemble.RenderBase(file, tmpl, e.S.Vars(ref))
+	base, err := assemble.RenderBase(file, tmpl, e.S.Vars(ref))
+	if err != nil {
+		// the operator's file, not a tenant's: an environment problem
+		return nil, &reload.EnvError{Err: fmt.Errorf("the base config is invalid:\n%w", err)}
+	}
+	return base, nil
 }
 
 // layout returns where a tree rooted at dir holds the config and the map so
@@ -354,7 +359,7 @@ func (e *Engine) blameOneByOne(ctx context.Context, sel *Selection, live []*asse
 		return nil, err
 	}
 	if len(v.Errors) > 0 {
-		return nil, &reload.EnvError{Err: fmt.Errorf("the base config itself is invalid:\n%w", v.Errors)}
+		return nil, &reload.EnvError{Err: fmt.Errorf("the base config is invalid:\n%w", v.Errors)}
 	}
 	var good []*assemble.Fragment
 	var blamed []string

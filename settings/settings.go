@@ -235,6 +235,9 @@ func ReadDefaultsFile(path string) (map[string]string, error) {
 		if !strings.HasPrefix(key, EnvPrefix) {
 			continue
 		}
+		if key == EnvPrefix+"ACTOR" {
+			return nil, fmt.Errorf("%s:%d: %s names who makes each change and is read from the environment only", path, num, key)
+		}
 		if !known[key] {
 			return nil, fmt.Errorf("%s:%d: unknown setting %s", path, num, key)
 		}

@@ -160,6 +160,13 @@ func TestExitCodes(t *testing.T) {
 				return in.with("HAPROXY_CONFIG_STATE=" + filepath.Join(file, "state"))
 			},
 			code: 5, stderr: []string{"state directory", "plainfile", "not a directory"}},
+		{name: "invalid fragment name", args: []string{"apply", "../evil", goodConf, goodMap}, code: 2, stderr: []string{`fragment name "../evil" is invalid`}},
+		{name: "broken base config", args: []string{"check"},
+			env: func(in *install) []string {
+				base := writeFile(t, filepath.Join(in.root, "base.cfg"), "defaults\n    timeout connect 5q\n")
+				return in.with("HAPROXY_CONFIG_BASE=" + base)
+			},
+			code: 5, stderr: []string{"base config is invalid", "base.cfg:2"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -63,8 +63,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	code := exitCode(err)
-	var ps assemble.Problems
-	if errors.As(err, &ps) {
+	if ps, ok := err.(assemble.Problems); ok {
 		fmt.Fprintln(stderr, "haproxy-config: rejected:")
 		for _, p := range ps {
 			fmt.Fprintln(stderr, "  "+p.Error())
@@ -85,10 +84,10 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, fragments.ErrNotFound):
 		return exitNotFound
-	case errors.As(err, &ps):
-		return exitRejected
 	case errors.As(err, &env), errors.Is(err, fs.ErrPermission):
 		return exitEnv
+	case errors.As(err, &ps):
+		return exitRejected
 	case errors.As(err, &code):
 		return code.ExitCode()
 	}
@@ -182,6 +181,9 @@ func withEngine(action func(*cli.Context, *reconcile.Engine) error) cli.ActionFu
 			}
 		}
 		s, err := settings.Load(settings.Source{Flags: given})
+		if errors.Is(err, fs.ErrPermission) {
+			return &reload.EnvError{Err: err}
+		}
 		if err != nil {
 			return &reconcile.UsageError{Err: err}
 		}
@@ -210,6 +212,9 @@ func apply(c *cli.Context, e *reconcile.Engine) error {
 		return usageErr("apply takes NAME CONF MAP, got %d arguments", c.NArg())
 	}
 	ch := reconcile.Change{Name: c.Args().Get(0)}
+	if err := fragments.ValidName(ch.Name); err != nil {
+		return &reconcile.UsageError{Err: err}
+	}
 	var stdinUsed bool
 	var err error
 	if ch.Conf, ch.ConfFile, err = readPart(c, c.Args().Get(1), &stdinUsed); err != nil {
