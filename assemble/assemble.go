@@ -18,7 +18,6 @@ type Fragment struct {
 	ConfFile string // where the config part came from, for messages
 	MapFile  string // where the map part came from, for messages
 	Conf     []byte // normalised config part: LF line ends, final newline
-	Lines    []Line
 	Sections []Section
 	Map      []MapEntry
 	MapText  []byte // normalised map part, as stored

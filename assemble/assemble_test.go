@@ -50,7 +50,7 @@ func frag(name, conf, mapText string) *Fragment {
 	if conf != "" && !strings.HasSuffix(conf, "\n") {
 		conf += "\n"
 	}
-	lines, sections := Scan([]byte(conf))
+	_, sections := Scan([]byte(conf))
 	var entries []MapEntry
 	for i, l := range strings.Split(mapText, "\n") {
 		w := Words(l)
@@ -71,7 +71,6 @@ func frag(name, conf, mapText string) *Fragment {
 		ConfFile: name + ".cfg",
 		MapFile:  name + ".map",
 		Conf:     []byte(conf),
-		Lines:    lines,
 		Sections: sections,
 		Map:      entries,
 		MapText:  []byte(mapText),

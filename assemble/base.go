@@ -26,7 +26,6 @@ type Vars struct {
 type Base struct {
 	File     string // where the template came from, for messages
 	Text     []byte
-	Lines    []Line
 	Sections []Section
 }
 
@@ -52,13 +51,13 @@ func RenderBase(file string, tmpl []byte, v Vars) (*Base, error) {
 	if got, want := bytes.Count(text, []byte{'\n'}), bytes.Count(tmpl, []byte{'\n'}); got != want && !(unterminated && got == want+1) {
 		return nil, Problems{Problemf(Location{File: file}, "template actions changed the line count (%d lines in, %d out); keep each action within its line", want, got)}
 	}
-	lines, sections := Scan(text)
+	_, sections := Scan(text)
 	for _, s := range sections {
 		if s.IsBackend() && s.Name == "" {
 			return nil, Problems{Problemf(Location{File: file, Line: s.Line}, "%s section without a name", s.Kind)}
 		}
 	}
-	return &Base{File: file, Text: text, Lines: lines, Sections: sections}, nil
+	return &Base{File: file, Text: text, Sections: sections}, nil
 }
 
 // templateProblem turns a text/template error into a Problem that carries

@@ -21,11 +21,16 @@ type Location struct {
 	Line     int    // 1-based; 0 when the problem is about the whole file
 }
 
-func (l Location) String() string {
-	where := l.File
+// where is "file:line", or the file alone when there is no line.
+func (l Location) where() string {
 	if l.Line > 0 {
-		where = fmt.Sprintf("%s:%d", l.File, l.Line)
+		return fmt.Sprintf("%s:%d", l.File, l.Line)
 	}
+	return l.File
+}
+
+func (l Location) String() string {
+	where := l.where()
 	switch {
 	case l.Fragment != "":
 	case l.Line > 0:
@@ -45,10 +50,7 @@ type Problem struct {
 // Error puts the file and line first, as compilers do, so that editors and
 // CI annotators can jump to it: "shop.cfg:3: fragment "shop": message".
 func (p *Problem) Error() string {
-	where := p.File
-	if p.Line > 0 {
-		where = fmt.Sprintf("%s:%d", p.File, p.Line)
-	}
+	where := p.where()
 	switch {
 	case p.Fragment != "":
 		return fmt.Sprintf("%s: fragment %q: %s", where, p.Fragment, p.Msg)

@@ -216,8 +216,11 @@ func ParseMap(loc assemble.Location, data []byte) ([]assemble.MapEntry, []byte, 
 			continue
 		}
 		backend := fields[1]
-		if !validBackendName(backend) {
+		switch {
+		case !validBackendName(backend):
 			ps = append(ps, assemble.Problemf(at, "backend name %q is invalid: use letters, digits and _ . : -", backend))
+		case strings.HasPrefix(backend, reservedPrefix):
+			ps = append(ps, assemble.Problemf(at, "backend %q belongs to haproxy-config's own routing (prefix %q) and cannot be routed to", backend, reservedPrefix))
 		}
 		if prev, ok := seen[domain]; ok {
 			ps = append(ps, assemble.Problemf(at, "domain %q is already mapped on line %d", domain, prev))
@@ -357,7 +360,7 @@ func Parse(name, confFile string, conf []byte, mapFile string, mapData []byte, p
 	sum.Write(mapText)
 	return &assemble.Fragment{
 		Name: name, ConfFile: confFile, MapFile: mapFile,
-		Conf: conf, MapText: mapText, Lines: lines, Sections: sections, Map: entries,
+		Conf: conf, MapText: mapText, Sections: sections, Map: entries,
 		Checksum: fmt.Sprintf("sha256:%x", sum.Sum(nil)),
 	}, nil
 }

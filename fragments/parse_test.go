@@ -514,9 +514,6 @@ func TestParse(t *testing.T) {
 	if !reflect.DeepEqual(f.Sections, wantSections) {
 		t.Errorf("Sections = %+v, want %+v", f.Sections, wantSections)
 	}
-	if len(f.Lines) != 2 || f.Lines[0].Num != 2 || f.Lines[1].Num != 3 || f.Lines[1].Section != 0 {
-		t.Errorf("Lines = %+v", f.Lines)
-	}
 	if !checksumRE.MatchString(f.Checksum) {
 		t.Fatalf("Checksum = %q, want sha256:<64 hex>", f.Checksum)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -192,9 +193,18 @@ func TestApplyNormalizesAndRecords(t *testing.T) {
 }
 
 func TestEmptyPartsAndBaseBackends(t *testing.T) {
-	e := newEngine(t, nil)
-	// a map-only fragment may route to a backend of the base config
-	mustApply(t, e, "parked", "", "parked.example.com haproxy_config_unknown_host\n")
+	base := filepath.Join(t.TempDir(), "base.cfg")
+	tmpl := string(assemble.DefaultBase) + "\nbackend parking\n    http-request return status 503\n"
+	if err := os.WriteFile(base, []byte(tmpl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_BASE": base})
+	// a map-only fragment may route to a backend the operator's base defines,
+	// but not to haproxy-config's own
+	if _, err := apply(t, e, "parked", "", "parked.example.com haproxy_config_unknown_host\n"); err == nil || !strings.Contains(err.Error(), "cannot be routed to") {
+		t.Fatalf("routing to a reserved backend: got %v", err)
+	}
+	mustApply(t, e, "parked", "", "parked.example.com parking\n")
 	// a config-only fragment
 	mustApply(t, e, "spare", "backend spare_web\n    server s1 127.0.0.1:9\n", "")
 	infos, err := e.List()
@@ -380,16 +390,20 @@ func TestGenerationsKeptAndLiveIsWhatWasValidated(t *testing.T) {
 	if pub.Changed || pub.Generation.Number != 5 {
 		t.Fatalf("unchanged publish: generation %d changed=%v", pub.Generation.Number, pub.Changed)
 	}
-	gens, err := e.Generations()
+	nums, err := e.generationNumbers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(gens) != 3 || gens[0].Number != 3 || gens[2].Number != 5 {
-		t.Fatalf("kept generations: %+v", gens)
+	if !slices.Equal(nums, []int{3, 4, 5}) {
+		t.Fatalf("kept generations: %v, want 3 4 5", nums)
+	}
+	newest, err := e.readGeneration(5)
+	if err != nil || newest.Fragments["t"] == "" {
+		t.Fatalf("generation 5 metadata: %+v %v", newest, err)
 	}
 	// the newest generation is byte for byte the live pair, and haproxy
 	// accepts the live file where it is, with its relative map reference
-	cfg, hostMap, err := e.layout(gens[2].Dir)
+	cfg, hostMap, err := e.layout(newest.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -339,23 +339,6 @@ func (e *Engine) latestGeneration() (*Generation, error) {
 	return e.readGeneration(nums[len(nums)-1])
 }
 
-// Generations lists the kept generations, oldest first.
-func (e *Engine) Generations() ([]*Generation, error) {
-	nums, err := e.generationNumbers()
-	if err != nil {
-		return nil, err
-	}
-	gens := make([]*Generation, 0, len(nums))
-	for _, n := range nums {
-		g, err := e.readGeneration(n)
-		if err != nil {
-			return nil, err
-		}
-		gens = append(gens, g)
-	}
-	return gens, nil
-}
-
 // prune removes the oldest generations beyond KeepGenerations.
 func (e *Engine) prune() error {
 	nums, err := e.generationNumbers()
