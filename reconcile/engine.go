@@ -321,7 +321,7 @@ func (e *Engine) load() (*Selection, error) {
 // selectValid finds which of the candidates can go live together and
 // rejects the rest. Blame comes from the cross-fragment checks and from
 // haproxy's messages mapped to fragments; a message that blames no fragment
-// makes it validate fragments one by one against the base.
+// makes it add the fragments back one at a time (blameOneByOne).
 func (e *Engine) selectValid(ctx context.Context, sel *Selection, candidates []*assemble.Fragment, trustCache bool) error {
 	live := slices.Clone(candidates)
 	for {
