@@ -179,12 +179,9 @@ func (s *Store) recorded(e Event) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	f, err := os.Open(filepath.Join(s.StateDir, historyFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("read history: %w", err)
+	f, err := s.openHistory()
+	if f == nil || err != nil {
+		return false, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()

@@ -378,14 +378,23 @@ func (s *Store) trimHistory(path string) error {
 	return WriteFile(path, buf.Bytes(), 0o640)
 }
 
-// History returns the recorded events, oldest first.
-func (s *Store) History() ([]Event, error) {
+// openHistory opens the history for reading; nil, nil when there is none.
+func (s *Store) openHistory() (*os.File, error) {
 	f, err := os.Open(filepath.Join(s.StateDir, historyFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read history: %w", err)
+	}
+	return f, nil
+}
+
+// History returns the recorded events, oldest first.
+func (s *Store) History() ([]Event, error) {
+	f, err := s.openHistory()
+	if f == nil || err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	var events []Event
