@@ -110,7 +110,7 @@ func (s *Store) finish(t *Txn) error {
 		dirs[filepath.Dir(path)] = true
 	}
 	for dir := range dirs {
-		if err := syncDir(dir); err != nil {
+		if err := Sync(dir); err != nil {
 			return err
 		}
 	}
@@ -128,7 +128,7 @@ func (s *Store) finish(t *Txn) error {
 	if err := os.Remove(s.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("clear journal: %w", err)
 	}
-	return syncDir(s.StateDir)
+	return Sync(s.StateDir)
 }
 
 // recover finishes a transaction a crash interrupted, then removes staged

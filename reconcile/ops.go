@@ -262,33 +262,24 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 	if err != nil {
 		return err
 	}
-	for _, path := range []string{hostMap, cfg} {
-		if err := syncFile(path); err != nil {
-			return err
-		}
-	}
 	meta, err := json.MarshalIndent(g, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := fragments.WriteFile(filepath.Join(tmp, "meta.json"), append(meta, '\n'), 0o640); err != nil {
+	metaPath := filepath.Join(tmp, "meta.json")
+	if err := os.WriteFile(metaPath, append(meta, '\n'), 0o640); err != nil {
 		return err
+	}
+	for _, path := range []string{hostMap, cfg, metaPath, filepath.Dir(hostMap), filepath.Dir(cfg), tmp} {
+		if err := fragments.Sync(path); err != nil {
+			return err
+		}
 	}
 	g.Dir = e.generationDir(g.Number)
 	if err := os.Rename(tmp, g.Dir); err != nil {
 		return err
 	}
-	return syncFile(e.generationsDir())
-}
-
-// syncFile fsyncs a file or directory.
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
+	return fragments.Sync(e.generationsDir())
 }
 
 // generationNumbers lists the kept generations' numbers, ascending, from
