@@ -2,6 +2,8 @@ package assemble
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"fmt"
 	"sort"
 )
 
@@ -120,6 +122,30 @@ type Output struct {
 	Config []byte
 	Map    []byte
 	Source *SourceMap
+	// Marker identifies the output by its content; the base config can
+	// serve it ({{.Marker}}) so a reload can be seen taking effect. Empty
+	// when the base does not use it.
+	Marker string
+}
+
+// MarkerPlaceholder is what {{.Marker}} renders to in the base; Build
+// replaces it with the output's marker.
+const MarkerPlaceholder = "haproxy-config-marker-0000000000"
+
+// setMarker replaces the placeholder in the base part (the first baseLen
+// bytes; a fragment's text is never touched) with a digest of the config
+// and map as they are with the placeholder: the same input always gives the
+// same bytes, and the marker has the placeholder's length.
+func (o *Output) setMarker(baseLen int) {
+	if !bytes.Contains(o.Config[:baseLen], []byte(MarkerPlaceholder)) {
+		return
+	}
+	h := sha256.New()
+	h.Write(o.Config)
+	h.Write([]byte{0})
+	h.Write(o.Map)
+	o.Marker = fmt.Sprintf("haproxy-config-%x", h.Sum(nil))[:len(MarkerPlaceholder)]
+	copy(o.Config, bytes.ReplaceAll(o.Config[:baseLen], []byte(MarkerPlaceholder), []byte(o.Marker)))
 }
 
 // Build concatenates the base and the fragments, sorted by name, each marked
@@ -181,7 +207,9 @@ func Build(base *Base, frags []*Fragment) *Output {
 			src.hosts = append(src.hosts, mapSpan{line: mapLine, frag: f, entry: e})
 		}
 	}
-	return &Output{Config: cfg.Bytes(), Map: hosts.Bytes(), Source: src}
+	out := &Output{Config: cfg.Bytes(), Map: hosts.Bytes(), Source: src}
+	out.setMarker(len(base.Text))
+	return out
 }
 
 // SourceMap explains output lines in terms of the files people wrote.

@@ -20,6 +20,8 @@ type Vars struct {
 	FallbackCert  string // self-signed certificate used when nothing else matches
 	RuntimeSocket string // stats socket, level admin
 	ChallengeAddr string // the daemon's ACME HTTP-01 handler
+	StatusAddr    string // loopback endpoint that serves Marker
+	Marker        string // MarkerPlaceholder; Build puts the output's marker there
 }
 
 // Base is a rendered base config.

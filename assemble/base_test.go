@@ -16,6 +16,8 @@ var sampleVars = Vars{
 	FallbackCert:  "/srv/certs/fallback.pem",
 	RuntimeSocket: "/run/hc/admin.sock",
 	ChallengeAddr: "127.0.0.1:8402",
+	StatusAddr:    "127.0.0.1:8404",
+	Marker:        MarkerPlaceholder,
 }
 
 func TestRenderDefaultBase(t *testing.T) {
@@ -56,6 +58,8 @@ func TestRenderDefaultBase(t *testing.T) {
 		"{{.FallbackCert}}", sampleVars.FallbackCert,
 		"{{.RuntimeSocket}}", sampleVars.RuntimeSocket,
 		"{{.ChallengeAddr}}", sampleVars.ChallengeAddr,
+		"{{.StatusAddr}}", sampleVars.StatusAddr,
+		"{{.Marker}}", sampleVars.Marker,
 	)
 	tmplLines := strings.Split(strings.TrimSuffix(string(DefaultBase), "\n"), "\n")
 	outLines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
@@ -85,6 +89,7 @@ func TestRenderDefaultBase(t *testing.T) {
 		{Kind: "defaults", Line: lineOf("defaults")},
 		{Kind: "frontend", Name: "http", Line: lineOf("frontend http")},
 		{Kind: "frontend", Name: "https", Line: lineOf("frontend https")},
+		{Kind: "frontend", Name: "haproxy_config_status", Line: lineOf("frontend haproxy_config_status")},
 		{Kind: "backend", Name: "haproxy_config_acme", Line: lineOf("backend haproxy_config_acme")},
 		{Kind: "backend", Name: "haproxy_config_unknown_host", Line: lineOf("backend haproxy_config_unknown_host")},
 	}

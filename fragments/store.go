@@ -1,7 +1,6 @@
 package fragments
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -399,16 +398,24 @@ func (s *Store) History() ([]Event, error) {
 		return nil, err
 	}
 	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read history: %w", err)
+	}
+	return ParseEvents(data), nil
+}
+
+// ParseEvents reads history lines, skipping any that do not parse (a line
+// torn by a crash).
+func ParseEvents(data []byte) []Event {
 	var events []Event
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
+	for line := range bytes.Lines(data) {
 		var e Event
-		if json.Unmarshal(sc.Bytes(), &e) == nil {
+		if json.Unmarshal(line, &e) == nil {
 			events = append(events, e)
 		}
 	}
-	return events, sc.Err()
+	return events
 }
 
 // Actor describes who is making a change: HAPROXY_CONFIG_ACTOR when set

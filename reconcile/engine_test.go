@@ -295,7 +295,7 @@ func TestPublishQuarantinesBadFragments(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pub, err := e.Publish(ctx)
+	pub, err := e.Publish(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,7 @@ func TestPublishQuarantinesBadFragments(t *testing.T) {
 
 	// fixing a file brings it live by itself
 	writeRaw(t, e, "badcfg", "backend badcfg_web\n    server s1 127.0.0.1:9004\n", "badcfg.example.com badcfg_web\n")
-	pub, err = e.Publish(ctx)
+	pub, err = e.Publish(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +349,7 @@ func TestPublishQuarantinesBadFragments(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pub, err = e.Publish(ctx)
+	pub, err = e.Publish(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +375,7 @@ func TestGenerationsKeptAndLiveIsWhatWasValidated(t *testing.T) {
 	ctx := context.Background()
 	for i := range 5 {
 		mustApply(t, e, "t", "backend t_web\n    server s1 127.0.0.1:900"+string(rune('0'+i))+"\n", "")
-		pub, err := e.Publish(ctx)
+		pub, err := e.Publish(ctx, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -383,7 +383,7 @@ func TestGenerationsKeptAndLiveIsWhatWasValidated(t *testing.T) {
 			t.Fatalf("publish %d: generation %d changed=%v", i, pub.Generation.Number, pub.Changed)
 		}
 	}
-	pub, err := e.Publish(ctx)
+	pub, err := e.Publish(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +427,7 @@ func TestMapOutsideConfigDirectory(t *testing.T) {
 		"HAPROXY_CONFIG_MAP":    filepath.Join(root, "maps/hosts.map"),
 	})
 	mustApply(t, e, "t", "backend t_web\n    server s1 127.0.0.1:9001\n", "t.example.com t_web\n")
-	if _, err := e.Publish(context.Background()); err != nil {
+	if _, err := e.Publish(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	live, _ := os.ReadFile(e.S.OutputConfig)
@@ -465,7 +465,7 @@ func TestHaproxyClashBlamesTheNewcomer(t *testing.T) {
 	e := newEngine(t, nil)
 	ctx := context.Background()
 	mustApply(t, e, "zeta", "backend zeta_web\n    id 1000\n    server s1 127.0.0.1:9001\n", "zeta.example.com zeta_web\n")
-	if _, err := e.Publish(ctx); err != nil {
+	if _, err := e.Publish(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	// through the CLI path: refused, blamed on the newcomer's own file
@@ -479,7 +479,7 @@ func TestHaproxyClashBlamesTheNewcomer(t *testing.T) {
 	}
 	// copied in directly: quarantined, zeta stays live
 	writeRaw(t, e, "alpha", "backend alpha_web\n    id 1000\n", "")
-	pub, err := e.Publish(ctx)
+	pub, err := e.Publish(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,11 +499,11 @@ func TestUnattributedFailureWithCrossReferences(t *testing.T) {
 	ctx := context.Background()
 	mustApply(t, e, "api", "backend api_web\n    server s1 127.0.0.1:9001\n", "")
 	mustApply(t, e, "web", "", "www.example.com api_web\n")
-	if _, err := e.Publish(ctx); err != nil {
+	if _, err := e.Publish(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	writeRaw(t, e, "cachey", "cache cachey_cache\n    total-max-size 1\n    max-object-size 2000000\n", "")
-	pub, err := e.Publish(ctx)
+	pub, err := e.Publish(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,7 +528,7 @@ func TestPublishRevalidatesAfterCertFilesVanish(t *testing.T) {
 	if err := os.RemoveAll(e.S.CertsDir); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.Publish(ctx); err != nil {
+	if _, err := e.Publish(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	res, err := e.Validator.Check(ctx, e.S.OutputConfig)

@@ -179,6 +179,7 @@ type Generation struct {
 	Actor     string            `json:"actor"`
 	Fragments map[string]string `json:"fragments"` // name -> checksum
 	Rejected  []string          `json:"rejected,omitempty"`
+	Marker    string            `json:"marker,omitempty"`
 	Dir       string            `json:"-"`
 }
 
@@ -191,17 +192,37 @@ type Published struct {
 
 func (e *Engine) generationsDir() string { return filepath.Join(e.S.StateDir, "generations") }
 
+// Exclusion keeps one version of a fragment out of what Publish selects:
+// the daemon's way to quarantine a fragment HAProxy failed to load even
+// though haproxy -c accepted it. A changed fragment is no longer excluded.
+type Exclusion struct {
+	Checksum string
+	Problems assemble.Problems
+}
+
 // Publish assembles the valid fragments, keeps the result as a new
 // generation and writes the live config and map (map first, each atomic).
-// Rejected fragments stay out; Selection.Rejected says why.
-func (e *Engine) Publish(ctx context.Context) (*Published, error) {
+// Rejected fragments stay out; Selection.Rejected says why. A set haproxy
+// accepted before (same bytes, binary and certificate files) is not
+// checked again: the apply that stored the last change has just run
+// haproxy -c on exactly this output.
+func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Published, error) {
 	unlock, err := e.lock(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	sel, err := e.selectAll(ctx)
+	sel, err := e.load()
 	if err != nil {
+		return nil, err
+	}
+	for name, ex := range exclude {
+		if f := sel.Parsed[name]; f != nil && f.Checksum == ex.Checksum {
+			delete(sel.Parsed, name)
+			sel.Rejected[name] = ex.Problems
+		}
+	}
+	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		return nil, err
 	}
 	out := sel.Verdict.Output
@@ -209,10 +230,10 @@ func (e *Engine) Publish(ctx context.Context) (*Published, error) {
 	if err != nil {
 		return nil, err
 	}
-	if latest != nil && e.liveEquals(out) {
+	if latest != nil && e.liveEquals(out) && e.generationEquals(latest, out) {
 		return &Published{Generation: latest, Selection: sel}, nil
 	}
-	g := &Generation{Number: 1, Time: time.Now().UTC(), Actor: fragments.Actor(), Fragments: map[string]string{}}
+	g := &Generation{Number: 1, Time: time.Now().UTC(), Actor: fragments.Actor(), Fragments: map[string]string{}, Marker: out.Marker}
 	if latest != nil {
 		g.Number = latest.Number + 1
 	}
@@ -244,6 +265,18 @@ func (e *Engine) Publish(ctx context.Context) (*Published, error) {
 func (e *Engine) liveEquals(out *assemble.Output) bool {
 	cfg, err1 := os.ReadFile(e.S.OutputConfig)
 	hostMap, err2 := os.ReadFile(e.S.OutputMap)
+	return err1 == nil && err2 == nil && string(cfg) == string(out.Config) && string(hostMap) == string(out.Map)
+}
+
+// generationEquals tells whether a kept generation holds out (after a
+// rollback the live files hold an older generation than the newest).
+func (e *Engine) generationEquals(g *Generation, out *assemble.Output) bool {
+	cfgPath, mapPath, err := e.layout(g.Dir)
+	if err != nil {
+		return false
+	}
+	cfg, err1 := os.ReadFile(cfgPath)
+	hostMap, err2 := os.ReadFile(mapPath)
 	return err1 == nil && err2 == nil && string(cfg) == string(out.Config) && string(hostMap) == string(out.Map)
 }
 
@@ -330,13 +363,21 @@ func (e *Engine) latestGeneration() (*Generation, error) {
 	return e.readGeneration(nums[len(nums)-1])
 }
 
-// prune removes the oldest generations beyond KeepGenerations.
+// prune removes the oldest generations beyond KeepGenerations, except
+// one a rollback holds.
 func (e *Engine) prune() error {
 	nums, err := e.generationNumbers()
 	if err != nil {
 		return err
 	}
+	hold, err := e.CurrentHold()
+	if err != nil {
+		return err
+	}
 	for _, n := range nums[:max(0, len(nums)-e.S.KeepGenerations)] {
+		if hold != nil && hold.Generation == n {
+			continue // the daemon serves it
+		}
 		if err := os.RemoveAll(e.generationDir(n)); err != nil {
 			return err
 		}

@@ -90,15 +90,22 @@ func (v *Validator) Check(ctx context.Context, cfgPath string) (*Result, error) 
 	default:
 		return nil, &EnvError{fmt.Errorf("run %s -c: %w: %s", bin, err, strings.TrimSpace(out.String()))}
 	}
-	for _, l := range strings.Split(out.String(), "\n") {
-		if m := lineRE.FindStringSubmatch(strings.TrimSpace(l)); m != nil {
-			res.Messages = append(res.Messages, Message{Level: m[1], Text: strings.TrimSpace(m[2])})
-		}
-	}
+	res.Messages = ParseMessages(out.String())
 	if !res.Valid && len(res.Messages) == 0 {
 		return nil, &EnvError{fmt.Errorf("haproxy -c failed without a message: %s", strings.TrimSpace(out.String()))}
 	}
 	return res, nil
+}
+
+// ParseMessages picks the ALERT and WARNING lines out of haproxy's output.
+func ParseMessages(out string) []Message {
+	var msgs []Message
+	for _, l := range strings.Split(out, "\n") {
+		if m := lineRE.FindStringSubmatch(strings.TrimSpace(l)); m != nil {
+			msgs = append(msgs, Message{Level: m[1], Text: strings.TrimSpace(m[2])})
+		}
+	}
+	return msgs
 }
 
 // summaryRE matches the closing lines haproxy adds after the real errors.

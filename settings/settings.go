@@ -16,8 +16,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"haproxy-config/assemble"
 )
@@ -46,7 +48,23 @@ type Settings struct {
 	CrossRefs        bool
 	MaxFragmentBytes int64
 	KeepGenerations  int
+
+	// the watcher daemon
+	StatusAddr     string
+	MasterSocket   string
+	Reload         string // strategy: managed, master-socket, systemd, command
+	ReloadCommand  string
+	ReloadUnit     string
+	WaitMin        time.Duration
+	WaitMax        time.Duration
+	ReloadInterval time.Duration
+	ReloadBurst    int
+	Rescan         time.Duration
+	VerifyTimeout  time.Duration
 }
+
+// Strategies are the ways the daemon can reload HAProxy.
+var Strategies = []string{"managed", "master-socket", "systemd", "command"}
 
 // Key describes one setting.
 type Key struct {
@@ -137,6 +155,51 @@ var Keys = []Key{
 			}
 			return err
 		}},
+	{"STATUS_ADDR", "status-addr", "loopback `HOST:PORT` where HAProxy serves the live generation's marker (checked after each reload)",
+		fixed("127.0.0.1:8404"), addr(func(s *Settings) *string { return &s.StatusAddr })},
+	{"MASTER_SOCKET", "master-socket", "HAProxy master CLI socket `PATH` (-S): the managed HAProxy opens it; other strategies use it to verify reloads when set",
+		under("/run/haproxy-config/master.sock"), str(func(s *Settings) *string { return &s.MasterSocket })},
+	{"RELOAD", "reload", "how the daemon reloads HAProxy: `STRATEGY` managed (runs HAProxy itself), master-socket, systemd or command",
+		fixed("managed"), func(s *Settings, v string) error {
+			if !slices.Contains(Strategies, v) {
+				return fmt.Errorf("%q is not one of %s", v, strings.Join(Strategies, ", "))
+			}
+			s.Reload = v
+			return nil
+		}},
+	{"RELOAD_COMMAND", "reload-command", "shell `COMMAND` for the command strategy",
+		fixed(""), str(func(s *Settings) *string { return &s.ReloadCommand })},
+	{"RELOAD_UNIT", "reload-unit", "systemd `UNIT` for the systemd strategy",
+		fixed("haproxy.service"), str(func(s *Settings) *string { return &s.ReloadUnit })},
+	{"WAIT_MIN", "wait-min", "quiet `DURATION` a burst of direct file changes must settle for before it is read",
+		fixed("500ms"), duration(func(s *Settings) *time.Duration { return &s.WaitMin })},
+	{"WAIT_MAX", "wait-max", "longest `DURATION` a continuing burst of file changes is waited for",
+		fixed("5s"), duration(func(s *Settings) *time.Duration { return &s.WaitMax })},
+	{"RELOAD_INTERVAL", "reload-interval", "minimum `DURATION` between reloads on average (rate limit)",
+		fixed("2s"), duration(func(s *Settings) *time.Duration { return &s.ReloadInterval })},
+	{"RELOAD_BURST", "reload-burst", "reloads allowed back to back before the interval applies (`N`)",
+		fixed("3"), func(s *Settings, v string) (err error) {
+			s.ReloadBurst, err = strconv.Atoi(v)
+			if err == nil && s.ReloadBurst < 1 {
+				err = errors.New("must be at least 1")
+			}
+			return err
+		}},
+	{"RESCAN", "rescan", "full rescan `DURATION`, catching changes no file event reported",
+		fixed("1m"), duration(func(s *Settings) *time.Duration { return &s.Rescan })},
+	{"VERIFY_TIMEOUT", "verify-timeout", "how long a reload may take to be seen serving (`DURATION`) before it is rolled back",
+		fixed("30s"), duration(func(s *Settings) *time.Duration { return &s.VerifyTimeout })},
+}
+
+func duration(dst func(*Settings) *time.Duration) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("%q is not a positive duration (e.g. 500ms, 2s, 1m)", v)
+		}
+		*dst(s) = d
+		return nil
+	}
 }
 
 func parseBool(v string) (bool, error) {
@@ -272,5 +335,7 @@ func (s *Settings) Vars(mapRef string) assemble.Vars {
 		FallbackCert:  s.FallbackCert(),
 		RuntimeSocket: s.RuntimeSocket,
 		ChallengeAddr: s.ChallengeAddr,
+		StatusAddr:    s.StatusAddr,
+		Marker:        assemble.MarkerPlaceholder,
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"haproxy-config/assemble"
 )
@@ -51,6 +52,16 @@ func builtIn(root, defaultsFile string) *Settings {
 		CrossRefs:        false,
 		MaxFragmentBytes: 262144,
 		KeepGenerations:  20,
+		StatusAddr:       "127.0.0.1:8404",
+		MasterSocket:     filepath.Join(root, "run/haproxy-config/master.sock"),
+		Reload:           "managed",
+		ReloadUnit:       "haproxy.service",
+		WaitMin:          500 * time.Millisecond,
+		WaitMax:          5 * time.Second,
+		ReloadInterval:   2 * time.Second,
+		ReloadBurst:      3,
+		Rescan:           time.Minute,
+		VerifyTimeout:    30 * time.Second,
 	}
 }
 
@@ -77,6 +88,16 @@ func TestLoadBuiltInDefaults(t *testing.T) {
 		ChallengeAddr:    "127.0.0.1:8402",
 		MaxFragmentBytes: 262144,
 		KeepGenerations:  20,
+		StatusAddr:       "127.0.0.1:8404",
+		MasterSocket:     "/run/haproxy-config/master.sock",
+		Reload:           "managed",
+		ReloadUnit:       "haproxy.service",
+		WaitMin:          500 * time.Millisecond,
+		WaitMax:          5 * time.Second,
+		ReloadInterval:   2 * time.Second,
+		ReloadBurst:      3,
+		Rescan:           time.Minute,
+		VerifyTimeout:    30 * time.Second,
 	}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("Load:\n got %+v\nwant %+v", s, want)
@@ -564,6 +585,7 @@ func TestVars(t *testing.T) {
 				CertsDir:      "/srv/certs",
 				RuntimeSocket: "/run/hc/admin.sock",
 				ChallengeAddr: "127.0.0.1:8402",
+				StatusAddr:    "127.0.0.1:8404",
 			}
 			got := s.Vars("../maps/hosts.map")
 			want := assemble.Vars{
@@ -575,6 +597,8 @@ func TestVars(t *testing.T) {
 				FallbackCert:  "/srv/certs/fallback.pem",
 				RuntimeSocket: "/run/hc/admin.sock",
 				ChallengeAddr: "127.0.0.1:8402",
+				StatusAddr:    "127.0.0.1:8404",
+				Marker:        assemble.MarkerPlaceholder,
 			}
 			if got != want {
 				t.Errorf("Vars:\n got %+v\nwant %+v", got, want)

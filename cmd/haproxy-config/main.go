@@ -22,6 +22,7 @@ import (
 	"haproxy-config/reconcile"
 	"haproxy-config/reload"
 	"haproxy-config/settings"
+	"haproxy-config/watcher"
 )
 
 // Exit codes. 3 is left out: urfave/cli uses it for "no help topic".
@@ -32,6 +33,7 @@ const (
 	exitRejected = 4
 	exitEnv      = 5
 	exitNotFound = 6
+	exitNotLive  = 7
 )
 
 const exitCodesHelp = `EXIT CODES:
@@ -41,7 +43,8 @@ const exitCodesHelp = `EXIT CODES:
    4  rejected by validation: the input (or a stored fragment) is invalid; nothing changed
       (for "assemble": the rejected fragments stay out, the valid ones were written)
    5  environment problem: haproxy missing, no permission, lock not obtained in time
-   6  no such fragment`
+   6  no such fragment (or generation)
+   7  --wait: the change is stored but did not go live in time (see "status")`
 
 var version = "dev"
 
@@ -79,9 +82,15 @@ func exitCode(err error) int {
 	var usage *reconcile.UsageError
 	var env *reload.EnvError
 	var code cli.ExitCoder
+	var quarantined *watcher.QuarantinedError
+	var notLive *watcher.NotLiveError
 	switch {
 	case errors.As(err, &usage):
 		return exitUsage
+	case errors.As(err, &quarantined):
+		return exitRejected
+	case errors.As(err, &notLive):
+		return exitNotLive
 	case errors.Is(err, fragments.ErrNotFound):
 		return exitNotFound
 	case errors.As(err, &env), errors.Is(err, fs.ErrPermission):
@@ -134,13 +143,47 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				Name:      "apply",
 				Usage:     "add or replace fragment NAME after validating it with everything else",
 				ArgsUsage: "NAME CONF MAP   (CONF or MAP may be - for standard input; either may be an empty file)",
+				Flags:     waitFlags,
 				Action:    withEngine(apply),
 			},
 			{
 				Name:      "remove",
 				Usage:     "remove fragment NAME after validating what remains",
 				ArgsUsage: "NAME",
+				Flags:     waitFlags,
 				Action:    withEngine(remove),
+			},
+			{
+				Name: "watch",
+				Usage: "run the daemon: keep HAProxy serving base + every valid fragment, reloading gracefully " +
+					"(SIGHUP re-reads the settings, SIGTERM stops)",
+				Action: withEngine(watch),
+			},
+			{
+				Name:   "status",
+				Usage:  "show what the daemon reports: live generation, pending changes, reloads, quarantined fragments",
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: withEngine(status),
+			},
+			{
+				Name:   "history",
+				Usage:  "list the kept generations, newest first",
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: withEngine(history),
+			},
+			{
+				Name: "rollback",
+				Usage: "make the daemon serve generation GEN (default: the one before the live one) and hold it " +
+					"there; changes stay pending until resume",
+				ArgsUsage: "[GEN]",
+				Flags:     waitFlags,
+				Action:    withEngine(rollback),
+			},
+			{
+				Name:   "resume",
+				Usage:  "release a rollback's hold: the daemon goes back to serving the stored fragments",
+				Flags:  waitFlags,
+				Action: withEngine(resume),
 			},
 			{
 				Name:   "list",
@@ -172,23 +215,57 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	return app
 }
 
+var waitFlags = []cli.Flag{
+	&cli.BoolFlag{Name: "wait", Usage: "wait until the daemon serves the change (exit 4 if it quarantines it, 7 if not live in time)"},
+	&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "how long --wait waits"},
+}
+
+func contextTimeout(c *cli.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.Context, c.Duration("timeout"))
+}
+
+// waitLive waits, when --wait is given, for the daemon to serve fragment
+// name at checksum ("" for gone).
+func waitLive(c *cli.Context, e *reconcile.Engine, name, checksum string) error {
+	if !c.Bool("wait") {
+		return nil
+	}
+	ctx, cancel := contextTimeout(c)
+	defer cancel()
+	if err := watcher.Wait(ctx, e, name, checksum); err != nil {
+		return err
+	}
+	fmt.Fprintln(c.App.Writer, "live")
+	return nil
+}
+
 func withEngine(action func(*cli.Context, *reconcile.Engine) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
-		given := map[string]string{}
-		for _, name := range c.FlagNames() {
-			if c.IsSet(name) {
-				given[name] = c.String(name)
-			}
-		}
-		s, err := settings.Load(settings.Source{Flags: given})
-		if errors.Is(err, fs.ErrPermission) {
-			return &reload.EnvError{Err: err}
-		}
+		s, err := loadSettings(c)
 		if err != nil {
-			return &reconcile.UsageError{Err: err}
+			return err
 		}
 		return action(c, reconcile.New(s))
 	}
+}
+
+// loadSettings resolves the settings from the flags given, the
+// environment and the defaults file.
+func loadSettings(c *cli.Context) (*settings.Settings, error) {
+	given := map[string]string{}
+	for _, name := range c.FlagNames() {
+		if c.IsSet(name) {
+			given[name] = c.String(name)
+		}
+	}
+	s, err := settings.Load(settings.Source{Flags: given})
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err != nil {
+		return nil, &reconcile.UsageError{Err: err}
+	}
+	return s, nil
 }
 
 func readPart(c *cli.Context, arg string, stdinUsed *bool) ([]byte, string, error) {
@@ -234,7 +311,7 @@ func apply(c *cli.Context, e *reconcile.Engine) error {
 	}
 	f := res.Fragment
 	fmt.Fprintf(c.App.Writer, "%s fragment %q: %s, backends %s (%s)\n", verb, f.Name, plural(len(f.Map), "domain"), dash(f.Backends()), f.Checksum)
-	return nil
+	return waitLive(c, e, f.Name, f.Checksum)
 }
 
 func printWarnings(c *cli.Context, ws assemble.Problems) {
@@ -252,7 +329,7 @@ func remove(c *cli.Context, e *reconcile.Engine) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "removed fragment %q\n", name)
-	return nil
+	return waitLive(c, e, name, "")
 }
 
 func list(c *cli.Context, e *reconcile.Engine) error {
@@ -328,7 +405,7 @@ func rejection(sel *reconcile.Selection) error {
 }
 
 func assembleCmd(c *cli.Context, e *reconcile.Engine) error {
-	pub, err := e.Publish(c.Context)
+	pub, err := e.Publish(c.Context, nil)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"haproxy-config/reconcile"
+	"haproxy-config/settings"
+	"haproxy-config/watcher"
+)
+
+func watch(c *cli.Context, _ *reconcile.Engine) error {
+	log := newLogger(c.App.ErrWriter)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	d := &watcher.Daemon{
+		Load:   func() (*settings.Settings, error) { return loadSettings(c) },
+		Notify: watcher.Notifier(log),
+		Log:    log,
+	}
+	return d.Run(c.Context, hup)
+}
+
+// newLogger logs key=value lines; under journald (JOURNAL_STREAM set) the
+// journal adds the time itself.
+func newLogger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{}
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func status(c *cli.Context, e *reconcile.Engine) error {
+	st, err := watcher.ReadStatus(e.S.StateDir)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(st); err != nil {
+			return err
+		}
+	} else {
+		printStatus(c.App.Writer, st)
+	}
+	if !st.Running() {
+		return fmt.Errorf("%w: the report above is its last", watcher.ErrNoDaemon)
+	}
+	return nil
+}
+
+func when(t time.Time) string { return t.Local().Format(time.RFC3339) }
+
+func printStatus(w io.Writer, st *watcher.Status) {
+	state := st.State
+	if !st.Running() {
+		state = "not running"
+	}
+	fmt.Fprintf(w, "daemon:      %s (pid %d, started %s, reloads by %s)\n", state, st.PID, when(st.Started), st.Strategy)
+	if st.Live != nil {
+		fmt.Fprintf(w, "live:        generation %d since %s, %s\n", st.Live.Generation, when(st.Live.Since), plural(st.Live.Fragments, "fragment"))
+	} else {
+		fmt.Fprintln(w, "live:        nothing verified yet")
+	}
+	if st.Held != nil {
+		fmt.Fprintf(w, "held:        generation %d, by %s since %s (haproxy-config resume releases it)\n", st.Held.Generation, st.Held.Actor, when(st.Held.Since))
+	}
+	if st.Pending != nil {
+		fmt.Fprintf(w, "pending:     %s since %s\n", plural(st.Pending.Changes, "change"), when(st.Pending.Since))
+	} else {
+		fmt.Fprintln(w, "pending:     none")
+	}
+	if r := st.LastReload; r != nil {
+		result := fmt.Sprintf("ok in %.1f ms", r.DurationMS)
+		if !r.OK {
+			result = "FAILED: " + r.Error
+			if r.RolledBackTo > 0 {
+				result += fmt.Sprintf(" (rolled back to generation %d)", r.RolledBackTo)
+			}
+		}
+		fmt.Fprintf(w, "last reload: generation %d at %s, %s\n", r.Generation, when(r.At), result)
+	}
+	n := st.Counts
+	fmt.Fprintf(w, "counts:      %d reloads, %d failed, %d rollbacks, %d haproxy restarts, %d reconciles\n",
+		n.Reloads, n.ReloadsFailed, n.Rollbacks, n.Restarts, n.Reconciles)
+	if p := st.HAProxy; p != nil {
+		var workers []string
+		for _, wk := range p.Workers {
+			workers = append(workers, strconv.Itoa(wk.PID))
+		}
+		fmt.Fprintf(w, "haproxy:     master %d (%d reloads, %d failed), workers %s, %d old workers\n",
+			p.Master.PID, p.Master.Reloads, p.Failed, dash(workers), len(p.Old))
+	}
+	if st.LastError != "" {
+		fmt.Fprintf(w, "last error:  %s\n", st.LastError)
+	}
+	fmt.Fprintf(w, "quarantined: %d\n", len(st.Quarantined))
+	for _, q := range st.Quarantined {
+		note := ""
+		if q.Retrying {
+			note = ", to be retried alone"
+		}
+		fmt.Fprintf(w, "  %s (since %s%s)\n", q.Name, when(q.Since), note)
+		for _, e := range q.Errors {
+			fmt.Fprintf(w, "    %s\n", e)
+		}
+	}
+	for _, s := range st.Strays {
+		fmt.Fprintf(w, "stray file:  %s\n", s)
+	}
+}
+
+func history(c *cli.Context, e *reconcile.Engine) error {
+	gens, err := e.Generations()
+	if err != nil {
+		return err
+	}
+	live := 0
+	if st, err := watcher.ReadStatus(e.S.StateDir); err == nil && st.Live != nil {
+		live = st.Live.Generation
+	}
+	hold, err := e.CurrentHold()
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(gens)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GEN\tTIME\tBY\tFRAGMENTS\tREJECTED\tSTATE")
+	for _, g := range gens {
+		var state []string
+		if g.Number == live {
+			state = append(state, "live")
+		}
+		if hold != nil && hold.Generation == g.Number {
+			state = append(state, "held")
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\n", g.Number, when(g.Time), g.Actor, len(g.Fragments), dash(g.Rejected), dash(state))
+	}
+	return tw.Flush()
+}
+
+func rollback(c *cli.Context, e *reconcile.Engine) error {
+	if c.NArg() > 1 {
+		return usageErr("rollback takes at most GEN, got %d arguments", c.NArg())
+	}
+	var n int
+	if c.NArg() == 1 {
+		var err error
+		if n, err = strconv.Atoi(strings.TrimPrefix(c.Args().First(), "#")); err != nil || n < 1 {
+			return usageErr("rollback: %q is not a generation number (see haproxy-config history)", c.Args().First())
+		}
+	} else {
+		var err error
+		if n, err = previousGeneration(e); err != nil {
+			return err
+		}
+	}
+	h, err := e.SetHold(c.Context, n)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "holding generation %d: the daemon serves it and leaves changes pending until haproxy-config resume\n", h.Generation)
+	if !c.Bool("wait") {
+		return nil
+	}
+	return waitGeneration(c, e, n)
+}
+
+// previousGeneration is the newest kept generation older than the live one.
+func previousGeneration(e *reconcile.Engine) (int, error) {
+	gens, err := e.Generations()
+	if err != nil {
+		return 0, err
+	}
+	live := 0
+	if st, err := watcher.ReadStatus(e.S.StateDir); err == nil && st.Live != nil {
+		live = st.Live.Generation
+	} else if len(gens) > 0 {
+		live = gens[0].Number
+	}
+	for _, g := range gens {
+		if g.Number < live {
+			return g.Number, nil
+		}
+	}
+	return 0, usageErr("rollback: no generation older than the live one (%d) is kept; see haproxy-config history", live)
+}
+
+func waitGeneration(c *cli.Context, e *reconcile.Engine, n int) error {
+	ctx, cancel := contextTimeout(c)
+	defer cancel()
+	if err := watcher.WaitGeneration(ctx, e, n); err != nil {
+		return err
+	}
+	fmt.Fprintln(c.App.Writer, "live")
+	return nil
+}
+
+func resume(c *cli.Context, e *reconcile.Engine) error {
+	released, err := e.ReleaseHold()
+	if err != nil {
+		return err
+	}
+	if !released {
+		fmt.Fprintln(c.App.Writer, "no hold in force")
+		return nil
+	}
+	fmt.Fprintln(c.App.Writer, "hold released: the daemon serves the stored fragments again")
+	if !c.Bool("wait") {
+		return nil
+	}
+	ctx, cancel := contextTimeout(c)
+	defer cancel()
+	if err := watcher.WaitResumed(ctx, e); err != nil {
+		return err
+	}
+	fmt.Fprintln(c.App.Writer, "live")
+	return nil
+}

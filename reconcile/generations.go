@@ -1,0 +1,171 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"haproxy-config/fragments"
+	"haproxy-config/reload"
+)
+
+// Generations returns every kept generation, newest first.
+func (e *Engine) Generations() ([]*Generation, error) {
+	nums, err := e.generationNumbers()
+	if err != nil {
+		return nil, err
+	}
+	gens := make([]*Generation, 0, len(nums))
+	for _, n := range slices.Backward(nums) {
+		g, err := e.readGeneration(n)
+		if err != nil {
+			return nil, err
+		}
+		gens = append(gens, g)
+	}
+	return gens, nil
+}
+
+// NewestGeneration is the newest kept generation's number, 0 for none.
+func (e *Engine) NewestGeneration() (int, error) {
+	nums, err := e.generationNumbers()
+	if err != nil || len(nums) == 0 {
+		return 0, err
+	}
+	return nums[len(nums)-1], nil
+}
+
+// Generation returns one kept generation, fragments.ErrNotFound when it
+// was pruned or never existed.
+func (e *Engine) Generation(n int) (*Generation, error) {
+	if _, err := os.Stat(e.generationDir(n)); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("generation %d: %w (see haproxy-config history)", n, fragments.ErrNotFound)
+	}
+	return e.readGeneration(n)
+}
+
+// Restore puts a kept generation's config and map back as the live files,
+// after haproxy -c has accepted them again (certificates may have changed
+// since). The fragments are not touched.
+func (e *Engine) Restore(ctx context.Context, n int) (*Generation, error) {
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	g, err := e.Generation(n)
+	if err != nil {
+		return nil, err
+	}
+	cfgPath, mapPath, err := e.layout(g.Dir)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := os.ReadFile(cfgPath)
+	if err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	}
+	hostMap, err := os.ReadFile(mapPath)
+	if err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	}
+	res, err := e.Validator.Check(ctx, cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	if !res.Valid {
+		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d no longer passes haproxy -c: %v", n, res.Messages)}
+	}
+	t := &fragments.Txn{}
+	if err := t.Stage(e.S.OutputMap, hostMap, 0o640); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := t.Stage(e.S.OutputConfig, cfg, 0o640); err != nil {
+		t.Discard()
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := e.Store.Commit(t); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	return g, nil
+}
+
+// Hold is a rollback by hand: the daemon serves this generation and leaves
+// changes to the fragments pending until the hold is released.
+type Hold struct {
+	Generation int       `json:"generation"`
+	Since      time.Time `json:"since"`
+	Actor      string    `json:"actor"`
+}
+
+// HoldFile is where a hold is recorded, in the state directory; the daemon
+// watches for it.
+const HoldFile = "hold.json"
+
+func (e *Engine) holdPath() string { return filepath.Join(e.S.StateDir, HoldFile) }
+
+// SetHold records a hold on generation n, which must be kept and must
+// still pass haproxy -c.
+func (e *Engine) SetHold(ctx context.Context, n int) (*Hold, error) {
+	g, err := e.Generation(n)
+	if err != nil {
+		return nil, err
+	}
+	cfgPath, _, err := e.layout(g.Dir)
+	if err != nil {
+		return nil, err
+	}
+	res, err := e.Validator.Check(ctx, cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	if !res.Valid {
+		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d no longer passes haproxy -c: %v", n, res.Messages)}
+	}
+	h := &Hold{Generation: n, Since: time.Now().UTC(), Actor: fragments.Actor()}
+	data, err := json.MarshalIndent(h, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(e.S.StateDir, 0o750); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := fragments.WriteFile(e.holdPath(), append(data, '\n'), 0o640); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	return h, nil
+}
+
+// ReleaseHold removes the hold; false when there was none.
+func (e *Engine) ReleaseHold() (bool, error) {
+	err := os.Remove(e.holdPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, &reload.EnvError{Err: err}
+	}
+	return true, fragments.Sync(e.S.StateDir)
+}
+
+// CurrentHold returns the hold in force, or nil.
+func (e *Engine) CurrentHold() (*Hold, error) {
+	data, err := os.ReadFile(e.holdPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	h := &Hold{}
+	if err := json.Unmarshal(data, h); err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("%s: %w", e.holdPath(), err)}
+	}
+	return h, nil
+}

@@ -1,0 +1,798 @@
+// Package watcher is the daemon's loop: it watches the fragment store and
+// the base config, gathers bursts of changes, publishes a validated
+// generation, reloads HAProxy no faster than the rate limit and verifies
+// that the new generation is serving, rolling back when it is not.
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/fsnotify/fsnotify"
+	"golang.org/x/time/rate"
+
+	"haproxy-config/assemble"
+	"haproxy-config/fragments"
+	"haproxy-config/reconcile"
+	"haproxy-config/reload"
+	"haproxy-config/settings"
+)
+
+// Daemon is one running watcher.
+type Daemon struct {
+	// Load re-reads the settings on SIGHUP.
+	Load func() (*settings.Settings, error)
+	// Notify sends a systemd notification (sd_notify); see Notifier.
+	Notify func(state string)
+	// Reloader, when set, replaces the one the settings describe (tests
+	// give the systemd strategy a fake D-Bus).
+	Reloader reload.Reloader
+	Log      *slog.Logger
+
+	s        *settings.Settings
+	eng      *reconcile.Engine
+	reloader reload.Reloader
+	managed  *reload.Managed
+	cli      *reload.MasterCLI // nil when no master socket is known
+	limiter  *rate.Limiter
+	fsw      *fsnotify.Watcher
+
+	// the burst being gathered: changed fragment (or file) -> vouched
+	// for by a committed CLI change, so it need not settle
+	dirty      map[string]bool
+	firstDirty time.Time
+	lastRaw    time.Time
+	rescan     bool
+	histSize   int64
+
+	exclude   map[string]reconcile.Exclusion
+	probe     []string // fragments held back after a failed reload, retried one at a time
+	lastGood  *reconcile.Generation
+	quarSince map[string]time.Time
+	status    Status
+	http      *http.Client
+}
+
+// Notifier sends sd_notify messages when the daemon runs under systemd
+// (NOTIFY_SOCKET set); elsewhere it does nothing.
+func Notifier(log *slog.Logger) func(string) {
+	return func(state string) {
+		if _, err := daemon.SdNotify(false, state); err != nil {
+			log.Warn("sd_notify failed", "err", err)
+		}
+	}
+}
+
+// keys of the burst that are not fragments
+const (
+	baseKey  = "(base config)"
+	retryKey = "(retry after an error)"
+)
+
+// Run starts HAProxy (managed) or takes over the running one, then keeps
+// it serving base + valid fragments until ctx ends or the managed HAProxy
+// cannot be kept running. hup carries SIGHUP.
+func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
+	s, err := d.Load()
+	if err != nil {
+		return err
+	}
+	if err := d.configure(s); err != nil {
+		return err
+	}
+	d.dirty, d.exclude, d.quarSince = map[string]bool{}, map[string]reconcile.Exclusion{}, map[string]time.Time{}
+	d.http = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	d.status = Status{PID: os.Getpid(), Started: time.Now().UTC(), State: "starting", Strategy: d.reloader.String(), Quarantined: []Quarantined{}}
+	if prev, err := ReadStatus(s.StateDir); err == nil && prev.Live != nil {
+		if g, err := d.eng.Generation(prev.Live.Generation); err == nil {
+			d.lastGood = g
+		}
+	}
+
+	fsw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return &reload.EnvError{Err: fmt.Errorf("watch files: %w", err)}
+	}
+	d.fsw = fsw
+	defer fsw.Close()
+	if err := d.watch(); err != nil {
+		return err
+	}
+	d.histSize = d.historySize()
+
+	if err := d.start(ctx); err != nil {
+		return err
+	}
+	defer d.stop()
+	d.status.State = "ready"
+	d.writeStatus()
+	d.Notify("READY=1\nSTATUS=" + d.summary())
+	d.Log.Info("ready", "strategy", d.reloader.String(), "generation", d.liveGeneration())
+
+	var watchdog <-chan time.Time
+	if every, err := daemon.SdWatchdogEnabled(false); err == nil && every > 0 {
+		t := time.NewTicker(every / 2)
+		defer t.Stop()
+		watchdog = t.C
+		d.Notify("WATCHDOG=1")
+	}
+	rescan := time.NewTicker(d.s.Rescan)
+	defer rescan.Stop()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var restartAt <-chan time.Time
+	restartDelay := time.Second
+	for {
+		var exited <-chan struct{}
+		if d.managed != nil && restartAt == nil {
+			exited = d.managed.Exited()
+		}
+		select {
+		case <-ctx.Done():
+			d.Notify("STOPPING=1")
+			d.Log.Info("stopping")
+			return nil
+		case <-watchdog:
+			d.Notify("WATCHDOG=1")
+		case ev, ok := <-d.fsw.Events:
+			if !ok {
+				return errors.New("file watcher closed")
+			}
+			d.event(ev)
+		case err, ok := <-d.fsw.Errors:
+			if !ok {
+				return errors.New("file watcher closed")
+			}
+			// an overflowed queue lost events: read everything again
+			d.Log.Warn("file watcher error: rescanning", "err", err)
+			d.markRescan()
+		case <-rescan.C:
+			if err := d.watch(); err != nil {
+				d.Log.Warn("watch directories", "err", err)
+			}
+			d.markRescan()
+		case <-hup:
+			d.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", time.Now().UnixMicro()))
+			d.rereadSettings()
+			d.markRescan()
+			d.Notify("READY=1\nSTATUS=" + d.summary())
+		case <-exited:
+			d.status.Counts.Restarts++
+			d.Log.Error("haproxy exited: restarting it", "in", restartDelay)
+			restartAt = time.After(restartDelay)
+			restartDelay = min(2*restartDelay, 30*time.Second)
+		case <-restartAt:
+			restartAt = nil
+			if err := d.managed.Start(ctx); err != nil {
+				d.Log.Error("restart haproxy", "err", err)
+				restartAt = time.After(restartDelay)
+				restartDelay = min(2*restartDelay, 30*time.Second)
+			} else {
+				restartDelay = time.Second
+				d.markRescan()
+			}
+			d.writeStatus()
+		case <-timer.C:
+		}
+		if restartAt != nil {
+			continue
+		}
+		d.step(ctx, timer)
+	}
+}
+
+// configure builds the engine, the reloader and the limiter.
+func (d *Daemon) configure(s *settings.Settings) error {
+	d.s, d.eng = s, reconcile.New(s)
+	d.limiter = rate.NewLimiter(rate.Every(s.ReloadInterval), s.ReloadBurst)
+	if d.reloader != nil {
+		return nil
+	}
+	bin, err := d.eng.Validator.Binary()
+	if err != nil {
+		return err
+	}
+	if s.MasterSocket != "" {
+		d.cli = &reload.MasterCLI{Path: s.MasterSocket}
+	}
+	switch {
+	case d.Reloader != nil:
+		d.reloader = d.Reloader
+	case s.Reload == "managed":
+		d.managed = &reload.Managed{Haproxy: bin, Config: s.OutputConfig, CLI: d.cli,
+			PIDFile: filepath.Join(s.StateDir, "haproxy.pid"), Log: d.Log}
+		d.reloader = d.managed
+	case s.Reload == "master-socket":
+		d.reloader = &reload.MasterSocket{CLI: d.cli}
+	case s.Reload == "systemd":
+		d.reloader = &reload.Systemd{Unit: s.ReloadUnit, Connect: connectSystemd}
+	case s.Reload == "command":
+		if s.ReloadCommand == "" {
+			return &reload.EnvError{Err: errors.New("the command strategy needs HAPROXY_CONFIG_RELOAD_COMMAND")}
+		}
+		d.reloader = &reload.Command{Line: s.ReloadCommand}
+	}
+	if d.managed == nil && d.cli != nil {
+		if _, err := os.Stat(d.cli.Path); err != nil {
+			d.Log.Warn("master socket not found: reloads are verified by the marker only", "socket", d.cli.Path)
+			d.cli = nil
+		}
+	}
+	return nil
+}
+
+// rereadSettings applies what SIGHUP asks for. The reload strategy and
+// the managed HAProxy stay as they are until a restart.
+func (d *Daemon) rereadSettings() {
+	s, err := d.Load()
+	if err != nil {
+		d.Log.Error("re-read settings: keeping the current ones", "err", err)
+		return
+	}
+	if s.Reload != d.s.Reload || s.MasterSocket != d.s.MasterSocket {
+		d.Log.Warn("the reload strategy and master socket change only at restart")
+	}
+	d.s, d.eng = s, reconcile.New(s)
+	d.limiter.SetLimit(rate.Every(s.ReloadInterval))
+	d.limiter.SetBurst(s.ReloadBurst)
+	if err := d.watch(); err != nil {
+		d.Log.Warn("watch directories", "err", err)
+	}
+	d.Log.Info("settings re-read")
+}
+
+// watch (re)adds the watched directories: the store, its parent (the
+// store replaced whole), the base config's directory and the state
+// directory (history and holds). Adding a watched directory again is
+// harmless; a directory replaced whole gets a fresh watch.
+func (d *Daemon) watch() error {
+	if err := os.MkdirAll(d.s.FragmentsDir, 0o755); err != nil {
+		return &reload.EnvError{Err: fmt.Errorf("fragment directory: %w", err)}
+	}
+	if err := os.MkdirAll(d.s.StateDir, 0o750); err != nil {
+		return &reload.EnvError{Err: fmt.Errorf("state directory: %w", err)}
+	}
+	dirs := []string{d.s.FragmentsDir, filepath.Dir(d.s.FragmentsDir), filepath.Dir(d.s.BaseConfig), d.s.StateDir}
+	for _, dir := range dirs {
+		_ = d.fsw.Remove(dir)
+		if err := d.fsw.Add(dir); err != nil {
+			if dir == d.s.FragmentsDir || dir == d.s.StateDir {
+				return &reload.EnvError{Err: fmt.Errorf("watch %s: %w", dir, err)}
+			}
+			d.Log.Warn("cannot watch a directory", "dir", dir, "err", err)
+		}
+	}
+	return nil
+}
+
+// event sorts one file event into the burst being gathered.
+func (d *Daemon) event(ev fsnotify.Event) {
+	if ev.Op == fsnotify.Chmod {
+		return
+	}
+	dir, file := filepath.Dir(ev.Name), filepath.Base(ev.Name)
+	switch {
+	case dir == d.s.FragmentsDir:
+		if fragments.Ignored(file) {
+			return
+		}
+		name := strings.TrimSuffix(strings.TrimSuffix(file, fragments.ConfSuffix), fragments.MapSuffix)
+		d.change(name, false)
+	case ev.Name == d.s.FragmentsDir:
+		// the store itself was created, removed or replaced
+		if err := d.watch(); err != nil {
+			d.Log.Warn("watch directories", "err", err)
+		}
+		d.markRescan()
+	case ev.Name == d.s.BaseConfig:
+		d.change(baseKey, false)
+	case dir == d.s.StateDir && file == historyFile:
+		d.readHistory()
+	case dir == d.s.StateDir && file == reconcile.HoldFile:
+		d.markRescan()
+	}
+}
+
+const historyFile = "history.jsonl"
+
+// change records a changed fragment (or the base). vouched means a CLI
+// change committed it whole, so there is nothing to let settle.
+func (d *Daemon) change(key string, vouched bool) {
+	now := time.Now()
+	if len(d.dirty) == 0 && !d.rescan {
+		d.firstDirty = now
+	}
+	if !vouched {
+		d.lastRaw = now
+	}
+	d.dirty[key] = vouched
+}
+
+func (d *Daemon) markRescan() {
+	if len(d.dirty) == 0 && !d.rescan {
+		d.firstDirty = time.Now()
+	}
+	d.rescan = true
+}
+
+func (d *Daemon) historySize() int64 {
+	fi, err := os.Stat(filepath.Join(d.s.StateDir, historyFile))
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// readHistory reads the events the CLI appended since the last read. Each
+// one means its fragment's files were renamed into place whole before the
+// event was written, so the fragment need not settle. A history that was
+// trimmed (rewritten shorter) vouches for nothing this time.
+func (d *Daemon) readHistory() {
+	f, err := os.Open(filepath.Join(d.s.StateDir, historyFile))
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return
+	}
+	if fi.Size() < d.histSize {
+		d.histSize = fi.Size()
+		return
+	}
+	data := make([]byte, fi.Size()-d.histSize)
+	n, _ := f.ReadAt(data, d.histSize)
+	data = data[:n]
+	end := strings.LastIndexByte(string(data), '\n')
+	if end < 0 {
+		return
+	}
+	d.histSize += int64(end + 1)
+	for _, ev := range fragments.ParseEvents(data[:end+1]) {
+		d.change(ev.Name, true)
+	}
+}
+
+// dueAt says when the gathered burst should be read: at once when every
+// change was committed whole by the CLI, else once direct writes have been
+// quiet for WaitMin, and never later than WaitMax after the burst began.
+func (d *Daemon) dueAt() (time.Time, bool) {
+	if len(d.dirty) == 0 && !d.rescan {
+		return time.Time{}, false
+	}
+	if !slices.Contains(mapValues(d.dirty), false) {
+		return d.firstDirty, true
+	}
+	at := d.lastRaw.Add(d.s.WaitMin)
+	return minTime(at, d.firstDirty.Add(d.s.WaitMax)), true
+}
+
+func mapValues(m map[string]bool) []bool {
+	vs := make([]bool, 0, len(m))
+	for _, v := range m {
+		vs = append(vs, v)
+	}
+	return vs
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// step reconciles when a burst is due and the rate limit allows a reload,
+// otherwise sets the timer for when it will be.
+func (d *Daemon) step(ctx context.Context, timer *time.Timer) {
+	at, pending := d.dueAt()
+	if !pending {
+		return
+	}
+	now := time.Now()
+	if wait := at.Sub(now); wait > 0 {
+		timer.Reset(wait)
+		d.setPending()
+		return
+	}
+	r := d.limiter.ReserveN(now, 1)
+	if wait := r.DelayFrom(now); wait > 0 {
+		r.CancelAt(now)
+		timer.Reset(wait)
+		d.setPending()
+		return
+	}
+	d.dirty, d.rescan = map[string]bool{}, false
+	d.status.Pending = nil
+	if !d.reconcile(ctx) {
+		r.CancelAt(now) // no reload: give the token back
+	}
+	if len(d.probe) > 0 {
+		d.nextProbe()
+		d.markRescan()
+	}
+	if _, again := d.dueAt(); again {
+		timer.Reset(0)
+	}
+	d.writeStatus()
+	d.Notify("STATUS=" + d.summary())
+}
+
+func (d *Daemon) setPending() {
+	if d.status.Pending == nil || d.status.Pending.Changes != len(d.dirty) {
+		d.status.Pending = &Pending{Since: d.firstDirty.UTC(), Changes: len(d.dirty)}
+		d.writeStatus()
+	}
+}
+
+// start brings HAProxy to the current generation: the managed one is
+// started on it, another one is reloaded unless it already serves it.
+func (d *Daemon) start(ctx context.Context) error {
+	pub, err := d.publish(ctx)
+	if err != nil {
+		return err
+	}
+	if d.managed == nil {
+		if pub.Generation.Marker != "" && d.servedMarker(ctx) == pub.Generation.Marker {
+			d.setLive(pub.Generation)
+			return nil
+		}
+		d.reconcileReload(ctx, pub)
+		return nil
+	}
+	err = d.managed.Start(ctx)
+	if err != nil && d.lastGood != nil && d.lastGood.Number != pub.Generation.Number {
+		d.Log.Error("haproxy does not start on the new generation: starting the last good one",
+			"generation", pub.Generation.Number, "last_good", d.lastGood.Number, "err", err)
+		d.holdBack(pub.Generation, err.Error(), d.managed.Since(time.Time{}), pub)
+		if _, rerr := d.eng.Restore(ctx, d.lastGood.Number); rerr != nil {
+			return fmt.Errorf("%w; restoring generation %d: %v", err, d.lastGood.Number, rerr)
+		}
+		d.status.Counts.Rollbacks++
+		if err = d.managed.Start(ctx); err == nil {
+			d.setLive(d.lastGood)
+			d.markRescan()
+			return nil
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if err := d.verifyMarker(ctx, pub.Generation.Marker); err != nil {
+		// another process may answer on the status address
+		d.Log.Error("haproxy started but its status endpoint does not confirm the generation", "err", err)
+	}
+	d.setLive(pub.Generation)
+	return nil
+}
+
+func (d *Daemon) stop() {
+	if d.managed != nil {
+		d.managed.Stop(10 * time.Second)
+	}
+	d.status.State = "stopped"
+	d.writeStatus()
+}
+
+// publish writes the generation of the current store (or restores the
+// held one) and refreshes the quarantine.
+func (d *Daemon) publish(ctx context.Context) (*reconcile.Published, error) {
+	d.status.Counts.Reconciles++
+	hold, err := d.eng.CurrentHold()
+	if err != nil {
+		return nil, err
+	}
+	d.status.Held = hold
+	if hold != nil {
+		g, err := d.eng.Restore(ctx, hold.Generation)
+		if err != nil {
+			return nil, err
+		}
+		return &reconcile.Published{Generation: g, Changed: d.lastGood == nil || d.lastGood.Number != g.Number}, nil
+	}
+	pub, err := d.eng.Publish(ctx, d.exclude)
+	if err != nil {
+		return nil, err
+	}
+	d.quarantine(pub.Selection)
+	return pub, nil
+}
+
+// quarantine reports the fragments left out and forgets exclusions of
+// fragments that changed or left.
+func (d *Daemon) quarantine(sel *reconcile.Selection) {
+	now := time.Now().UTC()
+	var list []Quarantined
+	for _, name := range sel.RejectedNames() {
+		q := Quarantined{Name: name, Errors: []string{}}
+		if f := sel.Parsed[name]; f != nil {
+			q.Checksum = f.Checksum
+		} else if ex, ok := d.exclude[name]; ok {
+			q.Checksum = ex.Checksum
+		}
+		for _, p := range sel.Rejected[name] {
+			q.Errors = append(q.Errors, p.Error())
+		}
+		since, seen := d.quarSince[name]
+		if !seen {
+			since = now
+			d.Log.Warn("fragment quarantined", "fragment", name, "errors", strings.Join(q.Errors, "; "))
+		}
+		q.Since = since
+		q.Retrying = slices.Contains(d.probe, name)
+		list = append(list, q)
+	}
+	next := map[string]time.Time{}
+	for _, q := range list {
+		next[q.Name] = q.Since
+	}
+	for name := range d.quarSince {
+		if _, still := next[name]; !still {
+			d.Log.Info("fragment no longer quarantined", "fragment", name)
+		}
+	}
+	d.quarSince = next
+	if list == nil {
+		list = []Quarantined{}
+	}
+	d.status.Quarantined = list
+	d.status.Strays = nil
+	for _, p := range sel.Strays {
+		d.status.Strays = append(d.status.Strays, p.Error())
+	}
+	// Publish leaves an excluded fragment out only while it is unchanged:
+	// one that was parsed again (changed) or is gone is free to go live
+	for name := range d.exclude {
+		if _, stored := sel.Stored[name]; !stored || sel.Parsed[name] != nil {
+			delete(d.exclude, name)
+		}
+	}
+}
+
+// reconcile publishes what is on disk and reloads when HAProxy does not
+// serve it yet. It reports whether it reloaded.
+func (d *Daemon) reconcile(ctx context.Context) bool {
+	pub, err := d.publish(ctx)
+	if err != nil {
+		d.status.LastError = err.Error()
+		d.Log.Error("reconcile failed: retrying", "err", err)
+		d.change(retryKey, false) // again once WaitMin has passed
+		return false
+	}
+	d.status.LastError = ""
+	g := pub.Generation
+	if g.Marker != "" && d.servedMarker(ctx) == g.Marker {
+		// the marker is a digest of the content: HAProxy serves it already
+		if d.lastGood == nil || d.lastGood.Number != g.Number {
+			d.setLive(g)
+		}
+		return false
+	}
+	if g.Marker == "" && !pub.Changed && d.lastGood != nil && d.lastGood.Number == g.Number {
+		return false
+	}
+	d.reconcileReload(ctx, pub)
+	return true
+}
+
+// reconcileReload reloads onto pub's generation and verifies it; on
+// failure it puts the last good generation back and holds back the
+// fragments that changed.
+func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) {
+	g := pub.Generation
+	start := time.Now()
+	err := d.reloadVerified(ctx, g.Marker)
+	res := &ReloadResult{Generation: g.Number, At: start.UTC(), OK: err == nil, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+	d.status.LastReload = res
+	if err == nil {
+		d.status.Counts.Reloads++
+		d.setLive(g)
+		d.Log.Info("reloaded", "generation", g.Number, "fragments", len(g.Fragments), "duration_ms", res.DurationMS)
+		return
+	}
+	d.status.Counts.ReloadsFailed++
+	res.Error = err.Error()
+	output := ""
+	if d.managed != nil {
+		output = d.managed.Since(start)
+	}
+	d.Log.Error("reload failed", "generation", g.Number, "err", err)
+	if d.holdBack(g, err.Error(), output, pub) {
+		d.markRescan() // publish again without what was held back
+	}
+	if d.lastGood == nil || d.lastGood.Number == g.Number {
+		return
+	}
+	if _, rerr := d.eng.Restore(ctx, d.lastGood.Number); rerr != nil {
+		d.Log.Error("put the last good generation back", "generation", d.lastGood.Number, "err", rerr)
+		return
+	}
+	d.status.Counts.Rollbacks++
+	res.RolledBackTo = d.lastGood.Number
+	// a refused reload leaves the old worker serving; anything else gets
+	// the last good generation reloaded
+	if d.lastGood.Marker != "" && d.servedMarker(ctx) == d.lastGood.Marker {
+		return
+	}
+	if rerr := d.reloadVerified(ctx, d.lastGood.Marker); rerr != nil {
+		d.Log.Error("reload of the last good generation failed", "generation", d.lastGood.Number, "err", rerr)
+	}
+}
+
+// holdBack excludes the fragments that changed since the last good
+// generation after HAProxy failed to load g. Those HAProxy's output names
+// are quarantined with its message; when it names none, one suspect is
+// quarantined and the others are retried one at a time. It reports whether
+// it held anything back: without suspects, the failure is not a tenant's.
+func (d *Daemon) holdBack(g *reconcile.Generation, reason, output string, pub *reconcile.Published) bool {
+	var suspects []string
+	for name, sum := range g.Fragments {
+		if d.lastGood == nil || d.lastGood.Fragments[name] != sum {
+			suspects = append(suspects, name)
+		}
+	}
+	slices.Sort(suspects)
+	if len(suspects) == 0 {
+		return false
+	}
+	blamed := map[string]assemble.Problems{}
+	if pub.Selection != nil && output != "" {
+		errs, _ := reload.Explain(pub.Selection.Verdict.Output.Source, d.s.OutputConfig, d.s.OutputMap, reload.ParseMessages(output), nil)
+		for _, p := range errs {
+			if p.Fragment != "" && slices.Contains(suspects, p.Fragment) {
+				blamed[p.Fragment] = append(blamed[p.Fragment], p)
+			}
+		}
+	}
+	if len(blamed) == 0 {
+		// nobody named: the first suspect takes the blame if it is alone,
+		// else everyone waits and is retried alone
+		if len(suspects) == 1 {
+			blamed[suspects[0]] = nil
+		} else {
+			d.probe = append(d.probe, suspects...)
+		}
+	}
+	for _, name := range suspects {
+		ps, isBlamed := blamed[name]
+		if !isBlamed && len(blamed) > 0 {
+			continue // HAProxy named someone else
+		}
+		if !isBlamed {
+			ps = assemble.Problems{{Location: assemble.Location{Fragment: name}, Msg: "held back: HAProxy failed to load it together with other changes; retrying it alone"}}
+		} else if len(ps) == 0 {
+			ps = assemble.Problems{{Location: assemble.Location{Fragment: name}, Msg: "HAProxy failed to load the configuration with this fragment: " + reason}}
+		}
+		d.exclude[name] = reconcile.Exclusion{Checksum: g.Fragments[name], Problems: ps}
+	}
+	return true
+}
+
+// nextProbe lets the first held-back fragment go live again on its own.
+func (d *Daemon) nextProbe() {
+	if len(d.probe) == 0 {
+		return
+	}
+	name := d.probe[0]
+	d.probe = d.probe[1:]
+	ex, ok := d.exclude[name]
+	if !ok {
+		return
+	}
+	delete(d.exclude, name)
+	d.Log.Info("retrying a held-back fragment alone", "fragment", name, "checksum", ex.Checksum)
+}
+
+// reloadVerified asks for a reload and waits until the master has a new
+// worker (when the master socket is known) and the status endpoint serves
+// the marker (when the base config has one).
+func (d *Daemon) reloadVerified(ctx context.Context, marker string) error {
+	ctx, cancel := context.WithTimeout(ctx, d.s.VerifyTimeout)
+	defer cancel()
+	var before *reload.Procs
+	if d.cli != nil {
+		var err error
+		if before, err = d.cli.ShowProc(ctx); err != nil {
+			return err
+		}
+	}
+	if err := d.reloader.Reload(ctx); err != nil {
+		return err
+	}
+	if before != nil {
+		procs, err := d.cli.WaitReloaded(ctx, before)
+		d.status.HAProxy = procs
+		if err != nil {
+			return err
+		}
+	}
+	return d.verifyMarker(ctx, marker)
+}
+
+// verifyMarker waits until the status endpoint serves marker.
+func (d *Daemon) verifyMarker(ctx context.Context, marker string) error {
+	if marker == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.s.VerifyTimeout)
+	defer cancel()
+	got := ""
+	for {
+		if got = d.servedMarker(ctx); got == marker {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the new generation is not serving after %s: the status endpoint %s answers %q", d.s.VerifyTimeout, d.s.StatusAddr, got)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// servedMarker asks the status endpoint which generation serves.
+func (d *Daemon) servedMarker(ctx context.Context) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.s.StatusAddr+"/", nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 256))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return ""
+	}
+	return strings.TrimSpace(string(body))
+}
+
+func (d *Daemon) setLive(g *reconcile.Generation) {
+	d.lastGood = g
+	d.status.Live = &Live{Generation: g.Number, Since: time.Now().UTC(), Marker: g.Marker, Fragments: len(g.Fragments)}
+	if d.cli != nil {
+		if procs, err := d.cli.ShowProc(context.Background()); err == nil {
+			d.status.HAProxy = procs
+		}
+	}
+}
+
+func (d *Daemon) liveGeneration() int {
+	if d.lastGood == nil {
+		return 0
+	}
+	return d.lastGood.Number
+}
+
+func (d *Daemon) writeStatus() {
+	d.status.Updated = time.Now().UTC()
+	if err := writeStatus(d.s.StateDir, &d.status); err != nil {
+		d.Log.Error("write status", "err", err)
+	}
+}
+
+// summary is the one-line STATUS= for systemd.
+func (d *Daemon) summary() string {
+	s := fmt.Sprintf("generation %d live", d.liveGeneration())
+	if n := len(d.status.Quarantined); n > 0 {
+		s += fmt.Sprintf(", %d quarantined", n)
+	}
+	if d.status.Held != nil {
+		s += fmt.Sprintf(", held at generation %d", d.status.Held.Generation)
+	}
+	if r := d.status.LastReload; r != nil && !r.OK {
+		s += ", last reload failed"
+	}
+	return s
+}

@@ -1,0 +1,132 @@
+package watcher
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"haproxy-config/reconcile"
+	"haproxy-config/reload"
+)
+
+// StatusFile is the daemon's report, in the state directory. The daemon
+// replaces it atomically; the CLI reads it without talking to the daemon.
+const StatusFile = "status.json"
+
+// Status is what the daemon reports.
+type Status struct {
+	PID         int             `json:"pid"`
+	Started     time.Time       `json:"started"`
+	Updated     time.Time       `json:"updated"`
+	State       string          `json:"state"` // starting, ready, stopped
+	Strategy    string          `json:"strategy"`
+	Live        *Live           `json:"live,omitempty"`
+	Held        *reconcile.Hold `json:"held,omitempty"`
+	Pending     *Pending        `json:"pending,omitempty"`
+	LastReload  *ReloadResult   `json:"last_reload,omitempty"`
+	Counts      Counts          `json:"counts"`
+	Quarantined []Quarantined   `json:"quarantined"`
+	Strays      []string        `json:"strays,omitempty"`
+	LastError   string          `json:"last_error,omitempty"`
+	HAProxy     *reload.Procs   `json:"haproxy,omitempty"`
+}
+
+// Live is the generation seen serving.
+type Live struct {
+	Generation int       `json:"generation"`
+	Since      time.Time `json:"since"`
+	Marker     string    `json:"marker,omitempty"`
+	Fragments  int       `json:"fragments"`
+}
+
+// Pending describes changes seen but not live yet.
+type Pending struct {
+	Since   time.Time `json:"since"`
+	Changes int       `json:"changes"` // fragments (or files) changed
+}
+
+// ReloadResult is the outcome of the last reload.
+type ReloadResult struct {
+	Generation   int       `json:"generation"`
+	At           time.Time `json:"at"`
+	OK           bool      `json:"ok"`
+	Error        string    `json:"error,omitempty"`
+	DurationMS   float64   `json:"duration_ms"`
+	RolledBackTo int       `json:"rolled_back_to,omitempty"`
+}
+
+// Counts are totals since the daemon started.
+type Counts struct {
+	Reconciles    int `json:"reconciles"`
+	Reloads       int `json:"reloads"`
+	ReloadsFailed int `json:"reloads_failed"`
+	Rollbacks     int `json:"rollbacks"`
+	Restarts      int `json:"haproxy_restarts"`
+}
+
+// Quarantined is a fragment left out of the live configuration.
+type Quarantined struct {
+	Name     string    `json:"name"`
+	Checksum string    `json:"checksum,omitempty"`
+	Since    time.Time `json:"since"`
+	Errors   []string  `json:"errors"`
+	// held back after a failed reload, to be retried alone
+	Retrying bool `json:"retrying,omitempty"`
+}
+
+// ErrNoDaemon means no daemon is running for this state directory.
+var ErrNoDaemon = errors.New("no haproxy-config watch daemon is running")
+
+// ReadStatus reads the daemon's last report.
+func ReadStatus(stateDir string) (*Status, error) {
+	data, err := os.ReadFile(filepath.Join(stateDir, StatusFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w (no %s in %s)", ErrNoDaemon, StatusFile, stateDir)
+	}
+	if err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	st := &Status{}
+	if err := json.Unmarshal(data, st); err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("%s: %w", filepath.Join(stateDir, StatusFile), err)}
+	}
+	return st, nil
+}
+
+// Running reports whether the process that wrote the status still runs.
+func (st *Status) Running() bool {
+	if st.State == "stopped" || st.PID <= 0 {
+		return false
+	}
+	err := syscall.Kill(st.PID, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Quarantine returns the entry for a fragment, or nil.
+func (st *Status) Quarantine(name string) *Quarantined {
+	for i := range st.Quarantined {
+		if st.Quarantined[i].Name == name {
+			return &st.Quarantined[i]
+		}
+	}
+	return nil
+}
+
+func writeStatus(stateDir string, st *Status) error {
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	// a status lost in a power cut is rewritten by the next reconcile, so
+	// this write does not pay for an fsync
+	tmp := filepath.Join(stateDir, ".status.json.tmp")
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(stateDir, StatusFile))
+}

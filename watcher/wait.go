@@ -1,0 +1,102 @@
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"haproxy-config/reconcile"
+	"haproxy-config/reload"
+)
+
+// QuarantinedError means the daemon left the awaited fragment version out
+// of the live configuration.
+type QuarantinedError struct {
+	Name   string
+	Errors []string
+}
+
+func (e *QuarantinedError) Error() string {
+	return fmt.Sprintf("fragment %q is quarantined by the daemon:\n  %s", e.Name, strings.Join(e.Errors, "\n  "))
+}
+
+// NotLiveError means the awaited change did not go live in time.
+type NotLiveError struct{ Why string }
+
+func (e *NotLiveError) Error() string { return "the change is stored but not live: " + e.Why }
+
+// waitPoll paces the status reads; a reload takes tens of milliseconds.
+const waitPoll = 5 * time.Millisecond
+
+// Wait blocks until the daemon serves a generation where fragment name has
+// the given checksum ("" waits for the fragment to be gone), the daemon
+// quarantines that version (QuarantinedError), or ctx ends (NotLiveError).
+func Wait(ctx context.Context, eng *reconcile.Engine, name, checksum string) error {
+	return waitFor(ctx, eng, false, func(st *Status, g *reconcile.Generation) (bool, error) {
+		if q := st.Quarantine(name); q != nil && checksum != "" && q.Checksum == checksum && !q.Retrying {
+			return false, &QuarantinedError{Name: name, Errors: q.Errors}
+		}
+		return g != nil && g.Fragments[name] == checksum, nil
+	})
+}
+
+// WaitGeneration blocks until the daemon holds and serves generation n.
+func WaitGeneration(ctx context.Context, eng *reconcile.Engine, n int) error {
+	return waitFor(ctx, eng, true, func(st *Status, g *reconcile.Generation) (bool, error) {
+		return st.Held != nil && st.Held.Generation == n && g != nil && g.Number == n, nil
+	})
+}
+
+// WaitResumed blocks until no hold is in force and the daemon serves the
+// newest generation.
+func WaitResumed(ctx context.Context, eng *reconcile.Engine) error {
+	return waitFor(ctx, eng, true, func(st *Status, g *reconcile.Generation) (bool, error) {
+		if st.Held != nil || g == nil {
+			return false, nil
+		}
+		newest, err := eng.NewestGeneration()
+		return err == nil && g.Number == newest, err
+	})
+}
+
+// waitFor polls the daemon's status until done says so. g is the live
+// generation (nil before the first). A hold makes it fail unless held is
+// expected.
+func waitFor(ctx context.Context, eng *reconcile.Engine, holdOK bool, done func(st *Status, g *reconcile.Generation) (bool, error)) error {
+	var live *reconcile.Generation
+	for {
+		st, err := ReadStatus(eng.S.StateDir)
+		switch {
+		case errors.Is(err, ErrNoDaemon):
+			return &reload.EnvError{Err: err}
+		case err != nil:
+			return err
+		case !st.Running():
+			return &reload.EnvError{Err: fmt.Errorf("%w (it last reported at %s)", ErrNoDaemon, st.Updated.Format(time.RFC3339))}
+		case st.Held != nil && !holdOK:
+			return &NotLiveError{Why: fmt.Sprintf("the daemon holds generation %d (a rollback by %s); run haproxy-config resume", st.Held.Generation, st.Held.Actor)}
+		}
+		if st.Live != nil && (live == nil || live.Number != st.Live.Generation) {
+			if live, err = eng.Generation(st.Live.Generation); err != nil {
+				return err
+			}
+		}
+		if ok, err := done(st, live); ok || err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			why := "timed out waiting for the daemon"
+			if r := st.LastReload; r != nil && !r.OK {
+				why += fmt.Sprintf("; its last reload (generation %d) failed: %s", r.Generation, r.Error)
+			}
+			if st.Pending != nil {
+				why += fmt.Sprintf("; %d changes pending since %s", st.Pending.Changes, st.Pending.Since.Format(time.RFC3339))
+			}
+			return &NotLiveError{Why: why}
+		case <-time.After(waitPoll):
+		}
+	}
+}
