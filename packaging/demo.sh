@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded default, end to end: its own layout under .demo/ (nothing
-# outside it is touched), the sample fragments applied and validated, the
-# configuration assembled, and HAProxy run in master-worker mode on
+# outside it is touched), the sample fragments copied into the store, and
+# the watcher daemon running its own HAProxy (managed, master-worker) on
 # 127.0.0.1:8080 (HTTP) and 127.0.0.1:8443 (HTTPS) until Ctrl-C.
 set -euo pipefail
 bin=$(realpath "${1:-bin/haproxy-config}")
@@ -9,28 +9,22 @@ cd "$(dirname "$0")/.."
 export HAPROXY_CONFIG_ROOT="${HAPROXY_CONFIG_ROOT:-$PWD/.demo}"
 export HAPROXY_CONFIG_HTTP_ADDR="${HAPROXY_CONFIG_HTTP_ADDR:-127.0.0.1:8080}"
 export HAPROXY_CONFIG_HTTPS_ADDR="${HAPROXY_CONFIG_HTTPS_ADDR:-127.0.0.1:8443}"
-haproxy=$(command -v haproxy || echo /usr/sbin/haproxy)
+export HAPROXY_CONFIG_STATUS_ADDR="${HAPROXY_CONFIG_STATUS_ADDR:-127.0.0.1:8404}"
 
-for conf in packaging/examples/fragments/*.cfg; do
-  name=$(basename "$conf" .cfg)
-  "$bin" apply "$name" "$conf" "${conf%.cfg}.map"
-done
-"$bin" assemble
-"$bin" list
-
-live="$HAPROXY_CONFIG_ROOT/var/lib/haproxy-config/live/haproxy.cfg"
-run="$HAPROXY_CONFIG_ROOT/run/haproxy-config"
-mkdir -p "$run"
+store="$HAPROXY_CONFIG_ROOT/etc/haproxy-config/fragments"
+mkdir -p "$store"
+cp packaging/examples/fragments/*.cfg packaging/examples/fragments/*.map "$store/"
 port=${HAPROXY_CONFIG_HTTPS_ADDR##*:}
+env="HAPROXY_CONFIG_ROOT=$HAPROXY_CONFIG_ROOT"
 cat <<MSG
 
-HAProxy is starting with $live. In another terminal:
+The daemon starts HAProxy with the sample fragments. In another terminal:
   curl -k --resolve shop.example.com:$port:127.0.0.1 https://shop.example.com:$port/
   curl -k --resolve x.blog.example.org:$port:127.0.0.1 https://x.blog.example.org:$port/
   curl -k --resolve unknown.example.net:$port:127.0.0.1 https://unknown.example.net:$port/
-  HAPROXY_CONFIG_ROOT=$HAPROXY_CONFIG_ROOT $bin apply NAME CONF MAP && HAPROXY_CONFIG_ROOT=$HAPROXY_CONFIG_ROOT $bin assemble
-  then reload: kill -USR2 \$(cat $run/haproxy.pid)
-Ctrl-C stops it.
+  $env $bin apply --wait NAME CONF MAP     (or copy NAME.cfg + NAME.map into $store)
+  $env $bin status
+Ctrl-C stops the daemon and its HAProxy.
 
 MSG
-exec "$haproxy" -W -db -f "$live" -p "$run/haproxy.pid" -S "$run/master.sock"
+exec "$bin" watch

@@ -84,19 +84,22 @@ func freePort(t *testing.T) string {
 
 // install is one private haproxy-config installation.
 type install struct {
-	root      string
-	httpPort  string
-	httpsPort string
-	env       []string // HAPROXY_CONFIG_* for the child
+	root       string
+	httpPort   string
+	httpsPort  string
+	statusPort string
+	env        []string // HAPROXY_CONFIG_* for the child
 }
 
 func newInstall(t *testing.T) *install {
 	t.Helper()
-	in := &install{root: t.TempDir(), httpPort: freePort(t), httpsPort: freePort(t)}
+	in := &install{root: t.TempDir(), httpPort: freePort(t), httpsPort: freePort(t), statusPort: freePort(t)}
 	in.env = []string{
 		"HAPROXY_CONFIG_ROOT=" + in.root,
 		"HAPROXY_CONFIG_HTTP_ADDR=127.0.0.1:" + in.httpPort,
 		"HAPROXY_CONFIG_HTTPS_ADDR=127.0.0.1:" + in.httpsPort,
+		"HAPROXY_CONFIG_STATUS_ADDR=127.0.0.1:" + in.statusPort,
+		"HAPROXY_CONFIG_CHALLENGE_ADDR=127.0.0.1:" + freePort(t),
 	}
 	return in
 }

@@ -1,0 +1,257 @@
+package tests
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestWatchApplyRemove drives the daemon through the CLI: apply --wait
+// returns once the domain answers from the new backend, remove --wait once
+// it is gone, with one verified reload each.
+func TestWatchApplyRemove(t *testing.T) {
+	in := newInstall(t)
+	in.startDaemon(t)
+	dir := t.TempDir()
+	conf := writeFile(t, filepath.Join(dir, "shop.cfg"), backendConf("shop_web", "shop v1"))
+	hosts := writeFile(t, filepath.Join(dir, "shop.map"), "shop.example.com shop_web\n")
+
+	in.expectUnknown(t, "shop.example.com")
+	out := mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	if !strings.HasSuffix(out, "live\n") {
+		t.Errorf("apply --wait printed %q, want it to end with \"live\"", out)
+	}
+	in.expectBody(t, "shop.example.com", "shop v1")
+
+	writeFile(t, conf, backendConf("shop_web", "shop v2"))
+	mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	in.expectBody(t, "shop.example.com", "shop v2")
+
+	mustRun(t, in.env, "", "remove", "--wait", "shop")
+	in.expectUnknown(t, "shop.example.com")
+
+	st := in.status(t)
+	if st.Counts.Reloads != 3 || st.Counts.ReloadsFailed != 0 {
+		t.Errorf("reloads: %+v, want 3 ok and none failed", st.Counts)
+	}
+	if st.Live == nil || st.Live.Fragments != 0 {
+		t.Errorf("live: %+v, want a generation with no fragments", st.Live)
+	}
+}
+
+// TestWatchCopiedFiles covers the Ansible path: files copied straight into
+// the store (a temp file renamed into place, or written in place in
+// several chunks) go live after the burst settles; deleting them removes
+// the domain.
+func TestWatchCopiedFiles(t *testing.T) {
+	in := newInstall(t)
+	in.startDaemon(t, "HAPROXY_CONFIG_WAIT_MIN=100ms")
+	frag := in.fragmentsDir()
+
+	// like Ansible's copy: a hidden temp file, then a rename
+	tmp := writeFile(t, filepath.Join(frag, ".ansible_tmpabc.blog.cfg"), backendConf("blog_web", "blog"))
+	if err := os.Rename(tmp, filepath.Join(frag, "blog.cfg")); err != nil {
+		t.Fatal(err)
+	}
+	tmp = writeFile(t, filepath.Join(frag, ".ansible_tmpdef.blog.map"), "blog.example.org blog_web\n")
+	if err := os.Rename(tmp, filepath.Join(frag, "blog.map")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "renamed-in fragment live", func() error {
+		if code, body, err := in.get("blog.example.org", "/"); err != nil || body != "blog" {
+			return fmt.Errorf("%d %q %v", code, body, err)
+		}
+		return nil
+	})
+
+	// like cp: the file is written in place, in chunks, with pauses
+	// shorter than WAIT_MIN; a partial file must never go live
+	f, err := os.Create(filepath.Join(frag, "wiki.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := backendConf("wiki_web", "wiki")
+	for i := 0; i < len(full); i += 16 {
+		if _, err := f.WriteString(full[i:min(i+16, len(full))]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f.Close()
+	writeFile(t, filepath.Join(frag, "wiki.map"), "wiki.example.org wiki_web\n")
+	eventually(t, 10*time.Second, "written-in-place fragment live", func() error {
+		if code, body, err := in.get("wiki.example.org", "/"); err != nil || body != "wiki" {
+			return fmt.Errorf("%d %q %v", code, body, err)
+		}
+		return nil
+	})
+	if st := in.status(t); len(st.Quarantined) != 0 {
+		t.Errorf("a partially written file was judged: quarantined %+v", st.Quarantined)
+	}
+
+	// editor leftovers are ignored
+	writeFile(t, filepath.Join(frag, "wiki.cfg~"), "garbage\n")
+	writeFile(t, filepath.Join(frag, ".wiki.cfg.swp"), "garbage\n")
+
+	for _, name := range []string{"blog.cfg", "blog.map"} {
+		if err := os.Remove(filepath.Join(frag, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "deleted fragment gone", func() error {
+		if code, _, err := in.get("blog.example.org", "/"); err != nil || code != 404 {
+			return fmt.Errorf("%d %v", code, err)
+		}
+		return nil
+	})
+	in.expectBody(t, "wiki.example.org", "wiki")
+	if st := in.status(t); len(st.Quarantined) != 0 || len(st.Strays) != 0 {
+		t.Errorf("editor leftovers were not ignored: quarantined %+v, strays %v", st.Quarantined, st.Strays)
+	}
+}
+
+// TestWatchQuarantine copies a bad fragment straight into the store: it is
+// quarantined with haproxy's message at its own line, the others keep
+// changing live, and fixing the file lets it go live by itself.
+func TestWatchQuarantine(t *testing.T) {
+	in := newInstall(t)
+	in.startDaemon(t, "HAPROXY_CONFIG_WAIT_MIN=50ms")
+	dir := t.TempDir()
+	conf := writeFile(t, filepath.Join(dir, "good.cfg"), backendConf("good_web", "good v1"))
+	hosts := writeFile(t, filepath.Join(dir, "good.map"), "good.example.com good_web\n")
+	mustRun(t, in.env, "", "apply", "--wait", "good", conf, hosts)
+
+	frag := in.fragmentsDir()
+	writeFile(t, filepath.Join(frag, "bad.map"), "bad.example.com bad_web\n")
+	writeFile(t, filepath.Join(frag, "bad.cfg"), "backend bad_web\n    bogus-keyword 1\n")
+	eventually(t, 10*time.Second, "bad fragment quarantined", func() error {
+		if q := in.status(t).Quarantine("bad"); q == nil {
+			return errNotYet
+		}
+		return nil
+	})
+	q := in.status(t).Quarantine("bad")
+	want := filepath.Join(frag, "bad.cfg") + `:2: fragment "bad": unknown keyword 'bogus-keyword'`
+	if len(q.Errors) == 0 || !strings.HasPrefix(q.Errors[0], want) {
+		t.Errorf("quarantine errors %q, want one starting %q", q.Errors, want)
+	}
+	in.expectUnknown(t, "bad.example.com")
+
+	// the others still change live
+	writeFile(t, conf, backendConf("good_web", "good v2"))
+	mustRun(t, in.env, "", "apply", "--wait", "good", conf, hosts)
+	in.expectBody(t, "good.example.com", "good v2")
+	if data, err := os.ReadFile(filepath.Join(frag, "bad.cfg")); err != nil || string(data) != "backend bad_web\n    bogus-keyword 1\n" {
+		t.Errorf("the quarantined file was touched: %q %v", data, err)
+	}
+	out, _, code := run(t, in.env, "", "status")
+	if code != 0 || !strings.Contains(out, "quarantined: 1") || !strings.Contains(out, "bogus-keyword") {
+		t.Errorf("status (exit %d) does not show the quarantined fragment:\n%s", code, out)
+	}
+
+	// fixed in place: it goes live by itself
+	writeFile(t, filepath.Join(frag, "bad.cfg"), backendConf("bad_web", "fixed"))
+	eventually(t, 10*time.Second, "fixed fragment live", func() error {
+		if code, body, err := in.get("bad.example.com", "/"); err != nil || body != "fixed" {
+			return fmt.Errorf("%d %q %v", code, body, err)
+		}
+		return nil
+	})
+	eventually(t, 5*time.Second, "quarantine cleared in the status", func() error {
+		if q := in.status(t).Quarantined; len(q) != 0 {
+			return fmt.Errorf("still quarantined: %+v", q)
+		}
+		return nil
+	})
+}
+
+// TestWatchRefusedReload: a fragment that passes haproxy -c but cannot be
+// loaded (its port is taken at runtime) makes the reload fail; the daemon
+// rolls back, the previous generation keeps answering, the fragment is
+// quarantined with HAProxy's message, and apply --wait exits 4.
+func TestWatchRefusedReload(t *testing.T) {
+	in := newInstall(t)
+	in.env = in.with("HAPROXY_CONFIG_ALLOW_SECTIONS=listen")
+	in.startDaemon(t)
+	dir := t.TempDir()
+	conf := writeFile(t, filepath.Join(dir, "good.cfg"), backendConf("good_web", "good"))
+	hosts := writeFile(t, filepath.Join(dir, "good.map"), "good.example.com good_web\n")
+	mustRun(t, in.env, "", "apply", "--wait", "good", conf, hosts)
+	before := in.status(t).Live.Generation
+
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	grab := writeFile(t, filepath.Join(dir, "grab.cfg"),
+		"listen grab\n    bind "+taken.Addr().String()+"\n    http-request return status 200\n")
+	empty := writeFile(t, filepath.Join(dir, "grab.map"), "")
+	stdout, stderr, code := run(t, in.env, "", "apply", "--wait", "grab", grab, empty)
+	if code != 4 || !strings.Contains(stderr, "cannot bind socket") || !strings.Contains(stderr, "grab.cfg:2") {
+		t.Errorf("apply --wait of an unloadable fragment: exit %d, want 4 with HAProxy's bind error at grab.cfg:2\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	in.expectBody(t, "good.example.com", "good")
+	st := in.status(t)
+	if st.Counts.ReloadsFailed != 1 || st.Counts.Rollbacks != 1 || st.LastReload == nil || st.LastReload.OK {
+		t.Errorf("counts %+v, last reload %+v: want one failed reload and one rollback", st.Counts, st.LastReload)
+	}
+	if st.Live == nil || st.Live.Generation <= before || st.Quarantine("grab") == nil {
+		t.Errorf("live %+v (before: generation %d), quarantined %+v: want a newer generation without grab", st.Live, before, st.Quarantined)
+	}
+	// HAProxy itself never stopped serving the previous generation
+	if st.HAProxy == nil || len(st.HAProxy.Workers) != 1 || st.HAProxy.Failed != 1 {
+		t.Errorf("haproxy processes %+v: want one worker and one failed reload", st.HAProxy)
+	}
+	// the others still go live afterwards
+	writeFile(t, conf, backendConf("good_web", "good v2"))
+	mustRun(t, in.env, "", "apply", "--wait", "good", conf, hosts)
+	in.expectBody(t, "good.example.com", "good v2")
+}
+
+// TestWatchRollback: rollback holds an older generation live while later
+// changes stay pending; resume serves the stored fragments again.
+func TestWatchRollback(t *testing.T) {
+	in := newInstall(t)
+	in.startDaemon(t)
+	dir := t.TempDir()
+	conf := writeFile(t, filepath.Join(dir, "shop.cfg"), backendConf("shop_web", "v1"))
+	hosts := writeFile(t, filepath.Join(dir, "shop.map"), "shop.example.com shop_web\n")
+	mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	v1 := in.status(t).Live.Generation
+	writeFile(t, conf, backendConf("shop_web", "v2"))
+	mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	in.expectBody(t, "shop.example.com", "v2")
+
+	out := mustRun(t, in.env, "", "rollback", "--wait")
+	if !strings.Contains(out, fmt.Sprintf("holding generation %d", v1)) {
+		t.Errorf("rollback printed %q, want it to hold generation %d", out, v1)
+	}
+	in.expectBody(t, "shop.example.com", "v1")
+
+	// a change while held is stored but does not go live
+	writeFile(t, conf, backendConf("shop_web", "v3"))
+	_, stderr, code := run(t, in.env, "", "apply", "--wait", "--timeout", "2s", "shop", conf, hosts)
+	if code != 7 || !strings.Contains(stderr, "resume") {
+		t.Errorf("apply --wait while held: exit %d, want 7 naming resume\n%s", code, stderr)
+	}
+	in.expectBody(t, "shop.example.com", "v1")
+	hist := mustRun(t, in.env, "", "history")
+	if !strings.Contains(hist, "held") {
+		t.Errorf("history does not show the hold:\n%s", hist)
+	}
+
+	mustRun(t, in.env, "", "resume", "--wait")
+	in.expectBody(t, "shop.example.com", "v3")
+	if st := in.status(t); st.Held != nil {
+		t.Errorf("still held after resume: %+v", st.Held)
+	}
+	_, _, code = run(t, in.env, "", "rollback", "999")
+	if code != 6 {
+		t.Errorf("rollback to a generation that does not exist: exit %d, want 6", code)
+	}
+}
