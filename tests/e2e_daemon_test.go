@@ -30,7 +30,7 @@ type daemon struct {
 // startDaemon starts the watcher on the installation and waits until it
 // reports ready. The test's cleanup stops it (SIGTERM, then SIGKILL) and
 // any HAProxy it left, by PID.
-func (in *install) startDaemon(t *testing.T, extra ...string) *daemon {
+func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 	t.Helper()
 	requireHaproxy(t)
 	d := &daemon{in: in, log: filepath.Join(in.root, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
@@ -75,7 +75,7 @@ func (d *daemon) output() string {
 
 // stop ends the daemon and makes sure no HAProxy of this installation
 // outlives the test.
-func (d *daemon) stop(t *testing.T, exited <-chan struct{}) {
+func (d *daemon) stop(t testing.TB, exited <-chan struct{}) {
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-exited:
@@ -110,7 +110,7 @@ func (in *install) killHaproxy() {
 }
 
 // status reads the daemon's report.
-func (in *install) status(t *testing.T) *watcher.Status {
+func (in *install) status(t testing.TB) *watcher.Status {
 	t.Helper()
 	st, err := watcher.ReadStatus(in.stateDir())
 	if err != nil {

@@ -58,7 +58,7 @@ func haproxyBinary() (string, error) {
 }
 
 // requireHaproxy skips a test that cannot run without haproxy.
-func requireHaproxy(t *testing.T) string {
+func requireHaproxy(t testing.TB) string {
 	t.Helper()
 	p, err := haproxyBinary()
 	if err != nil {
@@ -68,7 +68,7 @@ func requireHaproxy(t *testing.T) string {
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -91,7 +91,7 @@ type install struct {
 	env        []string // HAPROXY_CONFIG_* for the child
 }
 
-func newInstall(t *testing.T) *install {
+func newInstall(t testing.TB) *install {
 	t.Helper()
 	in := &install{root: t.TempDir(), httpPort: freePort(t), httpsPort: freePort(t), statusPort: freePort(t)}
 	in.env = []string{
@@ -192,7 +192,7 @@ func mustRun(t *testing.T, env []string, stdin string, args ...string) string {
 }
 
 // writeFile writes a test input file and returns its path.
-func writeFile(t *testing.T, path, content string) string {
+func writeFile(t testing.TB, path, content string) string {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)

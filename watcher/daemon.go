@@ -231,8 +231,9 @@ func (d *Daemon) configure(s *settings.Settings) error {
 	return nil
 }
 
-// rereadSettings applies what SIGHUP asks for. The reload strategy and
-// the managed HAProxy stay as they are until a restart.
+// rereadSettings applies what SIGHUP asks for, and forgets the fragments
+// held back after failed reloads so they are tried again. The reload
+// strategy and the managed HAProxy stay as they are until a restart.
 func (d *Daemon) rereadSettings() {
 	s, err := d.Load()
 	if err != nil {
@@ -243,6 +244,8 @@ func (d *Daemon) rereadSettings() {
 		d.Log.Warn("the reload strategy and master socket change only at restart")
 	}
 	d.s, d.eng = s, reconcile.New(s)
+	// whatever the cause of a failed reload was, it may be gone: retry
+	d.exclude, d.probe = map[string]reconcile.Exclusion{}, nil
 	d.limiter.SetLimit(rate.Every(s.ReloadInterval))
 	d.limiter.SetBurst(s.ReloadBurst)
 	if err := d.watch(); err != nil {
@@ -441,7 +444,7 @@ func (d *Daemon) setPending() {
 func (d *Daemon) start(ctx context.Context) error {
 	pub, err := d.publish(ctx)
 	if err != nil {
-		return err
+		return d.startStale(ctx, err)
 	}
 	if d.managed == nil {
 		if pub.Generation.Marker != "" && d.servedMarker(ctx) == pub.Generation.Marker {
@@ -474,6 +477,24 @@ func (d *Daemon) start(ctx context.Context) error {
 		d.Log.Error("haproxy started but its status endpoint does not confirm the generation", "err", err)
 	}
 	d.setLive(pub.Generation)
+	return nil
+}
+
+// startStale handles a first publish that failed (the base config broken
+// by an edit, say): a managed HAProxy starts on the live files the last
+// run left, and the daemon keeps watching for the fix. Without live files
+// there is nothing to serve, and the error stands.
+func (d *Daemon) startStale(ctx context.Context, publishErr error) error {
+	if _, err := os.Stat(d.s.OutputConfig); err != nil {
+		return publishErr
+	}
+	d.status.LastError = publishErr.Error()
+	d.Log.Error("cannot publish the stored fragments: serving the live files as they are", "err", publishErr)
+	if d.managed != nil {
+		if err := d.managed.Start(ctx); err != nil {
+			return fmt.Errorf("%w; starting haproxy on the previous live files: %v", publishErr, err)
+		}
+	}
 	return nil
 }
 
