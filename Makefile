@@ -22,6 +22,7 @@ test: deps lint
 
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 20m ./reconcile/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./tests/
 
 run: deps build
 	./packaging/demo.sh $(BIN)
