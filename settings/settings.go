@@ -61,6 +61,7 @@ type Settings struct {
 	ReloadBurst    int
 	Rescan         time.Duration
 	VerifyTimeout  time.Duration
+	MetricsAddr    string
 }
 
 // Strategies are the ways the daemon can reload HAProxy.
@@ -189,6 +190,14 @@ var Keys = []Key{
 		fixed("1m"), duration(func(s *Settings) *time.Duration { return &s.Rescan })},
 	{"VERIFY_TIMEOUT", "verify-timeout", "how long a reload may take to be seen serving (`DURATION`) before it is rolled back",
 		fixed("30s"), duration(func(s *Settings) *time.Duration { return &s.VerifyTimeout })},
+	{"METRICS_ADDR", "metrics-addr", "`HOST:PORT` where the daemon serves Prometheus metrics at /metrics (empty: off)",
+		fixed(""), func(s *Settings, v string) error {
+			if v == "" {
+				s.MetricsAddr = ""
+				return nil
+			}
+			return addr(func(s *Settings) *string { return &s.MetricsAddr })(s, v)
+		}},
 }
 
 func duration(dst func(*Settings) *time.Duration) func(*Settings, string) error {

@@ -2,7 +2,9 @@ package tests
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,7 +121,8 @@ func TestWatchCopiedFiles(t *testing.T) {
 // changing live, and fixing the file lets it go live by itself.
 func TestWatchQuarantine(t *testing.T) {
 	in := newInstall(t)
-	in.startDaemon(t, "HAPROXY_CONFIG_WAIT_MIN=50ms")
+	metricsAddr := "127.0.0.1:" + freePort(t)
+	in.startDaemon(t, "HAPROXY_CONFIG_WAIT_MIN=50ms", "HAPROXY_CONFIG_METRICS_ADDR="+metricsAddr)
 	dir := t.TempDir()
 	conf := writeFile(t, filepath.Join(dir, "good.cfg"), backendConf("good_web", "good v1"))
 	hosts := writeFile(t, filepath.Join(dir, "good.map"), "good.example.com good_web\n")
@@ -147,6 +150,12 @@ func TestWatchQuarantine(t *testing.T) {
 	in.expectBody(t, "good.example.com", "good v2")
 	if data, err := os.ReadFile(filepath.Join(frag, "bad.cfg")); err != nil || string(data) != "backend bad_web\n    bogus-keyword 1\n" {
 		t.Errorf("the quarantined file was touched: %q %v", data, err)
+	}
+	scraped := scrape(t, metricsAddr)
+	for _, want := range []string{`haproxy_config_fragment_quarantined{fragment="bad"} 1`, `haproxy_config_reloads_total{result="ok"} 2`, "haproxy_config_last_reload_success 1"} {
+		if !strings.Contains(scraped, want) {
+			t.Errorf("metrics lack %q:\n%s", want, scraped)
+		}
 	}
 	out, _, code := run(t, in.env, "", "status")
 	if code != 0 || !strings.Contains(out, "quarantined: 1") || !strings.Contains(out, "bogus-keyword") {
@@ -254,4 +263,20 @@ func TestWatchRollback(t *testing.T) {
 	if code != 6 {
 		t.Errorf("rollback to a generation that does not exist: exit %d, want 6", code)
 	}
+}
+
+// scrape reads the daemon's Prometheus metrics.
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("scrape metrics: %d %v", resp.StatusCode, err)
+	}
+	return string(body)
 }

@@ -60,6 +60,7 @@ type Daemon struct {
 	lastGood  *reconcile.Generation
 	quarSince map[string]time.Time
 	status    Status
+	metrics   metrics
 	http      *http.Client
 }
 
@@ -109,6 +110,13 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		return err
 	}
 	d.histSize = d.historySize()
+	if s.MetricsAddr != "" {
+		stopMetrics, err := serveMetrics(s.MetricsAddr, &d.metrics, d.Log)
+		if err != nil {
+			return &reload.EnvError{Err: err}
+		}
+		defer stopMetrics()
+	}
 
 	if err := d.start(ctx); err != nil {
 		return err
@@ -798,6 +806,7 @@ func (d *Daemon) liveGeneration() int {
 
 func (d *Daemon) writeStatus() {
 	d.status.Updated = time.Now().UTC()
+	d.metrics.set(&d.status)
 	if err := writeStatus(d.s.StateDir, &d.status); err != nil {
 		d.Log.Error("write status", "err", err)
 	}

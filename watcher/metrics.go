@@ -1,0 +1,114 @@
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics exposes the daemon's status to Prometheus. The loop publishes a
+// copy of its status after every step; scrapes read that copy.
+type metrics struct {
+	mu   sync.Mutex
+	last Status
+}
+
+func (m *metrics) set(st *Status) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.last = *st
+	m.last.Quarantined = append([]Quarantined(nil), st.Quarantined...)
+}
+
+var (
+	descReloads     = prometheus.NewDesc("haproxy_config_reloads_total", "Reloads by result.", []string{"result"}, nil)
+	descRollbacks   = prometheus.NewDesc("haproxy_config_rollbacks_total", "Times the last good generation was put back.", nil, nil)
+	descRestarts    = prometheus.NewDesc("haproxy_config_haproxy_restarts_total", "Restarts of the managed HAProxy after it exited.", nil, nil)
+	descReconciles  = prometheus.NewDesc("haproxy_config_reconciles_total", "Reads of the fragment store.", nil, nil)
+	descGeneration  = prometheus.NewDesc("haproxy_config_live_generation", "The generation seen serving.", nil, nil)
+	descLiveFrags   = prometheus.NewDesc("haproxy_config_live_fragments", "Fragments in the live generation.", nil, nil)
+	descPending     = prometheus.NewDesc("haproxy_config_pending_changes", "Changes seen but not live yet.", nil, nil)
+	descHeld        = prometheus.NewDesc("haproxy_config_held", "1 while a rollback holds a generation.", nil, nil)
+	descQuarantined = prometheus.NewDesc("haproxy_config_fragment_quarantined", "1 for each fragment left out of the live configuration.", []string{"fragment"}, nil)
+	descLastReload  = prometheus.NewDesc("haproxy_config_last_reload_seconds", "Duration of the last reload, verification included.", nil, nil)
+	descLastOK      = prometheus.NewDesc("haproxy_config_last_reload_success", "1 if the last reload succeeded.", nil, nil)
+)
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descReloads, descRollbacks, descRestarts, descReconciles, descGeneration,
+		descLiveFrags, descPending, descHeld, descQuarantined, descLastReload, descLastOK} {
+		ch <- d
+	}
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	m.mu.Lock()
+	st := m.last
+	m.mu.Unlock()
+	c := st.Counts
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(c.Reloads), "ok")
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(c.ReloadsFailed), "failed")
+	ch <- prometheus.MustNewConstMetric(descRollbacks, prometheus.CounterValue, float64(c.Rollbacks))
+	ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(c.Restarts))
+	ch <- prometheus.MustNewConstMetric(descReconciles, prometheus.CounterValue, float64(c.Reconciles))
+	if st.Live != nil {
+		ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(st.Live.Generation))
+		ch <- prometheus.MustNewConstMetric(descLiveFrags, prometheus.GaugeValue, float64(st.Live.Fragments))
+	}
+	pending := 0
+	if st.Pending != nil {
+		pending = st.Pending.Changes
+	}
+	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(pending))
+	held := 0.0
+	if st.Held != nil {
+		held = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, held)
+	for _, q := range st.Quarantined {
+		ch <- prometheus.MustNewConstMetric(descQuarantined, prometheus.GaugeValue, 1, q.Name)
+	}
+	if r := st.LastReload; r != nil {
+		ok := 0.0
+		if r.OK {
+			ok = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descLastReload, prometheus.GaugeValue, r.DurationMS/1000)
+		ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, ok)
+	}
+}
+
+// serveMetrics serves /metrics on addr; the returned function stops the
+// server and waits for it.
+func serveMetrics(addr string, m *metrics, log *slog.Logger) (func(), error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}, nil
+}
