@@ -89,6 +89,18 @@ func str(dst func(*Settings) *string) func(*Settings, string) error {
 	return func(s *Settings, v string) error { *dst(s) = v; return nil }
 }
 
+// path stores a path in clean form: file events and prefixes are compared
+// with it byte for byte.
+func path(dst func(*Settings) *string) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		if v != "" {
+			v = filepath.Clean(v)
+		}
+		*dst(s) = v
+		return nil
+	}
+}
+
 func list(dst func(*Settings) *[]string) func(*Settings, string) error {
 	return func(s *Settings, v string) error {
 		*dst(s) = nil
@@ -113,21 +125,21 @@ func addr(dst func(*Settings) *string) func(*Settings, string) error {
 // first and are not part of this list.
 var Keys = []Key{
 	{"BASE", "base", "base config template `FILE` (the embedded default is used while the default path does not exist)",
-		under("/etc/haproxy-config/base.cfg"), str(func(s *Settings) *string { return &s.BaseConfig })},
+		under("/etc/haproxy-config/base.cfg"), path(func(s *Settings) *string { return &s.BaseConfig })},
 	{"FRAGMENTS", "fragments", "fragment store `DIR` (NAME.cfg + NAME.map per tenant)",
-		under("/etc/haproxy-config/fragments"), str(func(s *Settings) *string { return &s.FragmentsDir })},
+		under("/etc/haproxy-config/fragments"), path(func(s *Settings) *string { return &s.FragmentsDir })},
 	{"OUTPUT", "output", "generated haproxy.cfg `FILE` that HAProxy loads",
-		under("/var/lib/haproxy-config/live/haproxy.cfg"), str(func(s *Settings) *string { return &s.OutputConfig })},
+		under("/var/lib/haproxy-config/live/haproxy.cfg"), path(func(s *Settings) *string { return &s.OutputConfig })},
 	{"MAP", "map", "generated host map `FILE`",
-		under("/var/lib/haproxy-config/live/hosts.map"), str(func(s *Settings) *string { return &s.OutputMap })},
+		under("/var/lib/haproxy-config/live/hosts.map"), path(func(s *Settings) *string { return &s.OutputMap })},
 	{"STATE", "state", "state `DIR`: lock, history, generations",
-		under("/var/lib/haproxy-config"), str(func(s *Settings) *string { return &s.StateDir })},
+		under("/var/lib/haproxy-config"), path(func(s *Settings) *string { return &s.StateDir })},
 	{"CERTS", "certs", "certificate `DIR`: crt-list and fallback certificate",
-		under("/var/lib/haproxy-config/certs"), str(func(s *Settings) *string { return &s.CertsDir })},
+		under("/var/lib/haproxy-config/certs"), path(func(s *Settings) *string { return &s.CertsDir })},
 	{"HAPROXY", "haproxy", "haproxy `BINARY`",
 		fixed("haproxy"), str(func(s *Settings) *string { return &s.Haproxy })},
 	{"RUNTIME_SOCKET", "runtime-socket", "HAProxy stats socket `PATH` (level admin) the base config opens",
-		under("/run/haproxy-config/admin.sock"), str(func(s *Settings) *string { return &s.RuntimeSocket })},
+		under("/run/haproxy-config/admin.sock"), path(func(s *Settings) *string { return &s.RuntimeSocket })},
 	{"HTTP_ADDR", "http-addr", "`HOST:PORT` the HTTP frontend binds",
 		fixed(":80"), addr(func(s *Settings) *string { return &s.HTTPAddr })},
 	{"HTTPS_ADDR", "https-addr", "`HOST:PORT` the HTTPS frontend binds",
@@ -159,7 +171,7 @@ var Keys = []Key{
 	{"STATUS_ADDR", "status-addr", "loopback `HOST:PORT` where HAProxy serves the live generation's marker (checked after each reload)",
 		fixed("127.0.0.1:8404"), addr(func(s *Settings) *string { return &s.StatusAddr })},
 	{"MASTER_SOCKET", "master-socket", "HAProxy master CLI socket `PATH` (-S): the managed HAProxy opens it; other strategies use it to verify reloads when set",
-		under("/run/haproxy-config/master.sock"), str(func(s *Settings) *string { return &s.MasterSocket })},
+		under("/run/haproxy-config/master.sock"), path(func(s *Settings) *string { return &s.MasterSocket })},
 	{"RELOAD", "reload", "how the daemon reloads HAProxy: `STRATEGY` managed (runs HAProxy itself), master-socket, systemd or command",
 		fixed("managed"), func(s *Settings, v string) error {
 			if !slices.Contains(Strategies, v) {

@@ -15,10 +15,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"haproxy-config/assemble"
@@ -61,6 +63,7 @@ type Daemon struct {
 	quarSince map[string]time.Time
 	status    Status
 	metrics   metrics
+	busySince atomic.Int64 // unix ns when the current step began, 0 when idle
 	http      *http.Client
 }
 
@@ -127,12 +130,9 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	d.Notify("READY=1\nSTATUS=" + d.summary())
 	d.Log.Info("ready", "strategy", d.reloader.String(), "generation", d.liveGeneration())
 
-	var watchdog <-chan time.Time
 	if every, err := daemon.SdWatchdogEnabled(false); err == nil && every > 0 {
-		t := time.NewTicker(every / 2)
-		defer t.Stop()
-		watchdog = t.C
-		d.Notify("WATCHDOG=1")
+		stop := d.watchdog(every / 2)
+		defer stop()
 	}
 	rescan := time.NewTicker(d.s.Rescan)
 	defer rescan.Stop()
@@ -150,8 +150,6 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			d.Notify("STOPPING=1")
 			d.Log.Info("stopping")
 			return nil
-		case <-watchdog:
-			d.Notify("WATCHDOG=1")
 		case ev, ok := <-d.fsw.Events:
 			if !ok {
 				return errors.New("file watcher closed")
@@ -170,7 +168,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			}
 			d.markRescan()
 		case <-hup:
-			d.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", time.Now().UnixMicro()))
+			d.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 			d.rereadSettings()
 			d.markRescan()
 			d.Notify("READY=1\nSTATUS=" + d.summary())
@@ -181,7 +179,10 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			restartDelay = min(2*restartDelay, 30*time.Second)
 		case <-restartAt:
 			restartAt = nil
-			if err := d.managed.Start(ctx); err != nil {
+			d.busySince.Store(time.Now().UnixNano())
+			err := d.managed.Start(ctx)
+			d.busySince.Store(0)
+			if err != nil {
 				d.Log.Error("restart haproxy", "err", err)
 				restartAt = time.After(restartDelay)
 				restartDelay = min(2*restartDelay, 30*time.Second)
@@ -195,8 +196,50 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		if restartAt != nil {
 			continue
 		}
+		d.busySince.Store(time.Now().UnixNano())
 		d.step(ctx, timer)
+		d.busySince.Store(0)
 	}
+}
+
+// watchdog pings systemd every interval from its own goroutine while the
+// loop is responsive: idle, or busy with one step for less than the
+// longest a healthy step takes (the store lock's wait plus two verified
+// reloads). A loop stuck beyond that stops the pings, and systemd acts.
+func (d *Daemon) watchdog(every time.Duration) (stop func()) {
+	limit := d.eng.LockWait + 2*d.s.VerifyTimeout + time.Minute
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	d.Notify("WATCHDOG=1")
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if busy := d.busySince.Load(); busy == 0 || time.Since(time.Unix(0, busy)) < limit {
+					d.Notify("WATCHDOG=1")
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}
+
+// monotonicUsec is CLOCK_MONOTONIC in microseconds, as sd_notify's
+// MONOTONIC_USEC wants it.
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano() / 1000
 }
 
 // configure builds the engine, the reloader and the limiter.
@@ -592,6 +635,9 @@ func (d *Daemon) quarantine(sel *reconcile.Selection) {
 // reconcile publishes what is on disk and reloads when HAProxy does not
 // serve it yet. It reports whether it reloaded.
 func (d *Daemon) reconcile(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
 	pub, err := d.publish(ctx)
 	if err != nil {
 		d.status.LastError = err.Error()
@@ -622,6 +668,9 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 	g := pub.Generation
 	start := time.Now()
 	err := d.reloadVerified(ctx, g.Marker)
+	if err != nil && ctx.Err() != nil {
+		return // stopping: neither a success nor HAProxy's failure
+	}
 	res := &ReloadResult{Generation: g.Number, At: start.UTC(), OK: err == nil, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
 	d.status.LastReload = res
 	if err == nil {

@@ -1,0 +1,501 @@
+package watcher
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"haproxy-config/reconcile"
+	"haproxy-config/settings"
+)
+
+const (
+	testWaitMin = 500 * time.Millisecond
+	testWaitMax = 5 * time.Second
+)
+
+// burstDaemon is a daemon with only what the burst logic uses: settings
+// laid out under a temporary root and an empty burst.
+func burstDaemon(t *testing.T) *Daemon {
+	t.Helper()
+	root := t.TempDir()
+	return &Daemon{
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		s: &settings.Settings{
+			WaitMin:      testWaitMin,
+			WaitMax:      testWaitMax,
+			FragmentsDir: filepath.Join(root, "etc/haproxy-config/fragments"),
+			BaseConfig:   filepath.Join(root, "etc/haproxy-config/base.cfg"),
+			StateDir:     filepath.Join(root, "var/lib/haproxy-config"),
+		},
+		dirty: map[string]bool{},
+	}
+}
+
+// withWatcher gives d a real file watcher, as event() re-adds watches
+// when the store itself changes.
+func withWatcher(t *testing.T, d *Daemon) {
+	t.Helper()
+	fsw, err := fsnotify.NewWatcher()
+	if err != nil {
+		t.Fatalf("file watcher: %v", err)
+	}
+	t.Cleanup(func() { fsw.Close() })
+	d.fsw = fsw
+}
+
+func mustDue(t *testing.T, d *Daemon) time.Time {
+	t.Helper()
+	at, pending := d.dueAt()
+	if !pending {
+		t.Fatalf("dueAt: nothing pending with dirty=%v rescan=%v", d.dirty, d.rescan)
+	}
+	return at
+}
+
+func TestDueAtNothingPending(t *testing.T) {
+	d := burstDaemon(t)
+	if at, pending := d.dueAt(); pending {
+		t.Fatalf("dueAt on an empty burst = %v, pending; want nothing pending", at)
+	}
+	// stale times from an earlier burst do not make anything due
+	d.firstDirty, d.lastRaw = time.Now().Add(-time.Minute), time.Now().Add(-time.Minute)
+	if at, pending := d.dueAt(); pending {
+		t.Fatalf("dueAt with stale times but no changes = %v, pending; want nothing pending", at)
+	}
+}
+
+func TestDueAtArithmetic(t *testing.T) {
+	t0 := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		dirty   map[string]bool
+		rescan  bool
+		lastRaw time.Duration // after t0
+		want    time.Duration // after t0
+	}{
+		{"one raw change settles for WaitMin", map[string]bool{"a": false}, false, 0, testWaitMin},
+		{"a later raw change pushes it", map[string]bool{"a": false, "b": false}, false, 300 * time.Millisecond, 800 * time.Millisecond},
+		{"raw changes near the cap stop at WaitMax", map[string]bool{"a": false}, false, 4700 * time.Millisecond, testWaitMax},
+		{"raw changes past the cap stay at WaitMax", map[string]bool{"a": false}, false, 10 * time.Second, testWaitMax},
+		{"vouched only is due at once", map[string]bool{"a": true, "b": true}, false, time.Hour, 0},
+		{"vouched plus raw waits for the raw one", map[string]bool{"a": true, "b": false}, false, 200 * time.Millisecond, 700 * time.Millisecond},
+		{"rescan alone is due at once", map[string]bool{}, true, time.Hour, 0},
+		{"rescan with vouched is due at once", map[string]bool{"a": true}, true, time.Hour, 0},
+		{"rescan does not cut a raw change short", map[string]bool{"a": false}, true, 100 * time.Millisecond, 600 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := burstDaemon(t)
+			d.dirty, d.rescan = tc.dirty, tc.rescan
+			d.firstDirty, d.lastRaw = t0, t0.Add(tc.lastRaw)
+			if got := mustDue(t, d); !got.Equal(t0.Add(tc.want)) {
+				t.Fatalf("dueAt = t0+%v, want t0+%v", got.Sub(t0), tc.want)
+			}
+		})
+	}
+}
+
+func TestChangeRawSettles(t *testing.T) {
+	d := burstDaemon(t)
+	before := time.Now()
+	d.change("a", false)
+	after := time.Now()
+	if d.firstDirty.Before(before) || d.firstDirty.After(after) {
+		t.Fatalf("firstDirty = %v, want the time of the first change (between %v and %v)", d.firstDirty, before, after)
+	}
+	if !d.lastRaw.Equal(d.firstDirty) {
+		t.Fatalf("lastRaw = %v, want the first change's time %v", d.lastRaw, d.firstDirty)
+	}
+	if got, want := mustDue(t, d), d.lastRaw.Add(testWaitMin); !got.Equal(want) {
+		t.Fatalf("dueAt = %v, want lastRaw+WaitMin = %v", got, want)
+	}
+	if want := map[string]bool{"a": false}; !maps.Equal(d.dirty, want) {
+		t.Fatalf("dirty = %v, want %v", d.dirty, want)
+	}
+}
+
+func TestChangeContinuingBurst(t *testing.T) {
+	d := burstDaemon(t)
+	d.change("a", false)
+	// the burst began a while ago: a later raw change moves lastRaw, not
+	// firstDirty
+	first := time.Now().Add(-2 * time.Second)
+	d.firstDirty, d.lastRaw = first, first
+	before := time.Now()
+	d.change("b", false)
+	if !d.firstDirty.Equal(first) {
+		t.Fatalf("a second change moved firstDirty from %v to %v", first, d.firstDirty)
+	}
+	if d.lastRaw.Before(before) {
+		t.Fatalf("lastRaw = %v, want the second change's time (>= %v)", d.lastRaw, before)
+	}
+	if got, want := mustDue(t, d), d.lastRaw.Add(testWaitMin); !got.Equal(want) {
+		t.Fatalf("dueAt = %v, want the last raw change + WaitMin = %v", got, want)
+	}
+
+	// near the cap a new raw change no longer pushes the deadline
+	first = time.Now().Add(-testWaitMax + 100*time.Millisecond)
+	d.firstDirty = first
+	d.change("c", false)
+	if got, want := mustDue(t, d), first.Add(testWaitMax); !got.Equal(want) {
+		t.Fatalf("dueAt = %v, want firstDirty+WaitMax = %v (a continuing burst is capped)", got, want)
+	}
+	if d.lastRaw.Add(testWaitMin).Before(first.Add(testWaitMax)) {
+		t.Fatalf("test setup: lastRaw+WaitMin %v does not pass the cap %v", d.lastRaw.Add(testWaitMin), first.Add(testWaitMax))
+	}
+}
+
+func TestChangeVouched(t *testing.T) {
+	d := burstDaemon(t)
+	before := time.Now()
+	d.change("a", true)
+	if d.firstDirty.Before(before) {
+		t.Fatalf("firstDirty = %v, want the vouched change's time (>= %v)", d.firstDirty, before)
+	}
+	if !d.lastRaw.IsZero() {
+		t.Fatalf("a vouched change set lastRaw to %v", d.lastRaw)
+	}
+	if got := mustDue(t, d); !got.Equal(d.firstDirty) {
+		t.Fatalf("dueAt = %v, want at once (firstDirty %v)", got, d.firstDirty)
+	}
+
+	// a raw change to another fragment must settle; the vouched one does
+	// not make it due early
+	d.change("b", false)
+	if got, want := mustDue(t, d), d.lastRaw.Add(testWaitMin); !got.Equal(want) {
+		t.Fatalf("dueAt with a raw change = %v, want lastRaw+WaitMin = %v", got, want)
+	}
+	if want := map[string]bool{"a": true, "b": false}; !maps.Equal(d.dirty, want) {
+		t.Fatalf("dirty = %v, want %v", d.dirty, want)
+	}
+
+	// a vouched change does not touch lastRaw
+	lastRaw := d.lastRaw
+	d.change("c", true)
+	if !d.lastRaw.Equal(lastRaw) {
+		t.Fatalf("a vouched change moved lastRaw from %v to %v", lastRaw, d.lastRaw)
+	}
+}
+
+func TestMarkRescan(t *testing.T) {
+	d := burstDaemon(t)
+	before := time.Now()
+	d.markRescan()
+	after := time.Now()
+	if !d.rescan {
+		t.Fatal("markRescan did not flag a rescan")
+	}
+	at := mustDue(t, d)
+	if at.Before(before) || at.After(after) {
+		t.Fatalf("dueAt after markRescan = %v, want at once (between %v and %v)", at, before, after)
+	}
+
+	// a rescan during a burst keeps the burst's start
+	d = burstDaemon(t)
+	d.change("a", false)
+	first := time.Now().Add(-time.Second)
+	d.firstDirty = first
+	d.markRescan()
+	if !d.firstDirty.Equal(first) {
+		t.Fatalf("markRescan during a burst moved firstDirty from %v to %v", first, d.firstDirty)
+	}
+}
+
+func TestEventSorting(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		file      func(d *Daemon) string
+		op        fsnotify.Op
+		wantDirty map[string]bool
+		rescan    bool
+	}{
+		{"config part created", frag("shop.cfg"), fsnotify.Create, map[string]bool{"shop": false}, false},
+		{"map part written", frag("shop.map"), fsnotify.Write, map[string]bool{"shop": false}, false},
+		{"part removed", frag("shop.cfg"), fsnotify.Remove, map[string]bool{"shop": false}, false},
+		{"part renamed away", frag("shop.map"), fsnotify.Rename, map[string]bool{"shop": false}, false},
+		{"write with chmod", frag("shop.cfg"), fsnotify.Write | fsnotify.Chmod, map[string]bool{"shop": false}, false},
+		{"chmod only", frag("shop.cfg"), fsnotify.Chmod, map[string]bool{}, false},
+		{"hidden temp file", frag(".shop.cfg.tmp123"), fsnotify.Create, map[string]bool{}, false},
+		{"hidden fragment-like file", frag(".shop.cfg"), fsnotify.Write, map[string]bool{}, false},
+		{"editor backup", frag("x.cfg~"), fsnotify.Create, map[string]bool{}, false},
+		{"swap file", frag(".x.swp"), fsnotify.Write, map[string]bool{}, false},
+		{"other suffix", frag("notes.txt"), fsnotify.Create, map[string]bool{}, false},
+		{"dpkg leftover", frag("shop.cfg.dpkg-old"), fsnotify.Create, map[string]bool{}, false},
+		{"file in a subdirectory of the store", frag("sub/shop.cfg"), fsnotify.Create, map[string]bool{}, false},
+		{"base config", func(d *Daemon) string { return d.s.BaseConfig }, fsnotify.Write, map[string]bool{baseKey: false}, false},
+		{"base config replaced", func(d *Daemon) string { return d.s.BaseConfig }, fsnotify.Create, map[string]bool{baseKey: false}, false},
+		{"base config chmod", func(d *Daemon) string { return d.s.BaseConfig }, fsnotify.Chmod, map[string]bool{}, false},
+		{"other file beside the base", func(d *Daemon) string { return filepath.Join(filepath.Dir(d.s.BaseConfig), "other.cfg") }, fsnotify.Write, map[string]bool{}, false},
+		{"hold file", func(d *Daemon) string { return filepath.Join(d.s.StateDir, reconcile.HoldFile) }, fsnotify.Create, map[string]bool{}, true},
+		{"status file", func(d *Daemon) string { return filepath.Join(d.s.StateDir, StatusFile) }, fsnotify.Create, map[string]bool{}, false},
+		{"store removed", func(d *Daemon) string { return d.s.FragmentsDir }, fsnotify.Remove, map[string]bool{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := burstDaemon(t)
+			withWatcher(t, d)
+			d.event(fsnotify.Event{Name: tc.file(d), Op: tc.op})
+			if !maps.Equal(d.dirty, tc.wantDirty) {
+				t.Errorf("dirty = %v, want %v", d.dirty, tc.wantDirty)
+			}
+			if d.rescan != tc.rescan {
+				t.Errorf("rescan = %v, want %v", d.rescan, tc.rescan)
+			}
+			_, pending := d.dueAt()
+			if want := len(tc.wantDirty) > 0 || tc.rescan; pending != want {
+				t.Errorf("pending = %v, want %v", pending, want)
+			}
+		})
+	}
+}
+
+func frag(file string) func(d *Daemon) string {
+	return func(d *Daemon) string { return filepath.Join(d.s.FragmentsDir, file) }
+}
+
+// The store replaced whole: the event names the store itself; the daemon
+// rescans and watches the new directory.
+func TestEventStoreReplaced(t *testing.T) {
+	d := burstDaemon(t)
+	withWatcher(t, d)
+	if err := d.watch(); err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	// replace the store: the old directory's watch goes with it
+	if err := os.RemoveAll(d.s.FragmentsDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(d.s.FragmentsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	drain(d.fsw)
+
+	before := time.Now()
+	d.event(fsnotify.Event{Name: d.s.FragmentsDir, Op: fsnotify.Create})
+	if !d.rescan || len(d.dirty) != 0 {
+		t.Fatalf("after the store was replaced: rescan=%v dirty=%v, want a rescan and no fragment", d.rescan, d.dirty)
+	}
+	if at := mustDue(t, d); at.Before(before) || at.After(time.Now()) {
+		t.Fatalf("dueAt = %v, want at once", at)
+	}
+	if !slices.Contains(d.fsw.WatchList(), d.s.FragmentsDir) {
+		t.Fatalf("the new store is not watched; watching %v", d.fsw.WatchList())
+	}
+
+	// the fresh watch reports files in the new directory
+	path := filepath.Join(d.s.FragmentsDir, "shop.cfg")
+	if err := os.WriteFile(path, []byte("backend shop\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case ev := <-d.fsw.Events:
+			if ev.Name == path {
+				return
+			}
+		case err := <-d.fsw.Errors:
+			t.Fatalf("file watcher: %v", err)
+		case <-deadline:
+			t.Fatalf("no event for %s within 5s: the replaced store is not watched", path)
+		}
+	}
+}
+
+// drain discards the events already queued.
+func drain(fsw *fsnotify.Watcher) {
+	for {
+		select {
+		case <-fsw.Events:
+		case <-fsw.Errors:
+		case <-time.After(50 * time.Millisecond):
+			return
+		}
+	}
+}
+
+// historyLine is one history event as the CLI writes it.
+func historyLine(name string) string {
+	return fmt.Sprintf(`{"time":"2024-05-01T12:00:00Z","action":"apply","name":%q,"checksum":"sha256:%064x","actor":"x"}`+"\n", name, len(name))
+}
+
+func writeHistory(t *testing.T, d *Daemon, data string) {
+	t.Helper()
+	if err := os.MkdirAll(d.s.StateDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d.s.StateDir, historyFile), []byte(data), 0o640); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func appendHistory(t *testing.T, d *Daemon, data string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(d.s.StateDir, historyFile), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func historyLen(t *testing.T, d *Daemon) int64 {
+	t.Helper()
+	fi, err := os.Stat(filepath.Join(d.s.StateDir, historyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+func expectDirty(t *testing.T, d *Daemon, want map[string]bool) {
+	t.Helper()
+	if !maps.Equal(d.dirty, want) {
+		t.Fatalf("dirty = %v, want %v", d.dirty, want)
+	}
+}
+
+func TestReadHistoryFromStart(t *testing.T) {
+	d := burstDaemon(t)
+	writeHistory(t, d, historyLine("a")+historyLine("b"))
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"a": true, "b": true})
+	if got, want := d.histSize, historyLen(t, d); got != want {
+		t.Fatalf("histSize = %d, want the whole file (%d)", got, want)
+	}
+	if got := mustDue(t, d); !got.Equal(d.firstDirty) {
+		t.Fatalf("dueAt = %v, want at once (%v): every change is vouched", got, d.firstDirty)
+	}
+
+	// nothing new: nothing vouched again
+	d.dirty = map[string]bool{}
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{})
+}
+
+func TestReadHistoryFromEnd(t *testing.T) {
+	d := burstDaemon(t)
+	writeHistory(t, d, historyLine("old1")+historyLine("old2"))
+	d.histSize = d.historySize()
+	if d.histSize != historyLen(t, d) {
+		t.Fatalf("historySize = %d, want %d", d.histSize, historyLen(t, d))
+	}
+	appendHistory(t, d, historyLine("new"))
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"new": true})
+}
+
+func TestReadHistoryVouchesRawChange(t *testing.T) {
+	d := burstDaemon(t)
+	writeHistory(t, d, "")
+	d.change("c", false)
+	raw := d.lastRaw
+
+	// a line for another fragment leaves the raw change raw
+	appendHistory(t, d, historyLine("a"))
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"a": true, "c": false})
+	if got, want := mustDue(t, d), raw.Add(testWaitMin); !got.Equal(want) {
+		t.Fatalf("dueAt = %v, want the raw change to settle (%v)", got, want)
+	}
+
+	// the CLI's line for it vouches it: due at once
+	appendHistory(t, d, historyLine("c"))
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"a": true, "c": true})
+	if got := mustDue(t, d); !got.Equal(d.firstDirty) {
+		t.Fatalf("dueAt = %v, want at once (%v)", got, d.firstDirty)
+	}
+}
+
+func TestReadHistoryTornLine(t *testing.T) {
+	d := burstDaemon(t)
+	whole := historyLine("d")
+	cut := len(whole) / 2
+	writeHistory(t, d, historyLine("a")+whole[:cut])
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"a": true})
+	if got, want := d.histSize, int64(len(historyLine("a"))); got != want {
+		t.Fatalf("histSize = %d, want %d: the torn line must not be consumed", got, want)
+	}
+
+	// a torn line alone is left for later too
+	d.dirty = map[string]bool{}
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{})
+
+	// completed: it vouches its fragment
+	appendHistory(t, d, whole[cut:])
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"d": true})
+	if got, want := d.histSize, historyLen(t, d); got != want {
+		t.Fatalf("histSize = %d, want %d", got, want)
+	}
+}
+
+func TestReadHistoryCompleteJSONWithoutNewline(t *testing.T) {
+	d := burstDaemon(t)
+	line := historyLine("e")
+	writeHistory(t, d, line[:len(line)-1])
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{})
+	if d.histSize != 0 {
+		t.Fatalf("histSize = %d, want 0: a line is complete only with its newline", d.histSize)
+	}
+}
+
+func TestReadHistoryBadLine(t *testing.T) {
+	d := burstDaemon(t)
+	writeHistory(t, d, "not json\n"+historyLine("a"))
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"a": true})
+	if got, want := d.histSize, historyLen(t, d); got != want {
+		t.Fatalf("histSize = %d, want %d: a bad line is skipped, not retried", got, want)
+	}
+}
+
+func TestReadHistoryTrimmed(t *testing.T) {
+	d := burstDaemon(t)
+	writeHistory(t, d, historyLine("a")+historyLine("b")+historyLine("c"))
+	d.histSize = historyLen(t, d)
+
+	// rewritten shorter: vouches nothing, the offset starts over
+	writeHistory(t, d, historyLine("t"))
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{})
+	if got, want := d.histSize, historyLen(t, d); got != want {
+		t.Fatalf("histSize after a trim = %d, want the new size %d", got, want)
+	}
+
+	// what is appended after the trim is read from the new offset
+	appendHistory(t, d, historyLine("f"))
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"f": true})
+}
+
+func TestReadHistoryMissing(t *testing.T) {
+	d := burstDaemon(t)
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{})
+	if d.histSize != 0 {
+		t.Fatalf("histSize = %d, want 0", d.histSize)
+	}
+}
+
+// A history event reaches readHistory through event().
+func TestEventHistory(t *testing.T) {
+	d := burstDaemon(t)
+	withWatcher(t, d)
+	writeHistory(t, d, historyLine("shop"))
+	d.event(fsnotify.Event{Name: filepath.Join(d.s.StateDir, historyFile), Op: fsnotify.Write})
+	expectDirty(t, d, map[string]bool{"shop": true})
+}
