@@ -30,7 +30,7 @@ type Proc struct {
 // Procs is the master's process table.
 type Procs struct {
 	Master  Proc   `json:"master"`
-	Failed  int    `json:"failed"`  // failed reloads since the master started
+	Failed  int    `json:"failed"`  // failed reloads (2.6 resets it when a reload succeeds)
 	Workers []Proc `json:"workers"` // the current worker(s)
 	Old     []Proc `json:"old_workers,omitempty"`
 }
@@ -103,7 +103,11 @@ func ParseProcs(out string) (*Procs, error) {
 		proc := Proc{PID: pid, Kind: f[1], Reloads: reloads}
 		rest := f[3:]
 		if len(rest) >= 2 && rest[0] == "[failed:" {
-			p.Failed, _ = strconv.Atoi(strings.TrimSuffix(rest[1], "]"))
+			failed, err := strconv.Atoi(strings.TrimSuffix(rest[1], "]"))
+			if err != nil {
+				return nil, fmt.Errorf("show proc: unexpected line %q", line)
+			}
+			p.Failed = failed
 			rest = rest[2:]
 		}
 		if len(rest) > 0 {
@@ -113,7 +117,7 @@ func ParseProcs(out string) (*Procs, error) {
 			proc.Version = rest[1]
 		}
 		switch {
-		case proc.Kind == "master":
+		case block == "" && proc.Kind == "master": // a program may be called "master" too
 			p.Master, sawMaster = proc, true
 		case block == "workers" && proc.Kind == "worker":
 			p.Workers = append(p.Workers, proc)
@@ -142,13 +146,20 @@ func (m *MasterCLI) Reload(ctx context.Context) error {
 // refuses connections while it re-executes, for tens of milliseconds.
 const pollEvery = 10 * time.Millisecond
 
+// attemptTimeout bounds one show proc while waiting for a reload.
+const attemptTimeout = 250 * time.Millisecond
+
 // WaitReloaded polls the master until it has counted a reload beyond
 // before, then reports whether it succeeded: a failed reload raises the
 // failed counter and leaves the old worker serving (ErrReloadFailed).
 func (m *MasterCLI) WaitReloaded(ctx context.Context, before *Procs) (*Procs, error) {
 	var lastErr error
 	for {
-		now, err := m.ShowProc(ctx)
+		// right after a refused reload one connection hangs for seconds
+		// before it is reset: give up on it early and ask again
+		attempt, cancel := context.WithTimeout(ctx, attemptTimeout)
+		now, err := m.ShowProc(attempt)
+		cancel()
 		switch {
 		case err != nil:
 			lastErr = err

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Reloader asks HAProxy to load the live configuration again. Reload
@@ -71,6 +73,10 @@ type Command struct{ Line string }
 
 func (r *Command) Reload(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", r.Line)
+	// on timeout, kill what the shell started too, not only the shell
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
