@@ -2,6 +2,7 @@ package fragments
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,6 +39,10 @@ const (
 type Store struct {
 	Dir      string
 	StateDir string
+	// LockPoll is how often a waiting Lock tries again (5 ms when zero).
+	// The daemon polls faster than the CLI so that a queue of writers
+	// cannot keep it from publishing their changes.
+	LockPoll time.Duration
 }
 
 // Lock takes the store's exclusive lock, waiting until ctx is done, and
@@ -68,7 +73,7 @@ func (s *Store) Lock(ctx context.Context) (func(), error) {
 		case <-ctx.Done():
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(cmp.Or(s.LockPoll, 5*time.Millisecond)):
 		}
 	}
 }

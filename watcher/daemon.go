@@ -244,7 +244,7 @@ func monotonicUsec() int64 {
 
 // configure builds the engine, the reloader and the limiter.
 func (d *Daemon) configure(s *settings.Settings) error {
-	d.s, d.eng = s, reconcile.New(s)
+	d.s, d.eng = s, newEngine(s)
 	d.limiter = rate.NewLimiter(rate.Every(s.ReloadInterval), s.ReloadBurst)
 	if d.reloader != nil {
 		return nil
@@ -282,6 +282,14 @@ func (d *Daemon) configure(s *settings.Settings) error {
 	return nil
 }
 
+// newEngine is the daemon's engine: it polls for the store lock every
+// millisecond, ahead of CLI writers polling every 5.
+func newEngine(s *settings.Settings) *reconcile.Engine {
+	e := reconcile.New(s)
+	e.Store.LockPoll = time.Millisecond
+	return e
+}
+
 // rereadSettings applies what SIGHUP asks for, and forgets the fragments
 // held back after failed reloads so they are tried again. The reload
 // strategy and the managed HAProxy stay as they are until a restart.
@@ -294,7 +302,7 @@ func (d *Daemon) rereadSettings() {
 	if s.Reload != d.s.Reload || s.MasterSocket != d.s.MasterSocket {
 		d.Log.Warn("the reload strategy and master socket change only at restart")
 	}
-	d.s, d.eng = s, reconcile.New(s)
+	d.s, d.eng = s, newEngine(s)
 	// whatever the cause of a failed reload was, it may be gone: retry
 	d.exclude, d.probe = map[string]reconcile.Exclusion{}, nil
 	d.limiter.SetLimit(rate.Every(s.ReloadInterval))

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"haproxy-config/reconcile"
-	"haproxy-config/reload"
 )
 
 // QuarantinedError means the daemon left the awaited fragment version out
@@ -70,11 +69,11 @@ func waitFor(ctx context.Context, eng *reconcile.Engine, holdOK bool, done func(
 		st, err := ReadStatus(eng.S.StateDir)
 		switch {
 		case errors.Is(err, ErrNoDaemon):
-			return &reload.EnvError{Err: err}
+			return &NotLiveError{Why: err.Error()}
 		case err != nil:
 			return err
 		case !st.Running():
-			return &reload.EnvError{Err: fmt.Errorf("%w (it last reported at %s)", ErrNoDaemon, st.Updated.Format(time.RFC3339))}
+			return &NotLiveError{Why: fmt.Sprintf("%v (it last reported at %s)", ErrNoDaemon, st.Updated.Format(time.RFC3339))}
 		case st.Held != nil && !holdOK:
 			return &NotLiveError{Why: fmt.Sprintf("the daemon holds generation %d (a rollback by %s); run haproxy-config resume", st.Held.Generation, st.Held.Actor)}
 		}

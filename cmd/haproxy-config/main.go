@@ -44,7 +44,7 @@ const exitCodesHelp = `EXIT CODES:
       (for "assemble": the rejected fragments stay out, the valid ones were written)
    5  environment problem: haproxy missing, no permission, lock not obtained in time
    6  no such fragment (or generation)
-   7  --wait: the change is stored but did not go live in time (see "status")`
+   7  --wait: the change is stored but not live: no daemon runs, a hold is in force, or not in time (see "status")`
 
 var version = "dev"
 
