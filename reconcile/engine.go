@@ -5,6 +5,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -33,6 +34,17 @@ type Engine struct {
 	Validator *reload.Validator
 	// LockWait bounds how long an operation waits for the store lock.
 	LockWait time.Duration
+
+	// parsed keeps each fragment's last parse with the bytes it came from,
+	// so a long-lived engine (the daemon's) parses only what changed.
+	parsed map[string]parsedFragment
+}
+
+type parsedFragment struct {
+	confPath, mapPath string
+	conf, hostMap     []byte
+	frag              *assemble.Fragment
+	problems          assemble.Problems
 }
 
 // New returns an engine for the given settings.
@@ -295,18 +307,30 @@ func (e *Engine) load() (*Selection, error) {
 	if latest != nil {
 		sel.wasLive = latest.Fragments
 	}
-	// per-fragment checks are independent: use every core
+	// per-fragment checks are independent: use every core, and only on
+	// fragments whose bytes changed since this engine last parsed them
 	parsed := make([]*assemble.Fragment, len(stored))
 	problems := make([]assemble.Problems, len(stored))
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
 	for i, st := range stored {
+		if c, ok := e.parsed[st.Name]; ok && c.confPath == st.ConfPath && c.mapPath == st.MapPath &&
+			bytes.Equal(c.conf, st.Conf) && bytes.Equal(c.hostMap, st.Map) {
+			parsed[i], problems[i] = c.frag, slices.Clip(c.problems)
+			continue
+		}
 		g.Go(func() error {
 			parsed[i], problems[i] = st.Parse(e.policy())
 			return nil
 		})
 	}
 	_ = g.Wait() // the workers return no errors
+	next := make(map[string]parsedFragment, len(stored))
+	for i, st := range stored {
+		next[st.Name] = parsedFragment{confPath: st.ConfPath, mapPath: st.MapPath, conf: st.Conf, hostMap: st.Map,
+			frag: parsed[i], problems: problems[i]}
+	}
+	e.parsed = next
 	for i, st := range stored {
 		sel.Stored[st.Name] = st
 		if len(problems[i]) > 0 {

@@ -536,3 +536,39 @@ func TestPublishRevalidatesAfterCertFilesVanish(t *testing.T) {
 		t.Fatalf("published config does not validate: %v %+v", err, res)
 	}
 }
+
+// TestParseCache: a long-lived engine reuses the parse of an unchanged
+// fragment and parses a changed one again, including one that turned bad
+// and one whose map part disappeared.
+func TestParseCache(t *testing.T) {
+	e := newEngine(t, nil)
+	writeRaw(t, e, "keep", "backend keep_be\n    server s 127.0.0.1:1\n", "keep.example.com keep_be\n")
+	writeRaw(t, e, "edit", "backend edit_be\n    server s 127.0.0.1:2\n", "edit.example.com edit_be\n")
+	first, err := e.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRaw(t, e, "edit", "backend edit_be\n    bogus-directive\n", "edit.example.com edit_be\n")
+	second, err := e.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Parsed["keep"] != first.Parsed["keep"] {
+		t.Error("an unchanged fragment was parsed again")
+	}
+	if second.Parsed["edit"] == first.Parsed["edit"] {
+		t.Error("a changed fragment kept its old parse")
+	}
+	writeRaw(t, e, "edit", "backend edit_be\n    server s 127.0.0.1:3\n", "")
+	if err := os.Remove(filepath.Join(e.S.FragmentsDir, "edit.map")); err != nil {
+		t.Fatal(err)
+	}
+	third, err := e.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := third.Parsed["edit"]
+	if f == nil || len(f.Map) != 0 || f.MapFile != "" || !strings.Contains(string(f.Conf), "127.0.0.1:3") {
+		t.Errorf("edit after its map part went away: %+v", f)
+	}
+}

@@ -144,7 +144,7 @@ func (m *MasterCLI) Reload(ctx context.Context) error {
 
 // pollEvery paces show proc while a reload is in progress: the master
 // refuses connections while it re-executes, for tens of milliseconds.
-const pollEvery = 10 * time.Millisecond
+const pollEvery = 2 * time.Millisecond
 
 // attemptTimeout bounds one show proc while waiting for a reload.
 const attemptTimeout = 250 * time.Millisecond

@@ -821,7 +821,7 @@ func (d *Daemon) verifyMarker(ctx context.Context, marker string) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("the new generation is not serving after %s: the status endpoint %s answers %q", d.s.VerifyTimeout, d.s.StatusAddr, got)
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
 }

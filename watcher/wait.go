@@ -27,7 +27,7 @@ type NotLiveError struct{ Why string }
 func (e *NotLiveError) Error() string { return "the change is stored but not live: " + e.Why }
 
 // waitPoll paces the status reads; a reload takes tens of milliseconds.
-const waitPoll = 5 * time.Millisecond
+const waitPoll = 2 * time.Millisecond
 
 // Wait blocks until the daemon serves a generation where fragment name has
 // the given checksum ("" waits for the fragment to be gone), the daemon
