@@ -189,9 +189,10 @@ func (e *Engine) validate(ctx context.Context, base *assemble.Base, frags []*ass
 }
 
 // build assembles a set and runs haproxy -c on exactly the bytes that would
-// go live. With trustCache, a set haproxy accepted before (same bytes, same
-// binary, same certificate files) is not run again: that is for the
-// baseline an apply or remove starts from, never for what gets written.
+// go live. With trustCache, the set haproxy accepted last (same bytes, same
+// binary, same certificate files, the crt-list's included) is not run
+// again: an apply's baseline, and the daemon publishing what the apply
+// just validated. A new candidate is always checked.
 func (e *Engine) build(ctx context.Context, base *assemble.Base, frags []*assemble.Fragment, trustCache bool) (*Verdict, error) {
 	if err := certs.EnsureFiles(e.S.FallbackCert(), e.S.CrtList()); err != nil {
 		return nil, &reload.EnvError{Err: err}
@@ -242,7 +243,8 @@ func rankOf(frags []*assemble.Fragment) func(string) int {
 }
 
 // validKey identifies an assembled output together with the haproxy binary
-// that judged it, for the known-valid cache.
+// that judged it and the certificate files it loads, for the known-valid
+// cache.
 func (e *Engine) validKey(out *assemble.Output) (string, error) {
 	bin, err := e.Validator.Binary()
 	if err != nil {
@@ -254,7 +256,7 @@ func (e *Engine) validKey(out *assemble.Output) (string, error) {
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%d\x00%d\x00", bin, fi.Size(), fi.ModTime().UnixNano())
-	for _, path := range []string{e.S.FallbackCert(), e.S.CrtList()} {
+	for _, path := range append([]string{e.S.FallbackCert(), e.S.CrtList()}, e.listedCerts()...) {
 		if fi, err := os.Stat(path); err == nil {
 			fmt.Fprintf(h, "%s\x00%d\x00%d\x00", path, fi.Size(), fi.ModTime().UnixNano())
 		}
@@ -263,6 +265,22 @@ func (e *Engine) validKey(out *assemble.Output) (string, error) {
 	h.Write([]byte{0})
 	h.Write(out.Map)
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
+}
+
+// listedCerts are the certificate files the crt-list names (the first
+// word of each line that is not a comment), which HAProxy loads too.
+func (e *Engine) listedCerts() []string {
+	data, err := os.ReadFile(e.S.CrtList())
+	if err != nil {
+		return nil
+	}
+	var paths []string
+	for line := range strings.Lines(string(data)) {
+		if f := strings.Fields(line); len(f) > 0 && !strings.HasPrefix(f[0], "#") {
+			paths = append(paths, f[0])
+		}
+	}
+	return paths
 }
 
 func (e *Engine) knownValid(key string) bool {

@@ -572,3 +572,45 @@ func TestParseCache(t *testing.T) {
 		t.Errorf("edit after its map part went away: %+v", f)
 	}
 }
+
+// TestServingAndRestoredGenerations: the generation marked serving is
+// never pruned, and after the live files were put back to it, publishing
+// the newest output again rewrites the live files without a new generation.
+func TestServingAndRestoredGenerations(t *testing.T) {
+	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_KEEP_GENERATIONS": "2"})
+	ctx := context.Background()
+	for i := range 4 {
+		mustApply(t, e, "t", "backend t_web\n    server s1 127.0.0.1:900"+string(rune('0'+i))+"\n", "")
+		if _, err := e.Publish(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if err := e.MarkServing(1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	nums, err := e.generationNumbers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(nums, []int{1, 3, 4}) {
+		t.Fatalf("kept generations %v, want 1 (serving) 3 4", nums)
+	}
+	if _, err := e.Restore(ctx, 1); err != nil {
+		t.Fatalf("restore the serving generation: %v", err)
+	}
+	pub, err := e.Publish(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub.Generation.Number != 4 || !pub.Changed {
+		t.Fatalf("publish after a restore: generation %d changed=%v, want 4 rewritten live", pub.Generation.Number, pub.Changed)
+	}
+	if !e.liveEquals(pub.Selection.Verdict.Output) {
+		t.Error("the live files do not hold generation 4 again")
+	}
+	if nums, _ := e.generationNumbers(); !slices.Equal(nums, []int{1, 3, 4}) {
+		t.Errorf("generations after republishing %v, want no new one", nums)
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"haproxy-config/fragments"
@@ -110,9 +112,34 @@ const HoldFile = "hold.json"
 
 func (e *Engine) holdPath() string { return filepath.Join(e.S.StateDir, HoldFile) }
 
+// servingFile names the generation HAProxy was last seen serving.
+const servingFile = "serving"
+
+// MarkServing records that HAProxy serves generation n, which prune then
+// keeps: it is the last good one a failed reload goes back to.
+func (e *Engine) MarkServing(n int) error {
+	return fragments.WriteFile(filepath.Join(e.S.StateDir, servingFile), []byte(strconv.Itoa(n)+"\n"), 0o640)
+}
+
+// Serving is the generation last marked serving, 0 if none.
+func (e *Engine) Serving() int {
+	data, err := os.ReadFile(filepath.Join(e.S.StateDir, servingFile))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return n
+}
+
 // SetHold records a hold on generation n, which must be kept and must
-// still pass haproxy -c.
+// still pass haproxy -c. It takes the store lock, so the generation
+// cannot be pruned meanwhile.
 func (e *Engine) SetHold(ctx context.Context, n int) (*Hold, error) {
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	g, err := e.Generation(n)
 	if err != nil {
 		return nil, err

@@ -188,6 +188,7 @@ type Published struct {
 	Generation *Generation
 	Changed    bool // false when the live files already held this output
 	Selection  *Selection
+	Excluded   []string // fragments left out because an Exclusion matched
 }
 
 func (e *Engine) generationsDir() string { return filepath.Join(e.S.StateDir, "generations") }
@@ -216,10 +217,12 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 	if err != nil {
 		return nil, err
 	}
+	var excluded []string
 	for name, ex := range exclude {
 		if f := sel.Parsed[name]; f != nil && f.Checksum == ex.Checksum {
 			delete(sel.Parsed, name)
 			sel.Rejected[name] = ex.Problems
+			excluded = append(excluded, name)
 		}
 	}
 	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
@@ -230,8 +233,17 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 	if err != nil {
 		return nil, err
 	}
-	if latest != nil && e.liveEquals(out) && e.generationEquals(latest, out) {
-		return &Published{Generation: latest, Selection: sel}, nil
+	if latest != nil && e.generationEquals(latest, out) {
+		// nothing new: no generation is written, so retries of an output
+		// HAProxy failed to load do not push good generations out
+		pub := &Published{Generation: latest, Selection: sel, Excluded: excluded}
+		if !e.liveEquals(out) {
+			if err := e.writeLive(out); err != nil {
+				return nil, err
+			}
+			pub.Changed = true
+		}
+		return pub, nil
 	}
 	g := &Generation{Number: 1, Time: time.Now().UTC(), Actor: fragments.Actor(), Fragments: map[string]string{}, Marker: out.Marker}
 	if latest != nil {
@@ -244,22 +256,29 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 	if err := e.writeGeneration(g, out); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	// the config and its map go live together or not at all
-	t := &fragments.Txn{}
-	if err := t.Stage(e.S.OutputMap, out.Map, 0o640); err != nil {
-		return nil, &reload.EnvError{Err: err}
-	}
-	if err := t.Stage(e.S.OutputConfig, out.Config, 0o640); err != nil {
-		t.Discard()
-		return nil, &reload.EnvError{Err: err}
-	}
-	if err := e.Store.Commit(t); err != nil {
-		return nil, &reload.EnvError{Err: err}
+	if err := e.writeLive(out); err != nil {
+		return nil, err
 	}
 	if err := e.prune(); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	return &Published{Generation: g, Changed: true, Selection: sel}, nil
+	return &Published{Generation: g, Changed: true, Selection: sel, Excluded: excluded}, nil
+}
+
+// writeLive replaces the live config and map: together or not at all.
+func (e *Engine) writeLive(out *assemble.Output) error {
+	t := &fragments.Txn{}
+	if err := t.Stage(e.S.OutputMap, out.Map, 0o640); err != nil {
+		return &reload.EnvError{Err: err}
+	}
+	if err := t.Stage(e.S.OutputConfig, out.Config, 0o640); err != nil {
+		t.Discard()
+		return &reload.EnvError{Err: err}
+	}
+	if err := e.Store.Commit(t); err != nil {
+		return &reload.EnvError{Err: err}
+	}
+	return nil
 }
 
 func (e *Engine) liveEquals(out *assemble.Output) bool {
@@ -364,7 +383,7 @@ func (e *Engine) latestGeneration() (*Generation, error) {
 }
 
 // prune removes the oldest generations beyond KeepGenerations, except
-// one a rollback holds.
+// one a rollback holds and the one HAProxy serves.
 func (e *Engine) prune() error {
 	nums, err := e.generationNumbers()
 	if err != nil {
@@ -374,9 +393,10 @@ func (e *Engine) prune() error {
 	if err != nil {
 		return err
 	}
+	serving := e.Serving()
 	for _, n := range nums[:max(0, len(nums)-e.S.KeepGenerations)] {
-		if hold != nil && hold.Generation == n {
-			continue // the daemon serves it
+		if hold != nil && hold.Generation == n || n == serving {
+			continue // the daemon serves it or must be able to go back to it
 		}
 		if err := os.RemoveAll(e.generationDir(n)); err != nil {
 			return err

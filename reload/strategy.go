@@ -52,6 +52,7 @@ func (r *Systemd) Reload(ctx context.Context) error {
 	}
 	done := make(chan string, 1)
 	if _, err := r.conn.ReloadUnitContext(ctx, r.Unit, "replace", done); err != nil {
+		r.conn = nil // the bus may have gone away: connect again next time
 		return fmt.Errorf("reload %s: %w", r.Unit, err)
 	}
 	select {

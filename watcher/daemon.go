@@ -80,6 +80,7 @@ func Notifier(log *slog.Logger) func(string) {
 // keys of the burst that are not fragments
 const (
 	baseKey  = "(base config)"
+	storeKey = "(fragment directory)"
 	retryKey = "(retry after an error)"
 )
 
@@ -109,6 +110,9 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	d.fsw = fsw
 	defer fsw.Close()
+	if err := os.MkdirAll(s.FragmentsDir, 0o755); err != nil {
+		return &reload.EnvError{Err: fmt.Errorf("fragment directory: %w", err)}
+	}
 	if err := d.watch(); err != nil {
 		return err
 	}
@@ -174,6 +178,9 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			d.Notify("READY=1\nSTATUS=" + d.summary())
 		case <-exited:
 			d.status.Counts.Restarts++
+			d.status.Live = nil // nothing serves until the restart
+			d.status.LastError = "haproxy exited; restarting it"
+			d.writeStatus()
 			d.Log.Error("haproxy exited: restarting it", "in", restartDelay)
 			restartAt = time.After(restartDelay)
 			restartDelay = min(2*restartDelay, 30*time.Second)
@@ -183,6 +190,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			err := d.managed.Start(ctx)
 			d.busySince.Store(0)
 			if err != nil {
+				d.status.LastError = "restart haproxy: " + err.Error()
 				d.Log.Error("restart haproxy", "err", err)
 				restartAt = time.After(restartDelay)
 				restartDelay = min(2*restartDelay, 30*time.Second)
@@ -204,10 +212,11 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 
 // watchdog pings systemd every interval from its own goroutine while the
 // loop is responsive: idle, or busy with one step for less than the
-// longest a healthy step takes (the store lock's wait plus two verified
-// reloads). A loop stuck beyond that stops the pings, and systemd acts.
+// longest a healthy step takes (two waits for the store lock, three
+// verified reloads, checks). A loop stuck beyond that stops the pings, and
+// systemd acts.
 func (d *Daemon) watchdog(every time.Duration) (stop func()) {
-	limit := d.eng.LockWait + 2*d.s.VerifyTimeout + time.Minute
+	limit := 2*d.eng.LockWait + 3*d.s.VerifyTimeout + 2*time.Minute
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	d.Notify("WATCHDOG=1")
@@ -291,16 +300,31 @@ func newEngine(s *settings.Settings) *reconcile.Engine {
 }
 
 // rereadSettings applies what SIGHUP asks for, and forgets the fragments
-// held back after failed reloads so they are tried again. The reload
-// strategy and the managed HAProxy stay as they are until a restart.
+// held back after failed reloads so they are tried again. Settings the
+// running HAProxy or this process depend on (paths it loads, the reload
+// strategy, addresses) stay as they are until a restart.
 func (d *Daemon) rereadSettings() {
 	s, err := d.Load()
 	if err != nil {
 		d.Log.Error("re-read settings: keeping the current ones", "err", err)
 		return
 	}
-	if s.Reload != d.s.Reload || s.MasterSocket != d.s.MasterSocket {
-		d.Log.Warn("the reload strategy and master socket change only at restart")
+	// what the running HAProxy and this process were started with stays
+	for _, f := range []struct {
+		name       string
+		next, prev *string
+	}{
+		{"OUTPUT", &s.OutputConfig, &d.s.OutputConfig}, {"MAP", &s.OutputMap, &d.s.OutputMap},
+		{"STATE", &s.StateDir, &d.s.StateDir}, {"HAPROXY", &s.Haproxy, &d.s.Haproxy},
+		{"STATUS_ADDR", &s.StatusAddr, &d.s.StatusAddr}, {"RELOAD", &s.Reload, &d.s.Reload},
+		{"MASTER_SOCKET", &s.MasterSocket, &d.s.MasterSocket}, {"RELOAD_COMMAND", &s.ReloadCommand, &d.s.ReloadCommand},
+		{"RELOAD_UNIT", &s.ReloadUnit, &d.s.ReloadUnit}, {"METRICS_ADDR", &s.MetricsAddr, &d.s.MetricsAddr},
+	} {
+		if *f.next != *f.prev {
+			d.Log.Warn("this setting changes only when the daemon restarts: keeping the current value",
+				"setting", settings.EnvPrefix+f.name, "current", *f.prev, "ignored", *f.next)
+			*f.next = *f.prev
+		}
 	}
 	d.s, d.eng = s, newEngine(s)
 	// whatever the cause of a failed reload was, it may be gone: retry
@@ -318,9 +342,6 @@ func (d *Daemon) rereadSettings() {
 // directory (history and holds). Adding a watched directory again is
 // harmless; a directory replaced whole gets a fresh watch.
 func (d *Daemon) watch() error {
-	if err := os.MkdirAll(d.s.FragmentsDir, 0o755); err != nil {
-		return &reload.EnvError{Err: fmt.Errorf("fragment directory: %w", err)}
-	}
 	if err := os.MkdirAll(d.s.StateDir, 0o750); err != nil {
 		return &reload.EnvError{Err: fmt.Errorf("state directory: %w", err)}
 	}
@@ -328,7 +349,7 @@ func (d *Daemon) watch() error {
 	for _, dir := range dirs {
 		_ = d.fsw.Remove(dir)
 		if err := d.fsw.Add(dir); err != nil {
-			if dir == d.s.FragmentsDir || dir == d.s.StateDir {
+			if dir == d.s.StateDir {
 				return &reload.EnvError{Err: fmt.Errorf("watch %s: %w", dir, err)}
 			}
 			d.Log.Warn("cannot watch a directory", "dir", dir, "err", err)
@@ -351,11 +372,12 @@ func (d *Daemon) event(ev fsnotify.Event) {
 		name := strings.TrimSuffix(strings.TrimSuffix(file, fragments.ConfSuffix), fragments.MapSuffix)
 		d.change(name, false)
 	case ev.Name == d.s.FragmentsDir:
-		// the store itself was created, removed or replaced
+		// the store itself was created, removed or replaced: watch what is
+		// there now, and read it once the moves have settled
 		if err := d.watch(); err != nil {
 			d.Log.Warn("watch directories", "err", err)
 		}
-		d.markRescan()
+		d.change(storeKey, false)
 	case ev.Name == d.s.BaseConfig:
 		d.change(baseKey, false)
 	case dir == d.s.StateDir && file == historyFile:
@@ -532,8 +554,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		return err
 	}
 	if err := d.verifyMarker(ctx, pub.Generation.Marker); err != nil {
-		// another process may answer on the status address
-		d.Log.Error("haproxy started but its status endpoint does not confirm the generation", "err", err)
+		// something else answers on the status address: no reload could
+		// ever be verified
+		return &reload.EnvError{Err: fmt.Errorf("haproxy started but %w (is another process on HAPROXY_CONFIG_STATUS_ADDR?)", err)}
 	}
 	d.setLive(pub.Generation)
 	return nil
@@ -581,24 +604,30 @@ func (d *Daemon) publish(ctx context.Context) (*reconcile.Published, error) {
 		}
 		return &reconcile.Published{Generation: g, Changed: d.lastGood == nil || d.lastGood.Number != g.Number}, nil
 	}
+	// a store moved away (to be replaced) is not an empty store: publishing
+	// it would take every tenant offline
+	if fi, err := os.Stat(d.s.FragmentsDir); err != nil || !fi.IsDir() {
+		return nil, &reload.EnvError{Err: fmt.Errorf("fragment directory %s is missing: the live configuration stays as it is", d.s.FragmentsDir)}
+	}
+	d.status.ReconciledAt = time.Now().UTC()
 	pub, err := d.eng.Publish(ctx, d.exclude)
 	if err != nil {
 		return nil, err
 	}
-	d.quarantine(pub.Selection)
+	d.quarantine(pub.Selection, pub.Excluded)
 	return pub, nil
 }
 
 // quarantine reports the fragments left out and forgets exclusions of
 // fragments that changed or left.
-func (d *Daemon) quarantine(sel *reconcile.Selection) {
+func (d *Daemon) quarantine(sel *reconcile.Selection, excluded []string) {
 	now := time.Now().UTC()
 	var list []Quarantined
 	for _, name := range sel.RejectedNames() {
 		q := Quarantined{Name: name, Errors: []string{}}
 		if f := sel.Parsed[name]; f != nil {
 			q.Checksum = f.Checksum
-		} else if ex, ok := d.exclude[name]; ok {
+		} else if ex, ok := d.exclude[name]; ok && slices.Contains(excluded, name) {
 			q.Checksum = ex.Checksum
 		}
 		for _, p := range sel.Rejected[name] {
@@ -632,9 +661,9 @@ func (d *Daemon) quarantine(sel *reconcile.Selection) {
 		d.status.Strays = append(d.status.Strays, p.Error())
 	}
 	// Publish leaves an excluded fragment out only while it is unchanged:
-	// one that was parsed again (changed) or is gone is free to go live
+	// an exclusion it did not apply (the fragment changed or left) is over
 	for name := range d.exclude {
-		if _, stored := sel.Stored[name]; !stored || sel.Parsed[name] != nil {
+		if !slices.Contains(excluded, name) {
 			delete(d.exclude, name)
 		}
 	}
@@ -694,7 +723,12 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 		output = d.managed.Since(start)
 	}
 	d.Log.Error("reload failed", "generation", g.Number, "err", err)
-	if d.holdBack(g, err.Error(), output, pub) {
+	// only HAProxy refusing the configuration, or a new worker that does
+	// not serve it, is a tenant's doing; a socket, bus or command failure
+	// is retried as it is once WaitMin has passed
+	if !errors.Is(err, reload.ErrReloadFailed) && !errors.Is(err, errNotServing) {
+		d.change(retryKey, false)
+	} else if pub.Selection != nil && d.holdBack(g, err.Error(), output, pub) {
 		d.markRescan() // publish again without what was held back
 	}
 	if d.lastGood == nil || d.lastGood.Number == g.Number {
@@ -711,6 +745,10 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 	if d.lastGood.Marker != "" && d.servedMarker(ctx) == d.lastGood.Marker {
 		return
 	}
+	// the rollback reload is a reload like any other: it waits its turn
+	if rerr := d.limiter.Wait(ctx); rerr != nil {
+		return
+	}
 	if rerr := d.reloadVerified(ctx, d.lastGood.Marker); rerr != nil {
 		d.Log.Error("reload of the last good generation failed", "generation", d.lastGood.Number, "err", rerr)
 	}
@@ -722,9 +760,12 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 // quarantined and the others are retried one at a time. It reports whether
 // it held anything back: without suspects, the failure is not a tenant's.
 func (d *Daemon) holdBack(g *reconcile.Generation, reason, output string, pub *reconcile.Published) bool {
+	if d.lastGood == nil {
+		return false // nothing known good to tell the changes from
+	}
 	var suspects []string
 	for name, sum := range g.Fragments {
-		if d.lastGood == nil || d.lastGood.Fragments[name] != sum {
+		if d.lastGood.Fragments[name] != sum {
 			suspects = append(suspects, name)
 		}
 	}
@@ -806,6 +847,9 @@ func (d *Daemon) reloadVerified(ctx context.Context, marker string) error {
 	return d.verifyMarker(ctx, marker)
 }
 
+// errNotServing: the reload went through but the marker never showed.
+var errNotServing = errors.New("the new generation is not serving")
+
 // verifyMarker waits until the status endpoint serves marker.
 func (d *Daemon) verifyMarker(ctx context.Context, marker string) error {
 	if marker == "" {
@@ -820,7 +864,7 @@ func (d *Daemon) verifyMarker(ctx context.Context, marker string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the new generation is not serving after %s: the status endpoint %s answers %q", d.s.VerifyTimeout, d.s.StatusAddr, got)
+			return fmt.Errorf("%w after %s: the status endpoint %s answers %q", errNotServing, d.s.VerifyTimeout, d.s.StatusAddr, got)
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
@@ -846,6 +890,9 @@ func (d *Daemon) servedMarker(ctx context.Context) string {
 
 func (d *Daemon) setLive(g *reconcile.Generation) {
 	d.lastGood = g
+	if err := d.eng.MarkServing(g.Number); err != nil {
+		d.Log.Error("record the serving generation", "err", err)
+	}
 	d.status.Live = &Live{Generation: g.Number, Since: time.Now().UTC(), Marker: g.Marker, Fragments: len(g.Fragments)}
 	if d.cli != nil {
 		if procs, err := d.cli.ShowProc(context.Background()); err == nil {

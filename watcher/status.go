@@ -20,20 +20,23 @@ const StatusFile = "status.json"
 
 // Status is what the daemon reports.
 type Status struct {
-	PID         int             `json:"pid"`
-	Started     time.Time       `json:"started"`
-	Updated     time.Time       `json:"updated"`
-	State       string          `json:"state"` // starting, ready, stopped
-	Strategy    string          `json:"strategy"`
-	Live        *Live           `json:"live,omitempty"`
-	Held        *reconcile.Hold `json:"held,omitempty"`
-	Pending     *Pending        `json:"pending,omitempty"`
-	LastReload  *ReloadResult   `json:"last_reload,omitempty"`
-	Counts      Counts          `json:"counts"`
-	Quarantined []Quarantined   `json:"quarantined"`
-	Strays      []string        `json:"strays,omitempty"`
-	LastError   string          `json:"last_error,omitempty"`
-	HAProxy     *reload.Procs   `json:"haproxy,omitempty"`
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
+	Updated time.Time `json:"updated"`
+	// when the last reconcile read the store: a quarantine is about a
+	// change committed before this
+	ReconciledAt time.Time       `json:"reconciled_at"`
+	State        string          `json:"state"` // starting, ready, stopped
+	Strategy     string          `json:"strategy"`
+	Live         *Live           `json:"live,omitempty"`
+	Held         *reconcile.Hold `json:"held,omitempty"`
+	Pending      *Pending        `json:"pending,omitempty"`
+	LastReload   *ReloadResult   `json:"last_reload,omitempty"`
+	Counts       Counts          `json:"counts"`
+	Quarantined  []Quarantined   `json:"quarantined"`
+	Strays       []string        `json:"strays,omitempty"`
+	LastError    string          `json:"last_error,omitempty"`
+	HAProxy      *reload.Procs   `json:"haproxy,omitempty"`
 }
 
 // Live is the generation seen serving.

@@ -31,10 +31,12 @@ const waitPoll = 2 * time.Millisecond
 
 // Wait blocks until the daemon serves a generation where fragment name has
 // the given checksum ("" waits for the fragment to be gone), the daemon
-// quarantines that version (QuarantinedError), or ctx ends (NotLiveError).
-func Wait(ctx context.Context, eng *reconcile.Engine, name, checksum string) error {
+// quarantines that version (QuarantinedError) in a reconcile that read the
+// store after committed, or ctx ends (NotLiveError).
+func Wait(ctx context.Context, eng *reconcile.Engine, name, checksum string, committed time.Time) error {
 	return waitFor(ctx, eng, false, func(st *Status, g *reconcile.Generation) (bool, error) {
-		if q := st.Quarantine(name); q != nil && checksum != "" && q.Checksum == checksum && !q.Retrying {
+		if q := st.Quarantine(name); q != nil && checksum != "" && q.Checksum == checksum && !q.Retrying &&
+			st.ReconciledAt.After(committed) {
 			return false, &QuarantinedError{Name: name, Errors: q.Errors}
 		}
 		return g != nil && g.Fragments[name] == checksum, nil
@@ -74,8 +76,15 @@ func waitFor(ctx context.Context, eng *reconcile.Engine, holdOK bool, done func(
 			return err
 		case !st.Running():
 			return &NotLiveError{Why: fmt.Sprintf("%v (it last reported at %s)", ErrNoDaemon, st.Updated.Format(time.RFC3339))}
-		case st.Held != nil && !holdOK:
-			return &NotLiveError{Why: fmt.Sprintf("the daemon holds generation %d (a rollback by %s); run haproxy-config resume", st.Held.Generation, st.Held.Actor)}
+		}
+		// the hold file, not the status, says whether a hold is in force
+		// now: the status may predate a resume
+		hold, err := eng.CurrentHold()
+		if err != nil {
+			return err
+		}
+		if hold != nil && !holdOK {
+			return &NotLiveError{Why: fmt.Sprintf("the daemon holds generation %d (a rollback by %s); run haproxy-config resume", hold.Generation, hold.Actor)}
 		}
 		if st.Live != nil && (live == nil || live.Number != st.Live.Generation) {
 			if live, err = eng.Generation(st.Live.Generation); err != nil {

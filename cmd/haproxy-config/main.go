@@ -232,7 +232,7 @@ func waitLive(c *cli.Context, e *reconcile.Engine, name, checksum string) error 
 	}
 	ctx, cancel := contextTimeout(c)
 	defer cancel()
-	if err := watcher.Wait(ctx, e, name, checksum); err != nil {
+	if err := watcher.Wait(ctx, e, name, checksum, time.Now()); err != nil {
 		return err
 	}
 	fmt.Fprintln(c.App.Writer, "live")
