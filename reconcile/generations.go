@@ -52,6 +52,25 @@ func (e *Engine) Generation(n int) (*Generation, error) {
 	return e.readGeneration(n)
 }
 
+// checkedGeneration returns kept generation n and its files after haproxy
+// -c has accepted them again: certificates may have changed since.
+func (e *Engine) checkedGeneration(ctx context.Context, n int) (g *Generation, cfgPath, mapPath string, err error) {
+	if g, err = e.Generation(n); err != nil {
+		return nil, "", "", err
+	}
+	if cfgPath, mapPath, err = e.layout(g.Dir); err != nil {
+		return nil, "", "", err
+	}
+	res, err := e.Validator.Check(ctx, cfgPath)
+	if err != nil {
+		return nil, "", "", err
+	}
+	if !res.Valid {
+		return nil, "", "", &reload.EnvError{Err: fmt.Errorf("generation %d no longer passes haproxy -c: %v", n, res.Messages)}
+	}
+	return g, cfgPath, mapPath, nil
+}
+
 // Restore puts a kept generation's config and map back as the live files,
 // after haproxy -c has accepted them again (certificates may have changed
 // since). The fragments are not touched.
@@ -61,11 +80,7 @@ func (e *Engine) Restore(ctx context.Context, n int) (*Generation, error) {
 		return nil, err
 	}
 	defer unlock()
-	g, err := e.Generation(n)
-	if err != nil {
-		return nil, err
-	}
-	cfgPath, mapPath, err := e.layout(g.Dir)
+	g, cfgPath, mapPath, err := e.checkedGeneration(ctx, n)
 	if err != nil {
 		return nil, err
 	}
@@ -76,13 +91,6 @@ func (e *Engine) Restore(ctx context.Context, n int) (*Generation, error) {
 	hostMap, err := os.ReadFile(mapPath)
 	if err != nil {
 		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
-	}
-	res, err := e.Validator.Check(ctx, cfgPath)
-	if err != nil {
-		return nil, err
-	}
-	if !res.Valid {
-		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d no longer passes haproxy -c: %v", n, res.Messages)}
 	}
 	t := &fragments.Txn{}
 	if err := t.Stage(e.S.OutputMap, hostMap, 0o640); err != nil {
@@ -140,20 +148,8 @@ func (e *Engine) SetHold(ctx context.Context, n int) (*Hold, error) {
 		return nil, err
 	}
 	defer unlock()
-	g, err := e.Generation(n)
-	if err != nil {
+	if _, _, _, err := e.checkedGeneration(ctx, n); err != nil {
 		return nil, err
-	}
-	cfgPath, _, err := e.layout(g.Dir)
-	if err != nil {
-		return nil, err
-	}
-	res, err := e.Validator.Check(ctx, cfgPath)
-	if err != nil {
-		return nil, err
-	}
-	if !res.Valid {
-		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d no longer passes haproxy -c: %v", n, res.Messages)}
 	}
 	h := &Hold{Generation: n, Since: time.Now().UTC(), Actor: fragments.Actor()}
 	data, err := json.MarshalIndent(h, "", "  ")

@@ -36,10 +36,7 @@ type Daemon struct {
 	Load func() (*settings.Settings, error)
 	// Notify sends a systemd notification (sd_notify); see Notifier.
 	Notify func(state string)
-	// Reloader, when set, replaces the one the settings describe (tests
-	// give the systemd strategy a fake D-Bus).
-	Reloader reload.Reloader
-	Log      *slog.Logger
+	Log    *slog.Logger
 
 	s        *settings.Settings
 	eng      *reconcile.Engine
@@ -255,9 +252,6 @@ func monotonicUsec() int64 {
 func (d *Daemon) configure(s *settings.Settings) error {
 	d.s, d.eng = s, newEngine(s)
 	d.limiter = rate.NewLimiter(rate.Every(s.ReloadInterval), s.ReloadBurst)
-	if d.reloader != nil {
-		return nil
-	}
 	bin, err := d.eng.Validator.Binary()
 	if err != nil {
 		return err
@@ -266,8 +260,6 @@ func (d *Daemon) configure(s *settings.Settings) error {
 		d.cli = &reload.MasterCLI{Path: s.MasterSocket}
 	}
 	switch {
-	case d.Reloader != nil:
-		d.reloader = d.Reloader
 	case s.Reload == "managed":
 		d.managed = &reload.Managed{Haproxy: bin, Config: s.OutputConfig, CLI: d.cli,
 			PIDFile: filepath.Join(s.StateDir, "haproxy.pid"), Log: d.Log}
