@@ -20,107 +20,6 @@ import (
 	"haproxy-config/watcher"
 )
 
-// crashDaemon is a "haproxy-config watch" the test may kill with SIGKILL.
-type crashDaemon struct {
-	in      *install
-	cmd     *exec.Cmd
-	log     string
-	exited  chan struct{}
-	haproxy int // the managed HAProxy master's PID once ready
-}
-
-// startCrashDaemon starts the watcher and waits until it reports ready and
-// its HAProxy master is known. The test's cleanup stops the daemon (if it
-// still runs) and kills its HAProxy, by PID.
-func (in *install) startCrashDaemon(t *testing.T, extra ...string) *crashDaemon {
-	t.Helper()
-	requireHaproxy(t)
-	d := &crashDaemon{in: in, exited: make(chan struct{}),
-		log: filepath.Join(in.root, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
-	logFile, err := os.Create(d.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	d.cmd = exec.Command(binary, "watch")
-	d.cmd.Env = childEnv(in.with(extra...))
-	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start watch: %v", err)
-	}
-	go func() {
-		_ = d.cmd.Wait()
-		close(d.exited)
-	}()
-	t.Cleanup(func() { d.stop(t) })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := watcher.ReadStatus(in.stateDir())
-		if err == nil && st.PID == d.cmd.Process.Pid && st.State == "ready" {
-			break
-		}
-		select {
-		case <-d.exited:
-			t.Fatalf("watch exited at start:\n%s", crashTail(d.log, 40))
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("watch not ready after 30s:\n%s", crashTail(d.log, 40))
-		}
-	}
-	data, err := os.ReadFile(filepath.Join(in.stateDir(), "haproxy.pid"))
-	if err != nil {
-		t.Fatalf("ready daemon without an haproxy.pid: %v", err)
-	}
-	d.haproxy, err = strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || !crashRuns(in.root, d.haproxy) {
-		t.Fatalf("haproxy.pid %q names no running HAProxy of this installation (%v)", data, err)
-	}
-	return d
-}
-
-func (d *crashDaemon) pid() int { return d.cmd.Process.Pid }
-
-// kill9 kills the daemon with SIGKILL and reaps it.
-func (d *crashDaemon) kill9() {
-	_ = d.cmd.Process.Kill()
-	<-d.exited
-}
-
-// stop ends the daemon with SIGTERM (SIGKILL after 20 s) unless it has
-// exited, then kills whatever HAProxy of the installation it left.
-func (d *crashDaemon) stop(t *testing.T) {
-	select {
-	case <-d.exited:
-	default:
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.exited:
-		case <-time.After(20 * time.Second):
-			t.Errorf("watch (pid %d) did not stop on SIGTERM within 20s; killing it", d.pid())
-			d.kill9()
-		}
-	}
-	crashKill(d.in.root, d.haproxy)
-	d.in.killHaproxy()
-}
-
-// crashCmdline returns a process's command line, "" for a zombie or a
-// process that is gone.
-func crashCmdline(pid int) string {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return ""
-	}
-	return strings.ReplaceAll(string(data), "\x00", " ")
-}
-
-// crashRuns reports whether pid is a live process whose command line names
-// a path under root.
-func crashRuns(root string, pid int) bool {
-	return pid > 1 && strings.Contains(crashCmdline(pid), root+"/")
-}
-
 // crashParent returns a process's parent PID, 0 when it is gone.
 func crashParent(pid int) int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -142,7 +41,7 @@ func crashProcs(root string) []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range entries {
-		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != os.Getpid() && crashRuns(root, pid) {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != os.Getpid() && runsUnder(root, pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -161,7 +60,7 @@ func crashDescribe(root string, pid int) string {
 		}
 	}
 	for _, p := range pids {
-		fmt.Fprintf(&b, "\n  pid %d (parent %d): %s", p, crashParent(p), crashCmdline(p))
+		fmt.Fprintf(&b, "\n  pid %d (parent %d): %s", p, crashParent(p), cmdlineOf(p))
 		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
 		for _, l := range strings.Split(string(data), "\n") {
 			for _, k := range []string{"State:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:"} {
@@ -172,21 +71,6 @@ func crashDescribe(root string, pid int) string {
 		}
 	}
 	return b.String()
-}
-
-// crashKill ends pid (SIGTERM, then SIGKILL) if it still runs as a
-// process of the installation under root.
-func crashKill(root string, pid int) {
-	if !crashRuns(root, pid) {
-		return
-	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 100 && crashRuns(root, pid); i++ {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if crashRuns(root, pid) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
 }
 
 // crashTail returns the last n lines of a daemon log, leaving out what
@@ -308,7 +192,7 @@ func TestWatchCrash(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		for _, pid := range crashProcs(in.root) {
-			t.Errorf("process %d still runs after the test: %s", pid, crashCmdline(pid))
+			t.Errorf("process %d still runs after the test: %s", pid, cmdlineOf(pid))
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -327,7 +211,7 @@ func TestWatchCrash(t *testing.T) {
 	expect[victim] = crashVersion{}
 	inputs := t.TempDir()
 
-	cur := in.startCrashDaemon(t, env...)
+	cur := in.startDaemon(t, env...)
 	outcomes := map[string]int{}
 	orphans := 0     // HAProxy masters that outlived their killed daemon
 	interrupted := 0 // apply --wait runs whose daemon was killed while they waited
@@ -469,7 +353,7 @@ func TestWatchCrash(t *testing.T) {
 		// the HAProxy of the killed daemon soft-stops by itself (its
 		// parent-death signal) unless the kill came in the middle of a
 		// reload, which loses the signal; the new daemon stops it then
-		for deadline := time.Now().Add(2 * time.Second); crashRuns(in.root, killed.haproxy); time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(2 * time.Second); runsUnder(in.root, killed.haproxy); time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				orphans++
 				t.Logf("round %d: HAProxy %d of the killed daemon still runs 2s after the kill; the daemon's last reload steps:\n%s",
@@ -478,12 +362,12 @@ func TestWatchCrash(t *testing.T) {
 			}
 		}
 
-		cur = in.startCrashDaemon(t, env...)
+		cur = in.startDaemon(t, env...)
 		if cur.haproxy == killed.haproxy {
 			t.Fatalf("round %d: the new daemon reports the old HAProxy %d", round, cur.haproxy)
 		}
 		eventually(t, 10*time.Second, fmt.Sprintf("round %d: HAProxy %d of the killed daemon gone", round, killed.haproxy), func() error {
-			if crashRuns(in.root, killed.haproxy) {
+			if runsUnder(in.root, killed.haproxy) {
 				return fmt.Errorf("still running beside the new daemon's HAProxy %d:%s", cur.haproxy, crashDescribe(in.root, killed.haproxy))
 			}
 			return nil
@@ -579,7 +463,7 @@ func TestWatchCrash(t *testing.T) {
 		for _, pid := range crashProcs(in.root) {
 			if pp := crashParent(pid); pid != cur.haproxy && pp != cur.haproxy && pp != cur.pid() {
 				t.Fatalf("round %d: process %d (parent %d) runs beside the new daemon's HAProxy %d: %s",
-					round, pid, pp, cur.haproxy, crashCmdline(pid))
+					round, pid, pp, cur.haproxy, cmdlineOf(pid))
 			}
 		}
 		if victimOutcome == "" {

@@ -22,18 +22,22 @@ import (
 
 // daemon is a running "haproxy-config watch" with its managed HAProxy.
 type daemon struct {
-	in  *install
-	cmd *exec.Cmd
-	log string // its stderr
+	in      *install
+	cmd     *exec.Cmd
+	log     string // its stderr
+	exited  chan struct{}
+	haproxy int // the managed HAProxy master's PID once ready
 }
 
 // startDaemon starts the watcher on the installation and waits until it
-// reports ready. The test's cleanup stops it (SIGTERM, then SIGKILL) and
-// any HAProxy it left, by PID.
+// reports ready and its HAProxy master runs. The test's cleanup stops it
+// (SIGTERM, then SIGKILL) unless it already exited, and kills any HAProxy
+// of the installation it left, by PID.
 func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 	t.Helper()
 	requireHaproxy(t)
-	d := &daemon{in: in, log: filepath.Join(in.root, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
+	d := &daemon{in: in, exited: make(chan struct{}),
+		log: filepath.Join(in.root, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
 	logFile, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
@@ -45,20 +49,19 @@ func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("start watch: %v", err)
 	}
-	exited := make(chan struct{})
 	go func() {
 		_ = d.cmd.Wait()
-		close(exited)
+		close(d.exited)
 	}()
-	t.Cleanup(func() { d.stop(t, exited) })
+	t.Cleanup(func() { d.stop(t) })
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := watcher.ReadStatus(in.stateDir())
-		if err == nil && st.PID == d.cmd.Process.Pid && st.State == "ready" {
-			return d
+		if err == nil && st.PID == d.pid() && st.State == "ready" {
+			break
 		}
 		select {
-		case <-exited:
+		case <-d.exited:
 			t.Fatalf("watch exited at start:\n%s", d.output())
 		case <-time.After(20 * time.Millisecond):
 		}
@@ -66,47 +69,83 @@ func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 			t.Fatalf("watch not ready after 30s:\n%s", d.output())
 		}
 	}
+	d.haproxy = in.haproxyPID()
+	if !runsUnder(in.root, d.haproxy) {
+		t.Fatalf("the ready daemon's haproxy.pid names no running HAProxy of this installation (%d)", d.haproxy)
+	}
+	return d
 }
+
+func (d *daemon) pid() int { return d.cmd.Process.Pid }
 
 func (d *daemon) output() string {
 	data, _ := os.ReadFile(d.log)
 	return string(data)
 }
 
-// stop ends the daemon and makes sure no HAProxy of this installation
-// outlives the test.
-func (d *daemon) stop(t testing.TB, exited <-chan struct{}) {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(20 * time.Second):
-		t.Errorf("watch did not stop on SIGTERM within 20s; killing it")
-		_ = d.cmd.Process.Kill()
-		<-exited
-	}
-	d.in.killHaproxy()
+// kill9 kills the daemon with SIGKILL and reaps it.
+func (d *daemon) kill9() {
+	_ = d.cmd.Process.Kill()
+	<-d.exited
 }
 
-// killHaproxy kills the managed HAProxy master named by the PID file, if
-// it still runs (after a kill -9 of the daemon it soft-stops by itself).
-func (in *install) killHaproxy() {
+// stop ends the daemon unless it has exited and makes sure no HAProxy of
+// this installation it started outlives the test.
+func (d *daemon) stop(t testing.TB) {
+	select {
+	case <-d.exited:
+	default:
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(20 * time.Second):
+			t.Errorf("watch (pid %d) did not stop on SIGTERM within 20s; killing it", d.pid())
+			d.kill9()
+		}
+	}
+	killUnder(d.in.root, d.haproxy)
+	killUnder(d.in.root, d.in.haproxyPID())
+}
+
+// haproxyPID is the managed HAProxy master the PID file names, 0 if none.
+func (in *install) haproxyPID() int {
 	data, err := os.ReadFile(filepath.Join(in.stateDir(), "haproxy.pid"))
 	if err != nil {
-		return
+		return 0
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 1 {
-		return
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid
+}
+
+// cmdlineOf returns a process's command line, "" for a zombie or a
+// process that is gone.
+func cmdlineOf(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmdline), in.root) {
+	return strings.ReplaceAll(string(data), "\x00", " ")
+}
+
+// runsUnder reports whether pid is a live process whose command line names
+// a path under root.
+func runsUnder(root string, pid int) bool {
+	return pid > 1 && strings.Contains(cmdlineOf(pid), root+"/")
+}
+
+// killUnder ends pid (SIGTERM, then SIGKILL) if it still runs as a
+// process of the installation under root.
+func killUnder(root string, pid int) {
+	if !runsUnder(root, pid) {
 		return
 	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+	for i := 0; i < 100 && runsUnder(root, pid); i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
+	if runsUnder(root, pid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 // status reads the daemon's report.

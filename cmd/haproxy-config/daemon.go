@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -183,10 +184,7 @@ func rollback(c *cli.Context, e *reconcile.Engine) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "holding generation %d: the daemon serves it and leaves changes pending until haproxy-config resume\n", h.Generation)
-	if !c.Bool("wait") {
-		return nil
-	}
-	return waitGeneration(c, e, n)
+	return waitIf(c, func(ctx context.Context) error { return watcher.WaitGeneration(ctx, e, n) })
 }
 
 // previousGeneration is the newest kept generation older than the live one.
@@ -209,16 +207,6 @@ func previousGeneration(e *reconcile.Engine) (int, error) {
 	return 0, usageErr("rollback: no generation older than the live one (%d) is kept; see haproxy-config history", live)
 }
 
-func waitGeneration(c *cli.Context, e *reconcile.Engine, n int) error {
-	ctx, cancel := contextTimeout(c)
-	defer cancel()
-	if err := watcher.WaitGeneration(ctx, e, n); err != nil {
-		return err
-	}
-	fmt.Fprintln(c.App.Writer, "live")
-	return nil
-}
-
 func resume(c *cli.Context, e *reconcile.Engine) error {
 	released, err := e.ReleaseHold()
 	if err != nil {
@@ -229,14 +217,5 @@ func resume(c *cli.Context, e *reconcile.Engine) error {
 		return nil
 	}
 	fmt.Fprintln(c.App.Writer, "hold released: the daemon serves the stored fragments again")
-	if !c.Bool("wait") {
-		return nil
-	}
-	ctx, cancel := contextTimeout(c)
-	defer cancel()
-	if err := watcher.WaitResumed(ctx, e); err != nil {
-		return err
-	}
-	fmt.Fprintln(c.App.Writer, "live")
-	return nil
+	return waitIf(c, func(ctx context.Context) error { return watcher.WaitResumed(ctx, e) })
 }

@@ -220,23 +220,26 @@ var waitFlags = []cli.Flag{
 	&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "how long --wait waits"},
 }
 
-func contextTimeout(c *cli.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.Context, c.Duration("timeout"))
+// waitIf runs wait with --timeout when --wait is given, and prints "live"
+// once it returns without error.
+func waitIf(c *cli.Context, wait func(ctx context.Context) error) error {
+	if !c.Bool("wait") {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	defer cancel()
+	if err := wait(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintln(c.App.Writer, "live")
+	return nil
 }
 
 // waitLive waits, when --wait is given, for the daemon to serve fragment
 // name at checksum ("" for gone).
 func waitLive(c *cli.Context, e *reconcile.Engine, name, checksum string) error {
-	if !c.Bool("wait") {
-		return nil
-	}
-	ctx, cancel := contextTimeout(c)
-	defer cancel()
-	if err := watcher.Wait(ctx, e, name, checksum, time.Now()); err != nil {
-		return err
-	}
-	fmt.Fprintln(c.App.Writer, "live")
-	return nil
+	committed := time.Now()
+	return waitIf(c, func(ctx context.Context) error { return watcher.Wait(ctx, e, name, checksum, committed) })
 }
 
 func withEngine(action func(*cli.Context, *reconcile.Engine) error) cli.ActionFunc {
