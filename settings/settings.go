@@ -62,7 +62,39 @@ type Settings struct {
 	Rescan         time.Duration
 	VerifyTimeout  time.Duration
 	MetricsAddr    string
+
+	ACME ACME
 }
+
+// ACME are the certificate settings.
+type ACME struct {
+	Enabled      bool
+	Directory    string
+	Email        string
+	KeyType      string
+	Profile      string
+	EABKeyID     string
+	EABHMAC      string
+	ExtraDomains []string
+	CheckDNS     bool
+	Addresses    []string
+	ARI          bool
+	Orders       int
+	OrderWindow  time.Duration
+	InFlight     int
+	BackoffMin   time.Duration
+	BackoffMax   time.Duration
+	RemoveGrace  time.Duration
+}
+
+// Let's Encrypt's directories; ACME_STAGING picks the second.
+const (
+	LetsEncrypt        = "https://acme-v02.api.letsencrypt.org/directory"
+	LetsEncryptStaging = "https://acme-staging-v02.api.letsencrypt.org/directory"
+)
+
+// KeyTypes are the certificate key types ACME_KEY_TYPE accepts.
+var KeyTypes = []string{"ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"}
 
 // Strategies are the ways the daemon can reload HAProxy.
 var Strategies = []string{"managed", "master-socket", "systemd", "command"}
@@ -210,6 +242,72 @@ var Keys = []Key{
 			}
 			return addr(func(s *Settings) *string { return &s.MetricsAddr })(s, v)
 		}},
+	{"ACME", "acme", "obtain and renew certificates for every mapped domain (`BOOL`)",
+		fixed("false"), boolean(func(s *Settings) *bool { return &s.ACME.Enabled })},
+	{"ACME_DIRECTORY", "acme-directory", "ACME directory `URL` (Let's Encrypt by default; any RFC 8555 CA)",
+		fixed(LetsEncrypt), str(func(s *Settings) *string { return &s.ACME.Directory })},
+	{"ACME_STAGING", "acme-staging", "use Let's Encrypt's staging directory instead of the default one (`BOOL`)",
+		fixed("false"), func(s *Settings, v string) error {
+			staging, err := parseBool(v)
+			if staging && s.ACME.Directory == LetsEncrypt {
+				s.ACME.Directory = LetsEncryptStaging
+			}
+			return err
+		}},
+	{"ACME_EMAIL", "acme-email", "contact `ADDRESS` of the ACME account (expiry notices)",
+		fixed(""), str(func(s *Settings) *string { return &s.ACME.Email })},
+	{"ACME_KEY_TYPE", "acme-key-type", "certificate key `TYPE`: " + strings.Join(KeyTypes, ", "),
+		fixed("ec256"), func(s *Settings, v string) error {
+			if !slices.Contains(KeyTypes, v) {
+				return fmt.Errorf("%q is not one of %s", v, strings.Join(KeyTypes, ", "))
+			}
+			s.ACME.KeyType = v
+			return nil
+		}},
+	{"ACME_PROFILE", "acme-profile", "certificate `PROFILE` to ask the CA for (empty: the CA's default)",
+		fixed(""), str(func(s *Settings) *string { return &s.ACME.Profile })},
+	{"ACME_EAB_KID", "acme-eab-kid", "External Account Binding key `ID`, for CAs that require one",
+		fixed(""), str(func(s *Settings) *string { return &s.ACME.EABKeyID })},
+	{"ACME_EAB_HMAC", "acme-eab-hmac", "External Account Binding `KEY` (base64url)",
+		fixed(""), str(func(s *Settings) *string { return &s.ACME.EABHMAC })},
+	{"ACME_EXTRA_DOMAINS", "acme-extra-domains", "`NAMES` to keep certificates for besides the mapped domains (comma-separated)",
+		fixed(""), list(func(s *Settings) *[]string { return &s.ACME.ExtraDomains })},
+	{"ACME_CHECK_DNS", "acme-check-dns", "order only for domains that resolve to one of this balancer's addresses (`BOOL`)",
+		fixed("true"), boolean(func(s *Settings) *bool { return &s.ACME.CheckDNS })},
+	{"ACME_ADDRESSES", "acme-addresses", "this balancer's public `IPS` for the DNS check (comma-separated; empty: the addresses of its interfaces)",
+		fixed(""), list(func(s *Settings) *[]string { return &s.ACME.Addresses })},
+	{"ACME_ARI", "acme-ari", "ask the CA when to renew (ACME Renewal Information, RFC 9773) when it offers it (`BOOL`)",
+		fixed("true"), boolean(func(s *Settings) *bool { return &s.ACME.ARI })},
+	{"ACME_ORDERS", "acme-orders", "new orders allowed per ACME_ORDER_WINDOW (`N`; Let's Encrypt allows 300 per 3 hours)",
+		fixed("300"), atLeast(1, func(s *Settings) *int { return &s.ACME.Orders })},
+	{"ACME_ORDER_WINDOW", "acme-order-window", "the `DURATION` ACME_ORDERS counts over",
+		fixed("3h"), duration(func(s *Settings) *time.Duration { return &s.ACME.OrderWindow })},
+	{"ACME_IN_FLIGHT", "acme-in-flight", "orders in flight at once (`N`)",
+		fixed("4"), atLeast(1, func(s *Settings) *int { return &s.ACME.InFlight })},
+	{"ACME_BACKOFF_MIN", "acme-backoff-min", "first retry `DURATION` after a failed order; it doubles with each failure",
+		fixed("5m"), duration(func(s *Settings) *time.Duration { return &s.ACME.BackoffMin })},
+	{"ACME_BACKOFF_MAX", "acme-backoff-max", "longest retry `DURATION` after failed orders",
+		fixed("6h"), duration(func(s *Settings) *time.Duration { return &s.ACME.BackoffMax })},
+	{"ACME_REMOVE_GRACE", "acme-remove-grace", "how long (`DURATION`) a certificate stays in HAProxy after its domain left the map",
+		fixed("24h"), duration(func(s *Settings) *time.Duration { return &s.ACME.RemoveGrace })},
+}
+
+func boolean(dst func(*Settings) *bool) func(*Settings, string) error {
+	return func(s *Settings, v string) (err error) {
+		*dst(s), err = parseBool(v)
+		return err
+	}
+}
+
+func atLeast(low int, dst func(*Settings) *int) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < low {
+			return fmt.Errorf("%q is not a whole number of at least %d", v, low)
+		}
+		*dst(s) = n
+		return nil
+	}
 }
 
 func duration(dst func(*Settings) *time.Duration) func(*Settings, string) error {

@@ -32,6 +32,20 @@ func writeFile(t *testing.T, content string) string {
 	return path
 }
 
+// acmeDefaults are the built-in certificate settings.
+var acmeDefaults = ACME{
+	Directory:   LetsEncrypt,
+	KeyType:     "ec256",
+	CheckDNS:    true,
+	ARI:         true,
+	Orders:      300,
+	OrderWindow: 3 * time.Hour,
+	InFlight:    4,
+	BackoffMin:  5 * time.Minute,
+	BackoffMax:  6 * time.Hour,
+	RemoveGrace: 24 * time.Hour,
+}
+
 // builtIn are the settings with every built-in default under root.
 func builtIn(root, defaultsFile string) *Settings {
 	return &Settings{
@@ -62,6 +76,7 @@ func builtIn(root, defaultsFile string) *Settings {
 		ReloadBurst:      3,
 		Rescan:           time.Minute,
 		VerifyTimeout:    30 * time.Second,
+		ACME:             acmeDefaults,
 	}
 }
 
@@ -98,6 +113,7 @@ func TestLoadBuiltInDefaults(t *testing.T) {
 		ReloadBurst:      3,
 		Rescan:           time.Minute,
 		VerifyTimeout:    30 * time.Second,
+		ACME:             acmeDefaults,
 	}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("Load:\n got %+v\nwant %+v", s, want)

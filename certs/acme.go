@@ -1,0 +1,253 @@
+package certs
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/go-acme/lego/v4/acme"
+	"github.com/go-acme/lego/v4/acme/api"
+	"github.com/go-acme/lego/v4/certcrypto"
+	"github.com/go-acme/lego/v4/certificate"
+	"github.com/go-acme/lego/v4/lego"
+	legolog "github.com/go-acme/lego/v4/log"
+	"github.com/go-acme/lego/v4/registration"
+	"github.com/google/renameio/v2"
+)
+
+// Issued is a certificate fresh from the CA.
+type Issued struct {
+	Chain []byte // leaf first, then the issuers, PEM
+	Key   []byte // PEM
+	Leaf  *x509.Certificate
+}
+
+// Issuer obtains certificates; the manager talks to the CA only through
+// it, so its tests use a fake one.
+type Issuer interface {
+	// Obtain orders a certificate for domain; replaces names the
+	// certificate it renews (RFC 9773 section 5), or is empty.
+	Obtain(domain, replaces string) (*Issued, error)
+	// RenewalInfo asks the CA when to renew cert; ErrNoARI when the CA
+	// does not offer renewal information.
+	RenewalInfo(cert *x509.Certificate) (*certificate.RenewalInfoResponse, error)
+}
+
+// ErrNoARI is RenewalInfo's answer when the CA has no renewal information.
+var ErrNoARI = api.ErrNoARI
+
+// ACMEConfig is what the ACME client needs from the settings.
+type ACMEConfig struct {
+	Directory string
+	Email     string
+	KeyType   string // ec256, ec384, rsa2048, rsa3072, rsa4096
+	Profile   string
+	EABKeyID  string
+	EABHMAC   string
+	StateDir  string // the account lives under StateDir/acme/<CA host>/
+}
+
+var keyTypes = map[string]certcrypto.KeyType{
+	"ec256": certcrypto.EC256, "ec384": certcrypto.EC384,
+	"rsa2048": certcrypto.RSA2048, "rsa3072": certcrypto.RSA3072, "rsa4096": certcrypto.RSA4096,
+}
+
+// account is the ACME account as lego's registration.User.
+type account struct {
+	Email        string                 `json:"email"`
+	Registration *registration.Resource `json:"registration"`
+	key          crypto.PrivateKey
+}
+
+func (a *account) GetEmail() string                        { return a.Email }
+func (a *account) GetRegistration() *registration.Resource { return a.Registration }
+func (a *account) GetPrivateKey() crypto.PrivateKey        { return a.key }
+
+// ACME is the Issuer backed by lego.
+type ACME struct {
+	client  *lego.Client
+	profile string
+}
+
+// AccountDir is where the account for directory is kept.
+func AccountDir(stateDir, directory string) string {
+	host := "ca"
+	if u, err := url.Parse(directory); err == nil && u.Host != "" {
+		host = strings.NewReplacer(":", "_", "/", "_").Replace(u.Host)
+	}
+	return filepath.Join(stateDir, "acme", host)
+}
+
+// NewACME loads the account (creating and registering it the first time)
+// and returns a client whose requests end when ctx does. The challenge
+// provider answers HTTP-01 challenges.
+func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, logger *slog.Logger) (*ACME, error) {
+	legolog.Logger = log.New(slogWriter{logger}, "", 0)
+	if paths := os.Getenv("LEGO_CA_CERTIFICATES"); paths != "" {
+		// lego panics on an unreadable file: say which one instead
+		for _, p := range filepath.SplitList(paths) {
+			if _, err := os.Stat(p); err != nil {
+				return nil, fmt.Errorf("LEGO_CA_CERTIFICATES: %w", err)
+			}
+		}
+	}
+	dir := AccountDir(cfg.StateDir, cfg.Directory)
+	acct, err := loadAccount(dir, cfg.Email)
+	if err != nil {
+		return nil, err
+	}
+	lc := lego.NewConfig(acct)
+	lc.CADirURL = cfg.Directory
+	lc.UserAgent = "haproxy-config"
+	lc.Certificate.KeyType = keyTypes[cfg.KeyType]
+	lc.Certificate.Timeout = time.Minute
+	lc.HTTPClient.Timeout = time.Minute
+	lc.HTTPClient.Transport = ctxTransport{ctx: ctx, base: lc.HTTPClient.Transport}
+	client, err := lego.NewClient(lc)
+	if err != nil {
+		return nil, fmt.Errorf("acme directory %s: %w", cfg.Directory, err)
+	}
+	if err := client.Challenge.SetHTTP01Provider(provider); err != nil {
+		return nil, err
+	}
+	if acct.Registration == nil {
+		if cfg.EABKeyID != "" {
+			acct.Registration, err = client.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{
+				TermsOfServiceAgreed: true, Kid: cfg.EABKeyID, HmacEncoded: cfg.EABHMAC})
+		} else {
+			acct.Registration, err = client.Registration.Register(registration.RegisterOptions{TermsOfServiceAgreed: true})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("register acme account at %s: %w", cfg.Directory, err)
+		}
+		if err := saveAccount(dir, acct); err != nil {
+			return nil, err
+		}
+		logger.Info("acme account registered", "directory", cfg.Directory, "account", acct.Registration.URI)
+	}
+	return &ACME{client: client, profile: cfg.Profile}, nil
+}
+
+// Obtain orders a certificate for one domain with a fresh key.
+func (a *ACME) Obtain(domain, replaces string) (*Issued, error) {
+	res, err := a.client.Certificate.Obtain(certificate.ObtainRequest{
+		Domains: []string{domain}, Bundle: true, Profile: a.profile, ReplacesCertID: replaces})
+	if err != nil {
+		return nil, err
+	}
+	certs, err := certcrypto.ParsePEMBundle(res.Certificate)
+	if err != nil || len(certs) == 0 {
+		return nil, fmt.Errorf("certificate from the CA: %v", err)
+	}
+	return &Issued{Chain: res.Certificate, Key: res.PrivateKey, Leaf: certs[0]}, nil
+}
+
+// RenewalInfo asks the CA's renewal information for cert.
+func (a *ACME) RenewalInfo(cert *x509.Certificate) (*certificate.RenewalInfoResponse, error) {
+	return a.client.Certificate.GetRenewalInfo(certificate.RenewalInfoRequest{Cert: cert})
+}
+
+// ARICertID is the RFC 9773 identifier of cert, for "replaces".
+func ARICertID(cert *x509.Certificate) string {
+	id, err := certificate.MakeARICertID(cert)
+	if err != nil {
+		return ""
+	}
+	return id
+}
+
+// retryAfter is how long a rate-limited error asks to wait, 0 if err is
+// not one or names no time.
+func retryAfter(err error) time.Duration {
+	var rl *acme.RateLimitedError
+	if !errors.As(err, &rl) || rl.RetryAfter == "" {
+		return 0
+	}
+	d, perr := api.ParseRetryAfter(rl.RetryAfter)
+	if perr != nil {
+		return 0
+	}
+	return d
+}
+
+func loadAccount(dir, email string) (*account, error) {
+	keyPath := filepath.Join(dir, "account.key")
+	acct := &account{Email: email}
+	keyPEM, err := os.ReadFile(keyPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		key, err := certcrypto.GeneratePrivateKey(certcrypto.EC256)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("acme account directory: %w", err)
+		}
+		if err := renameio.WriteFile(keyPath, certcrypto.PEMEncode(key), 0o600); err != nil {
+			return nil, fmt.Errorf("write acme account key: %w", err)
+		}
+		acct.key = key
+		return acct, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("acme account key: %w", err)
+	}
+	if acct.key, err = certcrypto.ParsePEMPrivateKey(keyPEM); err != nil {
+		return nil, fmt.Errorf("acme account key %s: %w", keyPath, err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "account.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return acct, nil // key made, registration not finished: register again
+	}
+	if err != nil {
+		return nil, fmt.Errorf("acme account: %w", err)
+	}
+	if err := json.Unmarshal(data, acct); err != nil {
+		return nil, fmt.Errorf("acme account %s: %w", filepath.Join(dir, "account.json"), err)
+	}
+	if email != "" {
+		acct.Email = email
+	}
+	return acct, nil
+}
+
+func saveAccount(dir string, acct *account) error {
+	data, err := json.MarshalIndent(acct, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := renameio.WriteFile(filepath.Join(dir, "account.json"), append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write acme account: %w", err)
+	}
+	return nil
+}
+
+// ctxTransport ends lego's requests when the manager stops: lego's calls
+// take no context.
+type ctxTransport struct {
+	ctx  context.Context
+	base http.RoundTripper
+}
+
+func (t ctxTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	return t.base.RoundTrip(r.WithContext(t.ctx))
+}
+
+// slogWriter passes lego's log lines to slog.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Info(strings.TrimSpace(string(p)), "component", "lego")
+	return len(p), nil
+}

@@ -1,0 +1,611 @@
+package certs
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// RenewDir holds renewal requests ("certs renew"): one empty file per
+// domain, or AllDomains. The manager takes and deletes them.
+const RenewDir = "acme/renew"
+
+// AllDomains is the renewal request for every domain.
+const AllDomains = "_all"
+
+// Loader puts certificates into the running HAProxy without a reload.
+type Loader interface {
+	// Load makes HAProxy serve the bundle at path for domain, adding it
+	// to the crt-list if HAProxy does not list it yet.
+	Load(ctx context.Context, path string, bundle []byte, domain string) error
+	// Unload takes the certificate at path out of the crt-list and out of
+	// HAProxy.
+	Unload(ctx context.Context, path string) error
+}
+
+// Manager keeps a certificate for every wanted domain: it orders missing
+// ones, renews them on time, backs off on failures within an order budget,
+// hot-loads them into HAProxy and lets go of domains that left.
+type Manager struct {
+	Policy   Policy
+	CertsDir string // the PEM files
+	CrtList  string // the crt-list HAProxy loads
+	StateDir string
+	// Issuer connects to the CA; it is called again after a failure, so
+	// a CA unreachable at start does not stop the daemon.
+	Issuer func(ctx context.Context) (Issuer, error)
+	Loader Loader // nil: files only, every change needs a reload
+	// Reload asks the daemon for a reload: the fallback when Loader fails
+	Reload func(reason string)
+	// Resolve looks a name up for the DNS check; nil skips the check
+	Resolve func(ctx context.Context, host string) ([]net.IPAddr, error)
+	// Addresses are this balancer's: a domain is ordered only when it
+	// resolves to one of them (with Resolve set)
+	Addresses []net.IP
+	ARI       bool
+	Extra     []string // domains wanted besides the mapped ones
+	Log       *slog.Logger
+	Now       func() time.Time
+	Jitter    Jitter
+
+	mu        sync.Mutex
+	st        *State
+	wanted    map[string]bool
+	protected map[string]bool
+	domains   bool // SetDomains was called: before, nothing is removed
+	running   map[string]bool
+	issuer    Issuer
+	issuerErr string
+	results   chan result
+	wake      chan struct{}
+	jobs      sync.WaitGroup
+}
+
+type jobKind int
+
+const (
+	orderJob jobKind = iota
+	ariJob
+)
+
+type result struct {
+	kind     jobKind
+	domain   string
+	reserved time.Time // the order budget entry, given back when no order was made
+	ordered  bool      // the order reached the CA
+	issued   *Issued
+	ari      *ariAdvice
+	err      error
+}
+
+type ariAdvice struct {
+	renewAt time.Time
+	checkAt time.Time
+}
+
+// Init reads the persisted state and makes the files agree with it. Run
+// calls it; the daemon calls it earlier so status can report certificates
+// while HAProxy starts.
+func (m *Manager) Init() error {
+	if m.Now == nil {
+		m.Now = time.Now
+	}
+	if m.Jitter == nil {
+		m.Jitter = func(n time.Duration) time.Duration { return rand.N(n) }
+	}
+	st, err := ReadState(m.StateDir)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.st = st
+	m.running = map[string]bool{}
+	m.results = make(chan result)
+	m.wake = make(chan struct{}, 1)
+	for _, d := range st.Domains {
+		if d.File == "" {
+			continue
+		}
+		if leaf, err := readLeaf(filepath.Join(m.CertsDir, d.File)); err != nil {
+			m.Log.Warn("certificate file unreadable: ordering a new one", "domain", d.Name, "err", err)
+			d.File = ""
+		} else {
+			d.NotBefore, d.NotAfter = leaf.NotBefore, leaf.NotAfter
+		}
+	}
+	return m.saveLocked()
+}
+
+// SetDomains tells the manager the mapped domains (from the live map) and
+// the protected ones (named by any stored fragment, quarantined or not):
+// a protected domain's certificate is never removed.
+func (m *Manager) SetDomains(mapped, protected []string) {
+	wanted := map[string]bool{}
+	for _, name := range slices.Concat(mapped, m.Extra) {
+		name = strings.ToLower(strings.TrimSuffix(name, "."))
+		if ValidDomain(name) && !strings.HasPrefix(name, "*.") {
+			wanted[name] = true
+		}
+	}
+	prot := map[string]bool{}
+	for _, name := range protected {
+		prot[strings.ToLower(name)] = true
+	}
+	m.mu.Lock()
+	m.wanted, m.protected, m.domains = wanted, prot, true
+	m.mu.Unlock()
+	m.poke()
+}
+
+// IssuerError is why the CA could not be reached, "" when it could.
+func (m *Manager) IssuerError() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.issuerErr
+}
+
+func (m *Manager) poke() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Snapshot returns a copy of the state.
+func (m *Manager) Snapshot() *State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cp := &State{Domains: map[string]*Domain{}, Orders: slices.Clone(m.st.Orders), OrdersTotal: m.st.OrdersTotal}
+	for name, d := range m.st.Domains {
+		c := *d
+		cp.Domains[name] = &c
+	}
+	return cp
+}
+
+// InFlight is the number of jobs (orders, renewal-information checks)
+// running.
+func (m *Manager) InFlight() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.running)
+}
+
+// Run keeps certificates until ctx ends, then waits for the jobs it
+// started (their requests end with ctx).
+func (m *Manager) Run(ctx context.Context) error {
+	if m.st == nil {
+		if err := m.Init(); err != nil {
+			return err
+		}
+	}
+	renewDir := filepath.Join(m.StateDir, RenewDir)
+	if err := os.MkdirAll(renewDir, 0o750); err != nil {
+		return fmt.Errorf("renewal requests: %w", err)
+	}
+	fsw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch renewal requests: %w", err)
+	}
+	defer fsw.Close()
+	if err := fsw.Add(renewDir); err != nil {
+		return fmt.Errorf("watch renewal requests: %w", err)
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if next := m.tick(ctx); next.IsZero() {
+			timer.Stop()
+		} else {
+			timer.Reset(max(next.Sub(m.Now()), 0))
+		}
+		select {
+		case <-ctx.Done():
+			done := make(chan struct{})
+			go func() {
+				m.jobs.Wait()
+				close(done)
+			}()
+			for { // let finishing jobs deliver, then stop
+				select {
+				case <-m.results:
+				case <-done:
+					return nil
+				}
+			}
+		case <-m.wake:
+		case <-timer.C:
+		case <-fsw.Events:
+		case err := <-fsw.Errors:
+			m.Log.Warn("watching renewal requests", "err", err)
+		case r := <-m.results:
+			m.finish(ctx, r)
+		}
+	}
+}
+
+// tick does what is due at the current time and returns when to look
+// again (zero: only on a change).
+func (m *Manager) tick(ctx context.Context) time.Time {
+	now := m.Now()
+	m.takeRequests(now)
+	m.mu.Lock()
+	if m.domains && m.st.setDomains(now, m.wanted) {
+		m.saveLocked()
+	}
+	expired := m.st.expired(now, m.Policy, m.protected)
+	m.mu.Unlock()
+	for _, d := range expired {
+		m.remove(ctx, d)
+	}
+
+	m.mu.Lock()
+	connect := m.issuer == nil && m.needsIssuer(now)
+	m.mu.Unlock()
+	if connect {
+		// outside the lock: status must not wait for the network
+		iss, err := m.Issuer(ctx)
+		if err != nil {
+			if m.IssuerError() != err.Error() {
+				m.Log.Error("cannot reach the acme directory: retrying", "err", err)
+			}
+			m.mu.Lock()
+			m.issuerErr = err.Error()
+			m.mu.Unlock()
+			return now.Add(m.Policy.BackoffMin)
+		}
+		m.mu.Lock()
+		m.issuer, m.issuerErr = iss, ""
+		m.mu.Unlock()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.issuer != nil {
+		m.startJobs(ctx, now)
+	}
+	return m.st.nextWake(now, m.Policy, m.running)
+}
+
+// needsIssuer reports whether anything due needs the CA.
+func (m *Manager) needsIssuer(now time.Time) bool {
+	if len(m.st.due(now, m.running)) > 0 {
+		return true
+	}
+	for _, d := range m.st.Domains {
+		if !d.ARICheckAt.IsZero() && !now.Before(d.ARICheckAt) && d.RemovedAt.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// startJobs starts renewal-information checks and orders that are due,
+// within the in-flight bound and the order budget. The state, with the
+// budget entry and a provisional next attempt, is saved before an order
+// starts: a crash during the order does not repeat it at once.
+func (m *Manager) startJobs(ctx context.Context, now time.Time) {
+	for _, d := range m.st.Sorted() {
+		if len(m.running) >= m.Policy.InFlight {
+			return
+		}
+		if d.ARICheckAt.IsZero() || now.Before(d.ARICheckAt) || !d.RemovedAt.IsZero() || d.wants(now) || m.running[d.Name] {
+			continue
+		}
+		d.ARICheckAt = time.Time{}
+		m.launch(ctx, result{kind: ariJob, domain: d.Name}, d)
+	}
+	changed := false
+	for _, d := range m.st.due(now, m.running) {
+		if len(m.running) >= m.Policy.InFlight {
+			break
+		}
+		if ok, _ := m.st.budget(now, m.Policy); !ok {
+			break
+		}
+		m.st.Orders = append(m.st.Orders, now)
+		m.st.OrdersTotal++
+		d.NextAttempt = now.Add(m.Policy.backoff(d.Failures+1, m.Jitter))
+		changed = true
+		m.launch(ctx, result{kind: orderJob, domain: d.Name, reserved: now}, d)
+	}
+	if changed {
+		m.saveLocked()
+	}
+}
+
+// launch runs one job; its result comes back to the Run loop.
+func (m *Manager) launch(ctx context.Context, r result, d *Domain) {
+	m.running[d.Name] = true
+	iss := m.issuer
+	file := ""
+	if d.File != "" {
+		file = filepath.Join(m.CertsDir, d.File)
+	}
+	m.jobs.Add(1)
+	go func() {
+		defer m.jobs.Done()
+		switch r.kind {
+		case orderJob:
+			m.order(ctx, iss, &r, file)
+		case ariJob:
+			m.checkARI(iss, &r, file)
+		}
+		m.results <- r
+	}()
+}
+
+// order checks the domain's DNS and orders its certificate, naming the
+// one it replaces when the CA offers renewal information.
+func (m *Manager) order(ctx context.Context, iss Issuer, r *result, current string) {
+	if err := m.checkDNS(ctx, r.domain); err != nil {
+		r.err = err
+		return
+	}
+	replaces := ""
+	if m.ARI && current != "" {
+		if leaf, err := readLeaf(current); err == nil {
+			replaces = ARICertID(leaf)
+		}
+	}
+	r.ordered = true
+	r.issued, r.err = iss.Obtain(r.domain, replaces)
+	if r.err != nil && replaces != "" && !errors.Is(r.err, context.Canceled) {
+		// the CA may refuse the replacement (already replaced, unknown to
+		// it): a plain order is still a valid renewal
+		m.Log.Warn("renewal naming the replaced certificate failed: ordering without", "domain", r.domain, "err", r.err)
+		r.issued, r.err = iss.Obtain(r.domain, "")
+	}
+}
+
+// checkARI asks the CA when to renew the current certificate.
+func (m *Manager) checkARI(iss Issuer, r *result, current string) {
+	leaf, err := readLeaf(current)
+	if err != nil {
+		r.err = err
+		return
+	}
+	info, err := iss.RenewalInfo(leaf)
+	if err != nil {
+		r.err = err
+		return
+	}
+	now := m.Now()
+	poll := m.Policy.ARIPoll
+	if info.RetryAfter > 0 {
+		poll = min(max(info.RetryAfter, time.Minute), m.Policy.ARIPoll)
+	}
+	adv := &ariAdvice{checkAt: now.Add(poll), renewAt: info.SuggestedWindow.End}
+	if at := info.ShouldRenewAt(now, poll); at != nil {
+		adv.renewAt = *at
+	}
+	r.ari = adv
+}
+
+// errDNS marks a domain that does not point at this balancer.
+var errDNS = errors.New("does not resolve to this balancer")
+
+func (m *Manager) checkDNS(ctx context.Context, domain string) error {
+	if m.Resolve == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addrs, err := m.Resolve(ctx, domain)
+	if err != nil {
+		return fmt.Errorf("%s %w: %v", domain, errDNS, err)
+	}
+	var seen []string
+	for _, a := range addrs {
+		for _, mine := range m.Addresses {
+			if a.IP.Equal(mine) {
+				return nil
+			}
+		}
+		seen = append(seen, a.IP.String())
+	}
+	return fmt.Errorf("%s %w (it resolves to %s)", domain, errDNS, strings.Join(seen, ", "))
+}
+
+// finish records a job's outcome.
+func (m *Manager) finish(ctx context.Context, r result) {
+	now := m.Now()
+	m.mu.Lock()
+	delete(m.running, r.domain)
+	d := m.st.Domains[r.domain]
+	if d == nil { // removed while the job ran
+		m.mu.Unlock()
+		return
+	}
+	if r.kind == ariJob {
+		m.finishARI(d, r, now)
+		m.saveLocked()
+		m.mu.Unlock()
+		return
+	}
+	if !r.ordered {
+		// no order reached the CA: its budget entry is given back
+		if i := slices.IndexFunc(m.st.Orders, func(t time.Time) bool { return t.Equal(r.reserved) }); i >= 0 {
+			m.st.Orders = slices.Delete(m.st.Orders, i, i+1)
+			m.st.OrdersTotal--
+		}
+	}
+	if r.err != nil {
+		d.Failures++
+		d.LastError, d.LastErrorAt = r.err.Error(), now.UTC()
+		d.NextAttempt = now.Add(max(m.Policy.backoff(d.Failures, m.Jitter), retryAfter(r.err)))
+		m.Log.Warn("certificate order failed", "domain", d.Name, "failures", d.Failures,
+			"next_attempt", d.NextAttempt.UTC().Format(time.RFC3339), "err", r.err)
+		m.saveLocked()
+		m.mu.Unlock()
+		return
+	}
+	path := filepath.Join(m.CertsDir, fileName(d.Name))
+	pemBytes := bundle(r.issued)
+	if err := writeSecret(path, pemBytes); err != nil {
+		d.Failures++
+		d.LastError, d.LastErrorAt = err.Error(), now.UTC()
+		d.NextAttempt = now.Add(m.Policy.backoff(d.Failures, m.Jitter))
+		m.Log.Error("write certificate", "domain", d.Name, "err", err)
+		m.saveLocked()
+		m.mu.Unlock()
+		return
+	}
+	renewed := d.File != ""
+	leaf := r.issued.Leaf
+	d.File = fileName(d.Name)
+	d.Issuer, d.Serial = leaf.Issuer.CommonName, leaf.SerialNumber.Text(16)
+	d.NotBefore, d.NotAfter = leaf.NotBefore, leaf.NotAfter
+	d.Failures, d.LastError, d.LastErrorAt, d.NextAttempt, d.Forced = 0, "", time.Time{}, time.Time{}, false
+	d.RenewAt, d.RenewBy = lifetimeRenewal(leaf.NotBefore, leaf.NotAfter, m.Jitter), "lifetime"
+	d.ARICheckAt = time.Time{}
+	if m.ARI {
+		d.ARICheckAt = now // ask the CA at once; the lifetime rule stands if it cannot say
+	}
+	listErr := writeSecret(m.CrtList, crtList(m.CertsDir, m.st))
+	m.saveLocked()
+	m.mu.Unlock()
+	m.Log.Info("certificate obtained", "domain", d.Name, "renewal", renewed, "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+	if listErr != nil {
+		m.Log.Error("write crt-list", "err", listErr)
+	}
+	m.install(ctx, d.Name, path, pemBytes)
+}
+
+func (m *Manager) finishARI(d *Domain, r result, now time.Time) {
+	switch {
+	case errors.Is(r.err, ErrNoARI):
+		d.RenewBy, d.ARICheckAt = "lifetime", time.Time{}
+	case r.err != nil:
+		m.Log.Warn("renewal information unavailable: keeping the lifetime schedule", "domain", d.Name, "err", r.err)
+		d.ARICheckAt = now.Add(min(m.Policy.ARIPoll, time.Hour))
+	default:
+		d.RenewAt, d.RenewBy, d.ARICheckAt = r.ari.renewAt, "ari", r.ari.checkAt
+	}
+}
+
+// install hot-loads a certificate, falling back to a reload.
+func (m *Manager) install(ctx context.Context, domain, path string, pemBytes []byte) {
+	if m.Loader == nil {
+		m.Reload("certificate for " + domain)
+		return
+	}
+	if err := m.Loader.Load(ctx, path, pemBytes, domain); err != nil {
+		m.Log.Warn("runtime certificate update failed: reloading instead", "domain", domain, "err", err)
+		m.Reload("certificate for " + domain)
+	}
+}
+
+// remove lets go of a domain whose grace is over: out of HAProxy, off the
+// disk, out of the state.
+func (m *Manager) remove(ctx context.Context, d *Domain) {
+	m.mu.Lock()
+	if m.running[d.Name] {
+		m.mu.Unlock()
+		return
+	}
+	file := d.File
+	delete(m.st.Domains, d.Name)
+	listErr := writeSecret(m.CrtList, crtList(m.CertsDir, m.st))
+	m.saveLocked()
+	m.mu.Unlock()
+	m.Log.Info("certificate removed: its domain left the map", "domain", d.Name, "left", d.RemovedAt.UTC().Format(time.RFC3339))
+	if file == "" {
+		return
+	}
+	path := filepath.Join(m.CertsDir, file)
+	if listErr != nil {
+		m.Log.Error("write crt-list", "err", listErr)
+	}
+	if m.Loader == nil {
+		m.Reload("certificate removed for " + d.Name)
+	} else if err := m.Loader.Unload(ctx, path); err != nil {
+		m.Log.Warn("runtime certificate removal failed: reloading instead", "domain", d.Name, "err", err)
+		m.Reload("certificate removed for " + d.Name)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.Log.Warn("remove certificate file", "path", path, "err", err)
+	}
+}
+
+// takeRequests marks the domains named in the renewal requests.
+func (m *Manager) takeRequests(now time.Time) {
+	dir := filepath.Join(m.StateDir, RenewDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) == 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range entries {
+		name := e.Name()
+		for _, d := range m.st.Domains {
+			if (name == AllDomains || name == d.Name) && d.RemovedAt.IsZero() {
+				d.Forced, d.NextAttempt, d.Failures = true, time.Time{}, 0
+				m.Log.Info("certificate renewal requested", "domain", d.Name)
+			}
+		}
+		_ = os.Remove(filepath.Join(dir, name))
+	}
+	m.saveLocked()
+}
+
+func (m *Manager) saveLocked() error {
+	if err := m.st.write(m.StateDir); err != nil {
+		m.Log.Error("save certificate state", "err", err)
+		return err
+	}
+	return nil
+}
+
+// RequestRenewal asks a running manager to renew domains now (all of them
+// when none are named).
+func RequestRenewal(stateDir string, domains []string) error {
+	dir := filepath.Join(stateDir, RenewDir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("renewal request: %w", err)
+	}
+	if len(domains) == 0 {
+		domains = []string{AllDomains}
+	}
+	for _, name := range domains {
+		if name != AllDomains && !ValidDomain(name) {
+			return fmt.Errorf("%q is not a domain name", name)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o640); err != nil {
+			return fmt.Errorf("renewal request: %w", err)
+		}
+	}
+	return nil
+}
+
+// readLeaf parses the first certificate of a PEM file.
+func readLeaf(path string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return nil, fmt.Errorf("%s holds no certificate", path)
+		}
+		if b.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(b.Bytes)
+		}
+	}
+}
