@@ -50,6 +50,8 @@ type Manager struct {
 	Loader Loader // nil: files only, every change needs a reload
 	// Reload asks the daemon for a reload: the fallback when Loader fails
 	Reload func(reason string)
+	// Changed, when set, is called after the state changed
+	Changed func()
 	// Resolve looks a name up for the DNS check; nil skips the check
 	Resolve func(ctx context.Context, host string) ([]net.IPAddr, error)
 	// Addresses are this balancer's: a domain is ordered only when it
@@ -234,6 +236,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.Log.Warn("watching renewal requests", "err", err)
 		case r := <-m.results:
 			m.finish(ctx, r)
+			if m.Changed != nil {
+				m.Changed()
+			}
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"haproxy-config/assemble"
+	"haproxy-config/certs"
 	"haproxy-config/fragments"
 	"haproxy-config/reconcile"
 	"haproxy-config/reload"
@@ -62,6 +64,15 @@ type Daemon struct {
 	metrics   metrics
 	busySince atomic.Int64 // unix ns when the current step began, 0 when idle
 	http      *http.Client
+
+	// certificates (nil manager when ACME is off)
+	certs         *certs.Manager
+	certEvents    chan struct{}
+	certMu        sync.Mutex
+	runtimeMu     sync.Mutex // held by reloads and by runtime-API updates
+	certReload    string     // a reload the manager asked for, not yet taken
+	forceReload   string     // why the next reconcile reloads even if HAProxy serves the marker
+	storedDomains []string   // every domain a stored fragment names
 }
 
 // Notifier sends sd_notify messages when the daemon runs under systemd
@@ -126,6 +137,12 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		return err
 	}
 	defer d.stop()
+	d.certEvents = make(chan struct{}, 1)
+	stopCerts, err := d.startCerts(ctx)
+	if err != nil {
+		return &reload.EnvError{Err: err}
+	}
+	defer stopCerts()
 	d.status.State = "ready"
 	d.writeStatus()
 	d.Notify("READY=1\nSTATUS=" + d.summary())
@@ -196,6 +213,8 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 				d.markRescan()
 			}
 			d.writeStatus()
+		case <-d.certEvents:
+			d.onCertEvent()
 		case <-timer.C:
 		}
 		if restartAt != nil {
@@ -607,6 +626,7 @@ func (d *Daemon) publish(ctx context.Context) (*reconcile.Published, error) {
 		return nil, err
 	}
 	d.quarantine(pub.Selection, pub.Excluded)
+	d.noteStored(pub.Selection)
 	return pub, nil
 }
 
@@ -676,14 +696,14 @@ func (d *Daemon) reconcile(ctx context.Context) bool {
 	}
 	d.status.LastError = ""
 	g := pub.Generation
-	if g.Marker != "" && d.servedMarker(ctx) == g.Marker {
+	if g.Marker != "" && d.forceReload == "" && d.servedMarker(ctx) == g.Marker {
 		// the marker is a digest of the content: HAProxy serves it already
 		if d.lastGood == nil || d.lastGood.Number != g.Number {
 			d.setLive(g)
 		}
 		return false
 	}
-	if g.Marker == "" && !pub.Changed && d.lastGood != nil && d.lastGood.Number == g.Number {
+	if g.Marker == "" && d.forceReload == "" && !pub.Changed && d.lastGood != nil && d.lastGood.Number == g.Number {
 		return false
 	}
 	d.reconcileReload(ctx, pub)
@@ -704,6 +724,7 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 	d.status.LastReload = res
 	if err == nil {
 		d.status.Counts.Reloads++
+		d.forceReload = ""
 		d.setLive(g)
 		d.Log.Info("reloaded", "generation", g.Number, "fragments", len(g.Fragments), "duration_ms", res.DurationMS)
 		return
@@ -817,6 +838,10 @@ func (d *Daemon) nextProbe() {
 // worker (when the master socket is known) and the status endpoint serves
 // the marker (when the base config has one).
 func (d *Daemon) reloadVerified(ctx context.Context, marker string) error {
+	// a runtime update must reach the worker that will serve: not one
+	// that is being replaced
+	d.runtimeMu.Lock()
+	defer d.runtimeMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, d.s.VerifyTimeout)
 	defer cancel()
 	var before *reload.Procs
@@ -886,6 +911,7 @@ func (d *Daemon) setLive(g *reconcile.Generation) {
 		d.Log.Error("record the serving generation", "err", err)
 	}
 	d.status.Live = &Live{Generation: g.Number, Since: time.Now().UTC(), Marker: g.Marker, Fragments: len(g.Fragments)}
+	d.setCertDomains()
 	if d.cli != nil {
 		if procs, err := d.cli.ShowProc(context.Background()); err == nil {
 			d.status.HAProxy = procs
@@ -902,6 +928,7 @@ func (d *Daemon) liveGeneration() int {
 
 func (d *Daemon) writeStatus() {
 	d.status.Updated = time.Now().UTC()
+	d.status.Certs = d.certSummary()
 	d.metrics.set(&d.status)
 	if err := writeStatus(d.s.StateDir, &d.status); err != nil {
 		d.Log.Error("write status", "err", err)

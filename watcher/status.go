@@ -37,6 +37,7 @@ type Status struct {
 	Strays       []string        `json:"strays,omitempty"`
 	LastError    string          `json:"last_error,omitempty"`
 	HAProxy      *reload.Procs   `json:"haproxy,omitempty"`
+	Certs        *CertSummary    `json:"certs,omitempty"`
 }
 
 // Live is the generation seen serving.

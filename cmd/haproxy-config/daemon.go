@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -127,6 +129,28 @@ func printStatus(w io.Writer, st *watcher.Status) {
 	}
 	for _, s := range st.Strays {
 		fmt.Fprintf(w, "stray file:  %s\n", s)
+	}
+	if c := st.Certs; c != nil {
+		var conds []string
+		for _, k := range []string{"valid", "renewing", "pending", "failing", "expired", "removing"} {
+			if c.Conditions[k] > 0 {
+				conds = append(conds, fmt.Sprintf("%d %s", c.Conditions[k], k))
+			}
+		}
+		fmt.Fprintf(w, "certs:       %s: %s; %d of %d orders used in the window, %d in flight\n",
+			plural(c.Domains, "domain"), dash(conds), c.OrdersInWindow, c.OrderBudget, c.InFlight)
+		if c.NextExpiry != nil {
+			fmt.Fprintf(w, "  next expiry:  %s at %s\n", c.NextExpiry.Domain, when(c.NextExpiry.At))
+		}
+		if c.NextRenewal != nil {
+			fmt.Fprintf(w, "  next renewal: %s at %s\n", c.NextRenewal.Domain, when(c.NextRenewal.At))
+		}
+		if c.CAError != "" {
+			fmt.Fprintf(w, "  CA unreachable: %s\n", c.CAError)
+		}
+		for _, name := range slices.Sorted(maps.Keys(c.Failing)) {
+			fmt.Fprintf(w, "  failing: %s: %s\n", name, c.Failing[name])
+		}
 	}
 }
 

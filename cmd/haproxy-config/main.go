@@ -185,6 +185,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				Flags:  waitFlags,
 				Action: withEngine(resume),
 			},
+			certsCommand,
 			{
 				Name:   "list",
 				Usage:  "list stored fragments: name, domains, backends, size, when applied",

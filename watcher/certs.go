@@ -1,0 +1,240 @@
+package watcher
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"haproxy-config/certs"
+	"haproxy-config/reconcile"
+	"haproxy-config/settings"
+)
+
+// certsKey is the burst key of a reload the certificate manager asked for.
+const certsKey = "(certificates)"
+
+// CertSummary is the certificates part of the status.
+type CertSummary struct {
+	Domains int `json:"domains"`
+	// by condition: valid, renewing, pending, failing, expired, removing
+	Conditions map[string]int `json:"conditions"`
+	// the soonest expiry among served certificates
+	NextExpiry *CertWhen `json:"next_expiry,omitempty"`
+	// the next renewal due
+	NextRenewal *CertWhen `json:"next_renewal,omitempty"`
+	// orders in the current budget window, of how many allowed
+	OrdersInWindow int    `json:"orders_in_window"`
+	OrderBudget    int    `json:"order_budget"`
+	InFlight       int    `json:"in_flight"`
+	CAError        string `json:"ca_error,omitempty"`
+	// failing domains with their last error
+	Failing map[string]string `json:"failing,omitempty"`
+}
+
+// CertWhen names a domain and a time.
+type CertWhen struct {
+	Domain string    `json:"domain"`
+	At     time.Time `json:"at"`
+}
+
+// newCertManager builds the certificate manager from the settings; ctx
+// bounds its requests to the CA.
+func (d *Daemon) newCertManager(ctx context.Context, s *settings.Settings, ch *certs.Challenges) (*certs.Manager, error) {
+	a := s.ACME
+	m := &certs.Manager{
+		Policy: certs.Policy{Orders: a.Orders, Window: a.OrderWindow, InFlight: a.InFlight,
+			BackoffMin: a.BackoffMin, BackoffMax: a.BackoffMax, RemoveGrace: a.RemoveGrace, ARIPoll: 6 * time.Hour},
+		CertsDir: s.CertsDir,
+		CrtList:  s.CrtList(),
+		StateDir: s.StateDir,
+		ARI:      a.ARI,
+		Extra:    a.ExtraDomains,
+		Log:      d.Log.With("component", "certs"),
+		Issuer: func(ctx context.Context) (certs.Issuer, error) {
+			return certs.NewACME(ctx, certs.ACMEConfig{Directory: a.Directory, Email: a.Email, KeyType: a.KeyType,
+				Profile: a.Profile, EABKeyID: a.EABKeyID, EABHMAC: a.EABHMAC, StateDir: s.StateDir}, ch, d.Log.With("component", "acme"))
+		},
+		Reload:  func(reason string) { d.certEvent(reason) },
+		Changed: func() { d.certEvent("") },
+	}
+	if a.CheckDNS {
+		addrs, err := balancerAddresses(a.Addresses)
+		if err != nil {
+			return nil, err
+		}
+		m.Addresses = addrs
+		m.Resolve = net.DefaultResolver.LookupIPAddr
+	}
+	return m, m.Init()
+}
+
+// balancerAddresses are the configured addresses, or those of the
+// machine's interfaces.
+func balancerAddresses(configured []string) ([]net.IP, error) {
+	var out []net.IP
+	for _, a := range configured {
+		ip := net.ParseIP(a)
+		if ip == nil {
+			return nil, fmt.Errorf("HAPROXY_CONFIG_ACME_ADDRESSES: %q is not an IP address", a)
+		}
+		out = append(out, ip)
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("this balancer's addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			out = append(out, n.IP)
+		}
+	}
+	return out, nil
+}
+
+// startCerts runs the challenge handler and the certificate manager when
+// ACME is on; the returned function stops both and waits for them.
+func (d *Daemon) startCerts(ctx context.Context) (stop func(), err error) {
+	if !d.s.ACME.Enabled {
+		return func() {}, nil
+	}
+	ch := certs.NewChallenges()
+	stopHandler, err := ch.Serve(d.s.ChallengeAddr, d.Log)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	m, err := d.newCertManager(ctx, d.s, ch)
+	if err != nil {
+		cancel()
+		stopHandler()
+		return nil, err
+	}
+	d.certs = m
+	d.setCertDomains()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := m.Run(ctx); err != nil {
+			d.Log.Error("certificate manager stopped", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		stopHandler()
+	}, nil
+}
+
+// certEvent hands a request of the certificate manager to the loop: a
+// reload (reason set) or a status refresh. It never blocks: the loop may
+// be stopping.
+func (d *Daemon) certEvent(reason string) {
+	if reason != "" {
+		d.certMu.Lock()
+		d.certReload = reason
+		d.certMu.Unlock()
+	}
+	select {
+	case d.certEvents <- struct{}{}:
+	default: // the loop has not taken the previous one yet
+	}
+}
+
+// onCertEvent runs in the loop.
+func (d *Daemon) onCertEvent() {
+	d.certMu.Lock()
+	reason := d.certReload
+	d.certReload = ""
+	d.certMu.Unlock()
+	if reason != "" {
+		d.Log.Info("reload asked for by the certificate manager", "reason", reason)
+		d.forceReload = reason
+		d.change(certsKey, true)
+	}
+	d.writeStatus()
+}
+
+// setCertDomains tells the certificate manager the live map's domains and
+// the ones any stored fragment names.
+func (d *Daemon) setCertDomains() {
+	if d.certs == nil {
+		return
+	}
+	live, err := os.ReadFile(d.s.OutputMap)
+	if err != nil {
+		d.Log.Warn("read the live map for certificates", "err", err)
+		return
+	}
+	d.certs.SetDomains(mapKeys(live), d.storedDomains)
+}
+
+// noteStored remembers every domain the stored fragments name, valid or
+// not: their certificates are never removed.
+func (d *Daemon) noteStored(sel *reconcile.Selection) {
+	if sel == nil {
+		return
+	}
+	var names []string
+	for _, st := range sel.Stored {
+		names = append(names, mapKeys(st.Map)...)
+	}
+	slices.Sort(names)
+	d.storedDomains = slices.Compact(names)
+}
+
+// mapKeys returns the keys of map lines ("key value"), lower-cased.
+func mapKeys(data []byte) []string {
+	var keys []string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		keys = append(keys, strings.ToLower(f[0]))
+	}
+	return keys
+}
+
+// certSummary summarises the manager's state for the status.
+func (d *Daemon) certSummary() *CertSummary {
+	if d.certs == nil {
+		return nil
+	}
+	st := d.certs.Snapshot()
+	now := time.Now()
+	sum := &CertSummary{Domains: len(st.Domains), Conditions: map[string]int{}, OrderBudget: d.s.ACME.Orders,
+		InFlight: d.certs.InFlight(), CAError: d.certs.IssuerError()}
+	for _, t := range st.Orders {
+		if t.After(now.Add(-d.s.ACME.OrderWindow)) {
+			sum.OrdersInWindow++
+		}
+	}
+	for _, dom := range st.Sorted() {
+		c := dom.Condition(now)
+		sum.Conditions[c]++
+		if dom.LastError != "" {
+			if sum.Failing == nil {
+				sum.Failing = map[string]string{}
+			}
+			sum.Failing[dom.Name] = dom.LastError
+		}
+		if dom.File != "" && (sum.NextExpiry == nil || dom.NotAfter.Before(sum.NextExpiry.At)) {
+			sum.NextExpiry = &CertWhen{Domain: dom.Name, At: dom.NotAfter.UTC()}
+		}
+		if !dom.RenewAt.IsZero() && dom.RemovedAt.IsZero() && (sum.NextRenewal == nil || dom.RenewAt.Before(sum.NextRenewal.At)) {
+			sum.NextRenewal = &CertWhen{Domain: dom.Name, At: dom.RenewAt.UTC()}
+		}
+	}
+	return sum
+}
