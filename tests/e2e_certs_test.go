@@ -1,0 +1,321 @@
+package tests
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"haproxy-config/certs"
+)
+
+// certState reads the certificate manager's persisted state.
+func (in *install) certState(t testing.TB) *certs.State {
+	t.Helper()
+	st, err := certs.ReadState(in.stateDir())
+	if err != nil {
+		t.Fatalf("certificate state: %v", err)
+	}
+	return st
+}
+
+// applyDomains stores a fragment routing hosts to a backend answering body.
+func (in *install) applyDomains(t *testing.T, name, body string, hosts ...string) {
+	t.Helper()
+	dir := t.TempDir()
+	conf := writeFile(t, filepath.Join(dir, name+".cfg"), backendConf("b_"+name, body))
+	var m strings.Builder
+	for _, h := range hosts {
+		fmt.Fprintf(&m, "%s b_%s\n", h, name)
+	}
+	mapFile := writeFile(t, filepath.Join(dir, name+".map"), m.String())
+	mustRun(t, in.env, "", "apply", "--wait", name, conf, mapFile)
+}
+
+// waitServed waits until HAProxy serves host a certificate that verifies
+// against roots, other than the one with serial skip, and returns it.
+func (in *install) waitServed(t *testing.T, host string, roots *x509.CertPool, skip string, timeout time.Duration) *x509.Certificate {
+	t.Helper()
+	var leaf *x509.Certificate
+	eventually(t, timeout, "a verified certificate served for "+host, func() error {
+		c, err := in.servedCert(host, roots)
+		if err != nil {
+			return err
+		}
+		if c.SerialNumber.Text(16) == skip {
+			return fmt.Errorf("still the certificate %s", skip)
+		}
+		leaf = c
+		return nil
+	})
+	return leaf
+}
+
+func TestCertsIssuedThroughHAProxy(t *testing.T) {
+	in := newInstall(t)
+	p := startPebble(t, pebbleOptions{httpPort: in.httpPort})
+	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default")...)
+	in.startDaemon(t)
+	in.applyDomains(t, "shop", "shop", "a.example.com", "b.example.com")
+	liveReloads := in.status(t).Counts.Reloads
+	roots := p.roots(t)
+	for _, host := range []string{"a.example.com", "b.example.com"} {
+		leaf := in.waitServed(t, host, roots, "", 60*time.Second)
+		if err := leaf.VerifyHostname(host); err != nil {
+			t.Errorf("served certificate for %s: %v", host, err)
+		}
+	}
+
+	// curl, trusting only Pebble's root, reaches both sites
+	rootFile := filepath.Join(t.TempDir(), "root.pem")
+	writeFile(t, rootFile, string(p.rootPEM(t)))
+	for _, host := range []string{"a.example.com", "b.example.com"} {
+		out, err := exec.Command("curl", "-sS", "--max-time", "5", "--noproxy", "*", "--cacert", rootFile,
+			"--resolve", host+":"+in.httpsPort+":127.0.0.1", "https://"+host+":"+in.httpsPort+"/").CombinedOutput()
+		if err != nil || string(out) != "shop" {
+			t.Errorf("curl https://%s/ with Pebble's root: %v: %s", host, err, out)
+		}
+	}
+
+	st := in.status(t)
+	if st.Counts.Reloads != liveReloads {
+		t.Errorf("reloads went from %d to %d during the certificate step: want the runtime API, no reload", liveReloads, st.Counts.Reloads)
+	}
+	if got := p.orders(t); got != 2 {
+		t.Errorf("Pebble saw %d orders, want 2", got)
+	}
+	if st.Certs == nil || st.Certs.Conditions["valid"] != 2 {
+		t.Errorf("status certificates: %+v, want 2 valid", st.Certs)
+	}
+	out := mustRun(t, in.env, "", "certs", "--json")
+	var rows []struct {
+		Name   string `json:"name"`
+		Issuer string `json:"issuer"`
+		State  string `json:"state"`
+		File   string `json:"file"`
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("certs --json: %v\n%s", err, out)
+	}
+	if len(rows) != 2 || rows[0].Name != "a.example.com" || rows[0].State != "valid" || !strings.Contains(rows[0].Issuer, "Pebble") {
+		t.Errorf("certs --json: %+v", rows)
+	}
+	for _, r := range rows {
+		fi, err := os.Stat(filepath.Join(in.root, "var/lib/haproxy-config/certs", r.File))
+		if err != nil || fi.Mode().Perm() != 0o640 {
+			t.Errorf("%s: %v, want mode 0640", r.File, err)
+		}
+	}
+	text := mustRun(t, in.env, "", "certs")
+	if !strings.Contains(text, "a.example.com") || !strings.Contains(text, "valid") {
+		t.Errorf("certs:\n%s", text)
+	}
+}
+
+func TestCertsRenewal(t *testing.T) {
+	for _, ari := range []bool{true, false} {
+		name := map[bool]string{true: "ari", false: "lifetime"}[ari]
+		t.Run(name, func(t *testing.T) {
+			const life = 15 * time.Second
+			in := newInstall(t)
+			p := startPebble(t, pebbleOptions{httpPort: in.httpPort, profiles: map[string]int{"tiny": int(life / time.Second)}})
+			in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=tiny", "HAPROXY_CONFIG_ACME_ARI="+strconv.FormatBool(ari))...)
+			in.startDaemon(t)
+			in.applyDomains(t, "r", "renewed", "r.example.com")
+			roots := p.roots(t)
+			first := in.waitServed(t, "r.example.com", roots, "", 60*time.Second)
+			reloads := in.status(t).Counts.Reloads
+			second := in.waitServed(t, "r.example.com", roots, first.SerialNumber.Text(16), 2*life)
+			gap := second.NotBefore.Sub(first.NotBefore)
+			d := in.certState(t).Domains["r.example.com"]
+			if d == nil {
+				t.Fatal("no state for r.example.com")
+			}
+			if ari {
+				if d.RenewBy != "ari" {
+					t.Errorf("renewal scheduled by %q, want ari", d.RenewBy)
+				}
+				if p.replacements(t) < 1 {
+					t.Error("Pebble recorded no order replacing the old certificate (ARI replaces)")
+				}
+			} else {
+				if d.RenewBy != "lifetime" {
+					t.Errorf("renewal scheduled by %q, want lifetime", d.RenewBy)
+				}
+				// a third of the lifetime left, minus at most a twentieth of jitter
+				if low := life*2/3 - life/20 - time.Second; gap < low || gap > life {
+					t.Errorf("renewed %v after issuance, want between %v and %v", gap, low, life)
+				}
+			}
+			if got := in.status(t).Counts.Reloads; got != reloads {
+				t.Errorf("reloads %d -> %d for the renewal, want none", reloads, got)
+			}
+			t.Logf("renewed %v after issuance (lifetime %v), by %s", gap, life, d.RenewBy)
+		})
+	}
+}
+
+func TestCertsFailureBacksOff(t *testing.T) {
+	in := newInstall(t)
+	p := startPebble(t, pebbleOptions{httpPort: in.httpPort})
+	p.servfail(t, "bad.example.com")
+	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default",
+		"HAPROXY_CONFIG_ACME_BACKOFF_MIN=2s", "HAPROXY_CONFIG_ACME_BACKOFF_MAX=1m")...)
+	d := in.startDaemon(t)
+	start := time.Now()
+	in.applyDomains(t, "mixed", "mixed", "good.example.com", "bad.example.com")
+	in.waitServed(t, "good.example.com", p.roots(t), "", 60*time.Second)
+	eventually(t, 60*time.Second, "three failed orders for bad.example.com", func() error {
+		if b := in.certState(t).Domains["bad.example.com"]; b == nil || b.Failures < 3 {
+			return fmt.Errorf("state %+v", b)
+		}
+		return nil
+	})
+	bad := in.certState(t).Domains["bad.example.com"]
+	if !strings.Contains(bad.LastError, "bad.example.com") {
+		t.Errorf("last error %q does not name the domain", bad.LastError)
+	}
+	// backoff after the n-th failure: 2s doubled n-1 times, plus at most a tenth
+	want := 2 * time.Second << (bad.Failures - 1)
+	if gap := bad.NextAttempt.Sub(bad.LastErrorAt); gap < want-time.Second || gap > want+want/10+time.Second {
+		t.Errorf("after %d failures the next attempt is %v later, want about %v", bad.Failures, gap, want)
+	}
+	status := mustRun(t, in.env, "", "status")
+	if !strings.Contains(status, "failing: bad.example.com") {
+		t.Errorf("status does not report the failing domain:\n%s", status)
+	}
+
+	// a restart keeps the failures and the schedule: no order at start
+	d.stop(t)
+	before := p.orders(t)
+	kept := in.certState(t).Domains["bad.example.com"]
+	restart := time.Now()
+	in.startDaemon(t)
+	if kept.Failures != bad.Failures && kept.Failures != bad.Failures+1 {
+		t.Errorf("failures %d -> %d across the stop", bad.Failures, kept.Failures)
+	}
+	if quiet := time.Until(kept.NextAttempt); quiet > 3*time.Second {
+		time.Sleep(2 * time.Second)
+		if got := p.orders(t); got != before {
+			t.Errorf("Pebble saw %d new orders within 2s of the restart; the next attempt was due in %v", got-before, quiet)
+		}
+	}
+	if after := in.certState(t).Domains["bad.example.com"]; after.Failures < kept.Failures {
+		t.Errorf("failures reset by the restart: %d -> %d", kept.Failures, after.Failures)
+	}
+	// no retry storm: over the whole test, attempts at 0, 2, 6, 14, 30 s...
+	elapsed := time.Since(start)
+	maxBad := 2
+	for gap := 2 * time.Second; gap*2-2*time.Second < elapsed; gap *= 2 {
+		maxBad++
+	}
+	if bad := p.orders(t) - 1; bad > maxBad {
+		t.Errorf("Pebble saw %d orders for bad.example.com in %v, at most %d expected with the backoff", bad, elapsed, maxBad)
+	}
+	t.Logf("bad.example.com: %d orders in %v (restart at +%v)", p.orders(t)-1, elapsed.Round(time.Millisecond), restart.Sub(start).Round(time.Millisecond))
+}
+
+func TestCertsOrderBudget(t *testing.T) {
+	const window = 4 * time.Second
+	in := newInstall(t)
+	p := startPebble(t, pebbleOptions{httpPort: in.httpPort, alwaysValid: true})
+	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default", "HAPROXY_CONFIG_ACME_ORDERS=2",
+		"HAPROXY_CONFIG_ACME_ORDER_WINDOW="+window.String())...)
+	in.startDaemon(t)
+	var hosts []string
+	for i := range 5 {
+		hosts = append(hosts, fmt.Sprintf("n%d.example.com", i))
+	}
+	in.applyDomains(t, "many", "many", hosts...)
+	var first time.Time
+	seen := map[int]time.Time{} // order count -> when first seen
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		n := p.orders(t)
+		if n > 0 && first.IsZero() {
+			first = time.Now()
+		}
+		if _, ok := seen[n]; !ok && n > 0 {
+			seen[n] = time.Now()
+		}
+		if n >= 5 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(seen) == 0 || p.orders(t) != 5 {
+		t.Fatalf("Pebble saw %d orders, want 5", p.orders(t))
+	}
+	// two per window: the third order waits a window, the fifth two
+	for n, min := range map[int]time.Duration{3: window, 5: 2 * window} {
+		if at, ok := seen[n]; ok && at.Sub(first) < min-500*time.Millisecond {
+			t.Errorf("order %d came %v after the first, want at least %v", n, at.Sub(first), min)
+		}
+	}
+	eventually(t, 20*time.Second, "five valid certificates", func() error {
+		st := in.certState(t)
+		for _, h := range hosts {
+			d := st.Domains[h]
+			if d == nil || d.File == "" {
+				return fmt.Errorf("%s has no certificate", h)
+			}
+			if d.LastError != "" {
+				return fmt.Errorf("%s failed: %s", h, d.LastError)
+			}
+		}
+		return nil
+	})
+	t.Logf("orders seen at: %v after the first", func() []time.Duration {
+		var out []time.Duration
+		for n := 1; n <= 5; n++ {
+			if at, ok := seen[n]; ok {
+				out = append(out, at.Sub(first).Round(10*time.Millisecond))
+			}
+		}
+		return out
+	}())
+}
+
+func TestCertsRemovedAfterGrace(t *testing.T) {
+	const life = 15 * time.Second
+	in := newInstall(t)
+	p := startPebble(t, pebbleOptions{httpPort: in.httpPort, profiles: map[string]int{"tiny": int(life / time.Second)}})
+	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=tiny", "HAPROXY_CONFIG_ACME_ARI=false",
+		"HAPROXY_CONFIG_ACME_REMOVE_GRACE=3s")...)
+	in.startDaemon(t)
+	in.applyDomains(t, "gone", "gone", "gone.example.com")
+	roots := p.roots(t)
+	leaf := in.waitServed(t, "gone.example.com", roots, "", 60*time.Second)
+	pemFile := filepath.Join(in.root, "var/lib/haproxy-config/certs/gone.example.com.pem")
+	mustRun(t, in.env, "", "remove", "--wait", "gone")
+	if c := in.certState(t).Domains["gone.example.com"]; c == nil || c.Condition(time.Now()) != "removing" {
+		t.Errorf("right after the removal: %+v, want the certificate kept during the grace", c)
+	}
+	eventually(t, 15*time.Second, "the certificate removed after the grace", func() error {
+		if _, err := os.Stat(pemFile); err == nil {
+			return fmt.Errorf("%s still exists", pemFile)
+		}
+		list, _ := os.ReadFile(filepath.Join(in.root, "var/lib/haproxy-config/certs/crt-list"))
+		if strings.Contains(string(list), "gone.example.com") {
+			return fmt.Errorf("crt-list still lists it:\n%s", list)
+		}
+		if _, err := in.servedCert("gone.example.com", roots); err == nil {
+			return fmt.Errorf("HAProxy still serves a Pebble certificate for it")
+		}
+		return nil
+	})
+	// it would have been renewed two thirds into its lifetime: it is not
+	time.Sleep(time.Until(leaf.NotAfter))
+	if got := p.orders(t); got != 1 {
+		t.Errorf("Pebble saw %d orders, want 1: a removed domain is not renewed", got)
+	}
+	if st := in.certState(t); len(st.Domains) != 0 {
+		t.Errorf("state still holds %v", st.Domains)
+	}
+}
