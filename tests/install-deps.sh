@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need on Debian 12: haproxy (the
-# real one every integration test runs), curl and openssl. Idempotent.
+# real one every integration test runs), curl and openssl from Debian, and
+# Pebble v2.10.1 with pebble-challtestsrv (Let's Encrypt's test CA, newer
+# than Debian's 2.4.0: ARI and profiles) from the Go module proxy into
+# /usr/local/bin. Idempotent.
 set -euo pipefail
+
+pebble_version=v2.10.1
+for bin in pebble pebble-challtestsrv; do
+  if ! go version -m "/usr/local/bin/$bin" 2>/dev/null | grep -q "mod.*github.com/letsencrypt/pebble/v2.*$pebble_version"; then
+    echo "install-deps: installing $bin $pebble_version" >&2
+    GOBIN=/usr/local/bin go install "github.com/letsencrypt/pebble/v2/cmd/$bin@$pebble_version"
+  fi
+done
 missing=()
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null 2>&1 || missing+=(curl)

@@ -1,0 +1,120 @@
+package tests
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// procTimes returns a process's user+system CPU time and its peak and
+// current resident memory, from /proc.
+func procTimes(tb testing.TB, pid int) (cpu time.Duration, peakKB, rssKB int) {
+	tb.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// fields after the command name, which is in parentheses
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	cpu = time.Duration(utime+stime) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		switch k {
+		case "VmHWM":
+			peakKB = n
+		case "VmRSS":
+			rssKB = n
+		}
+	}
+	return cpu, peakKB, rssKB
+}
+
+// BenchmarkCerts100 measures the time until HAProxy serves a verified
+// certificate for each of 100 newly mapped domains, against Pebble with
+// validation skipped (our own overhead) and with real HTTP-01 validation
+// through HAProxy.
+//
+//	go test -run '^$' -bench Certs100 -benchtime 1x ./tests/
+func BenchmarkCerts100(b *testing.B) {
+	const n = 100
+	for _, mode := range []struct {
+		name        string
+		alwaysValid bool
+	}{{"always-valid", true}, {"http-01", false}} {
+		b.Run(mode.name, func(b *testing.B) {
+			for range b.N {
+				in := newInstall(b)
+				p := startPebble(b, pebbleOptions{httpPort: in.httpPort, alwaysValid: mode.alwaysValid})
+				in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default")...)
+				d := in.startDaemon(b)
+				var m strings.Builder
+				hosts := make([]string, n)
+				for i := range hosts {
+					hosts[i] = fmt.Sprintf("site%03d.example.com", i)
+					fmt.Fprintf(&m, "%s b_many\n", hosts[i])
+				}
+				dir := b.TempDir()
+				conf := writeFile(b, filepath.Join(dir, "many.cfg"), backendConf("b_many", "many"))
+				mapFile := writeFile(b, filepath.Join(dir, "many.map"), m.String())
+				cpu0, _, _ := procTimes(b, d.pid())
+				start := time.Now()
+				cmd := exec.Command(binary, "apply", "--wait", "many", conf, mapFile)
+				cmd.Env = childEnv(in.env)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("apply --wait: %v\n%s", err, out)
+				}
+				reloads := in.status(b).Counts.Reloads
+				maxInFlight := 0
+				deadline := time.Now().Add(5 * time.Minute)
+				for {
+					st := in.status(b)
+					if st.Certs != nil {
+						maxInFlight = max(maxInFlight, st.Certs.InFlight)
+						if st.Certs.Conditions["valid"] == n {
+							break
+						}
+					}
+					if time.Now().After(deadline) {
+						b.Fatalf("not all certificates valid after 5 minutes: %+v", st.Certs)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				roots := p.roots(b)
+				for _, h := range hosts {
+					for {
+						_, err := in.servedCert(h, roots)
+						if err == nil {
+							break
+						}
+						if time.Now().After(deadline) {
+							b.Fatalf("%s not served: %v", h, err)
+						}
+						time.Sleep(20 * time.Millisecond)
+					}
+				}
+				elapsed := time.Since(start)
+				cpu1, peak, rss := procTimes(b, d.pid())
+				if got := in.status(b).Counts.Reloads; got != reloads {
+					b.Errorf("reloads %d -> %d during the certificate step", reloads, got)
+				}
+				b.ReportMetric(elapsed.Seconds(), "s-all-served")
+				b.ReportMetric(float64(maxInFlight), "max-in-flight")
+				b.ReportMetric((cpu1 - cpu0).Seconds(), "daemon-cpu-s")
+				b.ReportMetric(float64(peak)/1024, "daemon-peak-rss-MB")
+				b.Logf("%s: %d certificates served %v after apply; %d orders at most in flight (ACME_IN_FLIGHT 4); "+
+					"daemon CPU %v, peak RSS %.1f MB, RSS now %.1f MB; Pebble saw %d orders",
+					mode.name, n, elapsed.Round(time.Millisecond), maxInFlight, cpu1-cpu0, float64(peak)/1024, float64(rss)/1024, p.orders(b))
+			}
+		})
+	}
+}
+
