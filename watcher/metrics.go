@@ -40,11 +40,14 @@ var (
 	descQuarantined = prometheus.NewDesc("haproxy_config_fragment_quarantined", "1 for each fragment left out of the live configuration.", []string{"fragment"}, nil)
 	descLastReload  = prometheus.NewDesc("haproxy_config_last_reload_seconds", "Duration of the last reload, verification included.", nil, nil)
 	descLastOK      = prometheus.NewDesc("haproxy_config_last_reload_success", "1 if the last reload succeeded.", nil, nil)
+	descCerts       = prometheus.NewDesc("haproxy_config_certificates", "Domains kept by the certificate manager, by state.", []string{"state"}, nil)
+	descCertExpiry  = prometheus.NewDesc("haproxy_config_certificate_expiry_timestamp_seconds", "When the soonest-expiring served certificate expires.", []string{"domain"}, nil)
+	descOrders      = prometheus.NewDesc("haproxy_config_acme_orders_in_window", "New orders counted against the order budget's current window.", nil, nil)
 )
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReloads, descRollbacks, descRestarts, descReconciles, descGeneration,
-		descLiveFrags, descPending, descHeld, descQuarantined, descLastReload, descLastOK} {
+		descLiveFrags, descPending, descHeld, descQuarantined, descLastReload, descLastOK, descCerts, descCertExpiry, descOrders} {
 		ch <- d
 	}
 }
@@ -83,6 +86,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descLastReload, prometheus.GaugeValue, r.DurationMS/1000)
 		ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, ok)
+	}
+	if c := st.Certs; c != nil {
+		for _, state := range []string{"valid", "renewing", "pending", "failing", "expired", "removing"} {
+			ch <- prometheus.MustNewConstMetric(descCerts, prometheus.GaugeValue, float64(c.Conditions[state]), state)
+		}
+		if c.NextExpiry != nil {
+			ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(c.NextExpiry.At.Unix()), c.NextExpiry.Domain)
+		}
+		ch <- prometheus.MustNewConstMetric(descOrders, prometheus.GaugeValue, float64(c.OrdersInWindow))
 	}
 }
 
