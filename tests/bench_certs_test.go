@@ -117,4 +117,3 @@ func BenchmarkCerts100(b *testing.B) {
 		})
 	}
 }
-
