@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -336,6 +337,10 @@ func (d *Daemon) rereadSettings() {
 				"setting", settings.EnvPrefix+f.name, "current", *f.prev, "ignored", *f.next)
 			*f.next = *f.prev
 		}
+	}
+	if !reflect.DeepEqual(s.ACME, d.s.ACME) || s.CertsDir != d.s.CertsDir || s.ChallengeAddr != d.s.ChallengeAddr {
+		d.Log.Warn("certificate settings (ACME_*, CERTS, CHALLENGE_ADDR) change only when the daemon restarts: keeping the current ones")
+		s.ACME, s.CertsDir, s.ChallengeAddr = d.s.ACME, d.s.CertsDir, d.s.ChallengeAddr
 	}
 	d.s, d.eng = s, newEngine(s)
 	// whatever the cause of a failed reload was, it may be gone: retry
