@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"path/filepath"
 	"slices"
@@ -247,23 +248,11 @@ func (r *Runtime) ReplaceMap(ctx context.Context, ref string, entries map[string
 	if err != nil {
 		return err
 	}
-	if n := len(got) + len(dups); n != len(entries) || !equalMaps(got, entries) {
+	if n := len(got) + len(dups); n != len(entries) || !maps.Equal(got, entries) {
 		return fmt.Errorf("runtime api: prepared version %s of map %s holds %d entries, want %d: not committed", ver, ref, n, len(entries))
 	}
 	_, err = r.expect(ctx, "commit map @"+ver+" "+ref, nil, "")
 	return err
-}
-
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // CertKnown reports whether the running process has a certificate stored
@@ -354,14 +343,16 @@ func (r *Runtime) ShowCrtList(ctx context.Context, list string) ([]CrtListEntry,
 	if err != nil {
 		return nil, err
 	}
+	// the list's lines follow a "# <list>" header; anything else is an
+	// error message ("didn't find the specified filename")
+	if !strings.HasPrefix(out, "# ") {
+		return nil, &RefusedError{Command: "show ssl crt-list " + list, Answer: out}
+	}
 	var entries []CrtListEntry
 	for _, line := range strings.Split(out, "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
-		}
-		if !strings.HasPrefix(line, "/") && !strings.HasPrefix(line, ".") {
-			return nil, &RefusedError{Command: "show ssl crt-list " + list, Answer: out}
 		}
 		f := strings.Fields(line)
 		e := CrtListEntry{Cert: f[0]}

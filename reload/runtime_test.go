@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
@@ -146,7 +147,7 @@ func TestRuntimeFindMapAndShow(t *testing.T) {
 		t.Fatalf("ShowMap: %v", err)
 	}
 	want := map[string]string{"a.example": "one", "b.example": "two"}
-	if !equalMaps(got, want) || len(dups) != 0 {
+	if !maps.Equal(got, want) || len(dups) != 0 {
 		t.Errorf("ShowMap = %v, duplicates %v; want %v and none", got, dups, want)
 	}
 	// add map next to an existing key makes a duplicate: it is reported
@@ -185,7 +186,7 @@ func TestRuntimeReplaceMap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equalMaps(got, want) || len(dups) != 0 {
+	if !maps.Equal(got, want) || len(dups) != 0 {
 		t.Errorf("after ReplaceMap: %d entries (%d duplicates), want %d equal to the input", len(got), len(dups), len(want))
 	}
 	for host, backend := range map[string]string{"a.example": "moved", "host-2999.example": "backend_3", "stale.example": ""} {
@@ -225,7 +226,7 @@ func TestRuntimeReplaceMapRefusedLeavesMap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equalMaps(got, map[string]string{"a.example": "one"}) || len(dups) != 0 {
+	if !maps.Equal(got, map[string]string{"a.example": "one"}) || len(dups) != 0 {
 		t.Errorf("after refused replacements the map is %v (duplicates %v), want it unchanged", got, dups)
 	}
 	if _, err := h.rt.Command(ctx, "x", make([]byte, maxPayload+1)); err == nil {
@@ -320,5 +321,12 @@ func TestRuntimeCertificates(t *testing.T) {
 	}
 	if list, err := h.rt.ShowCrtList(ctx, h.crtList); err != nil || len(list) != 0 {
 		t.Errorf("after removal ShowCrtList = %+v, %v; want empty", list, err)
+	}
+}
+
+func TestRuntimeShowCrtListUnknown(t *testing.T) {
+	h := startRuntimeHAProxy(t, "")
+	if _, err := h.rt.ShowCrtList(testContext(t, 10*time.Second), filepath.Join(h.dir, "none.list")); !errors.As(err, new(*RefusedError)) {
+		t.Errorf("ShowCrtList of an unknown list: %v, want a RefusedError", err)
 	}
 }
