@@ -23,7 +23,7 @@ type Fragment struct {
 	Sections []Section
 	Map      []MapEntry
 	MapText  []byte // normalised map part, as stored
-	Checksum string // "sha256:<hex>" of the stored parts; shown in the output
+	Checksum string // "sha256:<hex>" of the stored parts
 }
 
 // Backends returns the names of the backends (and listens) f defines.
@@ -122,9 +122,10 @@ type Output struct {
 	Config []byte
 	Map    []byte
 	Source *SourceMap
-	// Marker identifies the output by its content; the base config can
-	// serve it ({{.Marker}}) so a reload can be seen taking effect. Empty
-	// when the base does not use it.
+	// Marker identifies the config by its content (not the map: a change
+	// of the map alone goes live through the runtime API, without a
+	// reload); the base config can serve it ({{.Marker}}) so a reload can
+	// be seen taking effect. Empty when the base does not use it.
 	Marker string
 }
 
@@ -134,16 +135,15 @@ const MarkerPlaceholder = "haproxy-config-marker-0000000000"
 
 // setMarker replaces the placeholder in the base part (the first baseLen
 // bytes; a fragment's text is never touched) with a digest of the config
-// and map as they are with the placeholder: the same input always gives the
-// same bytes, and the marker has the placeholder's length.
+// as it is with the placeholder: the same input always gives the same
+// bytes, and the marker has the placeholder's length. The map is left out:
+// the runtime API checks it.
 func (o *Output) setMarker(baseLen int) {
 	if !bytes.Contains(o.Config[:baseLen], []byte(MarkerPlaceholder)) {
 		return
 	}
 	h := sha256.New()
 	h.Write(o.Config)
-	h.Write([]byte{0})
-	h.Write(o.Map)
 	o.Marker = fmt.Sprintf("haproxy-config-%x", h.Sum(nil))[:len(MarkerPlaceholder)]
 	copy(o.Config, bytes.ReplaceAll(o.Config[:baseLen], []byte(MarkerPlaceholder), []byte(o.Marker)))
 }
@@ -158,7 +158,7 @@ func Build(base *Base, frags []*Fragment) *Output {
 
 	size, entries := len(base.Text)+64, 0
 	for _, f := range sorted {
-		size += len(f.Conf) + 2*len(f.Name) + len(f.Checksum) + 64 // markers
+		size += len(f.Conf) + 2*len(f.Name) + 64 // markers
 		entries += len(f.Map)
 	}
 	src := &SourceMap{baseFile: base.File, baseLines: bytes.Count(base.Text, []byte{'\n'}),
@@ -180,7 +180,9 @@ func Build(base *Base, frags []*Fragment) *Output {
 	mapLine := 1
 	for _, f := range sorted {
 		quoted := `"` + f.Name + `"` // names are [a-z0-9._-]: nothing to escape
-		cfg.WriteString("\n# ---- fragment " + quoted + " " + f.Checksum + " ----\n")
+		// no checksum here: it covers the map part too, and the config must
+		// not change when only the map does (see Output.Marker)
+		cfg.WriteString("\n# ---- fragment " + quoted + " ----\n")
 		line += 2
 		n := bytes.Count(f.Conf, []byte{'\n'})
 		src.conf = append(src.conf, span{first: line + 1, last: line + n, frag: f})

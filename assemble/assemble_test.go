@@ -739,3 +739,29 @@ func TestSourceMapEmptyFragment(t *testing.T) {
 		t.Errorf("MapLine(3) = %+v, %v", loc, ok)
 	}
 }
+
+// The marker follows the config only: a change of the map alone goes live
+// through the runtime API, so it must not look like a config to reload.
+func TestMarkerDigestsConfigOnly(t *testing.T) {
+	base, err := RenderBase("base.cfg", []byte("frontend status\n    http-request return status 200 string \"{{.Marker}}\"\n"),
+		Vars{MapFile: "hosts.map", Marker: MarkerPlaceholder})
+	if err != nil {
+		t.Fatalf("RenderBase: %v", err)
+	}
+	conf := "backend a_web\n    server s1 10.0.0.1:80\nbackend b_web\n    server s1 10.0.0.2:80\n"
+	one := Build(base, []*Fragment{frag("a", conf, "a.example a_web\n")})
+	moved := Build(base, []*Fragment{frag("a", conf, "a.example b_web\nnew.example a_web\n")})
+	changed := Build(base, []*Fragment{frag("a", conf+"    timeout server 5s\n", "a.example a_web\n")})
+	if one.Marker == "" || !strings.HasPrefix(one.Marker, "haproxy-config-") || len(one.Marker) != len(MarkerPlaceholder) {
+		t.Fatalf("marker %q: want haproxy-config-<digest> as long as the placeholder", one.Marker)
+	}
+	if !bytes.Contains(one.Config, []byte(one.Marker)) || bytes.Contains(one.Config, []byte(MarkerPlaceholder)) {
+		t.Errorf("the config does not serve its marker in place of the placeholder:\n%s", one.Config)
+	}
+	if moved.Marker != one.Marker || !bytes.Equal(moved.Config, one.Config) {
+		t.Errorf("a map-only change changed the marker: %s -> %s", one.Marker, moved.Marker)
+	}
+	if changed.Marker == one.Marker {
+		t.Errorf("a config change kept the marker %s", one.Marker)
+	}
+}

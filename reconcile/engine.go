@@ -104,11 +104,11 @@ func (e *Engine) clearLeftovers() error {
 
 func (e *Engine) candidatesDir() string { return filepath.Join(e.S.StateDir, "candidates") }
 
-// mapRef is the host map's path as the generated config names it: relative
+// MapRef is the host map's path as the generated config names it: relative
 // to the config's directory, resolved by HAProxy through "default-path
 // config". The same bytes then work for a candidate in a scratch directory,
 // a kept generation, and the live file.
-func (e *Engine) mapRef() (string, error) {
+func (e *Engine) MapRef() (string, error) {
 	rel, err := filepath.Rel(filepath.Dir(e.S.OutputConfig), e.S.OutputMap)
 	if err != nil {
 		return "", fmt.Errorf("host map %s relative to %s: %w", e.S.OutputMap, e.S.OutputConfig, err)
@@ -126,7 +126,7 @@ func (e *Engine) Base() (*assemble.Base, error) {
 	if err != nil {
 		return nil, &reload.EnvError{Err: fmt.Errorf("base config: %w", err)}
 	}
-	ref, err := e.mapRef()
+	ref, err := e.MapRef()
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +142,7 @@ func (e *Engine) Base() (*assemble.Base, error) {
 // that the map reference resolves inside dir. A reference that climbs out
 // of the config's directory ("../maps/hosts.map") nests the config deeper.
 func (e *Engine) layout(dir string) (cfg, hostMap string, err error) {
-	ref, err := e.mapRef()
+	ref, err := e.MapRef()
 	if err != nil {
 		return "", "", err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"haproxy-config/certs"
 	"haproxy-config/reconcile"
+	"haproxy-config/reload"
 	"haproxy-config/settings"
 )
 
@@ -62,6 +63,7 @@ func (d *Daemon) newCertManager(ctx context.Context, s *settings.Settings, ch *c
 		},
 		Reload:  func(reason string) { d.certEvent(reason) },
 		Changed: func() { d.certEvent("") },
+		Loader:  runtimeCerts{d},
 	}
 	if a.CheckDNS {
 		addrs, err := balancerAddresses(a.Addresses)
@@ -237,4 +239,52 @@ func (d *Daemon) certSummary() *CertSummary {
 		}
 	}
 	return sum
+}
+
+// runtimeCerts puts certificates into the running HAProxy through the
+// runtime API. It holds the runtime lock, so it never talks to a worker
+// that a reload is replacing.
+type runtimeCerts struct{ d *Daemon }
+
+func (l runtimeCerts) Load(ctx context.Context, path string, bundle []byte, domain string) error {
+	l.d.runtimeMu.Lock()
+	defer l.d.runtimeMu.Unlock()
+	rt, list := l.d.rt, l.d.s.CrtList()
+	if err := rt.SetCert(ctx, path, bundle); err != nil {
+		return err
+	}
+	listed, err := l.listed(ctx, path)
+	if err != nil || listed {
+		return err
+	}
+	return rt.AddCrtList(ctx, list, path, []string{domain})
+}
+
+func (l runtimeCerts) Unload(ctx context.Context, path string) error {
+	l.d.runtimeMu.Lock()
+	defer l.d.runtimeMu.Unlock()
+	rt := l.d.rt
+	listed, err := l.listed(ctx, path)
+	if err != nil {
+		return err
+	}
+	if listed {
+		if err := rt.DelCrtList(ctx, l.d.s.CrtList(), path); err != nil {
+			return err
+		}
+	}
+	known, err := rt.CertKnown(ctx, path)
+	if err != nil || !known {
+		return err
+	}
+	return rt.DelCert(ctx, path)
+}
+
+// listed reports whether HAProxy's crt-list has a line for path.
+func (l runtimeCerts) listed(ctx context.Context, path string) (bool, error) {
+	entries, err := l.d.rt.ShowCrtList(ctx, l.d.s.CrtList())
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(entries, func(e reload.CrtListEntry) bool { return e.Cert == path }), nil
 }

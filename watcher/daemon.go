@@ -46,6 +46,7 @@ type Daemon struct {
 	reloader reload.Reloader
 	managed  *reload.Managed
 	cli      *reload.MasterCLI // nil when no master socket is known
+	rt       *reload.Runtime   // the stats socket: host map updates without a reload
 	limiter  *rate.Limiter
 	fsw      *fsnotify.Watcher
 
@@ -279,6 +280,7 @@ func (d *Daemon) configure(s *settings.Settings) error {
 	if s.MasterSocket != "" {
 		d.cli = &reload.MasterCLI{Path: s.MasterSocket}
 	}
+	d.rt = &reload.Runtime{Path: s.RuntimeSocket, Timeout: 5 * time.Second}
 	switch {
 	case s.Reload == "managed":
 		d.managed = &reload.Managed{Haproxy: bin, Config: s.OutputConfig, CLI: d.cli,
@@ -331,6 +333,7 @@ func (d *Daemon) rereadSettings() {
 		{"STATUS_ADDR", &s.StatusAddr, &d.s.StatusAddr}, {"RELOAD", &s.Reload, &d.s.Reload},
 		{"MASTER_SOCKET", &s.MasterSocket, &d.s.MasterSocket}, {"RELOAD_COMMAND", &s.ReloadCommand, &d.s.ReloadCommand},
 		{"RELOAD_UNIT", &s.ReloadUnit, &d.s.ReloadUnit}, {"METRICS_ADDR", &s.MetricsAddr, &d.s.MetricsAddr},
+		{"RUNTIME_SOCKET", &s.RuntimeSocket, &d.s.RuntimeSocket},
 	} {
 		if *f.next != *f.prev {
 			d.Log.Warn("this setting changes only when the daemon restarts: keeping the current value",
@@ -513,9 +516,10 @@ func (d *Daemon) step(ctx context.Context, timer *time.Timer) {
 		d.setPending()
 		return
 	}
+	since := d.firstDirty
 	d.dirty, d.rescan = map[string]bool{}, false
 	d.status.Pending = nil
-	if !d.reconcile(ctx) {
+	if !d.reconcile(ctx, since) {
 		r.CancelAt(now) // no reload: give the token back
 	}
 	if len(d.probe) > 0 {
@@ -539,13 +543,16 @@ func (d *Daemon) setPending() {
 // start brings HAProxy to the current generation: the managed one is
 // started on it, another one is reloaded unless it already serves it.
 func (d *Daemon) start(ctx context.Context) error {
+	since := time.Now()
 	pub, err := d.publish(ctx)
 	if err != nil {
 		return d.startStale(ctx, err)
 	}
 	if d.managed == nil {
-		if pub.Generation.Marker != "" && d.servedMarker(ctx) == pub.Generation.Marker {
-			d.setLive(pub.Generation)
+		// taking over a running HAProxy: its runtime map may hold what a
+		// killed daemon applied, or miss it
+		if pub.Generation.Marker != "" && d.servedMarker(ctx) == pub.Generation.Marker &&
+			d.applyMapAtRuntime(ctx, pub.Generation, since) {
 			return nil
 		}
 		d.reconcileReload(ctx, pub)
@@ -574,6 +581,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		// ever be verified
 		return &reload.EnvError{Err: fmt.Errorf("haproxy started but %w (is another process on HAPROXY_CONFIG_STATUS_ADDR?)", err)}
 	}
+	d.checkMapAfter(ctx, "the start")
 	d.setLive(pub.Generation)
 	return nil
 }
@@ -686,9 +694,11 @@ func (d *Daemon) quarantine(sel *reconcile.Selection, excluded []string) {
 	}
 }
 
-// reconcile publishes what is on disk and reloads when HAProxy does not
-// serve it yet. It reports whether it reloaded.
-func (d *Daemon) reconcile(ctx context.Context) bool {
+// reconcile publishes what is on disk and brings HAProxy to it: through
+// the runtime API when it serves the config already (only the host map
+// changed), else by a reload. since is when the change was first seen. It
+// reports whether it reloaded.
+func (d *Daemon) reconcile(ctx context.Context, since time.Time) bool {
 	if ctx.Err() != nil {
 		return false
 	}
@@ -701,11 +711,9 @@ func (d *Daemon) reconcile(ctx context.Context) bool {
 	}
 	d.status.LastError = ""
 	g := pub.Generation
-	if g.Marker != "" && d.forceReload == "" && d.servedMarker(ctx) == g.Marker {
-		// the marker is a digest of the content: HAProxy serves it already
-		if d.lastGood == nil || d.lastGood.Number != g.Number {
-			d.setLive(g)
-		}
+	// the marker is a digest of the config: HAProxy serves it already, and
+	// the host map (written to the live file by publish) goes in at runtime
+	if g.Marker != "" && d.forceReload == "" && d.servedMarker(ctx) == g.Marker && d.applyMapAtRuntime(ctx, g, since) {
 		return false
 	}
 	if g.Marker == "" && d.forceReload == "" && !pub.Changed && d.lastGood != nil && d.lastGood.Number == g.Number {
@@ -730,6 +738,7 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 	if err == nil {
 		d.status.Counts.Reloads++
 		d.forceReload = ""
+		d.checkMapAfter(ctx, "the reload")
 		d.setLive(g)
 		d.Log.Info("reloaded", "generation", g.Number, "fragments", len(g.Fragments), "duration_ms", res.DurationMS)
 		return
@@ -761,6 +770,7 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 	// a refused reload leaves the old worker serving; anything else gets
 	// the last good generation reloaded
 	if d.lastGood.Marker != "" && d.servedMarker(ctx) == d.lastGood.Marker {
+		d.checkMapAfter(ctx, "the refused reload")
 		return
 	}
 	// the rollback reload is a reload like any other: it waits its turn
@@ -769,7 +779,9 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 	}
 	if rerr := d.reloadVerified(ctx, d.lastGood.Marker); rerr != nil {
 		d.Log.Error("reload of the last good generation failed", "generation", d.lastGood.Number, "err", rerr)
+		return
 	}
+	d.checkMapAfter(ctx, "the rollback")
 }
 
 // holdBack excludes the fragments that changed since the last good

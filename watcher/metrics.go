@@ -43,11 +43,16 @@ var (
 	descCerts       = prometheus.NewDesc("haproxy_config_certificates", "Domains kept by the certificate manager, by state.", []string{"state"}, nil)
 	descCertExpiry  = prometheus.NewDesc("haproxy_config_certificate_expiry_timestamp_seconds", "When the soonest-expiring served certificate expires.", []string{"domain"}, nil)
 	descOrders      = prometheus.NewDesc("haproxy_config_acme_orders_in_window", "New orders counted against the order budget's current window.", nil, nil)
+	descRuntime     = prometheus.NewDesc("haproxy_config_runtime_updates_total", "Host map changes that went live through the runtime API, without a reload.", nil, nil)
+	descDrift       = prometheus.NewDesc("haproxy_config_map_drift_repairs_total", "Times the runtime host map differed from the live map file and was set back to it.", nil, nil)
+	descFallbacks   = prometheus.NewDesc("haproxy_config_runtime_fallbacks_total", "Host map changes the runtime API failed to apply, so a reload did.", nil, nil)
+	descLastRuntime = prometheus.NewDesc("haproxy_config_last_runtime_update_seconds", "From the change seen to the runtime host map verified, for the last runtime update.", nil, nil)
 )
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReloads, descRollbacks, descRestarts, descReconciles, descGeneration,
-		descLiveFrags, descPending, descHeld, descQuarantined, descLastReload, descLastOK, descCerts, descCertExpiry, descOrders} {
+		descLiveFrags, descPending, descHeld, descQuarantined, descLastReload, descLastOK, descRuntime, descDrift,
+		descFallbacks, descLastRuntime, descCerts, descCertExpiry, descOrders} {
 		ch <- d
 	}
 }
@@ -62,6 +67,12 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRollbacks, prometheus.CounterValue, float64(c.Rollbacks))
 	ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(c.Restarts))
 	ch <- prometheus.MustNewConstMetric(descReconciles, prometheus.CounterValue, float64(c.Reconciles))
+	ch <- prometheus.MustNewConstMetric(descRuntime, prometheus.CounterValue, float64(c.RuntimeUpdates))
+	ch <- prometheus.MustNewConstMetric(descDrift, prometheus.CounterValue, float64(c.DriftRepairs))
+	ch <- prometheus.MustNewConstMetric(descFallbacks, prometheus.CounterValue, float64(c.RuntimeFallbacks))
+	if r := st.LastRuntime; r != nil {
+		ch <- prometheus.MustNewConstMetric(descLastRuntime, prometheus.GaugeValue, r.DurationMS/1000)
+	}
 	if st.Live != nil {
 		ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(st.Live.Generation))
 		ch <- prometheus.MustNewConstMetric(descLiveFrags, prometheus.GaugeValue, float64(st.Live.Fragments))

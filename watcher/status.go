@@ -32,6 +32,7 @@ type Status struct {
 	Held         *reconcile.Hold `json:"held,omitempty"`
 	Pending      *Pending        `json:"pending,omitempty"`
 	LastReload   *ReloadResult   `json:"last_reload,omitempty"`
+	LastRuntime  *RuntimeResult  `json:"last_runtime_update,omitempty"`
 	Counts       Counts          `json:"counts"`
 	Quarantined  []Quarantined   `json:"quarantined"`
 	Strays       []string        `json:"strays,omitempty"`
@@ -64,6 +65,17 @@ type ReloadResult struct {
 	RolledBackTo int       `json:"rolled_back_to,omitempty"`
 }
 
+// RuntimeResult is the last host map change that went live through the
+// runtime API, without a reload.
+type RuntimeResult struct {
+	Generation int       `json:"generation"`
+	At         time.Time `json:"at"`
+	Entries    int       `json:"entries"`
+	// from the first file event of the change to the runtime map read
+	// back equal to the live map file
+	DurationMS float64 `json:"duration_ms"`
+}
+
 // Counts are totals since the daemon started.
 type Counts struct {
 	Reconciles    int `json:"reconciles"`
@@ -71,6 +83,13 @@ type Counts struct {
 	ReloadsFailed int `json:"reloads_failed"`
 	Rollbacks     int `json:"rollbacks"`
 	Restarts      int `json:"haproxy_restarts"`
+	// changes that went live through the runtime API, without a reload
+	RuntimeUpdates int `json:"runtime_updates"`
+	// times the runtime map differed from the live map file although no
+	// change was due, and was set back to the file
+	DriftRepairs int `json:"drift_repairs"`
+	// map changes the runtime API could not apply, so a reload did
+	RuntimeFallbacks int `json:"runtime_fallbacks"`
 }
 
 // Quarantined is a fragment left out of the live configuration.

@@ -102,9 +102,14 @@ func printStatus(w io.Writer, st *watcher.Status) {
 		}
 		fmt.Fprintf(w, "last reload: generation %d at %s, %s\n", r.Generation, when(r.At), result)
 	}
+	if r := st.LastRuntime; r != nil {
+		fmt.Fprintf(w, "last runtime update: generation %d at %s, %d map entries in %.1f ms\n", r.Generation, when(r.At), r.Entries, r.DurationMS)
+	}
 	n := st.Counts
 	fmt.Fprintf(w, "counts:      %d reloads, %d failed, %d rollbacks, %d haproxy restarts, %d reconciles\n",
 		n.Reloads, n.ReloadsFailed, n.Rollbacks, n.Restarts, n.Reconciles)
+	fmt.Fprintf(w, "changes:     %d live at runtime, %d needed a reload; %d runtime map drift repairs, %d runtime fallbacks to a reload\n",
+		n.RuntimeUpdates, n.Reloads, n.DriftRepairs, n.RuntimeFallbacks)
 	if p := st.HAProxy; p != nil {
 		var workers []string
 		for _, wk := range p.Workers {

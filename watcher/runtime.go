@@ -1,0 +1,125 @@
+package watcher
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"strings"
+	"time"
+
+	"haproxy-config/reconcile"
+)
+
+// readMapFile reads a host map file as HAProxy does: "key value" lines,
+// blank lines and # comments skipped.
+func readMapFile(path string) (map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("host map: %w", err)
+	}
+	entries := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return nil, fmt.Errorf("host map %s:%d: want \"domain backend\", got %q", path, n, line)
+		}
+		if _, dup := entries[f[0]]; !dup {
+			entries[f[0]] = f[1]
+		}
+	}
+	return entries, sc.Err()
+}
+
+// syncMap brings HAProxy's runtime host map to the live map file in one
+// atomic swap, then reads it back. It reports whether the runtime map had
+// to change, and the number of entries.
+func (d *Daemon) syncMap(ctx context.Context) (changed bool, entries int, err error) {
+	want, err := readMapFile(d.s.OutputMap)
+	if err != nil {
+		return false, 0, err
+	}
+	name, err := d.eng.MapRef()
+	if err != nil {
+		return false, 0, err
+	}
+	ref, err := d.rt.FindMap(ctx, name, d.s.OutputMap)
+	if err != nil {
+		return false, 0, err
+	}
+	got, dups, err := d.rt.ShowMap(ctx, ref)
+	if err != nil {
+		return false, 0, err
+	}
+	if len(dups) == 0 && maps.Equal(got, want) {
+		return false, len(want), nil
+	}
+	if err := d.rt.ReplaceMap(ctx, ref, want); err != nil {
+		return false, 0, err
+	}
+	got, dups, err = d.rt.ShowMap(ctx, ref)
+	if err != nil {
+		return false, 0, err
+	}
+	if len(dups) > 0 || !maps.Equal(got, want) {
+		return false, 0, fmt.Errorf("runtime host map %s differs from %s after the update: %d entries (%d duplicated), want %d",
+			ref, d.s.OutputMap, len(got), len(dups), len(want))
+	}
+	return true, len(want), nil
+}
+
+// applyMapAtRuntime makes generation g, whose config HAProxy serves
+// already, live by updating the host map through the runtime API. since
+// is when the change was first seen. It reports false when the runtime API
+// failed for a new generation, which then needs a reload.
+func (d *Daemon) applyMapAtRuntime(ctx context.Context, g *reconcile.Generation, since time.Time) bool {
+	fresh := d.lastGood == nil || d.lastGood.Number != g.Number
+	changed, n, err := d.syncMap(ctx)
+	switch {
+	case err != nil && fresh:
+		d.status.Counts.RuntimeFallbacks++
+		d.Log.Warn("runtime api failed: reloading instead", "generation", g.Number, "socket", d.rt.Path, "err", err)
+		return false
+	case err != nil:
+		// nothing new to apply: HAProxy serves this generation since it
+		// was verified; the next reconcile checks again
+		d.Log.Warn("cannot check the runtime host map", "socket", d.rt.Path, "err", err)
+		return true
+	case changed && fresh:
+		d.status.Counts.RuntimeUpdates++
+		d.status.LastRuntime = &RuntimeResult{Generation: g.Number, At: time.Now().UTC(), Entries: n,
+			DurationMS: float64(time.Since(since).Microseconds()) / 1000}
+		d.Log.Info("host map updated at runtime", "generation", g.Number, "entries", n, "duration_ms", d.status.LastRuntime.DurationMS)
+	case changed:
+		d.repaired("no change was due")
+	}
+	if fresh {
+		d.setLive(g)
+	}
+	return true
+}
+
+// checkMapAfter compares the runtime host map with the live map file
+// after HAProxy (re)loaded the files, and repairs a difference, so an
+// entry written to the file while the reload was in flight is not lost.
+func (d *Daemon) checkMapAfter(ctx context.Context, what string) {
+	changed, _, err := d.syncMap(ctx)
+	switch {
+	case err != nil:
+		d.Log.Warn("cannot check the runtime host map after "+what, "socket", d.rt.Path, "err", err)
+	case changed:
+		d.repaired("after " + what)
+	}
+}
+
+func (d *Daemon) repaired(when string) {
+	d.status.Counts.DriftRepairs++
+	d.Log.Warn("runtime host map differed from the live map file: repaired", "when", when, "map", d.s.OutputMap)
+}
