@@ -126,21 +126,25 @@ func TestCertsRenewal(t *testing.T) {
 			in := newInstall(t)
 			p := startPebble(t, pebbleOptions{httpPort: in.httpPort, profiles: map[string]int{"tiny": int(life / time.Second)}})
 			in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=tiny", "HAPROXY_CONFIG_ACME_ARI="+strconv.FormatBool(ari))...)
-			in.startDaemon(t)
+			dm := in.startDaemon(t)
 			in.applyDomains(t, "r", "renewed", "r.example.com")
 			roots := p.roots(t)
 			first := in.waitServed(t, "r.example.com", roots, "", 60*time.Second)
 			reloads := in.status(t).Counts.Reloads
 			second := in.waitServed(t, "r.example.com", roots, first.SerialNumber.Text(16), 2*life)
 			gap := second.NotBefore.Sub(first.NotBefore)
-			d := in.certState(t).Domains["r.example.com"]
-			if d == nil {
-				t.Fatal("no state for r.example.com")
-			}
-			if ari {
-				if d.RenewBy != "ari" {
-					t.Errorf("renewal scheduled by %q, want ari", d.RenewBy)
+			var d *certs.Domain
+			eventually(t, 10*time.Second, "the new certificate's renewal scheduled", func() error {
+				d = in.certState(t).Domains["r.example.com"]
+				if d == nil || d.Serial == first.SerialNumber.Text(16) {
+					return fmt.Errorf("state %+v", d)
 				}
+				if ari && d.RenewBy != "ari" {
+					return fmt.Errorf("renewal scheduled by %q, want ari", d.RenewBy)
+				}
+				return nil
+			})
+			if ari {
 				if p.replacements(t) < 1 {
 					t.Error("Pebble recorded no order replacing the old certificate (ARI replaces)")
 				}
@@ -157,6 +161,9 @@ func TestCertsRenewal(t *testing.T) {
 				t.Errorf("reloads %d -> %d for the renewal, want none", reloads, got)
 			}
 			t.Logf("renewed %v after issuance (lifetime %v), by %s", gap, life, d.RenewBy)
+			if t.Failed() {
+				t.Log(dm.output())
+			}
 		})
 	}
 }
