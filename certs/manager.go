@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
@@ -127,6 +128,13 @@ func (m *Manager) Init() error {
 			d.File = ""
 		} else {
 			d.NotBefore, d.NotAfter = leaf.NotBefore, leaf.NotAfter
+		}
+	}
+	// HAProxy must not be handed a crt-list naming a file that is gone
+	want := crtList(m.CertsDir, st)
+	if have, err := os.ReadFile(m.CrtList); err != nil || !bytes.Equal(have, want) {
+		if err := writeSecret(m.CrtList, want); err != nil {
+			return fmt.Errorf("write crt-list: %w", err)
 		}
 	}
 	return m.saveLocked()

@@ -601,3 +601,22 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+func TestRestartDropsMissingFiles(t *testing.T) {
+	r := newRig(t, policy(), "")
+	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil)
+	r.step()
+	if err := os.Remove(filepath.Join(r.dir, "certs/a.example.com.pem")); err != nil {
+		t.Fatal(err)
+	}
+	r.m = r.manager(policy())
+	list, _ := os.ReadFile(filepath.Join(r.dir, "certs/crt-list"))
+	if strings.Contains(string(list), "a.example.com") || !strings.Contains(string(list), "b.example.com") {
+		t.Errorf("crt-list after a restart with a.example.com's file gone:\n%s", list)
+	}
+	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil)
+	r.step()
+	if got := r.iss.count(); got != 3 {
+		t.Errorf("orders = %d, want 3: the missing certificate ordered again", got)
+	}
+}
