@@ -5,7 +5,7 @@ BIN     := bin/haproxy-config
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test deps lint bench run clean
+.PHONY: build test deps lint bench run clean deb
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/haproxy-config
@@ -24,8 +24,12 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 20m ./reconcile/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./tests/
 
+# The Debian package (see README "Installing the Debian package"), into dist/.
+deb:
+	./packaging/build-deb.sh dist
+
 run: deps build
 	./packaging/demo.sh $(BIN)
 
 clean:
-	rm -rf bin .demo
+	rm -rf bin .demo dist

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need on Debian 12: haproxy (the
-# real one every integration test runs), curl and openssl from Debian, and
-# Pebble v2.10.1 with pebble-challtestsrv (Let's Encrypt's test CA, newer
-# than Debian's 2.4.0: ARI and profiles) from the Go module proxy into
-# /usr/local/bin. Idempotent.
+# real one every integration test runs), curl and openssl; lintian,
+# mmdebstrap and systemd (systemd-analyze) for the package tests; ansible-core
+# for the Ansible tests, all from Debian; and Pebble v2.10.1 with
+# pebble-challtestsrv (Let's Encrypt's test CA, newer than Debian's 2.4.0:
+# ARI and profiles) from the Go module proxy into /usr/local/bin.
+# Idempotent, and quick when all are present.
 set -euo pipefail
 
 pebble_version=v2.10.1
@@ -17,6 +19,11 @@ missing=()
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# the Debian package tests (tests/deb_test.go) and the Ansible tests
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v ansible-playbook >/dev/null 2>&1 || missing+=(ansible-core)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -210,6 +210,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			},
 		},
 	}
+	app.Commands = append(app.Commands, docCommands()...)
 	for _, c := range app.Commands {
 		c.OnUsageError = app.OnUsageError
 	}
