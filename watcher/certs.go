@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"haproxy-config/certs"
@@ -63,7 +64,7 @@ func (d *Daemon) newCertManager(ctx context.Context, s *settings.Settings, ch *c
 		},
 		Reload:  func(reason string) { d.certEvent(reason) },
 		Changed: func() { d.certEvent("") },
-		Loader:  runtimeCerts{d},
+		Loader:  runtimeCerts{rt: d.rt, list: s.CrtList(), mu: &d.runtimeMu},
 	}
 	if a.CheckDNS {
 		addrs, err := balancerAddresses(a.Addresses)
@@ -244,45 +245,47 @@ func (d *Daemon) certSummary() *CertSummary {
 // runtimeCerts puts certificates into the running HAProxy through the
 // runtime API. It holds the runtime lock, so it never talks to a worker
 // that a reload is replacing.
-type runtimeCerts struct{ d *Daemon }
+type runtimeCerts struct {
+	rt   *reload.Runtime
+	list string      // the crt-list the HTTPS frontend loads
+	mu   *sync.Mutex // the daemon's runtime lock
+}
 
 func (l runtimeCerts) Load(ctx context.Context, path string, bundle []byte, domain string) error {
-	l.d.runtimeMu.Lock()
-	defer l.d.runtimeMu.Unlock()
-	rt, list := l.d.rt, l.d.s.CrtList()
-	if err := rt.SetCert(ctx, path, bundle); err != nil {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.rt.SetCert(ctx, path, bundle); err != nil {
 		return err
 	}
 	listed, err := l.listed(ctx, path)
 	if err != nil || listed {
 		return err
 	}
-	return rt.AddCrtList(ctx, list, path, []string{domain})
+	return l.rt.AddCrtList(ctx, l.list, path, []string{domain})
 }
 
 func (l runtimeCerts) Unload(ctx context.Context, path string) error {
-	l.d.runtimeMu.Lock()
-	defer l.d.runtimeMu.Unlock()
-	rt := l.d.rt
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	listed, err := l.listed(ctx, path)
 	if err != nil {
 		return err
 	}
 	if listed {
-		if err := rt.DelCrtList(ctx, l.d.s.CrtList(), path); err != nil {
+		if err := l.rt.DelCrtList(ctx, l.list, path); err != nil {
 			return err
 		}
 	}
-	known, err := rt.CertKnown(ctx, path)
+	known, err := l.rt.CertKnown(ctx, path)
 	if err != nil || !known {
 		return err
 	}
-	return rt.DelCert(ctx, path)
+	return l.rt.DelCert(ctx, path)
 }
 
 // listed reports whether HAProxy's crt-list has a line for path.
 func (l runtimeCerts) listed(ctx context.Context, path string) (bool, error) {
-	entries, err := l.d.rt.ShowCrtList(ctx, l.d.s.CrtList())
+	entries, err := l.rt.ShowCrtList(ctx, l.list)
 	if err != nil {
 		return false, err
 	}
