@@ -60,7 +60,8 @@ func (in *install) waitServed(t *testing.T, host string, roots *x509.CertPool, s
 func TestCertsIssuedThroughHAProxy(t *testing.T) {
 	in := newInstall(t)
 	p := startPebble(t, pebbleOptions{httpPort: in.httpPort})
-	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default")...)
+	metricsAddr := "127.0.0.1:" + freePort(t)
+	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default", "HAPROXY_CONFIG_METRICS_ADDR="+metricsAddr)...)
 	in.startDaemon(t)
 	in.applyDomains(t, "shop", "shop", "a.example.com", "b.example.com")
 	liveReloads := in.status(t).Counts.Reloads
@@ -110,6 +111,13 @@ func TestCertsIssuedThroughHAProxy(t *testing.T) {
 		fi, err := os.Stat(filepath.Join(in.root, "var/lib/haproxy-config/certs", r.File))
 		if err != nil || fi.Mode().Perm() != 0o640 {
 			t.Errorf("%s: %v, want mode 0640", r.File, err)
+		}
+	}
+	metrics := scrape(t, metricsAddr)
+	for _, want := range []string{`haproxy_config_certificates{state="valid"} 2`, `haproxy_config_acme_orders_in_window 2`,
+		`haproxy_config_certificate_expiry_timestamp_seconds{domain="`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
 		}
 	}
 	text := mustRun(t, in.env, "", "certs")
