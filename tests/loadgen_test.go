@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -140,9 +141,15 @@ const loadRequestTimeout = 10 * time.Second
 // loadExamples is how many failures are kept in full.
 const loadExamples = 5
 
+// loadProgress counts failed requests while a run goes on.
+type loadProgress struct {
+	failed atomic.Int64
+}
+
 // runLoad runs workers against target until ctx is done; a request in
-// flight then is finished and counted.
-func runLoad(ctx context.Context, target loadTarget, mode loadMode, workers int) *loadResult {
+// flight then is finished and counted. progress, if not nil, counts
+// failures as they happen.
+func runLoad(ctx context.Context, target loadTarget, mode loadMode, workers int, progress *loadProgress) *loadResult {
 	total := &loadResult{mode: mode, workers: workers, failures: map[string]int{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -151,7 +158,7 @@ func runLoad(ctx context.Context, target loadTarget, mode loadMode, workers int)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := &loadWorker{target: target, mode: mode, res: &loadResult{failures: map[string]int{}}}
+			w := &loadWorker{target: target, mode: mode, res: &loadResult{failures: map[string]int{}}, progress: progress}
 			w.loop(ctx)
 			mu.Lock()
 			defer mu.Unlock()
@@ -175,12 +182,13 @@ func runLoad(ctx context.Context, target loadTarget, mode loadMode, workers int)
 
 // loadWorker sends one request at a time.
 type loadWorker struct {
-	target loadTarget
-	mode   loadMode
-	res    *loadResult
-	conn   net.Conn // the kept connection (keep-alive mode), nil if none
-	br     *bufio.Reader
-	used   bool // conn has carried a request already
+	target   loadTarget
+	mode     loadMode
+	res      *loadResult
+	conn     net.Conn // the kept connection (keep-alive mode), nil if none
+	br       *bufio.Reader
+	used     bool // conn has carried a request already
+	progress *loadProgress
 }
 
 func (w *loadWorker) loop(ctx context.Context) {
@@ -196,6 +204,9 @@ func (w *loadWorker) loop(ctx context.Context) {
 		if err != nil {
 			w.closeConn()
 			w.res.failures[class]++
+			if w.progress != nil {
+				w.progress.failed.Add(1)
+			}
 			if len(w.res.examples) < loadExamples {
 				w.res.examples = append(w.res.examples, fmt.Sprintf("%s at %s: %v", class, start.Format("15:04:05.000"), err))
 			}
