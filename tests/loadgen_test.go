@@ -162,22 +162,26 @@ func runLoad(ctx context.Context, target loadTarget, mode loadMode, workers int,
 			w.loop(ctx)
 			mu.Lock()
 			defer mu.Unlock()
-			total.requests += w.res.requests
-			total.conns += w.res.conns
-			total.serverCloses += w.res.serverCloses
-			for c, n := range w.res.failures {
-				total.failures[c] += n
-			}
-			total.examples = append(total.examples, w.res.examples...)
-			total.latencies = append(total.latencies, w.res.latencies...)
+			total.add(w.res)
 		}()
 	}
 	wg.Wait()
 	total.elapsed = time.Since(began)
-	if len(total.examples) > loadExamples {
-		total.examples = total.examples[:loadExamples]
-	}
 	return total
+}
+
+// add counts o's requests, failures and latencies into r; elapsed times
+// add up too, for runs one after the other.
+func (r *loadResult) add(o *loadResult) {
+	r.elapsed += o.elapsed
+	r.requests += o.requests
+	r.conns += o.conns
+	r.serverCloses += o.serverCloses
+	for c, n := range o.failures {
+		r.failures[c] += n
+	}
+	r.examples = append(r.examples, o.examples[:min(len(o.examples), loadExamples-len(r.examples))]...)
+	r.latencies = append(r.latencies, o.latencies...)
 }
 
 // loadWorker sends one request at a time.
