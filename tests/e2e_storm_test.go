@@ -46,7 +46,7 @@ const (
 // has accepted but HAProxy not yet: 32 workers keep HAProxy busy enough
 // that some wait in the accept queue at every reload (against old-style
 // reloads, 4 workers lost 0.01 requests per reload, 16 lost 0.02 to 0.5,
-// 32 lost 0.1 to 0.5). With keep-alive, 8 connections carry requests
+// 32 lost 0.06 to 0.6). With keep-alive, 8 connections carry requests
 // across every reload.
 var stormWorkers = map[loadMode]int{loadConnPerRequest: 32, loadKeepAlive: 8}
 
@@ -231,15 +231,16 @@ func TestReloadStormControl(t *testing.T) {
 // and connections waiting in the old process's accept queue are reset
 // when it closes its listeners.
 func stormControlOldStyle(t *testing.T) {
-	// 0.1 to 0.5 requests were lost per reload in runs on a busy 2-core
-	// machine (see stormWorkers). The run goes on past minReloads until
-	// it has seen enoughLost, up to maxReloads: even at 0.05 per reload,
-	// the chance of no loss in 200 reloads is e^-10
+	// 0.1 to 0.6 requests were lost per reload with a reload every 50 ms
+	// on a 2-core machine, 0.06 to 0.5 every 100 ms (see stormWorkers).
+	// The run goes on past minReloads until it has seen enoughLost, up
+	// to maxReloads: even at 0.05 per reload, the chance of no loss in
+	// 400 reloads is e^-20
 	const (
-		minReloads = 40
-		maxReloads = 200
+		minReloads = 60
+		maxReloads = 400
 		enoughLost = 3
-		pace       = 100 * time.Millisecond
+		pace       = 50 * time.Millisecond
 	)
 	haproxy := requireHaproxy(t)
 	in, target := stormInstall(t)
