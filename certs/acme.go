@@ -120,7 +120,7 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, logger *
 		return nil, fmt.Errorf("acme directory %s: %w", cfg.Directory, err)
 	}
 	if err := client.Challenge.SetHTTP01Provider(provider); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("http-01 provider: %w", err)
 	}
 	if acct.Registration == nil {
 		if cfg.EABKeyID != "" {
@@ -148,8 +148,11 @@ func (a *ACME) Obtain(domain, replaces string) (*Issued, error) {
 		return nil, err
 	}
 	certs, err := certcrypto.ParsePEMBundle(res.Certificate)
-	if err != nil || len(certs) == 0 {
-		return nil, fmt.Errorf("certificate from the CA: %v", err)
+	if err != nil {
+		return nil, fmt.Errorf("certificate from the CA: %w", err)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("the CA sent no certificate")
 	}
 	return &Issued{Chain: res.Certificate, Key: res.PrivateKey, Leaf: certs[0]}, nil
 }
@@ -189,7 +192,7 @@ func loadAccount(dir, email string) (*account, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		key, err := certcrypto.GeneratePrivateKey(certcrypto.EC256)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("acme account key: %w", err)
 		}
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("acme account directory: %w", err)
@@ -225,7 +228,7 @@ func loadAccount(dir, email string) (*account, error) {
 func saveAccount(dir string, acct *account) error {
 	data, err := json.MarshalIndent(acct, "", "  ")
 	if err != nil {
-		return err
+		return fmt.Errorf("acme account: %w", err)
 	}
 	if err := renameio.WriteFile(filepath.Join(dir, "account.json"), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write acme account: %w", err)

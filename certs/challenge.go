@@ -71,15 +71,8 @@ func (c *Challenges) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte(ch.keyAuth))
 }
 
-// Pending is the number of tokens being served.
-func (c *Challenges) Pending() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.tokens)
-}
-
-// Serve listens on addr and answers challenges until ctx ends; the
-// returned function stops the server and waits for it.
+// Serve listens on addr and answers challenges; the returned function
+// stops the server and waits for it.
 func (c *Challenges) Serve(addr string, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -41,8 +41,8 @@ func TestChallengesAnswerOnlyTokensInFlight(t *testing.T) {
 	}
 	w := httptest.NewRecorder()
 	c.ServeHTTP(w, httptest.NewRequest("GET", "http://shop.example.com"+ChallengePath+"tok1", nil))
-	if w.Code != 404 || c.Pending() != 0 {
-		t.Errorf("after CleanUp: %d, %d pending; want 404, 0", w.Code, c.Pending())
+	if w.Code != 404 {
+		t.Errorf("after CleanUp: %d, want 404", w.Code)
 	}
 }
 

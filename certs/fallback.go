@@ -1,6 +1,7 @@
-// Package certs owns the TLS files HAProxy loads: for now the self-signed
-// fallback certificate and the crt-list, so that HAProxy starts with zero
-// issued certificates.
+// Package certs owns the TLS files HAProxy loads: certificates obtained
+// and renewed through ACME (lego) for every mapped domain, the crt-list
+// that lists them, and a self-signed fallback certificate so that HAProxy
+// starts with none.
 package certs
 
 import (

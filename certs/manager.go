@@ -72,9 +72,11 @@ type Manager struct {
 	running   map[string]bool
 	issuer    Issuer
 	issuerErr string
-	results   chan result
-	wake      chan struct{}
-	jobs      sync.WaitGroup
+	// failed connections to the CA in a row
+	issuerFailures int
+	results        chan result
+	wake           chan struct{}
+	jobs           sync.WaitGroup
 }
 
 type jobKind int
@@ -153,7 +155,7 @@ func (m *Manager) SetDomains(mapped, protected []string) {
 	}
 	prot := map[string]bool{}
 	for _, name := range protected {
-		prot[strings.ToLower(name)] = true
+		prot[strings.ToLower(strings.TrimSuffix(name, "."))] = true
 	}
 	m.mu.Lock()
 	m.wanted, m.protected, m.domains = wanted, prot, true
@@ -230,9 +232,10 @@ func (m *Manager) Run(ctx context.Context) error {
 				m.jobs.Wait()
 				close(done)
 			}()
-			for { // let finishing jobs deliver, then stop
+			for { // keep what finishing jobs deliver, then stop
 				select {
-				case <-m.results:
+				case r := <-m.results:
+					m.finish(ctx, r)
 				case <-done:
 					return nil
 				}
@@ -278,11 +281,13 @@ func (m *Manager) tick(ctx context.Context) time.Time {
 			}
 			m.mu.Lock()
 			m.issuerErr = err.Error()
+			m.issuerFailures++
+			wait := max(m.Policy.backoff(m.issuerFailures, m.Jitter), retryAfter(err))
 			m.mu.Unlock()
-			return now.Add(m.Policy.BackoffMin)
+			return now.Add(wait)
 		}
 		m.mu.Lock()
-		m.issuer, m.issuerErr = iss, ""
+		m.issuer, m.issuerErr, m.issuerFailures = iss, "", 0
 		m.mu.Unlock()
 	}
 	m.mu.Lock()
@@ -290,7 +295,7 @@ func (m *Manager) tick(ctx context.Context) time.Time {
 	if m.issuer != nil {
 		m.startJobs(ctx, now)
 	}
-	return m.st.nextWake(now, m.Policy, m.running)
+	return m.st.nextWake(now, m.Policy, m.running, m.protected, m.ARI)
 }
 
 // needsIssuer reports whether anything due needs the CA.
@@ -311,19 +316,21 @@ func (m *Manager) needsIssuer(now time.Time) bool {
 // budget entry and a provisional next attempt, is saved before an order
 // starts: a crash during the order does not repeat it at once.
 func (m *Manager) startJobs(ctx context.Context, now time.Time) {
-	for _, d := range m.st.Sorted() {
-		if len(m.running) >= m.Policy.InFlight {
-			return
+	if m.ARI {
+		for _, d := range m.st.Sorted() {
+			if len(m.running) >= m.Policy.InFlight {
+				return
+			}
+			if d.ARICheckAt.IsZero() || now.Before(d.ARICheckAt) || !d.RemovedAt.IsZero() || d.wants(now) || m.running[d.Name] {
+				continue
+			}
+			d.ARICheckAt = time.Time{}
+			m.launch(ctx, result{kind: ariJob, domain: d.Name}, d)
 		}
-		if d.ARICheckAt.IsZero() || now.Before(d.ARICheckAt) || !d.RemovedAt.IsZero() || d.wants(now) || m.running[d.Name] {
-			continue
-		}
-		d.ARICheckAt = time.Time{}
-		m.launch(ctx, result{kind: ariJob, domain: d.Name}, d)
 	}
-	changed := false
+	var orders []*Domain
 	for _, d := range m.st.due(now, m.running) {
-		if len(m.running) >= m.Policy.InFlight {
+		if len(m.running)+len(orders) >= m.Policy.InFlight {
 			break
 		}
 		if ok, _ := m.st.budget(now, m.Policy); !ok {
@@ -331,12 +338,28 @@ func (m *Manager) startJobs(ctx context.Context, now time.Time) {
 		}
 		m.st.Orders = append(m.st.Orders, now)
 		m.st.OrdersTotal++
-		d.NextAttempt = now.Add(m.Policy.backoff(d.Failures+1, m.Jitter))
-		changed = true
-		m.launch(ctx, result{kind: orderJob, domain: d.Name, reserved: now}, d)
+		// counted before the order: a daemon killed during orders, again
+		// and again, still backs off
+		d.Started++
+		d.NextAttempt = now.Add(m.Policy.backoff(max(d.Started, d.Failures+1), m.Jitter))
+		orders = append(orders, d)
 	}
-	if changed {
-		m.saveLocked()
+	if len(orders) == 0 {
+		return
+	}
+	if err := m.saveLocked(); err != nil {
+		// an order the state does not record could be repeated by the
+		// next start: none starts
+		for _, d := range orders {
+			d.Started--
+			m.st.Orders = m.st.Orders[:len(m.st.Orders)-1]
+			m.st.OrdersTotal--
+			d.NextAttempt = now.Add(m.Policy.BackoffMin)
+		}
+		return
+	}
+	for _, d := range orders {
+		m.launch(ctx, result{kind: orderJob, domain: d.Name, reserved: now}, d)
 	}
 }
 
@@ -374,14 +397,10 @@ func (m *Manager) order(ctx context.Context, iss Issuer, r *result, current stri
 			replaces = ARICertID(leaf)
 		}
 	}
+	// lego orders again without "replaces" when the CA answers that the
+	// certificate was replaced already
 	r.ordered = true
 	r.issued, r.err = iss.Obtain(r.domain, replaces)
-	if r.err != nil && replaces != "" && !errors.Is(r.err, context.Canceled) {
-		// the CA may refuse the replacement (already replaced, unknown to
-		// it): a plain order is still a valid renewal
-		m.Log.Warn("renewal naming the replaced certificate failed: ordering without", "domain", r.domain, "err", r.err)
-		r.issued, r.err = iss.Obtain(r.domain, "")
-	}
 }
 
 // checkARI asks the CA when to renew the current certificate.
@@ -401,7 +420,8 @@ func (m *Manager) checkARI(iss Issuer, r *result, current string) {
 	if info.RetryAfter > 0 {
 		poll = min(max(info.RetryAfter, time.Minute), m.Policy.ARIPoll)
 	}
-	adv := &ariAdvice{checkAt: now.Add(poll), renewAt: info.SuggestedWindow.End}
+	// a tenth of jitter: certificates issued together do not ask together
+	adv := &ariAdvice{checkAt: now.Add(poll - m.Jitter(poll/10+1)), renewAt: info.SuggestedWindow.End}
 	if at := info.ShouldRenewAt(now, poll); at != nil {
 		adv.renewAt = *at
 	}
@@ -455,11 +475,12 @@ func (m *Manager) finish(ctx context.Context, r result) {
 			m.st.Orders = slices.Delete(m.st.Orders, i, i+1)
 			m.st.OrdersTotal--
 		}
+		d.Started = max(d.Started-1, 0)
 	}
 	if r.err != nil {
 		d.Failures++
 		d.LastError, d.LastErrorAt = r.err.Error(), now.UTC()
-		d.NextAttempt = now.Add(max(m.Policy.backoff(d.Failures, m.Jitter), retryAfter(r.err)))
+		d.NextAttempt = now.Add(max(m.Policy.backoff(max(d.Failures, d.Started), m.Jitter), retryAfter(r.err)))
 		m.Log.Warn("certificate order failed", "domain", d.Name, "failures", d.Failures,
 			"next_attempt", d.NextAttempt.UTC().Format(time.RFC3339), "err", r.err)
 		m.saveLocked()
@@ -482,7 +503,7 @@ func (m *Manager) finish(ctx context.Context, r result) {
 	d.File = fileName(d.Name)
 	d.Issuer, d.Serial = leaf.Issuer.CommonName, leaf.SerialNumber.Text(16)
 	d.NotBefore, d.NotAfter = leaf.NotBefore, leaf.NotAfter
-	d.Failures, d.LastError, d.LastErrorAt, d.NextAttempt, d.Forced = 0, "", time.Time{}, time.Time{}, false
+	d.Failures, d.Started, d.LastError, d.LastErrorAt, d.NextAttempt, d.Forced = 0, 0, "", time.Time{}, time.Time{}, false
 	d.RenewAt, d.RenewBy = lifetimeRenewal(leaf.NotBefore, leaf.NotAfter, m.Jitter), "lifetime"
 	d.ARICheckAt = time.Time{}
 	if m.ARI {

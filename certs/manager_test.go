@@ -620,3 +620,74 @@ func TestRestartDropsMissingFiles(t *testing.T) {
 		t.Errorf("orders = %d, want 3: the missing certificate ordered again", got)
 	}
 }
+
+func TestNextWakeIsNeverInThePast(t *testing.T) {
+	p := policy()
+	p.InFlight = 1
+	r := newRig(t, p, "")
+	r.m.ARI = true
+	r.iss.ari = &certificate.RenewalInfoResponse{}
+	r.iss.ari.SuggestedWindow.Start = t0.Add(50 * 24 * time.Hour)
+	r.iss.ari.SuggestedWindow.End = t0.Add(51 * 24 * time.Hour)
+	r.m.SetDomains([]string{"a.example.com", "b.example.com", "c.example.com"}, nil)
+	for range 8 {
+		r.step()
+	}
+	for _, d := range r.m.Snapshot().Domains {
+		if d.File == "" || d.RenewBy != "ari" {
+			t.Fatalf("%s not issued and scheduled: %+v", d.Name, d)
+		}
+	}
+	// b leaves the map but a quarantined fragment still names it; long
+	// after its grace nothing is due for it
+	r.m.SetDomains([]string{"a.example.com", "c.example.com"}, []string{"b.example.com."})
+	r.now = t0.Add(48 * time.Hour)
+	if next := r.step(); !next.After(r.now) {
+		t.Errorf("next wake %v is not after now %v", next, r.now)
+	}
+	if r.m.Snapshot().Domains["b.example.com"] == nil {
+		t.Error("a protected domain was removed")
+	}
+	// a renewal-information check is due while the only slot is taken:
+	// the job's end, not a timer in the past, wakes the manager
+	r.now = r.domain("a.example.com").ARICheckAt
+	r.m.mu.Lock()
+	r.m.running["c.example.com"] = true
+	next := r.m.st.nextWake(r.now, r.m.Policy, r.m.running, r.m.protected, true)
+	r.m.mu.Unlock()
+	if !next.IsZero() && !next.After(r.now) {
+		t.Errorf("next wake %v with no free slot is not after now %v", next, r.now)
+	}
+}
+
+func TestRestartLoopDuringOrdersBacksOff(t *testing.T) {
+	r := newRig(t, policy(), "")
+	var starts []time.Duration
+	for range 5 {
+		r.m.SetDomains([]string{"a.example.com"}, nil)
+		if r.m.tick(context.Background()); r.m.InFlight() > 0 {
+			starts = append(starts, r.now.Sub(t0))
+			<-r.m.results // killed during the order
+		}
+		r.m = r.manager(policy())
+		r.now = r.domain("a.example.com").NextAttempt
+	}
+	want := []time.Duration{0, 5 * time.Minute, 15 * time.Minute, 35 * time.Minute, 75 * time.Minute}
+	if fmt.Sprint(starts) != fmt.Sprint(want) {
+		t.Errorf("orders started at %v, want %v: each start counts before the order", starts, want)
+	}
+}
+
+func TestNoOrderWhenTheStateCannotBeSaved(t *testing.T) {
+	r := newRig(t, policy(), "")
+	// a directory where the state file goes: every save fails
+	_ = os.Remove(filepath.Join(r.m.StateDir, StateFile))
+	if err := os.MkdirAll(filepath.Join(r.m.StateDir, StateFile, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r.m.SetDomains([]string{"a.example.com"}, nil)
+	r.step()
+	if got := r.iss.count(); got != 0 {
+		t.Errorf("orders = %d, want none while the state cannot record them", got)
+	}
+}

@@ -123,10 +123,11 @@ func (st *State) expired(now time.Time, p Policy, protected map[string]bool) []*
 }
 
 // nextWake is the earliest time something may need doing: an order that
-// becomes due, a retry, a renewal-information check, a removal, or room in
-// the order budget for orders that wait for it. Zero means nothing is
-// scheduled.
-func (st *State) nextWake(now time.Time, p Policy, running map[string]bool) time.Time {
+// becomes due, a retry, a renewal-information check (when there is room
+// for one), a removal (of a domain no fragment protects), or room in the
+// order budget for orders that wait for it. Zero means nothing is
+// scheduled; a job's end wakes the manager too.
+func (st *State) nextWake(now time.Time, p Policy, running, protected map[string]bool, ari bool) time.Time {
 	var next time.Time
 	at := func(t time.Time) {
 		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
@@ -134,12 +135,15 @@ func (st *State) nextWake(now time.Time, p Policy, running map[string]bool) time
 		}
 	}
 	waiting := false
+	room := len(running) < p.InFlight
 	for _, d := range st.Domains {
 		if running[d.Name] {
 			continue
 		}
 		if !d.RemovedAt.IsZero() {
-			at(d.RemovedAt.Add(p.RemoveGrace))
+			if !protected[d.Name] {
+				at(d.RemovedAt.Add(p.RemoveGrace))
+			}
 			continue
 		}
 		if d.wants(now) {
@@ -151,7 +155,9 @@ func (st *State) nextWake(now time.Time, p Policy, running map[string]bool) time
 			continue
 		}
 		at(d.RenewAt)
-		at(d.ARICheckAt)
+		if ari && (room || d.ARICheckAt.After(now)) {
+			at(d.ARICheckAt)
+		}
 	}
 	if waiting {
 		if ok, free := st.budget(now, p); !ok {

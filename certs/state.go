@@ -32,8 +32,10 @@ type Domain struct {
 	RenewAt    time.Time `json:"renew_at,omitzero"`
 	RenewBy    string    `json:"renew_by,omitempty"` // "ari" or "lifetime"
 	ARICheckAt time.Time `json:"ari_check_at,omitzero"`
-	// failures since the last success, and when the next try may start
+	// failures since the last success, orders started since then (saved
+	// before each starts), and when the next try may start
 	Failures    int       `json:"failures,omitempty"`
+	Started     int       `json:"started,omitempty"`
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
@@ -82,7 +84,7 @@ func (st *State) write(stateDir string) error {
 	}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return err
+		return fmt.Errorf("certificate state: %w", err)
 	}
 	if err := renameio.WriteFile(path, append(data, '\n'), 0o640); err != nil {
 		return fmt.Errorf("write certificate state: %w", err)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"haproxy-config/assemble"
+	"haproxy-config/certs"
 )
 
 // EnvPrefix starts every environment variable and defaults-file key.
@@ -271,11 +272,31 @@ var Keys = []Key{
 	{"ACME_EAB_HMAC", "acme-eab-hmac", "External Account Binding `KEY` (base64url)",
 		fixed(""), str(func(s *Settings) *string { return &s.ACME.EABHMAC })},
 	{"ACME_EXTRA_DOMAINS", "acme-extra-domains", "`NAMES` to keep certificates for besides the mapped domains (comma-separated)",
-		fixed(""), list(func(s *Settings) *[]string { return &s.ACME.ExtraDomains })},
+		fixed(""), func(s *Settings, v string) error {
+			if err := list(func(s *Settings) *[]string { return &s.ACME.ExtraDomains })(s, v); err != nil {
+				return err
+			}
+			for _, d := range s.ACME.ExtraDomains {
+				if !certs.ValidDomain(d) || strings.HasPrefix(d, "*.") {
+					return fmt.Errorf("%q is not a domain name that can have an HTTP-01 certificate", d)
+				}
+			}
+			return nil
+		}},
 	{"ACME_CHECK_DNS", "acme-check-dns", "order only for domains that resolve to one of this balancer's addresses (`BOOL`)",
 		fixed("true"), boolean(func(s *Settings) *bool { return &s.ACME.CheckDNS })},
 	{"ACME_ADDRESSES", "acme-addresses", "this balancer's public `IPS` for the DNS check (comma-separated; empty: the addresses of its interfaces)",
-		fixed(""), list(func(s *Settings) *[]string { return &s.ACME.Addresses })},
+		fixed(""), func(s *Settings, v string) error {
+			if err := list(func(s *Settings) *[]string { return &s.ACME.Addresses })(s, v); err != nil {
+				return err
+			}
+			for _, a := range s.ACME.Addresses {
+				if net.ParseIP(a) == nil {
+					return fmt.Errorf("%q is not an IP address", a)
+				}
+			}
+			return nil
+		}},
 	{"ACME_ARI", "acme-ari", "ask the CA when to renew (ACME Renewal Information, RFC 9773) when it offers it (`BOOL`)",
 		fixed("true"), boolean(func(s *Settings) *bool { return &s.ACME.ARI })},
 	{"ACME_ORDERS", "acme-orders", "new orders allowed per ACME_ORDER_WINDOW (`N`; Let's Encrypt allows 300 per 3 hours)",

@@ -643,3 +643,20 @@ func TestKeys(t *testing.T) {
 		t.Error("ROOT or DEFAULTS is in Keys")
 	}
 }
+
+func TestACMESettingsRejected(t *testing.T) {
+	for _, kv := range []string{
+		"HAPROXY_CONFIG_ACME_EXTRA_DOMAINS=ok.example.com,not_a_domain",
+		"HAPROXY_CONFIG_ACME_EXTRA_DOMAINS=*.example.com",
+		"HAPROXY_CONFIG_ACME_ADDRESSES=192.0.2.1,nowhere",
+		"HAPROXY_CONFIG_ACME_KEY_TYPE=dsa",
+		"HAPROXY_CONFIG_ACME_ORDERS=0",
+	} {
+		key, value, _ := strings.Cut(kv, "=")
+		empty := writeFile(t, "")
+		_, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_DEFAULTS": empty, key: value})})
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s: err %v, want an error naming the setting", kv, err)
+		}
+	}
+}

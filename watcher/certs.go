@@ -45,9 +45,8 @@ type CertWhen struct {
 	At     time.Time `json:"at"`
 }
 
-// newCertManager builds the certificate manager from the settings; ctx
-// bounds its requests to the CA.
-func (d *Daemon) newCertManager(ctx context.Context, s *settings.Settings, ch *certs.Challenges) (*certs.Manager, error) {
+// newCertManager builds the certificate manager from the settings.
+func (d *Daemon) newCertManager(s *settings.Settings, ch *certs.Challenges) (*certs.Manager, error) {
 	a := s.ACME
 	m := &certs.Manager{
 		Policy: certs.Policy{Orders: a.Orders, Window: a.OrderWindow, InFlight: a.InFlight,
@@ -103,30 +102,38 @@ func balancerAddresses(configured []string) ([]net.IP, error) {
 	return out, nil
 }
 
-// startCerts runs the challenge handler and the certificate manager when
-// ACME is on; the returned function stops both and waits for them.
-func (d *Daemon) startCerts(ctx context.Context) (stop func(), err error) {
+// initCerts builds the certificate manager when ACME is on. Its Init
+// makes the crt-list agree with the certificate files on disk, so it runs
+// before HAProxy loads them.
+func (d *Daemon) initCerts() error {
 	if !d.s.ACME.Enabled {
+		return nil
+	}
+	d.challenges = certs.NewChallenges()
+	m, err := d.newCertManager(d.s, d.challenges)
+	if err != nil {
+		return err
+	}
+	d.certs = m
+	return nil
+}
+
+// runCerts serves HTTP-01 challenges and runs the certificate manager;
+// the returned function stops both and waits for them.
+func (d *Daemon) runCerts(ctx context.Context) (stop func(), err error) {
+	if d.certs == nil {
 		return func() {}, nil
 	}
-	ch := certs.NewChallenges()
-	stopHandler, err := ch.Serve(d.s.ChallengeAddr, d.Log)
+	stopHandler, err := d.challenges.Serve(d.s.ChallengeAddr, d.Log)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	m, err := d.newCertManager(ctx, d.s, ch)
-	if err != nil {
-		cancel()
-		stopHandler()
-		return nil, err
-	}
-	d.certs = m
 	d.setCertDomains()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := m.Run(ctx); err != nil {
+		if err := d.certs.Run(ctx); err != nil {
 			d.Log.Error("certificate manager stopped", "err", err)
 		}
 	}()

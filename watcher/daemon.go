@@ -69,6 +69,7 @@ type Daemon struct {
 
 	// certificates (nil manager when ACME is off)
 	certs         *certs.Manager
+	challenges    *certs.Challenges
 	certEvents    chan struct{}
 	certMu        sync.Mutex
 	runtimeMu     sync.Mutex // held by reloads and by runtime-API updates
@@ -135,12 +136,15 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		defer stopMetrics()
 	}
 
+	d.certEvents = make(chan struct{}, 1)
+	if err := d.initCerts(); err != nil {
+		return &reload.EnvError{Err: fmt.Errorf("certificates: %w", err)}
+	}
 	if err := d.start(ctx); err != nil {
 		return err
 	}
 	defer d.stop()
-	d.certEvents = make(chan struct{}, 1)
-	stopCerts, err := d.startCerts(ctx)
+	stopCerts, err := d.runCerts(ctx)
 	if err != nil {
 		return &reload.EnvError{Err: err}
 	}
