@@ -5,8 +5,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -179,12 +179,12 @@ func (d *Daemon) setCertDomains() {
 	if d.certs == nil {
 		return
 	}
-	live, err := os.ReadFile(d.s.OutputMap)
+	live, err := readMapFile(d.s.OutputMap)
 	if err != nil {
 		d.Log.Warn("read the live map for certificates", "err", err)
 		return
 	}
-	d.certs.SetDomains(mapKeys(live), d.storedDomains)
+	d.certs.SetDomains(slices.Collect(maps.Keys(live)), d.storedDomains)
 }
 
 // noteStored remembers every domain the stored fragments name, valid or
@@ -201,7 +201,8 @@ func (d *Daemon) noteStored(sel *reconcile.Selection) {
 	d.storedDomains = slices.Compact(names)
 }
 
-// mapKeys returns the keys of map lines ("key value"), lower-cased.
+// mapKeys returns the keys of map lines ("key value"), lower-cased; unlike
+// readMapFile it takes any line, as a stored fragment may be invalid.
 func mapKeys(data []byte) []string {
 	var keys []string
 	sc := bufio.NewScanner(bytes.NewReader(data))
