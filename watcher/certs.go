@@ -76,16 +76,12 @@ func (d *Daemon) newCertManager(s *settings.Settings, ch *certs.Challenges) (*ce
 	return m, m.Init()
 }
 
-// balancerAddresses are the configured addresses, or those of the
-// machine's interfaces.
+// balancerAddresses are the configured addresses (ACME_ADDRESSES, checked
+// when the settings are read), or those of the machine's interfaces.
 func balancerAddresses(configured []string) ([]net.IP, error) {
 	var out []net.IP
 	for _, a := range configured {
-		ip := net.ParseIP(a)
-		if ip == nil {
-			return nil, fmt.Errorf("HAPROXY_CONFIG_ACME_ADDRESSES: %q is not an IP address", a)
-		}
-		out = append(out, ip)
+		out = append(out, net.ParseIP(a)) // checked with the settings
 	}
 	if len(out) > 0 {
 		return out, nil

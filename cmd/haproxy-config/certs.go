@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -45,9 +44,7 @@ func listCerts(c *cli.Context, e *reconcile.Engine) error {
 		rows = append(rows, certRow{Domain: d, State: d.Condition(now)})
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		return printJSON(c.App.Writer, rows)
 	}
 	if !e.S.ACME.Enabled {
 		fmt.Fprintln(c.App.Writer, "certificates are off (HAPROXY_CONFIG_ACME=false)")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -57,9 +56,7 @@ func status(c *cli.Context, e *reconcile.Engine) error {
 		return err
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(st); err != nil {
+		if err := printJSON(c.App.Writer, st); err != nil {
 			return err
 		}
 	} else {
@@ -173,9 +170,7 @@ func history(c *cli.Context, e *reconcile.Engine) error {
 		return err
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(gens)
+		return printJSON(c.App.Writer, gens)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "GEN\tTIME\tBY\tFRAGMENTS\tREJECTED\tSTATE")

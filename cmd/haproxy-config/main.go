@@ -343,9 +343,7 @@ func list(c *cli.Context, e *reconcile.Engine) error {
 		return err
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(infos)
+		return printJSON(c.App.Writer, infos)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tDOMAINS\tBACKENDS\tSIZE\tAPPLIED\tSTATUS")
@@ -364,6 +362,13 @@ func plural(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// printJSON writes v as indented JSON (the --json output of every command).
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func dash(items []string) string {
