@@ -36,7 +36,7 @@ const stagedMark = ".hc-staged-"
 // Stage writes data to a hidden file next to path and adds the rename to t.
 func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+stagedMark+"*")
@@ -77,7 +77,7 @@ func (s *Store) Commit(t *Txn) error {
 		t.Discard()
 		return err
 	}
-	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+	if err := MkdirAll(s.StateDir, 0o750); err != nil {
 		t.Discard()
 		return fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
 	}
@@ -195,4 +195,22 @@ func (s *Store) recorded(e Event) (bool, error) {
 		return false, err
 	}
 	return bytes.Contains(buf, append(line, '\n')), nil
+}
+
+// MkdirAll creates dir with perm, and the directories above it that are
+// missing with 0755 as install -d does: only the leaf is private, so that
+// the unprivileged haproxy -c can pass through to what it must read.
+func MkdirAll(dir string, perm os.FileMode) error {
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, perm); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
 }

@@ -43,12 +43,16 @@ type Store struct {
 	// The daemon polls faster than the CLI so that a queue of writers
 	// cannot keep it from publishing their changes.
 	LockPoll time.Duration
+	// MaxBytes caps each part's size, checked before the file is read;
+	// 0 means no limit. It has the meaning of Policy.MaxBytes
+	// (MAX_FRAGMENT_BYTES), which Parse applies to what was read.
+	MaxBytes int64
 }
 
 // Lock takes the store's exclusive lock, waiting until ctx is done, and
 // finishes any change a crash interrupted. The returned function releases it.
 func (s *Store) Lock(ctx context.Context) (func(), error) {
-	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+	if err := MkdirAll(s.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
 	}
 	path := filepath.Join(s.StateDir, "store.lock")
@@ -104,9 +108,10 @@ func Ignored(file string) bool {
 }
 
 // ReadAll loads every fragment in the store, sorted by name. Files with a
-// fragment suffix but an invalid name, and files that cannot be read, come
-// back as problems, so a bad file copied in by hand is reported rather than
-// silently skipped, and keeps only its own fragment out.
+// fragment suffix but an invalid name, and files that cannot or may not be
+// read (see part.read), directories among them, come back as problems, so a
+// bad file copied in by hand is reported rather than silently skipped, and
+// keeps only its own fragment out.
 func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	entries, err := os.ReadDir(s.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -120,7 +125,7 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	var ps assemble.Problems
 	for _, e := range entries {
 		file := e.Name()
-		if Ignored(file) || e.IsDir() {
+		if Ignored(file) {
 			continue
 		}
 		// Strip only the suffix the file has: "x.map.cfg" is not fragment x.
@@ -146,14 +151,14 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	var g errgroup.Group
 	g.SetLimit(readers)
 	for _, p := range parts {
-		g.Go(func() error { p.err = p.read(); return nil })
+		g.Go(func() error { p.err = p.read(s.MaxBytes); return nil })
 	}
 	_ = g.Wait() // errors are per part, below
 	unreadable := map[string]bool{}
 	for _, p := range parts {
 		if p.err != nil {
-			// one unreadable file (a symlink to a directory, a wrong mode)
-			// keeps its own fragment out, not every tenant
+			// one unreadable or refused file (a symlink, a FIFO, a wrong
+			// mode, too big) keeps its own fragment out, not every tenant
 			ps = append(ps, &assemble.Problem{Location: assemble.Location{Fragment: p.st.Name, File: p.path}, Msg: p.err.Error()})
 			unreadable[p.st.Name] = true
 			continue
@@ -184,14 +189,27 @@ type part struct {
 	err     error
 }
 
-// read loads the file with one open, one fstat and one read. A file
-// removed since the directory was listed is simply not found.
-func (p *part) read() error {
-	f, err := os.Open(p.path)
+// openFlags open a fragment part without following a symlink, without
+// waiting for a writer when it is a FIFO, and without leaking the
+// descriptor into the processes the daemon starts.
+const openFlags = os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK | syscall.O_CLOEXEC
+
+// read loads the file, checking what the open descriptor's fstat says
+// before reading any of it: the daemon reads as root what tenants may have
+// put in the store, so only a regular file with a single link and at most
+// maxBytes bytes (when maxBytes > 0) is read. A file removed since the
+// directory was listed is simply not found.
+func (p *part) read(maxBytes int64) error {
+	f, err := os.OpenFile(p.path, openFlags, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
+		// O_NOFOLLOW fails on a symlink (ELOOP) and a socket cannot be
+		// opened (ENXIO): name what is there rather than the errno.
+		if fi, lerr := os.Lstat(p.path); lerr == nil && !fi.Mode().IsRegular() {
+			return notRegular(p.path, fi.Mode())
+		}
 		return fmt.Errorf("read fragment: %w", err)
 	}
 	defer f.Close()
@@ -199,11 +217,57 @@ func (p *part) read() error {
 	if err != nil {
 		return fmt.Errorf("read fragment: %w", err)
 	}
-	if p.data, err = io.ReadAll(io.LimitReader(f, fi.Size()+1)); err != nil {
+	if !fi.Mode().IsRegular() {
+		return notRegular(p.path, fi.Mode())
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+		return fmt.Errorf("read fragment %s: has %d hard links; copy the file instead of linking it", p.path, st.Nlink)
+	}
+	if maxBytes > 0 && fi.Size() > maxBytes {
+		return fmt.Errorf("read fragment %s: file is %d bytes, over the limit of %d", p.path, fi.Size(), maxBytes)
+	}
+	if p.data, err = readAtMost(f, fi.Size(), maxBytes); err != nil {
 		return fmt.Errorf("read fragment %s: %w", p.path, err)
 	}
 	p.modTime, p.found = fi.ModTime(), true
 	return nil
+}
+
+// readAtMost reads r to its end in one allocation when it holds the size
+// bytes expected, but never more than maxBytes+1 of them (when maxBytes >
+// 0), so that a file growing while it is read is refused, not read whole.
+func readAtMost(r io.Reader, size, maxBytes int64) ([]byte, error) {
+	if maxBytes > 0 {
+		r = io.LimitReader(r, maxBytes+1)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
+	if _, err := buf.ReadFrom(r); err != nil {
+		return nil, err
+	}
+	if maxBytes > 0 && int64(buf.Len()) > maxBytes {
+		return nil, fmt.Errorf("file grew past the limit of %d bytes while being read", maxBytes)
+	}
+	return buf.Bytes(), nil
+}
+
+// notRegular refuses a fragment part that is not a regular file.
+func notRegular(path string, mode fs.FileMode) error {
+	kind := "a file of unknown type"
+	switch mode.Type() {
+	case fs.ModeSymlink:
+		return fmt.Errorf("read fragment %s: is a symbolic link; copy the file instead of linking it", path)
+	case fs.ModeDir:
+		kind = "a directory"
+	case fs.ModeNamedPipe:
+		kind = "a named pipe (FIFO)"
+	case fs.ModeSocket:
+		kind = "a socket"
+	case fs.ModeDevice | fs.ModeCharDevice:
+		kind = "a character device"
+	case fs.ModeDevice:
+		kind = "a block device"
+	}
+	return fmt.Errorf("read fragment %s: is %s, not a regular file", path, kind)
 }
 
 func (st *Stored) set(p *part) {
@@ -228,7 +292,7 @@ func (s *Store) Read(name string) (*Stored, error) {
 	st := &Stored{Name: name}
 	for _, conf := range []bool{true, false} {
 		p := &part{st: st, path: s.path(name, conf), conf: conf}
-		if err := p.read(); err != nil {
+		if err := p.read(s.MaxBytes); err != nil {
 			return nil, err
 		}
 		st.set(p)
@@ -257,14 +321,15 @@ func (s *Store) Write(f *assemble.Fragment, ev *Event) error {
 	if err := ValidName(f.Name); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+	// Parts may hold credentials: not readable by other users.
+	if err := MkdirAll(s.Dir, 0o750); err != nil {
 		return fmt.Errorf("create fragment directory (HAPROXY_CONFIG_FRAGMENTS): %w", err)
 	}
 	t := &Txn{Event: ev}
-	if err := t.Stage(s.path(f.Name, true), f.Conf, 0o644); err != nil {
+	if err := t.Stage(s.path(f.Name, true), f.Conf, 0o640); err != nil {
 		return err
 	}
-	if err := t.Stage(s.path(f.Name, false), f.MapText, 0o644); err != nil {
+	if err := t.Stage(s.path(f.Name, false), f.MapText, 0o640); err != nil {
 		t.Discard()
 		return err
 	}

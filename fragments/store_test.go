@@ -4,13 +4,21 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"haproxy-config/assemble"
 )
@@ -180,11 +188,13 @@ func TestStoreReadAll(t *testing.T) {
 	if !reflect.DeepEqual(gots, want) {
 		t.Errorf("ReadAll =\n%+v\nwant\n%+v", gots, want)
 	}
-	// Problems come in directory order (sorted by file name).
+	// Invalid names come in directory order (sorted by file name), then
+	// the files that were refused, the directory named like a fragment too.
 	wantPs := []where{
 		{"Bad_Name", p("Bad_Name.cfg"), 0, `fragment name "Bad_Name" is invalid: use 1 to 64 of a-z 0-9 . _ - starting with a letter or digit`},
 		{"bad..name", p("bad..name.map"), 0, `fragment name "bad..name" is invalid: it contains ".."`},
 		{"x.map", p("x.map.cfg"), 0, `fragment name "x.map" is invalid: leave out the .cfg/.map suffix`},
+		{"dir", p("dir.cfg"), 0, "read fragment " + p("dir.cfg") + ": is a directory, not a regular file"},
 	}
 	if got := wheres(ps); !reflect.DeepEqual(got, wantPs) {
 		t.Errorf("ReadAll problems =\n%+v\nwant\n%+v", got, wantPs)
@@ -467,9 +477,285 @@ func TestStoreReadAllUnreadablePart(t *testing.T) {
 		t.Fatalf("one unreadable file failed the whole store: %v", err)
 	}
 	if len(stored) != 1 || stored[0].Name != "good" {
-		t.Fatalf("stored = %v, want only good (no etc, no empty ghost)", stored)
+		t.Fatalf("stored = %v, want only good (no etc, no ghost)", stored)
 	}
-	if len(ps) != 1 || ps[0].Fragment != "etc" || !strings.HasSuffix(ps[0].File, "etc.cfg") {
-		t.Fatalf("problems = %v, want one for etc.cfg", ps)
+	// Symlinks are refused, a dangling one too.
+	if len(ps) != 2 || ps[0].Fragment != "etc" || !strings.HasSuffix(ps[0].File, "etc.cfg") ||
+		ps[1].Fragment != "ghost" || !strings.HasSuffix(ps[1].File, "ghost.map") {
+		t.Fatalf("problems = %v, want one for etc.cfg and one for ghost.map", ps)
+	}
+}
+
+// guard is how long a store read may take before the test calls it blocked.
+const guard = 10 * time.Second
+
+// within returns f's result, failing the test if f has not returned within
+// guard: opening a FIFO without O_NONBLOCK blocks until a writer comes.
+func within[T any](t *testing.T, what string, f func() T) T {
+	t.Helper()
+	done := make(chan T, 1)
+	go func() { done <- f() }()
+	var v T
+	select {
+	case v = <-done:
+	case <-time.After(guard):
+		t.Fatalf("%s still blocked after %v", what, guard)
+	}
+	return v
+}
+
+// storeWithGood returns a store holding the good fragment y.
+func storeWithGood(t *testing.T) *Store {
+	t.Helper()
+	s := newStore(t)
+	if err := s.Write(mustParse(t, "y", "backend y\n", "y.example.com y\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// secretFile writes a file outside the store only its owner can read, as
+// /etc/shadow is, and returns its path.
+func secretFile(t *testing.T, secret string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "shadow")
+	if err := os.WriteFile(path, []byte("root:"+secret+":19000:0:99999:7:::\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// expectRefused checks that the store file (fragment name's part) is
+// refused with "read fragment PATH: why": ReadAll reports it as a problem
+// at the file and keeps fragment name out, while y is still read; Read(name)
+// fails the same way. Neither may show secret, when given.
+func expectRefused(t *testing.T, s *Store, name, file, why, secret string) {
+	t.Helper()
+	path := filepath.Join(s.Dir, file)
+	want := "read fragment " + path + ": " + why
+	type result struct {
+		stored []*Stored
+		ps     assemble.Problems
+		err    error
+	}
+	r := within(t, "ReadAll", func() result {
+		stored, ps, err := s.ReadAll()
+		return result{stored, ps, err}
+	})
+	if r.err != nil {
+		t.Fatalf("ReadAll failed the whole store: %v", r.err)
+	}
+	var names []string
+	for _, st := range r.stored {
+		names = append(names, st.Name)
+	}
+	if !reflect.DeepEqual(names, []string{"y"}) {
+		t.Errorf("ReadAll returned %q, want only y", names)
+	}
+	if len(r.ps) != 1 || r.ps[0].Fragment != name || r.ps[0].File != path || r.ps[0].Line != 0 || r.ps[0].Msg != want {
+		t.Errorf("ReadAll problems = %v, want one for fragment %q at %s: %q", r.ps, name, path, want)
+	}
+	err := within(t, "Read", func() error { _, err := s.Read(name); return err })
+	if err == nil || err.Error() != want {
+		t.Errorf("Read(%s) = %v, want %q", name, err, want)
+	}
+	if secret != "" {
+		for _, msg := range []string{r.ps.Error(), fmt.Sprint(err)} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("a message shows the refused file's content: %q", msg)
+			}
+		}
+	}
+	if st, err := s.Read("y"); err != nil || string(st.Conf) != "backend y\n" {
+		t.Errorf("Read(y) = %+v, %v", st, err)
+	}
+}
+
+func TestStoreReadFIFO(t *testing.T) {
+	s := storeWithGood(t)
+	if err := syscall.Mkfifo(filepath.Join(s.Dir, "x.cfg"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A FIFO with a name that is not a fragment's is not even opened.
+	if err := syscall.Mkfifo(filepath.Join(s.Dir, "x.cfg~"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(t, s, "x", "x.cfg", "is a named pipe (FIFO), not a regular file", "")
+}
+
+func TestStoreReadSymlink(t *testing.T) {
+	s := storeWithGood(t)
+	const secret = "$6$SECRET-HASH"
+	if err := os.Symlink(secretFile(t, secret), filepath.Join(s.Dir, "leak.cfg")); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(t, s, "leak", "leak.cfg", "is a symbolic link; copy the file instead of linking it", secret)
+}
+
+func TestStoreReadHardLink(t *testing.T) {
+	s := storeWithGood(t)
+	const secret = "$6$SECRET-HASH"
+	if err := os.Link(secretFile(t, secret), filepath.Join(s.Dir, "leak.map")); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(t, s, "leak", "leak.map", "has 2 hard links; copy the file instead of linking it", secret)
+}
+
+func TestStoreReadDirectory(t *testing.T) {
+	s := storeWithGood(t)
+	if err := os.Mkdir(filepath.Join(s.Dir, "z.cfg"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The readable map part does not bring fragment z in without its config part.
+	writeRaw(t, s.Dir, "z.map", "z.example.com y\n")
+	// Directories that are not named like fragments stay ignored.
+	for _, dir := range []string{".git", "old", "z.cfg.orig"} {
+		if err := os.Mkdir(filepath.Join(s.Dir, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectRefused(t, s, "z", "z.cfg", "is a directory, not a regular file", "")
+}
+
+func TestStoreReadSocket(t *testing.T) {
+	s := storeWithGood(t)
+	path := filepath.Join(s.Dir, "sock.cfg")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Skipf("SKIPPED: cannot create a unix socket at %s to test refusing one: %v", path, err)
+	}
+	defer l.Close()
+	expectRefused(t, s, "sock", "sock.cfg", "is a socket, not a regular file", "")
+}
+
+func TestStoreReadDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED: creating device nodes needs root; run the tests as root to cover refusing devices")
+	}
+	for _, tc := range []struct {
+		name       string
+		mode       uint32
+		major, min uint32
+		why        string
+	}{
+		{"char", syscall.S_IFCHR, 1, 3, "is a character device, not a regular file"}, // as /dev/null
+		{"block", syscall.S_IFBLK, 7, 0, "is a block device, not a regular file"},    // as /dev/loop0
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := storeWithGood(t)
+			path := filepath.Join(s.Dir, "dev.cfg")
+			if err := syscall.Mknod(path, tc.mode|0o600, int(unix.Mkdev(tc.major, tc.min))); err != nil {
+				t.Skipf("SKIPPED: mknod %s as root failed (no CAP_MKNOD here?), device refusal untested: %v", path, err)
+			}
+			expectRefused(t, s, "dev", "dev.cfg", tc.why, "")
+		})
+	}
+}
+
+func TestStoreReadOverMaxBytes(t *testing.T) {
+	s := storeWithGood(t)
+	s.MaxBytes = 262144
+	path := filepath.Join(s.Dir, "big.cfg")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sparse: 1 GiB long, next to nothing on disk.
+	const size = 1 << 30
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	expectRefused(t, s, "big", "big.cfg", "file is 1073741824 bytes, over the limit of 262144", "")
+	runtime.ReadMemStats(&after)
+	// Reading even a part of the file would allocate far more than this.
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("refusing a %d-byte file allocated %d bytes", size, grew)
+	}
+
+	// The limit itself is allowed, one byte more is not.
+	if err := os.Truncate(path, s.MaxBytes); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Read("big"); err != nil || len(st.Conf) != int(s.MaxBytes) {
+		t.Errorf("Read of a file at the limit = %d bytes, %v", len(st.Conf), err)
+	}
+	if err := os.Truncate(path, s.MaxBytes+1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Read("big"); err == nil || !strings.Contains(err.Error(), "file is 262145 bytes, over the limit of 262144") {
+		t.Errorf("Read of a file one byte over the limit = %v", err)
+	}
+}
+
+// growing is a file that grows to 1 MiB while it is read; it counts what
+// was read of it.
+type growing struct{ read int64 }
+
+func (g *growing) Read(p []byte) (int, error) {
+	n := min(int64(len(p)), 1<<20-g.read)
+	if n == 0 {
+		return 0, io.EOF
+	}
+	for i := range n {
+		p[i] = 'x'
+	}
+	g.read += n
+	return int(n), nil
+}
+
+func TestReadAtMost(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		data     string
+		size     int64 // as fstat said before reading
+		maxBytes int64
+	}{
+		{"as expected", "backend a\n", 10, 100},
+		{"grew within the limit", "backend a\nbackend b\n", 10, 20},
+		{"shrank", "back", 10, 100},
+		{"no limit", "backend a\nbackend b\n", 10, 0},
+	} {
+		got, err := readAtMost(strings.NewReader(tc.data), tc.size, tc.maxBytes)
+		if err != nil || string(got) != tc.data {
+			t.Errorf("%s: readAtMost = %q, %v; want %q", tc.name, got, err, tc.data)
+		}
+	}
+
+	// A file growing past the limit while read is refused, and read no
+	// further than one byte past it.
+	r := &growing{}
+	got, err := readAtMost(r, 10, 64)
+	if got != nil || err == nil || err.Error() != "file grew past the limit of 64 bytes while being read" {
+		t.Errorf("readAtMost of a growing file = %q, %v", got, err)
+	}
+	if r.read > 65 {
+		t.Errorf("read %d bytes of a growing file, want at most 65", r.read)
+	}
+}
+
+func TestStoreWriteModes(t *testing.T) {
+	s := newStore(t)
+	if err := s.Write(mustParse(t, "shop", "backend shop\n", "shop.example.com shop\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	umask := syscall.Umask(0)
+	syscall.Umask(umask)
+	for path, want := range map[string]fs.FileMode{
+		s.Dir:                            fs.ModeDir | 0o750&^fs.FileMode(umask),
+		filepath.Join(s.Dir, "shop.cfg"): 0o640,
+		filepath.Join(s.Dir, "shop.map"): 0o640,
+	} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != want {
+			t.Errorf("%s has mode %v, want %v", path, fi.Mode(), want)
+		}
 	}
 }
