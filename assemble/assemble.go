@@ -24,6 +24,21 @@ type Fragment struct {
 	Map      []MapEntry
 	MapText  []byte // normalised map part, as stored
 	Checksum string // "sha256:<hex>" of the stored parts
+	// Hosts are the host names its servers use, which are resolved and
+	// checked before the fragment is accepted.
+	Hosts []HostRef
+}
+
+// HostRef is a host name in one of a fragment's addresses.
+type HostRef struct {
+	Name    string
+	Port    string // as written; "" when none
+	Line    int    // of the config part
+	Address string // the whole address, as written
+	// CheckPorts are the other ports its section connects to (check and
+	// agent ports), which must not be the balancer's own listeners when
+	// the name resolves to one of its addresses.
+	CheckPorts []uint16
 }
 
 // Backends returns the names of the backends (and listens) f defines.
@@ -41,6 +56,9 @@ func (f *Fragment) Backends() []string {
 type Options struct {
 	// CrossRefs lets a map line route to a backend another fragment defines.
 	CrossRefs bool
+	// Exports are the base config's sections fragments may refer to; a map
+	// line may route to an exported backend.
+	Exports map[string]bool
 }
 
 // Check finds the problems that only show when fragments meet each other and
@@ -66,7 +84,7 @@ func Check(base *Base, frags []*Fragment, opt Options) Problems {
 			continue
 		}
 		sections[key{s.Namespace(), s.Name}] = owner{Location{File: base.File, Line: s.Line}, s.Kind}
-		if s.IsBackend() {
+		if s.IsBackend() && opt.Exports[s.Name] {
 			baseBackends[s.Name] = true
 		}
 	}
@@ -98,9 +116,9 @@ func Check(base *Base, frags []*Fragment, opt Options) Problems {
 			case f.defines(e.Backend) || baseBackends[e.Backend]:
 			case opt.CrossRefs && anyBackend[e.Backend]:
 			case opt.CrossRefs:
-				ps = append(ps, Problemf(here, "domain %q routes to backend %q, which no fragment and not the base config defines", e.Domain, e.Backend))
+				ps = append(ps, Problemf(here, "domain %q routes to backend %q, which no fragment defines and the base config does not export", e.Domain, e.Backend))
 			default:
-				ps = append(ps, Problemf(here, "domain %q routes to backend %q, which neither this fragment nor the base config defines", e.Domain, e.Backend))
+				ps = append(ps, Problemf(here, "domain %q routes to backend %q, which this fragment does not define and the base config does not export (HAPROXY_CONFIG_EXPORTS)", e.Domain, e.Backend))
 			}
 		}
 	}

@@ -53,7 +53,8 @@ func frag(name, conf, mapText string) *Fragment {
 	_, sections := Scan([]byte(conf))
 	var entries []MapEntry
 	for i, l := range strings.Split(mapText, "\n") {
-		w := Words(l)
+		l, _, _ = strings.Cut(l, "#")
+		w := strings.Fields(l)
 		if len(w) == 0 {
 			continue
 		}
@@ -104,7 +105,8 @@ func TestCheck(t *testing.T) {
 			name: "no fragments",
 		},
 		{
-			name: "independent fragments, routes to own and base backends",
+			name: "independent fragments, routes to own and exported base backends",
+			opt:  Options{Exports: map[string]bool{"fallback": true}},
 			frags: []*Fragment{
 				frag("a", "backend a_web\n    server s 10.0.0.1:80\n", "a.example a_web\nwww.a.example a_web\nold.a.example fallback\n"),
 				frag("b", "backend b_web\n    server s 10.0.0.2:80\nlisten b_tcp\n    server s 10.0.0.3:80\n", "b.example b_web\n*.b.example b_tcp\n"),
@@ -249,7 +251,7 @@ func TestCheck(t *testing.T) {
 				frag("a", "backend a_web\n", "a.example a_web\n\nx.example nope\n"),
 			},
 			want: []wantProblem{
-				{Location{Fragment: "a", File: "a.map", Line: 3}, `domain "x.example" routes to backend "nope", which neither this fragment nor the base config defines`},
+				{Location{Fragment: "a", File: "a.map", Line: 3}, `domain "x.example" routes to backend "nope", which this fragment does not define and the base config does not export`},
 			},
 		},
 		{
@@ -258,7 +260,7 @@ func TestCheck(t *testing.T) {
 				frag("a", "backend a_web\n", "a.example http\n"),
 			},
 			want: []wantProblem{
-				{Location{Fragment: "a", File: "a.map", Line: 1}, `domain "a.example" routes to backend "http", which neither`},
+				{Location{Fragment: "a", File: "a.map", Line: 1}, `domain "a.example" routes to backend "http", which this fragment does not define`},
 			},
 		},
 		{
@@ -267,7 +269,7 @@ func TestCheck(t *testing.T) {
 				frag("a", "backend a_web\n", "a.example ops\n"),
 			},
 			want: []wantProblem{
-				{Location{Fragment: "a", File: "a.map", Line: 1}, `domain "a.example" routes to backend "ops", which neither`},
+				{Location{Fragment: "a", File: "a.map", Line: 1}, `domain "a.example" routes to backend "ops", which this fragment does not define`},
 			},
 		},
 		{
@@ -280,9 +282,19 @@ func TestCheck(t *testing.T) {
 			},
 		},
 		{
-			name: "map line routes to a base backend",
+			name: "map line routes to an exported base backend",
+			opt:  Options{Exports: map[string]bool{"fallback": true}},
 			frags: []*Fragment{
 				frag("a", "", "parked.example fallback\n"),
+			},
+		},
+		{
+			name: "map line routes to a base backend that is not exported",
+			frags: []*Fragment{
+				frag("a", "", "parked.example fallback\n"),
+			},
+			want: []wantProblem{
+				{Location{Fragment: "a", File: "a.map", Line: 1}, `domain "parked.example" routes to backend "fallback", which this fragment does not define and the base config does not export`},
 			},
 		},
 		{
@@ -292,7 +304,7 @@ func TestCheck(t *testing.T) {
 				frag("b", "backend b_web\n", "b.example b_web\nalias.example a_web\n"),
 			},
 			want: []wantProblem{
-				{Location{Fragment: "b", File: "b.map", Line: 2}, `domain "alias.example" routes to backend "a_web", which neither this fragment nor the base config defines`},
+				{Location{Fragment: "b", File: "b.map", Line: 2}, `domain "alias.example" routes to backend "a_web", which this fragment does not define and the base config does not export`},
 			},
 		},
 		{
@@ -319,7 +331,7 @@ func TestCheck(t *testing.T) {
 			},
 			opt: Options{CrossRefs: true},
 			want: []wantProblem{
-				{Location{Fragment: "b", File: "b.map", Line: 2}, `domain "alias.example" routes to backend "nope", which no fragment and not the base config defines`},
+				{Location{Fragment: "b", File: "b.map", Line: 2}, `domain "alias.example" routes to backend "nope", which no fragment defines and the base config does not export`},
 			},
 		},
 		{
@@ -330,7 +342,7 @@ func TestCheck(t *testing.T) {
 			},
 			opt: Options{CrossRefs: true},
 			want: []wantProblem{
-				{Location{Fragment: "b", File: "b.map", Line: 1}, `routes to backend "a_fe", which no fragment and not the base config defines`},
+				{Location{Fragment: "b", File: "b.map", Line: 1}, `routes to backend "a_fe", which no fragment defines and the base config does not export`},
 			},
 		},
 		{
@@ -640,6 +652,7 @@ func TestSourceMap(t *testing.T) {
 			}
 			continue
 		}
+		l, _, _ = strings.Cut(l, "#")
 		w := strings.Fields(l)
 		var wantLoc Location
 		for _, f := range frags {

@@ -62,6 +62,16 @@ func RenderBase(file string, tmpl []byte, v Vars) (*Base, error) {
 	return &Base{File: file, Text: text, Sections: sections}, nil
 }
 
+// Defines reports whether the base has a backend (or listen) called name.
+func (b *Base) Defines(name string) bool {
+	for _, s := range b.Sections {
+		if s.IsBackend() && s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // templateProblem turns a text/template error into a Problem that carries
 // the template's line number, dropping the "template: NAME:LINE:" prefix.
 func templateProblem(file string, err error) Problems {

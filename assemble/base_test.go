@@ -92,6 +92,7 @@ func TestRenderDefaultBase(t *testing.T) {
 		{Kind: "frontend", Name: "haproxy_config_status", Line: lineOf("frontend haproxy_config_status")},
 		{Kind: "backend", Name: "haproxy_config_acme", Line: lineOf("backend haproxy_config_acme")},
 		{Kind: "backend", Name: "haproxy_config_unknown_host", Line: lineOf("backend haproxy_config_unknown_host")},
+		{Kind: "backend", Name: "haproxy_config_unavailable", Line: lineOf("backend haproxy_config_unavailable")},
 	}
 	if !reflect.DeepEqual(base.Sections, wantSections) {
 		t.Errorf("sections:\n got %+v\nwant %+v", base.Sections, wantSections)

@@ -1,10 +1,6 @@
 package assemble
 
-import (
-	"bytes"
-	"strconv"
-	"strings"
-)
+import "bytes"
 
 // sectionKinds are the keywords that open a section in HAProxy 2.6. HAProxy
 // recognises them at the start of a line whatever the indentation.
@@ -38,15 +34,22 @@ func (s Section) Namespace() string {
 // IsBackend reports whether the section can be the target of use_backend.
 func (s Section) IsBackend() bool { return s.Kind == "backend" || s.Kind == "listen" }
 
-// Line is one non-blank, non-comment line of a config, split into words.
+// Line is one line of a config that is not blank or a comment, as HAProxy
+// reads it (see Lex).
 type Line struct {
 	Num     int
 	Words   []string
 	Section int // index into the sections slice Scan returns; -1 before any section
+	// What else HAProxy saw on the line: a policy refuses each of them.
+	Expansions []Expansion
+	Err        *LexError
+	Scope      bool
 }
 
-// Scan splits a config into lines of words and the sections they belong to.
-// Comments and blank lines are dropped.
+// Scan splits a config into lines of words and the sections they belong
+// to, exactly as HAProxy 2.6 reads it with an empty environment. Comments
+// and blank lines are dropped. A line HAProxy refuses to read (Err), or a
+// scope line, never opens a section, as in HAProxy.
 func Scan(conf []byte) ([]Line, []Section) {
 	var lines []Line
 	var sections []Section
@@ -55,110 +58,19 @@ func Scan(conf []byte) ([]Line, []Section) {
 		var raw []byte
 		raw, rest, _ = bytes.Cut(rest, []byte{'\n'})
 		num++
-		words := Words(string(raw))
-		if len(words) == 0 {
+		lx := Lex(string(raw), nil)
+		if len(lx.Words) == 0 && lx.Err == nil && !lx.Scope && len(lx.Expansions) == 0 {
 			continue
 		}
-		if IsSectionKind(words[0]) {
-			s := Section{Kind: words[0], Line: num}
-			if len(words) > 1 {
-				s.Name = words[1]
+		if lx.Err == nil && !lx.Scope && len(lx.Words) > 0 && IsSectionKind(lx.Words[0]) {
+			s := Section{Kind: lx.Words[0], Line: num}
+			if len(lx.Words) > 1 {
+				s.Name = lx.Words[1]
 			}
 			sections = append(sections, s)
 		}
-		lines = append(lines, Line{Num: num, Words: words, Section: len(sections) - 1})
+		lines = append(lines, Line{Num: num, Words: lx.Words, Section: len(sections) - 1,
+			Expansions: lx.Expansions, Err: lx.Err, Scope: lx.Scope})
 	}
 	return lines, sections
-}
-
-// isBlank reports whether HAProxy separates words at r: C isspace() in the
-// "C" locale. Other Unicode spaces (U+00A0 ...) are part of a word.
-func isBlank(r rune) bool {
-	return r == ' ' || r == '\t' || r == '\v' || r == '\f' || r == '\r' || r == '\n'
-}
-
-// Words splits one config line the way HAProxy 2.6 does, so that policy
-// checks see the words HAProxy will see: on blanks, honouring single quotes
-// (no escapes inside), double quotes, and the backslash escapes HAProxy
-// decodes outside single quotes (\<space> \\ \" \' \# \$ \r \n \t \xHH;
-// any other backslash stays as it is), up to an unquoted '#'.
-func Words(line string) []string {
-	if !strings.ContainsAny(line, "\"'\\") {
-		if i := strings.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		if words := strings.FieldsFunc(line, isBlank); len(words) > 0 {
-			return words
-		}
-		return nil
-	}
-	var words []string
-	var cur strings.Builder
-	inWord := false
-	var quote byte
-	for i := 0; i < len(line); i++ {
-		c := line[i]
-		switch {
-		case quote == '\'':
-			if c == quote {
-				quote = 0
-			} else {
-				cur.WriteByte(c)
-			}
-		case c == '\\':
-			n, size := unescape(line[i:])
-			cur.WriteByte(n)
-			i += size - 1
-			inWord = true
-		case quote == '"':
-			if c == quote {
-				quote = 0
-			} else {
-				cur.WriteByte(c)
-			}
-		case c == '"' || c == '\'':
-			quote = c
-			inWord = true
-		case c == '#':
-			i = len(line)
-		case isBlank(rune(c)):
-			if inWord {
-				words = append(words, cur.String())
-				cur.Reset()
-				inWord = false
-			}
-		default:
-			cur.WriteByte(c)
-			inWord = true
-		}
-	}
-	if inWord {
-		words = append(words, cur.String())
-	}
-	return words
-}
-
-// unescape decodes the backslash sequence at the start of s and returns
-// the byte it stands for and how many bytes of s it used.
-func unescape(s string) (byte, int) {
-	if len(s) < 2 {
-		return '\\', 1
-	}
-	switch s[1] {
-	case ' ', '\\', '"', '\'', '#', '$':
-		return s[1], 2
-	case 'r':
-		return '\r', 2
-	case 'n':
-		return '\n', 2
-	case 't':
-		return '\t', 2
-	case 'x':
-		if len(s) >= 4 {
-			if v, err := strconv.ParseUint(s[2:4], 16, 8); err == nil {
-				return byte(v), 4
-			}
-		}
-	}
-	return '\\', 1
 }

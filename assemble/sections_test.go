@@ -5,92 +5,6 @@ import (
 	"testing"
 )
 
-func TestWords(t *testing.T) {
-	tests := []struct {
-		name string
-		line string
-		want []string
-	}{
-		{"empty line", "", nil},
-		{"only blanks", "  \t  ", nil},
-		{"simple", "server web1 10.0.0.1:80 check", []string{"server", "web1", "10.0.0.1:80", "check"}},
-		{"leading indentation", "    mode http", []string{"mode", "http"}},
-		{"tabs separate words", "\tbalance\troundrobin\t", []string{"balance", "roundrobin"}},
-		{"mixed tabs and spaces", "timeout \t server  \t30s", []string{"timeout", "server", "30s"}},
-		{"trailing spaces", "backend app   ", []string{"backend", "app"}},
-		{"carriage return is a blank", "backend app\r", []string{"backend", "app"}},
-		{"double quotes keep blanks", `http-request return string "hello world" code 200`, []string{"http-request", "return", "string", "hello world", "code", "200"}},
-		{"single quotes keep blanks", `acl a hdr(x) 'a b  c'`, []string{"acl", "a", "hdr(x)", "a b  c"}},
-		{"quotes join with adjacent text", `x"a b"y`, []string{"xa by"}},
-		{"empty double quotes make a word", `set-header X ""`, []string{"set-header", "X", ""}},
-		{"empty single quotes make a word", `a '' b`, []string{"a", "", "b"}},
-		{"single quote inside double quotes", `"it's"`, []string{"it's"}},
-		{"double quote inside single quotes", `'say "hi"'`, []string{`say "hi"`}},
-		{"backslash escapes blank", `a\ b c`, []string{"a b", "c"}},
-		{"backslash escapes hash", `a\#b c`, []string{"a#b", "c"}},
-		{"backslash escapes quote", `a\"b`, []string{`a"b`}},
-		{"backslash escapes backslash", `a\\b`, []string{`a\b`}},
-		{"backslash escape in double quotes", `"a\"b\\c"`, []string{`a"b\c`}},
-		{"backslash is literal in single quotes", `'a\b'`, []string{`a\b`}},
-		{"escaped blank alone is a word", `\ `, []string{" "}},
-		{"trailing backslash kept", `a\`, []string{`a\`}},
-		{"comment line", "# backend app", nil},
-		{"indented comment line", "   # comment", nil},
-		{"comment after words", "mode http # the mode", []string{"mode", "http"}},
-		{"comment glued to a word", "mode http#comment", []string{"mode", "http"}},
-		{"comment glued to a word, quote on the line", "mode 'http'#comment", []string{"mode", "http"}},
-		{"comment glued to a word after a quoted word", "'a' b#c d", []string{"a", "b"}},
-		{"hash in double quotes", `string "a # b" # real comment`, []string{"string", "a # b"}},
-		{"hash in single quotes", `string 'x#y'`, []string{"string", "x#y"}},
-		{"unterminated quote runs to end", `a "b c`, []string{"a", "b c"}},
-		// HAProxy separates words at C isspace(): also \v and \f, but not
-		// at Unicode spaces such as U+00A0, with or without quotes on the line.
-		{"vertical tab and form feed", "option\vexternal-check\fx", []string{"option", "external-check", "x"}},
-		{"vertical tab, quote on the line", "option\vexternal-check # \"", []string{"option", "external-check"}},
-		{"form feed, quote on the line", "a\f'b'", []string{"a", "b"}},
-		{"no-break space is not a blank", "server\u00a0s 1.2.3.4:80", []string{"server\u00a0s", "1.2.3.4:80"}},
-		{"no-break space, quote on the line", "server\u00a0s 'x'", []string{"server\u00a0s", "x"}},
-		{"ideographic space is not a blank", "a\u3000b", []string{"a\u3000b"}},
-		{"UTF-8 words", "backend café # été", []string{"backend", "café"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := Words(tt.line)
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("Words(%q) = %q, want %q", tt.line, got, tt.want)
-			}
-		})
-	}
-}
-
-// TestWordsPathsAgree checks that a line splits the same whether or not
-// something on it (here a leading empty quoted word) needs the quote-aware
-// parser.
-func TestWordsPathsAgree(t *testing.T) {
-	lines := []string{
-		"",
-		"   ",
-		"server web1 10.0.0.1:80 check",
-		"\tbalance\troundrobin\t",
-		"backend app\r",
-		"mode http # the mode",
-		"mode http#comment",
-		"# only a comment",
-		"option\vexternal-check",
-		"a\fb\v\vc",
-		"server\u00a0s 1.2.3.4:80",
-		"a\u0085b\u2003c\u3000d",
-		"backend café # été",
-	}
-	for _, l := range lines {
-		plain := Words(l)
-		quoted := Words("'' " + l)
-		if want := append([]string{""}, plain...); !reflect.DeepEqual(quoted, want) {
-			t.Errorf("Words(%q) = %q but Words(%q) = %q", l, plain, "'' "+l, quoted)
-		}
-	}
-}
-
 func TestScan(t *testing.T) {
 	tests := []struct {
 		name         string
@@ -237,31 +151,5 @@ func TestSectionKinds(t *testing.T) {
 				t.Errorf("IsBackend() = %v, want %v", got, tt.isBackend)
 			}
 		})
-	}
-}
-
-// TestWordsEscapesLikeHAProxy pins the escapes HAProxy 2.6 decodes: a
-// policy check that saw "external\x2dcheck" literally would let through
-// what haproxy reads as "external-check".
-func TestWordsEscapesLikeHAProxy(t *testing.T) {
-	cases := []struct {
-		line string
-		want []string
-	}{
-		{`option external\x2dcheck`, []string{"option", "external-check"}},
-		{`http-request lua\x2efoo`, []string{"http-request", "lua.foo"}},
-		{`a\ b c`, []string{"a b", "c"}},
-		{`x \#y #z`, []string{"x", "#y"}},
-		{`s\1 \q`, []string{`s\1`, `\q`}},
-		{`"c\x41d" 'a\x41b'`, []string{"cAd", `a\x41b`}},
-		{`"say \"hi\"" 'it''s'`, []string{`say "hi"`, "its"}},
-		{`tab\there`, []string{"tab\there"}},
-		{`bad\xZZ`, []string{`bad\xZZ`}},
-		{`end\`, []string{`end\`}},
-	}
-	for _, tc := range cases {
-		if got := Words(tc.line); !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("Words(%q) = %q, want %q", tc.line, got, tc.want)
-		}
 	}
 }

@@ -18,13 +18,14 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
-
-	"github.com/google/renameio/v2"
 )
 
 // EnsureFiles creates the fallback certificate and an empty crt-list when
-// they do not exist yet, and leaves existing ones alone.
+// they do not exist yet, and leaves existing ones alone but for their
+// group: like every certificate file, they belong to group haproxy when
+// there is one, which the unprivileged haproxy -c reads them as.
 func EnsureFiles(fallbackPath, crtListPath string) error {
 	if err := os.MkdirAll(filepath.Dir(fallbackPath), 0o750); err != nil {
 		return fmt.Errorf("create certificate directory: %w", err)
@@ -34,7 +35,7 @@ func EnsureFiles(fallbackPath, crtListPath string) error {
 		if err != nil {
 			return fmt.Errorf("generate fallback certificate: %w", err)
 		}
-		if err := renameio.WriteFile(fallbackPath, pemBytes, 0o640); err != nil {
+		if err := writeSecret(fallbackPath, pemBytes); err != nil {
 			return fmt.Errorf("write fallback certificate: %w", err)
 		}
 	} else if err != nil {
@@ -44,11 +45,16 @@ func EnsureFiles(fallbackPath, crtListPath string) error {
 		return fmt.Errorf("create crt-list directory: %w", err)
 	}
 	if _, err := os.Stat(crtListPath); errors.Is(err, fs.ErrNotExist) {
-		if err := renameio.WriteFile(crtListPath, nil, 0o640); err != nil {
+		if err := writeSecret(crtListPath, nil); err != nil {
 			return fmt.Errorf("write crt-list: %w", err)
 		}
 	} else if err != nil {
 		return fmt.Errorf("crt-list: %w", err)
+	}
+	for _, path := range []string{fallbackPath, crtListPath} {
+		if err := giveToHaproxy(path); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -89,4 +95,24 @@ func selfSigned(now time.Time) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// giveToHaproxy sets path's group to haproxy's when there is such a group
+// and it is not set yet.
+func giveToHaproxy(path string) error {
+	gid := haproxyGID()
+	if gid < 0 {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("certificate file: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Gid) == gid {
+		return nil
+	}
+	if err := os.Chown(path, -1, gid); err != nil {
+		return fmt.Errorf("give %s to group haproxy: %w", path, err)
+	}
+	return nil
 }

@@ -220,7 +220,7 @@ func ParseMap(loc assemble.Location, data []byte) ([]assemble.MapEntry, []byte, 
 		case !validBackendName(backend):
 			ps = append(ps, assemble.Problemf(at, "backend name %q is invalid: use letters, digits and _ . : -", backend))
 		case strings.HasPrefix(backend, reservedPrefix):
-			ps = append(ps, assemble.Problemf(at, "backend %q belongs to haproxy-config's own routing (prefix %q) and cannot be routed to", backend, reservedPrefix))
+			ps = append(ps, assemble.Problemf(at, "domain %q: backend %q belongs to haproxy-config's own routing (prefix %q) and cannot be routed to", domain, backend, reservedPrefix))
 		}
 		if prev, ok := seen[domain]; ok {
 			ps = append(ps, assemble.Problemf(at, "domain %q is already mapped on line %d", domain, prev))
@@ -234,97 +234,6 @@ func ParseMap(loc assemble.Location, data []byte) ([]assemble.MapEntry, []byte, 
 		out.WriteByte('\n')
 	}
 	return entries, out.Bytes(), ps
-}
-
-// Policy is what the operator lets a fragment contain.
-type Policy struct {
-	// AllowSections are the section kinds a fragment may define besides
-	// "backend" (for example userlist, cache, resolvers).
-	AllowSections []string
-	// AllowDirectives lifts the ban on directives that run programs or load
-	// code, by name ("external-check", "lua", ...).
-	AllowDirectives []string
-	// MaxBytes caps each part's size; 0 means no limit.
-	MaxBytes int64
-}
-
-// neverSections change every tenant's settings, so no policy admits them.
-var neverSections = map[string]bool{"global": true, "defaults": true}
-
-// codeDirectives run programs or load code. The key is what an operator
-// names in AllowDirectives.
-var codeDirectives = map[string]bool{
-	"external-check": true, "lua-load": true, "lua-load-per-thread": true,
-	"lua-prepend-path": true, "command": true, "insecure-fork-wanted": true,
-	"insecure-setuid-wanted": true, "setenv": true, "presetenv": true,
-	"resetenv": true, "unsetenv": true,
-}
-
-// reservedPrefix names sections and backends the base config owns.
-const reservedPrefix = "haproxy_config"
-
-// CheckConf applies the policy to a fragment's scanned config part.
-func CheckConf(loc assemble.Location, lines []assemble.Line, sections []assemble.Section, pol Policy) assemble.Problems {
-	var ps assemble.Problems
-	at := func(n int) assemble.Location { l := loc; l.Line = n; return l }
-	allowed := func(kind string) bool { return kind == "backend" || slices.Contains(pol.AllowSections, kind) }
-	if len(lines) > 0 && lines[0].Section < 0 {
-		ps = append(ps, assemble.Problemf(at(lines[0].Num), "%q is outside any section: a fragment starts with a section header such as \"backend NAME\"", lines[0].Words[0]))
-	}
-	for _, s := range sections {
-		switch {
-		case neverSections[s.Kind]:
-			ps = append(ps, assemble.Problemf(at(s.Line), "%s sections change every tenant's settings and are never accepted from a fragment", s.Kind))
-		case !allowed(s.Kind):
-			ps = append(ps, assemble.Problemf(at(s.Line), "%s sections are not allowed in fragments (allowed: %s); the operator can allow more kinds with HAPROXY_CONFIG_ALLOW_SECTIONS", s.Kind, strings.Join(append([]string{"backend"}, pol.AllowSections...), ", ")))
-		case s.Name == "":
-			ps = append(ps, assemble.Problemf(at(s.Line), "%s section without a name", s.Kind))
-		case strings.HasPrefix(s.Name, reservedPrefix):
-			ps = append(ps, assemble.Problemf(at(s.Line), "%s name %q is reserved for the base config (prefix %q)", s.Kind, s.Name, reservedPrefix))
-		}
-	}
-	for _, l := range lines {
-		if key := codeDirective(l.Words); key != "" && !slices.Contains(pol.AllowDirectives, key) {
-			ps = append(ps, assemble.Problemf(at(l.Num), "directive %q runs programs or loads code and is not allowed in fragments; the operator can allow it with HAPROXY_CONFIG_ALLOW_DIRECTIVES=%s", strings.Join(l.Words[:min(len(l.Words), 2)], " "), key))
-		}
-	}
-	return ps
-}
-
-// luaPositions are the words after which a "lua." word is a Lua action,
-// service or sample fetch rather than, say, a host name such as
-// lua.example.org in a server line or an ACL pattern.
-var luaPositions = map[string]bool{
-	"http-request": true, "http-response": true, "http-after-response": true,
-	"tcp-request": true, "tcp-response": true, "content": true, "connection": true,
-	"session": true, "use-service": true, "{": true, "if": true, "unless": true,
-	"!": true, "||": true, "or": true,
-}
-
-// luaCall finds Lua converters (",lua.x") and fetches in expressions
-// ("%[lua.x]"), wherever the word stands.
-var luaCall = regexp.MustCompile(`(%\[|,)\s*lua\.`)
-
-// codeDirective returns the allow-key of a directive that runs programs or
-// loads code, or "" for an ordinary line.
-func codeDirective(words []string) string {
-	if codeDirectives[words[0]] {
-		return words[0]
-	}
-	if words[0] == "option" && len(words) > 1 && words[1] == "external-check" {
-		return "external-check"
-	}
-	for i, w := range words[1:] {
-		prev := words[i]
-		if !strings.Contains(w, "lua.") {
-			continue
-		}
-		isACLFetch := words[0] == "acl" && i == 1 // acl NAME lua.fetch ...
-		if luaCall.MatchString(w) || strings.HasPrefix(w, "lua.") && (luaPositions[prev] || isACLFetch) {
-			return "lua"
-		}
-	}
-	return ""
 }
 
 // Parse runs every check that needs only the fragment itself and returns
@@ -348,9 +257,11 @@ func Parse(name, confFile string, conf []byte, mapFile string, mapData []byte, p
 		return nil, ps
 	}
 	lines, sections := assemble.Scan(conf)
-	ps = append(ps, CheckConf(confLoc, lines, sections, pol)...)
+	cps, hosts := CheckConf(confLoc, lines, sections, pol)
+	ps = append(ps, cps...)
 	entries, mapText, mps := ParseMap(mapLoc, mapData)
 	ps = append(ps, mps...)
+	ps = append(ps, pol.DomainOwners.check(name, mapLoc, entries)...)
 	if len(ps) > 0 {
 		return nil, ps
 	}
@@ -360,7 +271,7 @@ func Parse(name, confFile string, conf []byte, mapFile string, mapData []byte, p
 	sum.Write(mapText)
 	return &assemble.Fragment{
 		Name: name, ConfFile: confFile, MapFile: mapFile,
-		Conf: conf, MapText: mapText, Sections: sections, Map: entries,
+		Conf: conf, MapText: mapText, Sections: sections, Map: entries, Hosts: hosts,
 		Checksum: fmt.Sprintf("sha256:%x", sum.Sum(nil)),
 	}, nil
 }

@@ -360,129 +360,6 @@ func TestParseMapErrors(t *testing.T) {
 	}
 }
 
-func TestCheckConf(t *testing.T) {
-	const file = "/srv/in/shop.cfg"
-	loc := assemble.Location{Fragment: "shop", File: file}
-	p := func(line int, msg string) where { return where{"shop", file, line, msg} }
-	notAllowed := func(line int, kind, allowed string) where {
-		return p(line, kind+" sections are not allowed in fragments (allowed: "+allowed+"); the operator can allow more kinds with HAPROXY_CONFIG_ALLOW_SECTIONS")
-	}
-	never := func(line int, kind string) where {
-		return p(line, kind+" sections change every tenant's settings and are never accepted from a fragment")
-	}
-	code := func(line int, directive, key string) where {
-		return p(line, fmt.Sprintf("directive %q runs programs or loads code and is not allowed in fragments; the operator can allow it with HAPROXY_CONFIG_ALLOW_DIRECTIVES=%s", directive, key))
-	}
-	cases := []struct {
-		name string
-		conf string
-		pol  Policy
-		want []where
-	}{
-		{"backend only", "# shop\nbackend shop\n    server s1 10.0.0.1:80 check\n\nbackend shop_static\n    server s1 10.0.0.2:80\n", Policy{}, nil},
-		{"empty", "", Policy{}, nil},
-		{"comments only", "# nothing\n\n", Policy{}, nil},
-		{"userlist refused by default", "backend shop\n  server s 1.2.3.4:80\n\nuserlist admins\n  user bob insecure-password x\n", Policy{}, []where{
-			notAllowed(4, "userlist", "backend"),
-		}},
-		{"userlist allowed", "backend shop\n  server s 1.2.3.4:80\n\nuserlist admins\n  user bob insecure-password x\n", Policy{AllowSections: []string{"userlist"}}, nil},
-		{"listed kinds in the message", "cache c\n", Policy{AllowSections: []string{"userlist", "resolvers"}}, []where{
-			notAllowed(1, "cache", "backend, userlist, resolvers"),
-		}},
-		{"frontend refused", "frontend shop\n  bind :80\n", Policy{}, []where{
-			notAllowed(1, "frontend", "backend"),
-		}},
-		{"listen refused", "backend a\nlisten shop\n  bind :80\n", Policy{}, []where{
-			notAllowed(2, "listen", "backend"),
-		}},
-		{"global refused", "global\n  maxconn 10\nbackend a\n", Policy{}, []where{never(1, "global")}},
-		{"global and defaults refused even when allowed", "backend a\n\ndefaults\n  mode tcp\nglobal\n  maxconn 1\n", Policy{AllowSections: []string{"global", "defaults"}}, []where{
-			never(3, "defaults"), never(5, "global"),
-		}},
-		{"named defaults refused", "defaults tenant\n  mode http\n", Policy{AllowSections: []string{"defaults"}}, []where{never(1, "defaults")}},
-		{"directive before any section", "# comment\n\n    server s1 10.0.0.1:80\nbackend shop\n", Policy{}, []where{
-			p(3, `"server" is outside any section: a fragment starts with a section header such as "backend NAME"`),
-		}},
-		{"section without a name", "# x\nbackend\n    server s1 10.0.0.1:80\n", Policy{}, []where{
-			p(2, "backend section without a name"),
-		}},
-		{"allowed kind without a name", "userlist\n", Policy{AllowSections: []string{"userlist"}}, []where{
-			p(1, "userlist section without a name"),
-		}},
-		{"reserved prefix", "backend haproxy_config_acme\n  server s 1.2.3.4:80\nbackend haproxy_configx\n", Policy{}, []where{
-			p(1, `backend name "haproxy_config_acme" is reserved for the base config (prefix "haproxy_config")`),
-			p(3, `backend name "haproxy_configx" is reserved for the base config (prefix "haproxy_config")`),
-		}},
-		{"reserved prefix only at the start", "backend my_haproxy_config\n", Policy{}, nil},
-		{"reserved prefix in an allowed kind", "userlist haproxy_config_users\n", Policy{AllowSections: []string{"userlist"}}, []where{
-			p(1, `userlist name "haproxy_config_users" is reserved for the base config (prefix "haproxy_config")`),
-		}},
-		{"external-check", "backend a\n    option httpchk\n    external-check command /bin/true\n", Policy{}, []where{
-			code(3, "external-check command", "external-check"),
-		}},
-		{"option external-check", "backend a\n\n    option external-check\n", Policy{}, []where{
-			code(3, "option external-check", "external-check"),
-		}},
-		{"lua-load", "backend a\n  lua-load /tmp/x.lua\n", Policy{}, []where{
-			code(2, "lua-load /tmp/x.lua", "lua-load"),
-		}},
-		{"lua action", "backend a\n  http-request lua.foo\n", Policy{}, []where{
-			code(2, "http-request lua.foo", "lua"),
-		}},
-		{"lua service", "backend a\n  server s 1.2.3.4:80\n  http-request use-service lua.svc if { path /x }\n", Policy{}, []where{
-			code(3, "http-request use-service", "lua"),
-		}},
-		{"lua fetch in a log-format", "backend a\n  http-request set-var(txn.x) %[lua.fetch]\n", Policy{}, []where{
-			code(2, "http-request set-var(txn.x)", "lua"),
-		}},
-		{"lua fetch in a quoted log-format", "backend a\n  http-request set-header X-A \"v=%[lua.fetch]\"\n", Policy{}, []where{
-			code(2, "http-request set-header", "lua"),
-		}},
-		{"lua converter", "backend a\n  http-request set-var(txn.x) req.hdr(host),lua.conv\n", Policy{}, []where{
-			code(2, "http-request set-var(txn.x)", "lua"),
-		}},
-		{"lua converter in a log-format", "backend a\n  http-request set-header X-A %[src,lua.conv]\n", Policy{}, []where{
-			code(2, "http-request set-header", "lua"),
-		}},
-		{"lua in a string is fine", "backend a\n  http-request return string \"lua rocks\"\n  http-request set-header X-Lang lua\n  # lua.foo in a comment\n", Policy{}, nil},
-		{"lua inside a host name is fine", "backend a\n  acl h hdr(host) -i www.lua.example.com\n", Policy{}, nil},
-		{"other code directives", "backend a\n setenv X 1\n command /bin/sh\n insecure-fork-wanted\n", Policy{}, []where{
-			code(2, "setenv X", "setenv"),
-			code(3, "command /bin/sh", "command"),
-			code(4, "insecure-fork-wanted", "insecure-fork-wanted"),
-		}},
-		{"code in a refused section is reported too", "program p\n  command /bin/sh\n", Policy{}, []where{
-			notAllowed(1, "program", "backend"),
-			code(2, "command /bin/sh", "command"),
-		}},
-		{"external-check allowed", "backend a\n    option external-check\n    external-check command /bin/true\n", Policy{AllowDirectives: []string{"external-check"}}, nil},
-		{"lua-load allowed", "backend a\n  lua-load /tmp/x.lua\n", Policy{AllowDirectives: []string{"lua-load"}}, nil},
-		{"lua allowed", "backend a\n  http-request lua.foo\n  http-request use-service lua.svc\n  http-request set-var(txn.x) %[lua.fetch]\n", Policy{AllowDirectives: []string{"lua"}}, nil},
-		{"lua does not allow lua-load", "backend a\n  lua-load /tmp/x.lua\n  http-request lua.foo\n", Policy{AllowDirectives: []string{"lua"}}, []where{
-			code(2, "lua-load /tmp/x.lua", "lua-load"),
-		}},
-		{"lua-load does not allow lua", "backend a\n  lua-load /tmp/x.lua\n  http-request lua.foo\n", Policy{AllowDirectives: []string{"lua-load"}}, []where{
-			code(3, "http-request lua.foo", "lua"),
-		}},
-		{"everything at once", "server x 1.2.3.4:80\nglobal\nbackend\nbackend haproxy_config_x\n  lua-load x\n", Policy{}, []where{
-			p(1, `"server" is outside any section: a fragment starts with a section header such as "backend NAME"`),
-			never(2, "global"),
-			p(3, "backend section without a name"),
-			p(4, `backend name "haproxy_config_x" is reserved for the base config (prefix "haproxy_config")`),
-			code(5, "lua-load x", "lua-load"),
-		}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			lines, sections := assemble.Scan([]byte(tc.conf))
-			got := wheres(CheckConf(loc, lines, sections, tc.pol))
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("CheckConf(%q)\n got %+v\nwant %+v", tc.conf, got, tc.want)
-			}
-		})
-	}
-}
-
 var checksumRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 func TestParse(t *testing.T) {
@@ -585,7 +462,7 @@ func TestParseProblems(t *testing.T) {
 		}},
 		{"policy is passed on", "shop", "userlist u\n", "", Policy{AllowSections: []string{"userlist"}}, nil},
 		{"line numbers after CRLF and BOM", "shop", "\xef\xbb\xbfbackend a\r\n\r\n  lua-load x\r\n", "", Policy{}, []where{
-			{"shop", "c.cfg", 3, `directive "lua-load x" runs programs or loads code and is not allowed in fragments; the operator can allow it with HAPROXY_CONFIG_ALLOW_DIRECTIVES=lua-load`},
+			{"shop", "c.cfg", 3, `keyword "lua-load" is not allowed in a backend of a fragment: it loads Lua code into HAProxy`},
 		}},
 	}
 	for _, tc := range cases {
@@ -598,42 +475,5 @@ func TestParseProblems(t *testing.T) {
 				t.Errorf("fragment = %v with %d problems", f, len(ps))
 			}
 		})
-	}
-}
-
-func TestLuaOnlyWhereLuaRuns(t *testing.T) {
-	cases := []struct {
-		line string
-		lua  bool
-	}{
-		{"http-request lua.hook", true},
-		{"http-response lua.hook arg", true},
-		{"tcp-request content lua.check", true},
-		{"http-request use-service lua.svc if { path /x }", true},
-		{"acl from_lua lua.fetch -m found", true},
-		{"http-request deny if { lua.fetch -m found }", true},
-		{"http-request set-var(txn.x) req.hdr(host),lua.conv", true},
-		{`http-request set-header X "%[src, lua.conv]"`, true},
-		{"server s1 lua.example.org:80 check", false},
-		{"acl h hdr(host) -i lua.example.com", false},
-		{"http-request redirect location https://lua.example.com/", false},
-		{"use_backend x if { req.hdr(host) lua.example.com }", false},
-	}
-	for _, tc := range cases {
-		words := assemble.Words(tc.line)
-		if got := codeDirective(words) == "lua"; got != tc.lua {
-			t.Errorf("%q: Lua = %v, want %v", tc.line, got, tc.lua)
-		}
-	}
-}
-
-func TestEscapedCodeDirectivesRefused(t *testing.T) {
-	for _, line := range []string{`option external\x2dcheck`, `external\x2dcheck command /bin/true`, `http-request lua\x2ehook`, "option\vexternal-check # \""} {
-		conf := "backend b\n    " + line + "\n"
-		lines, sections := assemble.Scan([]byte(conf))
-		ps := CheckConf(assemble.Location{Fragment: "t", File: "t.cfg"}, lines, sections, Policy{})
-		if len(ps) != 1 || ps[0].Line != 2 || !strings.Contains(ps[0].Msg, "runs programs or loads code") {
-			t.Errorf("%q: want one refusal on line 2, got %v", line, ps)
-		}
 	}
 }

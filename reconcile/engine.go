@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -34,15 +35,25 @@ type Engine struct {
 	Validator *reload.Validator
 	// LockWait bounds how long an operation waits for the store lock.
 	LockWait time.Duration
+	// Resolve looks up the host names of new fragments' servers.
+	Resolve fragments.Resolver
 
-	// parsed keeps each fragment's last parse with the bytes it came from,
-	// so a long-lived engine (the daemon's) parses only what changed.
+	// parsed keeps each fragment's last parse with the bytes and the policy
+	// it came from, so a long-lived engine (the daemon's) parses only what
+	// changed.
 	parsed map[string]parsedFragment
+	// hostsOK are the checksums of fragments whose host names resolved to
+	// allowed addresses.
+	hostsOK map[string]bool
+	// credential is whom haproxy -c runs as, found at the first check.
+	credential *syscall.Credential
+	credFound  bool
 }
 
 type parsedFragment struct {
 	confPath, mapPath string
 	conf, hostMap     []byte
+	policy            string
 	frag              *assemble.Fragment
 	problems          assemble.Problems
 }
@@ -51,17 +62,21 @@ type parsedFragment struct {
 func New(s *settings.Settings) *Engine {
 	return &Engine{
 		S:         s,
-		Store:     &fragments.Store{Dir: s.FragmentsDir, StateDir: s.StateDir},
-		Validator: &reload.Validator{Haproxy: s.Haproxy},
+		Store:     &fragments.Store{Dir: s.FragmentsDir, StateDir: s.StateDir, MaxBytes: s.MaxFragmentBytes},
+		Validator: &reload.Validator{Haproxy: s.Haproxy, Timeout: s.CheckTimeout},
 		LockWait:  2 * time.Minute,
+		Resolve:   resolve,
+		hostsOK:   map[string]bool{},
 	}
 }
 
-func (e *Engine) policy() fragments.Policy {
-	return fragments.Policy{AllowSections: e.S.AllowSections, AllowDirectives: e.S.AllowDirectives, MaxBytes: e.S.MaxFragmentBytes}
+func (e *Engine) options() assemble.Options {
+	exports := map[string]bool{}
+	for _, name := range e.S.Exports {
+		exports[name] = true
+	}
+	return assemble.Options{CrossRefs: e.S.CrossRefs, Exports: exports}
 }
-
-func (e *Engine) options() assemble.Options { return assemble.Options{CrossRefs: e.S.CrossRefs} }
 
 // lock takes the store lock and clears candidates a crashed run left.
 func (e *Engine) lock(ctx context.Context) (func(), error) {
@@ -163,7 +178,7 @@ func (e *Engine) writeTree(dir string, out *assemble.Output) (cfg, hostMap strin
 		path string
 		data []byte
 	}{{hostMap, out.Map}, {cfg, out.Config}} {
-		if err := os.MkdirAll(filepath.Dir(f.path), 0o750); err != nil {
+		if err := fragments.MkdirAll(filepath.Dir(f.path), 0o750); err != nil {
 			return "", "", err
 		}
 		if err := os.WriteFile(f.path, f.data, 0o640); err != nil {
@@ -205,24 +220,24 @@ func (e *Engine) build(ctx context.Context, base *assemble.Base, frags []*assemb
 	if trustCache && e.knownValid(key) {
 		return &Verdict{Output: out}, nil
 	}
-	if err := os.MkdirAll(e.candidatesDir(), 0o750); err != nil {
-		return nil, &reload.EnvError{Err: fmt.Errorf("create candidates directory: %w", err)}
-	}
-	dir, err := os.MkdirTemp(e.candidatesDir(), "candidate-")
+	dir, err := e.candidateDir()
 	if err != nil {
-		return nil, &reload.EnvError{Err: err}
+		return nil, err
 	}
 	defer os.RemoveAll(dir)
 	cfg, hostMap, err := e.writeTree(dir, out)
 	if err != nil {
 		return nil, &reload.EnvError{Err: fmt.Errorf("write candidate: %w", err)}
 	}
-	res, err := e.Validator.Check(ctx, cfg)
+	res, err := e.check(ctx, dir, cfg)
 	if err != nil {
 		return nil, err
 	}
 	v := &Verdict{Output: out}
 	v.Errors, v.Warnings = reload.Explain(out.Source, cfg, hostMap, res.Messages, rankOf(frags))
+	if err := e.unreadable(v.Errors); err != nil && !res.Valid {
+		return nil, err
+	}
 	if res.Valid {
 		v.Errors = nil
 		e.rememberValid(key)
@@ -230,6 +245,58 @@ func (e *Engine) build(ctx context.Context, base *assemble.Base, frags []*assemb
 		v.Errors = assemble.Problems{{Location: assemble.Location{File: "haproxy -c"}, Msg: "configuration rejected without a message"}}
 	}
 	return v, nil
+}
+
+// candidateDir makes a scratch directory for one candidate.
+func (e *Engine) candidateDir() (string, error) {
+	if err := fragments.MkdirAll(e.candidatesDir(), 0o750); err != nil {
+		return "", &reload.EnvError{Err: fmt.Errorf("create candidates directory: %w", err)}
+	}
+	dir, err := os.MkdirTemp(e.candidatesDir(), "candidate-")
+	if err != nil {
+		return "", &reload.EnvError{Err: err}
+	}
+	return dir, nil
+}
+
+// check runs haproxy -c on the candidate at cfg in dir, as the check user
+// when there is one: the tree is handed to its group, and the directories
+// on the way made passable for it.
+func (e *Engine) check(ctx context.Context, dir, cfg string) (*reload.Result, error) {
+	if !e.credFound {
+		cred, err := e.checkCredential()
+		if err != nil {
+			return nil, err
+		}
+		e.credential, e.credFound = cred, true
+	}
+	if cred := e.credential; cred != nil {
+		for _, d := range []string{e.S.StateDir, e.candidatesDir(), e.S.CertsDir} {
+			if err := reachable(d, cred); err != nil {
+				return nil, &reload.EnvError{Err: err}
+			}
+		}
+		if err := handTo(dir, cred); err != nil {
+			return nil, &reload.EnvError{Err: fmt.Errorf("hand the candidate to the check user: %w", err)}
+		}
+	}
+	e.Validator.Credential = e.credential
+	return e.Validator.Check(ctx, cfg)
+}
+
+// unreadable finds a problem no fragment caused that says the check user
+// could not read a file (a fragment names none): the operator must give it
+// access, or the base config names a file it may not read.
+func (e *Engine) unreadable(ps assemble.Problems) error {
+	if e.credential == nil {
+		return nil
+	}
+	for _, p := range ps {
+		if p.Fragment == "" && (strings.Contains(p.Msg, "Permission denied") || strings.Contains(p.Msg, "error opening")) {
+			return &reload.EnvError{Err: fmt.Errorf("haproxy -c runs as user %s (HAPROXY_CONFIG_CHECK_USER) and may not read a file the configuration names: %w", e.S.CheckUser, p)}
+		}
+	}
+	return nil
 }
 
 // rankOf ranks fragments by their position in frags, incumbents first:
@@ -298,15 +365,30 @@ func (e *Engine) rememberValid(key string) {
 type Selection struct {
 	Base     *assemble.Base
 	Live     []*assemble.Fragment          // fragments that go live
-	Rejected map[string]assemble.Problems  // fragment name -> why it stays out
+	Rejected map[string]assemble.Problems  // fragment name -> why it (or its new version) stays out
 	Strays   assemble.Problems             // files that are not fragments
 	Verdict  *Verdict                      // of the live set
 	Stored   map[string]*fragments.Stored  // everything read from disk
-	Parsed   map[string]*assemble.Fragment // fragments that passed their own checks
-	wasLive  map[string]string             // the previous generation's fragments
+	Parsed   map[string]*assemble.Fragment // candidates: the stored version, or the last good one
+	// FellBack are the fragments whose stored version is rejected while the
+	// version HAProxy served before stays live: name -> that version's
+	// checksum.
+	FellBack map[string]string
+	// Superseded are the checksums of the versions that failed while the
+	// last good one stays live, when they passed their own checks.
+	Superseded map[string]string
+	wasLive    map[string]string // the previous generation's fragments
+	// reference is what HAProxy serves (the generation marked serving, else
+	// the newest): name -> checksum
+	reference    map[string]string
+	referenceDir string                        // that generation's directory
+	fallbacks    map[string]*assemble.Fragment // last good versions, by name
+	policy       fragments.Policy
 }
 
-// load reads and parses the store. The caller holds the lock.
+// load reads and parses the store, and finds the last good version of
+// every fragment that was live and has changed since. The caller holds the
+// lock.
 func (e *Engine) load() (*Selection, error) {
 	base, err := e.Base()
 	if err != nil {
@@ -320,25 +402,34 @@ func (e *Engine) load() (*Selection, error) {
 	if err != nil {
 		return nil, err
 	}
+	pol := e.policy(base)
 	sel := &Selection{Base: base, Rejected: map[string]assemble.Problems{}, Strays: strays,
-		Stored: map[string]*fragments.Stored{}, Parsed: map[string]*assemble.Fragment{}}
+		Stored: map[string]*fragments.Stored{}, Parsed: map[string]*assemble.Fragment{},
+		FellBack: map[string]string{}, Superseded: map[string]string{}, fallbacks: map[string]*assemble.Fragment{}, policy: pol}
 	if latest != nil {
 		sel.wasLive = latest.Fragments
+		sel.reference, sel.referenceDir = latest.Fragments, latest.Dir
+	}
+	if n := e.Serving(); n > 0 && (latest == nil || n != latest.Number) {
+		if g, err := e.readGeneration(n); err == nil {
+			sel.reference, sel.referenceDir = g.Fragments, g.Dir
+		}
 	}
 	// per-fragment checks are independent: use every core, and only on
-	// fragments whose bytes changed since this engine last parsed them
+	// fragments whose bytes or policy changed since this engine parsed them
+	fp := pol.Fingerprint()
 	parsed := make([]*assemble.Fragment, len(stored))
 	problems := make([]assemble.Problems, len(stored))
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
 	for i, st := range stored {
-		if c, ok := e.parsed[st.Name]; ok && c.confPath == st.ConfPath && c.mapPath == st.MapPath &&
+		if c, ok := e.parsed[st.Name]; ok && c.confPath == st.ConfPath && c.mapPath == st.MapPath && c.policy == fp &&
 			bytes.Equal(c.conf, st.Conf) && bytes.Equal(c.hostMap, st.Map) {
 			parsed[i], problems[i] = c.frag, slices.Clip(c.problems)
 			continue
 		}
 		g.Go(func() error {
-			parsed[i], problems[i] = st.Parse(e.policy())
+			parsed[i], problems[i] = st.Parse(pol)
 			return nil
 		})
 	}
@@ -346,7 +437,7 @@ func (e *Engine) load() (*Selection, error) {
 	next := make(map[string]parsedFragment, len(stored))
 	for i, st := range stored {
 		next[st.Name] = parsedFragment{confPath: st.ConfPath, mapPath: st.MapPath, conf: st.Conf, hostMap: st.Map,
-			frag: parsed[i], problems: problems[i]}
+			policy: fp, frag: parsed[i], problems: problems[i]}
 	}
 	e.parsed = next
 	for i, st := range stored {
@@ -357,6 +448,7 @@ func (e *Engine) load() (*Selection, error) {
 			sel.Parsed[st.Name] = parsed[i]
 		}
 	}
+	e.findFallbacks(sel)
 	return sel, nil
 }
 
@@ -368,6 +460,17 @@ func (e *Engine) selectValid(ctx context.Context, sel *Selection, candidates []*
 	live := slices.Clone(candidates)
 	for {
 		v, err := e.validate(ctx, sel.Base, live, trustCache)
+		var unfinished *reload.UnfinishedError
+		if errors.As(err, &unfinished) {
+			// a check that does not finish is the newcomers' fault once
+			// what HAProxy serves passes without them
+			var blamed []string
+			if blamed, err = e.blameNewcomers(ctx, sel, live, unfinished); err != nil {
+				return err
+			}
+			live = e.dropOrFallBack(sel, live, blamed)
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -386,8 +489,75 @@ func (e *Engine) selectValid(ctx context.Context, sel *Selection, candidates []*
 				sel.Rejected[p.Fragment] = append(sel.Rejected[p.Fragment], p)
 			}
 		}
-		live = slices.DeleteFunc(live, func(f *assemble.Fragment) bool { return slices.Contains(blamed, f.Name) })
+		live = e.dropOrFallBack(sel, live, blamed)
 	}
+}
+
+// dropOrFallBack takes the blamed fragments out of live, putting back the
+// last good version of those that have one and are not on it yet.
+func (e *Engine) dropOrFallBack(sel *Selection, live []*assemble.Fragment, blamed []string) []*assemble.Fragment {
+	out := live[:0:0]
+	for _, f := range live {
+		if !slices.Contains(blamed, f.Name) {
+			out = append(out, f)
+			continue
+		}
+		if fb := sel.fallbacks[f.Name]; fb != nil && fb != f {
+			sel.Parsed[f.Name] = fb
+			sel.FellBack[f.Name], sel.Superseded[f.Name] = fb.Checksum, f.Checksum
+			out = append(out, fb)
+			continue
+		}
+		delete(sel.FellBack, f.Name)
+	}
+	return out
+}
+
+// blameNewcomers finds which fragments make haproxy -c run past its
+// timeout: what HAProxy serves (the reference versions) must pass alone,
+// then each other fragment is added to it in turn.
+func (e *Engine) blameNewcomers(ctx context.Context, sel *Selection, live []*assemble.Fragment, cause *reload.UnfinishedError) ([]string, error) {
+	var good, newcomers []*assemble.Fragment
+	for _, f := range live {
+		if sel.reference[f.Name] == f.Checksum {
+			good = append(good, f)
+		} else {
+			newcomers = append(newcomers, f)
+		}
+	}
+	if len(newcomers) == 0 {
+		return nil, &reload.EnvError{Err: fmt.Errorf("the configuration HAProxy serves no longer passes in time: %w", cause)}
+	}
+	v, err := e.build(ctx, sel.Base, good, true)
+	if err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("even the configuration HAProxy serves does not pass: %w", err)}
+	}
+	if len(v.Errors) > 0 {
+		return nil, &reload.EnvError{Err: fmt.Errorf("the configuration HAProxy serves no longer passes:\n%w", v.Errors)}
+	}
+	var blamed []string
+	for _, f := range newcomers {
+		v, err := e.build(ctx, sel.Base, append(slices.Clone(good), f), false)
+		var unfinished *reload.UnfinishedError
+		switch {
+		case errors.As(err, &unfinished):
+			blamed = append(blamed, f.Name)
+			sel.Rejected[f.Name] = append(sel.Rejected[f.Name], &assemble.Problem{
+				Location: assemble.Location{Fragment: f.Name, File: f.ConfFile},
+				Msg:      "haproxy -c does not finish once this fragment is added: " + unfinished.Why})
+		case err != nil:
+			return nil, err
+		case len(v.Errors) > 0:
+			blamed = append(blamed, f.Name)
+			sel.Rejected[f.Name] = append(sel.Rejected[f.Name], v.Errors...)
+		default:
+			good = append(good, f)
+		}
+	}
+	if len(blamed) == 0 {
+		return nil, &reload.EnvError{Err: fmt.Errorf("every fragment passes in time alone but not all together: %w", cause)}
+	}
+	return blamed, nil
 }
 
 // blameOneByOne handles a rejection haproxy did not tie to a fragment: the

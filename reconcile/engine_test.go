@@ -15,6 +15,7 @@ import (
 
 	"haproxy-config/assemble"
 	"haproxy-config/fragments"
+	"haproxy-config/reload"
 	"haproxy-config/settings"
 )
 
@@ -27,11 +28,13 @@ func newEngine(t testing.TB, env map[string]string) *Engine {
 			t.Skip("SKIPPING: haproxy is not installed; run tests/install-deps.sh (CI installs it)")
 		}
 	}
-	root := t.TempDir()
+	root := openTempDir(t)
 	vars := map[string]string{
 		"HAPROXY_CONFIG_ROOT":       root,
 		"HAPROXY_CONFIG_HTTP_ADDR":  "127.0.0.1:18080",
 		"HAPROXY_CONFIG_HTTPS_ADDR": "127.0.0.1:18443",
+		// the tests' servers are on loopback ports
+		"HAPROXY_CONFIG_ALLOW_NETWORKS": "127.0.0.0/8",
 	}
 	for k, v := range env {
 		vars[k] = v
@@ -42,6 +45,23 @@ func newEngine(t testing.TB, env map[string]string) *Engine {
 	}
 	return New(s)
 }
+
+// openTempDir is a temporary directory that haproxy -c, which runs as the
+// unprivileged check user when the tests run as root, can reach.
+func openTempDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// inPlace validates the live files where they are, as this process (the
+// engine's own checks run on candidate copies, as the check user).
+func inPlace(e *Engine) *reload.Validator { return &reload.Validator{Haproxy: e.S.Haproxy} }
 
 func apply(t *testing.T, e *Engine, name, conf, hostMap string) (*ApplyResult, error) {
 	t.Helper()
@@ -96,13 +116,18 @@ func TestApplyRejections(t *testing.T) {
 		{"bad wildcard", "t", okConf, "\nfoo.*.example.com new_web\n", true, 2, "wildcard"},
 		{"domain twice in one file", "t", okConf, okMap + "NEW.example.com new_web\n", true, 2, "already mapped on line 1"},
 		{"domain of another fragment", "t", okConf, okMap + "inc.example.com new_web\n", true, 2, `already mapped by fragment "incumbent"`},
-		{"backend nobody defines", "t", okConf, "new.example.com other_web\n", true, 1, "neither this fragment nor the base config"},
-		{"backend of another fragment", "t", okConf, "new.example.com inc_web\n", true, 1, "neither this fragment nor the base config"},
+		{"backend nobody defines", "t", okConf, "new.example.com other_web\n", true, 1, "this fragment does not define and the base config does not export"},
+		{"backend of another fragment", "t", okConf, "new.example.com inc_web\n", true, 1, "this fragment does not define and the base config does not export"},
 		{"section of another fragment", "t", "# mine\n" + incumbentConf, "", false, 2, `already defined as backend by fragment "incumbent"`},
-		{"section of the base config", "t", "backend https\n    server s1 127.0.0.1:1\n", "", false, 1, "base config (embedded) base.cfg:"},
+		{"section of the base config", "t", "backend https\n    server s1 127.0.0.1:1\n", "", false, 1, `backend name "https" is the name of one of the base config's sections`},
 		{"global section", "t", "global\n    maxconn 1\n", "", false, 1, "global sections"},
 		{"userlist not allowed", "t", okConf + "userlist admins\n    user a insecure-password b\n", okMap, false, 3, "userlist sections are not allowed"},
-		{"lua action", "t", okConf + "    http-request lua.hook\n", okMap, false, 3, `"http-request lua.hook" runs programs`},
+		{"lua action", "t", okConf + "    http-request lua.hook\n", okMap, false, 3, `http-request action "lua.hook" is not allowed in a backend of a fragment: it runs Lua code`},
+		// refused by the allowlist before haproxy sees them
+		{"unknown keyword", "t", "backend new_web\n    balance roundrobin\n    bogus-keyword 1\n", okMap, false, 3, `keyword "bogus-keyword" is not on the allowlist`},
+		{"unknown fetch", "t", "backend new_web\n    http-request deny if { nosuchfetch }\n", okMap, false, 2, `sample fetch "nosuchfetch" is not allowed`},
+		{"track another fragment's server", "t", "backend new_web\n    server s1 127.0.0.1:80 track inc_web/s1\n", okMap, false, 2, `track "inc_web/s1" names a server of backend "inc_web"`},
+		{"stick table of another fragment", "t", "# tenant t\nbackend new_web\n    stick on src table inc_web\n", okMap, false, 3, `stick table "inc_web", which this fragment does not define`},
 		{"external check", "t", "backend new_web\n    option external-check\n    external-check command /bin/true\n", okMap, false, 2, "external-check"},
 		{"directive before any section", "t", "    server s1 127.0.0.1:1\n" + okConf, okMap, false, 1, "outside any section"},
 		{"NUL byte", "t", "backend new_web\n    server s1 127.0.0.1:9002\x00\n", okMap, false, 2, "NUL byte"},
@@ -110,12 +135,12 @@ func TestApplyRejections(t *testing.T) {
 		{"oversized", "t", okConf + big, okMap, false, 0, "over the limit"},
 		{"reserved backend name", "t", "backend haproxy_config_x\n", "", false, 1, "reserved"},
 		// rejected by haproxy -c itself, mapped back to the fragment's lines
-		{"haproxy: unknown keyword", "t", "backend new_web\n    balance roundrobin\n    bogus-keyword 1\n", okMap, false, 3, "unknown keyword 'bogus-keyword'"},
+		{"haproxy: unknown hash type", "t", "backend new_web\n    balance roundrobin\n    hash-type bogus\n", okMap, false, 3, "'hash-type' only supports"},
 		{"haproxy: bad port", "t", "backend new_web\n\n    server s1 127.0.0.1:abc\n", okMap, false, 3, "invalid character 'a' in port number"},
 		{"haproxy: timeout without value", "t", "backend new_web\n    timeout server\n", okMap, false, 2, "expects an integer value"},
-		{"haproxy: unknown fetch", "t", "backend new_web\n    http-request deny if { nosuchfetch }\n", okMap, false, 2, "unknown fetch method 'nosuchfetch'"},
-		{"haproxy: track unknown proxy", "t", "backend new_web\n    server s1 127.0.0.1:80 track nosuch/x\n", okMap, false, 2, "unable to find required proxy 'nosuch'"},
-		{"haproxy: stick table unknown (no line from haproxy)", "t", "# tenant t\nbackend new_web\n    stick on src table nosuch\n", okMap, false, 2, "unable to find stick-table 'nosuch'"},
+		{"haproxy: unknown ACL", "t", "backend new_web\n    http-request deny if nosuchacl\n", okMap, false, 2, "no such ACL : 'nosuchacl'"},
+		{"haproxy: track unknown server", "t", "backend new_web\n    server s1 127.0.0.1:80 track s9\n", okMap, false, 2, "unable to find required server 's9'"},
+		{"haproxy: stick table missing (no line from haproxy)", "t", "# tenant t\nbackend new_web\n    stick on src\n", okMap, false, 2, "unable to find stick-table 'new_web'"},
 	}
 	before := snapshot(t, e)
 	for _, tc := range cases {
@@ -199,11 +224,15 @@ func TestEmptyPartsAndBaseBackends(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_BASE": base})
-	// a map-only fragment may route to a backend the operator's base defines,
-	// but not to haproxy-config's own
+	// a map-only fragment may route to a backend the operator's base
+	// exports, but not to one it does not, nor to haproxy-config's own
 	if _, err := apply(t, e, "parked", "", "parked.example.com haproxy_config_unknown_host\n"); err == nil || !strings.Contains(err.Error(), "cannot be routed to") {
 		t.Fatalf("routing to a reserved backend: got %v", err)
 	}
+	if _, err := apply(t, e, "parked", "", "parked.example.com parking\n"); err == nil || !strings.Contains(err.Error(), "does not export") {
+		t.Fatalf("routing to a base backend that is not exported: got %v", err)
+	}
+	e = newEngine(t, map[string]string{"HAPROXY_CONFIG_BASE": base, "HAPROXY_CONFIG_EXPORTS": "parking"})
 	mustApply(t, e, "parked", "", "parked.example.com parking\n")
 	// a config-only fragment
 	mustApply(t, e, "spare", "backend spare_web\n    server s1 127.0.0.1:9\n", "")
@@ -245,11 +274,20 @@ func TestCrossReferences(t *testing.T) {
 }
 
 func TestRemoveRefusedWhenOthersDependOnIt(t *testing.T) {
+	// by default no fragment may tie itself to another's objects: that
+	// would let it block the other's own remove for good
 	e := newEngine(t, nil)
 	mustApply(t, e, "primary", "backend primary_web\n    server s1 127.0.0.1:9001 check\n", "")
-	// a tenant tracking another tenant's server: haproxy -c rejects the
-	// config once the tracked backend is gone, so the remove must be refused
-	mustApply(t, e, "tracker", "backend tracker_web\n    server s1 127.0.0.1:9002 track primary_web/s1\n", "")
+	tracker := "backend tracker_web\n    server s1 127.0.0.1:9002 track primary_web/s1\n"
+	if _, err := apply(t, e, "tracker", tracker, ""); err == nil || !strings.Contains(err.Error(), `track "primary_web/s1"`) {
+		t.Fatalf("tracking another fragment's server: want a refusal, got %v", err)
+	}
+	// with cross-references allowed, a tenant tracking another tenant's
+	// server: haproxy -c rejects the config once the tracked backend is
+	// gone, so the remove must be refused
+	e = newEngine(t, map[string]string{"HAPROXY_CONFIG_CROSS_REFS": "true"})
+	mustApply(t, e, "primary", "backend primary_web\n    server s1 127.0.0.1:9001 check\n", "")
+	mustApply(t, e, "tracker", tracker, "")
 	err := e.Remove(context.Background(), "primary")
 	if err == nil || !strings.Contains(err.Error(), `fragment "tracker"`) {
 		t.Fatalf("want refusal naming the tracker, got %v", err)
@@ -414,14 +452,14 @@ func TestGenerationsKeptAndLiveIsWhatWasValidated(t *testing.T) {
 			t.Fatalf("%s and %s differ", pair[0], pair[1])
 		}
 	}
-	res, err := e.Validator.Check(ctx, e.S.OutputConfig)
+	res, err := inPlace(e).Check(ctx, e.S.OutputConfig)
 	if err != nil || !res.Valid {
 		t.Fatalf("live config does not validate in place: %v %+v", err, res)
 	}
 }
 
 func TestMapOutsideConfigDirectory(t *testing.T) {
-	root := t.TempDir()
+	root := openTempDir(t)
 	e := newEngine(t, map[string]string{
 		"HAPROXY_CONFIG_OUTPUT": filepath.Join(root, "etc/live/haproxy.cfg"),
 		"HAPROXY_CONFIG_MAP":    filepath.Join(root, "maps/hosts.map"),
@@ -434,7 +472,7 @@ func TestMapOutsideConfigDirectory(t *testing.T) {
 	if !bytes.Contains(live, []byte("map(../../maps/hosts.map)")) {
 		t.Fatalf("live config does not reference the map relatively:\n%s", live)
 	}
-	res, err := e.Validator.Check(context.Background(), e.S.OutputConfig)
+	res, err := inPlace(e).Check(context.Background(), e.S.OutputConfig)
 	if err != nil || !res.Valid {
 		t.Fatalf("live config does not validate in place: %v %+v", err, res)
 	}
@@ -531,7 +569,7 @@ func TestPublishRevalidatesAfterCertFilesVanish(t *testing.T) {
 	if _, err := e.Publish(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	res, err := e.Validator.Check(ctx, e.S.OutputConfig)
+	res, err := inPlace(e).Check(ctx, e.S.OutputConfig)
 	if err != nil || !res.Valid {
 		t.Fatalf("published config does not validate: %v %+v", err, res)
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"haproxy-config/assemble"
 	"haproxy-config/fragments"
 	"haproxy-config/reload"
 )
@@ -53,7 +54,8 @@ func (e *Engine) Generation(n int) (*Generation, error) {
 }
 
 // checkedGeneration returns kept generation n and its files after haproxy
-// -c has accepted them again: certificates may have changed since.
+// -c has accepted them again (certificates may have changed since), on a
+// candidate copy of the same bytes, as every check runs.
 func (e *Engine) checkedGeneration(ctx context.Context, n int) (g *Generation, cfgPath, mapPath string, err error) {
 	if g, err = e.Generation(n); err != nil {
 		return nil, "", "", err
@@ -61,7 +63,23 @@ func (e *Engine) checkedGeneration(ctx context.Context, n int) (g *Generation, c
 	if cfgPath, mapPath, err = e.layout(g.Dir); err != nil {
 		return nil, "", "", err
 	}
-	res, err := e.Validator.Check(ctx, cfgPath)
+	out := &assemble.Output{}
+	if out.Config, err = os.ReadFile(cfgPath); err != nil {
+		return nil, "", "", &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	}
+	if out.Map, err = os.ReadFile(mapPath); err != nil {
+		return nil, "", "", &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	}
+	dir, err := e.candidateDir()
+	if err != nil {
+		return nil, "", "", err
+	}
+	defer os.RemoveAll(dir)
+	cfg, _, err := e.writeTree(dir, out)
+	if err != nil {
+		return nil, "", "", &reload.EnvError{Err: fmt.Errorf("write candidate: %w", err)}
+	}
+	res, err := e.check(ctx, dir, cfg)
 	if err != nil {
 		return nil, "", "", err
 	}
@@ -156,7 +174,7 @@ func (e *Engine) SetHold(ctx context.Context, n int) (*Hold, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(e.S.StateDir, 0o750); err != nil {
+	if err := fragments.MkdirAll(e.S.StateDir, 0o750); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
 	if err := fragments.WriteFile(e.holdPath(), append(data, '\n'), 0o640); err != nil {

@@ -38,10 +38,19 @@ type ApplyResult struct {
 // only if haproxy accepts the candidate, stores it. On any problem nothing
 // is written and the returned error is an assemble.Problems.
 func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
-	f, ps := fragments.Parse(c.Name, c.ConfFile, c.Conf, c.MapFile, c.Map, e.policy())
+	base, err := e.Base()
+	if err != nil {
+		return nil, err
+	}
+	pol := e.policy(base)
+	f, ps := fragments.Parse(c.Name, c.ConfFile, c.Conf, c.MapFile, c.Map, pol)
 	if len(ps) > 0 {
 		return nil, ps
 	}
+	if ps := fragments.CheckHosts(ctx, f, pol, e.Resolve); len(ps) > 0 {
+		return nil, ps
+	}
+	e.hostsOK[f.Checksum] = true
 	unlock, err := e.lock(ctx)
 	if err != nil {
 		return nil, err
@@ -52,6 +61,7 @@ func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
 		return nil, err
 	}
 	_, replaced := sel.Stored[c.Name]
+	e.checkHosts(ctx, sel)
 	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		return nil, err
 	}
@@ -60,6 +70,12 @@ func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
 		return nil, err
 	}
 	v, err := e.validate(ctx, sel.Base, candidate, false)
+	var unfinished *reload.UnfinishedError
+	if errors.As(err, &unfinished) {
+		// the set without the newcomer passes: the time is its own doing
+		return nil, assemble.Problems{{Location: assemble.Location{Fragment: f.Name, File: f.ConfFile},
+			Msg: "haproxy -c does not finish once this fragment is added: " + unfinished.Why}}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -126,6 +142,7 @@ func (e *Engine) Remove(ctx context.Context, name string) error {
 	if _, ok := sel.Stored[name]; !ok {
 		return fmt.Errorf("fragment %q: %w", name, fragments.ErrNotFound)
 	}
+	e.checkHosts(ctx, sel)
 	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		return err
 	}
@@ -165,6 +182,7 @@ func (e *Engine) selectAll(ctx context.Context) (*Selection, error) {
 	if err != nil {
 		return nil, err
 	}
+	e.checkHosts(ctx, sel)
 	if err := e.selectValid(ctx, sel, sel.candidates(), false); err != nil {
 		return nil, err
 	}
@@ -223,9 +241,16 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 			delete(sel.Parsed, name)
 			sel.Rejected[name] = ex.Problems
 			excluded = append(excluded, name)
+			if fb := sel.fallbacks[name]; fb != nil && fb.Checksum != ex.Checksum {
+				sel.Parsed[name], sel.FellBack[name], sel.Superseded[name] = fb, fb.Checksum, ex.Checksum
+			}
 		}
 	}
+	e.checkHosts(ctx, sel)
 	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
+		return nil, err
+	}
+	if err := e.pinDomains(ctx, sel); err != nil {
 		return nil, err
 	}
 	out := sel.Verdict.Output
@@ -253,6 +278,9 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 		g.Fragments[f.Name] = f.Checksum
 	}
 	g.Rejected = sel.RejectedNames()
+	if err := e.saveVersions(sel.Live); err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("keep the live versions of the fragments: %w", err)}
+	}
 	if err := e.writeGeneration(g, out); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
@@ -260,6 +288,9 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 		return nil, err
 	}
 	if err := e.prune(); err != nil {
+		return nil, &reload.EnvError{Err: err}
+	}
+	if err := e.pruneVersions(g.Fragments, sel.reference); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
 	return &Published{Generation: g, Changed: true, Selection: sel, Excluded: excluded}, nil
@@ -302,7 +333,7 @@ func (e *Engine) generationEquals(g *Generation, out *assemble.Output) bool {
 // writeGeneration writes the generation into a hidden directory and renames
 // it into place, so a listed generation is always complete.
 func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
-	if err := os.MkdirAll(e.generationsDir(), 0o750); err != nil {
+	if err := fragments.MkdirAll(e.generationsDir(), 0o750); err != nil {
 		return err
 	}
 	tmp, err := os.MkdirTemp(e.generationsDir(), ".new-")

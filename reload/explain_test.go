@@ -77,14 +77,8 @@ func buildExplainOutput(t *testing.T) *assemble.Output {
 	if err != nil {
 		t.Fatalf("RenderBase: %v", err)
 	}
-	a, ps := fragments.Parse("a", aCfgFile, []byte(aConf), aMapFile, []byte(aMap), fragments.Policy{})
-	if len(ps) != 0 {
-		t.Fatalf("Parse a: %v", ps)
-	}
-	c, ps := fragments.Parse("c", cCfgFile, []byte(cConf), cMapFile, []byte(cMap), fragments.Policy{})
-	if len(ps) != 0 {
-		t.Fatalf("Parse c: %v", ps)
-	}
+	a := unchecked(t, "a", aCfgFile, aConf, aMapFile, aMap)
+	c := unchecked(t, "c", cCfgFile, cConf, cMapFile, cMap)
 	// c first: Build sorts by name.
 	return assemble.Build(base, []*assemble.Fragment{c, a})
 }
@@ -106,6 +100,19 @@ func configLine(out *assemble.Output, n int) string {
 		return ""
 	}
 	return lines[n-1]
+}
+
+// unchecked builds a fragment without the tenant policy, which refuses
+// some of the mistakes these tests need haproxy to report.
+func unchecked(t *testing.T, name, cfgFile, conf, mapFile, hostMap string) *assemble.Fragment {
+	t.Helper()
+	_, sections := assemble.Scan([]byte(conf))
+	entries, mapText, ps := fragments.ParseMap(assemble.Location{Fragment: name, File: mapFile}, []byte(hostMap))
+	if len(ps) > 0 {
+		t.Fatalf("map of %s: %v", name, ps)
+	}
+	return &assemble.Fragment{Name: name, ConfFile: cfgFile, MapFile: mapFile, Conf: []byte(conf),
+		Sections: sections, Map: entries, MapText: mapText}
 }
 
 func TestExplain(t *testing.T) {

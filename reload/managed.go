@@ -59,6 +59,7 @@ func (m *Managed) Start(ctx context.Context) error {
 	// A soft stop (SIGUSR1) if the daemon dies without stopping it, and a
 	// process group of its own so a terminal's ^C reaches the daemon only.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGUSR1}
+	cmd.Env = Env()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"haproxy-config/assemble"
@@ -26,10 +27,30 @@ func (e *EnvError) Unwrap() error { return e.Err }
 // Validator runs "haproxy -c".
 type Validator struct {
 	Haproxy string // binary; a bare name is looked up in PATH, then /usr/sbin
+	// Credential runs the check as another user, so that what a future
+	// bypass of the tenant policy makes HAProxy read is read without
+	// root's rights; nil runs it as this process.
+	Credential *syscall.Credential
+	// Timeout bounds one check; zero means DefaultCheckTimeout.
+	Timeout time.Duration
 }
 
-// checkTimeout bounds one haproxy -c; 50,000 backends take about 0.6 s.
-const checkTimeout = time.Minute
+// DefaultCheckTimeout bounds one haproxy -c; 50,000 backends take about 0.6 s.
+const DefaultCheckTimeout = time.Minute
+
+// UnfinishedError is a check that did not finish: it ran past its timeout
+// or was killed (out of memory). Whether that is the machine's fault or a
+// fragment's is for the caller to find out.
+type UnfinishedError struct{ Why string }
+
+func (e *UnfinishedError) Error() string { return "haproxy -c did not finish: " + e.Why }
+
+// Env is the whole environment HAProxy and haproxy -c run with. HAProxy
+// expands "$VAR" in the configuration and serves env() to its rules; the
+// tenant policy refuses both, and even a bypass finds nothing here.
+func Env() []string {
+	return []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+}
 
 // Message is one ALERT or WARNING line haproxy printed.
 type Message struct {
@@ -73,9 +94,19 @@ func (v *Validator) Check(ctx context.Context, cfgPath string) (*Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	timeout := v.Timeout
+	if timeout <= 0 {
+		timeout = DefaultCheckTimeout
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-c", "-f", cfgPath)
+	cmd := exec.CommandContext(cctx, bin, "-c", "-f", cfgPath)
+	cmd.Env = Env()
+	cmd.Dir = "/"
+	if v.Credential != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: v.Credential}
+	}
+	cmd.WaitDelay = time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()
@@ -85,7 +116,11 @@ func (v *Validator) Check(ctx context.Context, cfgPath string) (*Result, error) 
 	case err == nil:
 		res.Valid = true
 	case ctx.Err() != nil:
-		return nil, &EnvError{fmt.Errorf("haproxy -c did not finish within %s", checkTimeout)}
+		return nil, &EnvError{fmt.Errorf("haproxy -c: %w", ctx.Err())}
+	case cctx.Err() != nil:
+		return nil, &UnfinishedError{Why: fmt.Sprintf("it ran past %s (HAPROXY_CONFIG_CHECK_TIMEOUT)", timeout)}
+	case errors.As(err, &exit) && exit.ExitCode() < 0:
+		return nil, &UnfinishedError{Why: fmt.Sprintf("it was %s (out of memory?)", exit.ProcessState.String())}
 	case errors.As(err, &exit) && exit.ExitCode() == 1:
 	default:
 		return nil, &EnvError{fmt.Errorf("run %s -c: %w: %s", bin, err, strings.TrimSpace(out.String()))}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,6 +24,7 @@ import (
 
 	"haproxy-config/assemble"
 	"haproxy-config/certs"
+	"haproxy-config/fragments"
 )
 
 // EnvPrefix starts every environment variable and defaults-file key.
@@ -46,6 +48,11 @@ type Settings struct {
 	ChallengeAddr    string
 	AllowSections    []string
 	AllowDirectives  []string
+	AllowNetworks    []netip.Prefix
+	DomainOwners     fragments.DomainOwners
+	Exports          []string
+	CheckUser        string
+	CheckTimeout     time.Duration
 	CrossRefs        bool
 	MaxFragmentBytes int64
 	KeepGenerations  int
@@ -134,11 +141,28 @@ func path(dst func(*Settings) *string) func(*Settings, string) error {
 	}
 }
 
+func splitList(v string) []string {
+	if f := strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }); len(f) > 0 {
+		return f
+	}
+	return nil
+}
+
 func list(dst func(*Settings) *[]string) func(*Settings, string) error {
 	return func(s *Settings, v string) error {
-		*dst(s) = nil
-		for _, f := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
-			*dst(s) = append(*dst(s), f)
+		*dst(s) = splitList(v)
+		return nil
+	}
+}
+
+// oneOf is a list whose members must be among valid.
+func oneOf(valid []string, what string, dst func(*Settings) *[]string) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		*dst(s) = splitList(v)
+		for _, f := range *dst(s) {
+			if !slices.Contains(valid, f) {
+				return fmt.Errorf("%q is not %s: use %s", f, what, strings.Join(valid, ", "))
+			}
 		}
 		return nil
 	}
@@ -179,10 +203,47 @@ var Keys = []Key{
 		fixed(":443"), addr(func(s *Settings) *string { return &s.HTTPSAddr })},
 	{"CHALLENGE_ADDR", "challenge-addr", "`HOST:PORT` of the ACME HTTP-01 challenge handler",
 		fixed("127.0.0.1:8402"), addr(func(s *Settings) *string { return &s.ChallengeAddr })},
-	{"ALLOW_SECTIONS", "allow-sections", "section `KINDS` fragments may define besides backend (comma-separated, e.g. userlist,cache)",
-		fixed(""), list(func(s *Settings) *[]string { return &s.AllowSections })},
-	{"ALLOW_DIRECTIVES", "allow-directives", "code-running `DIRECTIVES` fragments may use (comma-separated: external-check, lua, command, ...)",
-		fixed(""), list(func(s *Settings) *[]string { return &s.AllowDirectives })},
+	{"ALLOW_SECTIONS", "allow-sections", "section `KINDS` fragments may define besides backend (comma-separated: " + strings.Join(fragments.SectionKinds(), ", ") + ")",
+		fixed(""), oneOf(fragments.SectionKinds(), "a section kind fragments can be allowed (global, defaults, frontend, listen, program and the others are never)",
+			func(s *Settings) *[]string { return &s.AllowSections })},
+	{"ALLOW_DIRECTIVES", "allow-directives", "allowlist `EXTENSIONS` that let fragments run code (comma-separated: " + strings.Join(fragments.Extensions(), ", ") + "; README: What a fragment may contain)",
+		fixed(""), oneOf(fragments.Extensions(), "an allowlist extension", func(s *Settings) *[]string { return &s.AllowDirectives })},
+	{"ALLOW_NETWORKS", "allow-networks", "`NETWORKS` servers may be in although they are loopback, link-local or this balancer's own (comma-separated CIDRs or IPs)",
+		fixed(""), func(s *Settings, v string) error {
+			s.AllowNetworks = nil
+			for _, f := range splitList(v) {
+				p, err := netip.ParsePrefix(f)
+				if err != nil {
+					ip, ierr := netip.ParseAddr(f)
+					if ierr != nil {
+						return fmt.Errorf("%q is not a network (CIDR such as 127.0.0.0/8) or an IP address", f)
+					}
+					p = netip.PrefixFrom(ip, ip.BitLen())
+				}
+				s.AllowNetworks = append(s.AllowNetworks, p.Masked())
+			}
+			return nil
+		}},
+	{"DOMAIN_OWNERS", "domain-owners", "which domains each fragment may map: `ENTRIES` NAME=SUFFIX[,SUFFIX] (NAME may end in *), or the path of a file of them; empty: first come, first served",
+		fixed(""), func(s *Settings, v string) error {
+			text := v
+			if strings.HasPrefix(v, "/") {
+				data, err := os.ReadFile(v)
+				if err != nil {
+					return fmt.Errorf("domain owners file: %w", err)
+				}
+				text = string(data)
+			}
+			owners, err := fragments.ParseDomainOwners(text)
+			s.DomainOwners = owners
+			return err
+		}},
+	{"EXPORTS", "exports", "base config section `NAMES` fragments may refer to: route to, read the state of, use (comma-separated)",
+		fixed(""), list(func(s *Settings) *[]string { return &s.Exports })},
+	{"CHECK_USER", "check-user", "`USER` haproxy -c runs as when haproxy-config runs as root (root: no change of user)",
+		fixed("haproxy"), str(func(s *Settings) *string { return &s.CheckUser })},
+	{"CHECK_TIMEOUT", "check-timeout", "how long one haproxy -c may take (`DURATION`); a fragment that makes it take longer is quarantined",
+		fixed("1m"), duration(func(s *Settings) *time.Duration { return &s.CheckTimeout })},
 	{"CROSS_REFS", "cross-refs", "let map lines route to backends of other fragments (`BOOL`); remove then refuses to orphan them",
 		fixed("false"), func(s *Settings, v string) (err error) { s.CrossRefs, err = parseBool(v); return err }},
 	{"MAX_FRAGMENT_BYTES", "max-fragment-bytes", "size limit of each fragment part in `BYTES`",

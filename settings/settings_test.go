@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -76,6 +77,8 @@ func builtIn(root, defaultsFile string) *Settings {
 		ReloadBurst:      3,
 		Rescan:           time.Minute,
 		VerifyTimeout:    30 * time.Second,
+		CheckUser:        "haproxy",
+		CheckTimeout:     time.Minute,
 		ACME:             acmeDefaults,
 	}
 }
@@ -113,6 +116,8 @@ func TestLoadBuiltInDefaults(t *testing.T) {
 		ReloadBurst:      3,
 		Rescan:           time.Minute,
 		VerifyTimeout:    30 * time.Second,
+		CheckUser:        "haproxy",
+		CheckTimeout:     time.Minute,
 		ACME:             acmeDefaults,
 	}
 	if !reflect.DeepEqual(s, want) {
@@ -223,12 +228,25 @@ func TestLoadPrecedence(t *testing.T) {
 		{"CHALLENGE_ADDR", "challenge-addr", [4]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", ""},
 			[4]any{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:8402"},
 			func(s *Settings) any { return s.ChallengeAddr }},
-		{"ALLOW_SECTIONS", "allow-sections", [4]string{"userlist", "cache, ring", "peers,userlist ,, cache", ""},
-			[4]any{[]string{"userlist"}, []string{"cache", "ring"}, []string{"peers", "userlist", "cache"}, []string(nil)},
+		{"ALLOW_SECTIONS", "allow-sections", [4]string{"userlist", "cache, userlist", "userlist ,, cache", ""},
+			[4]any{[]string{"userlist"}, []string{"cache", "userlist"}, []string{"userlist", "cache"}, []string(nil)},
 			func(s *Settings) any { return s.AllowSections }},
-		{"ALLOW_DIRECTIVES", "allow-directives", [4]string{"lua", "command external-check", "lua,command", ""},
-			[4]any{[]string{"lua"}, []string{"command", "external-check"}, []string{"lua", "command"}, []string(nil)},
+		{"ALLOW_DIRECTIVES", "allow-directives", [4]string{"lua", "lua external-check", "external-check", ""},
+			[4]any{[]string{"lua"}, []string{"lua", "external-check"}, []string{"external-check"}, []string(nil)},
 			func(s *Settings) any { return s.AllowDirectives }},
+		{"ALLOW_NETWORKS", "allow-networks", [4]string{"127.0.0.0/8", "10.1.2.3, ::1", "192.168.1.7/16", ""},
+			[4]any{[]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, []netip.Prefix{netip.MustParsePrefix("10.1.2.3/32"), netip.MustParsePrefix("::1/128")},
+				[]netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}, []netip.Prefix(nil)},
+			func(s *Settings) any { return s.AllowNetworks }},
+		{"EXPORTS", "exports", [4]string{"maint", "dns,staff", "a b", ""},
+			[4]any{[]string{"maint"}, []string{"dns", "staff"}, []string{"a", "b"}, []string(nil)},
+			func(s *Settings) any { return s.Exports }},
+		{"CHECK_USER", "check-user", [4]string{"nobody", "root", "haproxy", ""},
+			[4]any{"nobody", "root", "haproxy", "haproxy"},
+			func(s *Settings) any { return s.CheckUser }},
+		{"CHECK_TIMEOUT", "check-timeout", [4]string{"5s", "10s", "2m", ""},
+			[4]any{5 * time.Second, 10 * time.Second, 2 * time.Minute, time.Minute},
+			func(s *Settings) any { return s.CheckTimeout }},
 		{"CROSS_REFS", "cross-refs", [4]string{"true", "false", "yes", ""},
 			[4]any{true, false, true, false},
 			func(s *Settings) any { return s.CrossRefs }},
@@ -471,6 +489,17 @@ func TestDefaultsFileMissing(t *testing.T) {
 	})
 }
 
+func TestDomainOwnersFile(t *testing.T) {
+	path := writeFile(t, "# who maps what\nshop=shop.example.com\nacme-*=acme.test\n")
+	s, err := Load(Source{Getenv: env(map[string]string{"HAPROXY_CONFIG_ROOT": t.TempDir(), "HAPROXY_CONFIG_DOMAIN_OWNERS": path})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.DomainOwners.String(); got != "acme-*=acme.test shop=shop.example.com" {
+		t.Errorf("owners %q", got)
+	}
+}
+
 func TestLoadBadValues(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -490,6 +519,16 @@ func TestLoadBadValues(t *testing.T) {
 		{"keep generations not a number", "KEEP_GENERATIONS", "ten", "file", `parsing "ten": invalid syntax`},
 		{"max fragment bytes zero", "MAX_FRAGMENT_BYTES", "0", "env", "must be positive"},
 		{"max fragment bytes with unit", "MAX_FRAGMENT_BYTES", "256k", "env", `parsing "256k": invalid syntax`},
+		{"global section", "ALLOW_SECTIONS", "userlist,global", "env", `"global" is not a section kind fragments can be allowed`},
+		{"listen section", "ALLOW_SECTIONS", "listen", "file", `use cache, userlist`},
+		{"resolvers section", "ALLOW_SECTIONS", "resolvers", "env", `"resolvers" is not a section kind fragments can be allowed`},
+		{"code directive of the old list", "ALLOW_DIRECTIVES", "lua-load", "env", `"lua-load" is not an allowlist extension: use external-check, lua`},
+		{"network that is not one", "ALLOW_NETWORKS", "127.0.0.0/33", "env", `"127.0.0.0/33" is not a network`},
+		{"network by name", "ALLOW_NETWORKS", "localhost", "flag", `"localhost" is not a network`},
+		{"domain owner without suffix", "DOMAIN_OWNERS", "shop=", "env", `"shop=" is not NAME=SUFFIX`},
+		{"domain owner with a wildcard", "DOMAIN_OWNERS", "shop=*.example.com", "file", "is not a domain suffix"},
+		{"domain owners file missing", "DOMAIN_OWNERS", "/nonexistent/owners", "env", "domain owners file"},
+		{"check timeout zero", "CHECK_TIMEOUT", "0s", "env", "is not a positive duration"},
 	}
 	flagOf := map[string]string{}
 	for _, k := range Keys {

@@ -399,7 +399,7 @@ func TestDebInstallUpgradeRemovePurge(t *testing.T) {
 		c.must(t, "getent group haproxy-config")
 		c.must(t, "getent passwd haproxy")
 		c.expectMode(t, "/usr/sbin/haproxy-config", "-rwxr-xr-x root:root")
-		c.expectMode(t, "/etc/haproxy-config/fragments", "drwxr-xr-x root:root")
+		c.expectMode(t, "/etc/haproxy-config/fragments", "drwxr-x--- root:root")
 		c.expectMode(t, "/var/lib/haproxy-config", "drwxr-x--- root:haproxy-config")
 		c.expectMode(t, "/var/lib/haproxy-config/certs", "drwxr-s--- root:haproxy")
 		c.expectMode(t, "/var/lib/haproxy-config/certs/fallback.pem", "-rw-r----- root:haproxy")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math/rand"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,6 +134,10 @@ func crashStaged(dir, name string) bool {
 	return false
 }
 
+// loopbackPolicy is the tenant policy the e2e installations run with:
+// the default one, with the tests' loopback servers allowed.
+var loopbackPolicy = fragments.Policy{AllowNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+
 // crashVersion is one version of a fragment; conf == "" means none stored.
 type crashVersion struct {
 	conf, hostMap, body string
@@ -143,7 +148,7 @@ func (v crashVersion) absent() bool { return v.conf == "" && v.hostMap == "" }
 // checksum is the fragment's checksum as apply computes and prints it.
 func (v crashVersion) checksum(t *testing.T, name string) string {
 	t.Helper()
-	f, ps := fragments.Parse(name, "", []byte(v.conf), "", []byte(v.hostMap), fragments.Policy{})
+	f, ps := fragments.Parse(name, "", []byte(v.conf), "", []byte(v.hostMap), loopbackPolicy)
 	if len(ps) > 0 {
 		t.Fatalf("test fragment %s does not parse: %v", name, ps)
 	}

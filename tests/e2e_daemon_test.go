@@ -44,6 +44,10 @@ func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 	}
 	defer logFile.Close()
 	d.cmd = exec.Command(binary, "watch")
+	if in.nofile > 0 {
+		// prlimit sets the limit and then executes the daemon in its place
+		d.cmd = exec.Command("prlimit", fmt.Sprintf("--nofile=%d:%d", in.nofile, in.nofile), binary, "watch")
+	}
 	d.cmd.Env = childEnv(in.with(extra...))
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {

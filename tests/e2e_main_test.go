@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -29,6 +30,11 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Fprintln(os.Stderr, "e2e: SKIPPING every end-to-end test under -short (they need haproxy, Pebble, a chroot, ...; make test runs them)")
+		return 0
+	}
 	dir, err := os.MkdirTemp("", "haproxy-config-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: temp dir:", err)
@@ -89,19 +95,35 @@ type install struct {
 	httpsPort  string
 	statusPort string
 	env        []string // HAPROXY_CONFIG_* for the child
+	nofile     int      // when set, the daemon (and so its HAProxy) runs with this file limit
 }
 
 func newInstall(t testing.TB) *install {
 	t.Helper()
-	in := &install{root: t.TempDir(), httpPort: freePort(t), httpsPort: freePort(t), statusPort: freePort(t)}
+	in := &install{root: openTempDir(t), httpPort: freePort(t), httpsPort: freePort(t), statusPort: freePort(t)}
 	in.env = []string{
 		"HAPROXY_CONFIG_ROOT=" + in.root,
+		// the tests' tenant servers are on loopback ports
+		"HAPROXY_CONFIG_ALLOW_NETWORKS=127.0.0.0/8",
 		"HAPROXY_CONFIG_HTTP_ADDR=127.0.0.1:" + in.httpPort,
 		"HAPROXY_CONFIG_HTTPS_ADDR=127.0.0.1:" + in.httpsPort,
 		"HAPROXY_CONFIG_STATUS_ADDR=127.0.0.1:" + in.statusPort,
 		"HAPROXY_CONFIG_CHALLENGE_ADDR=127.0.0.1:" + freePort(t),
 	}
 	return in
+}
+
+// openTempDir is a temporary directory that haproxy -c, which runs as the
+// unprivileged check user (haproxy) when the tests run as root, can reach.
+func openTempDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatalf("open %s to the check user: %v", d, err)
+		}
+	}
+	return dir
 }
 
 // with returns the installation's environment plus extra variables.

@@ -3,7 +3,6 @@ package tests
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -116,8 +115,9 @@ func TestWatchCopiedFiles(t *testing.T) {
 	}
 }
 
-// TestWatchQuarantine copies a bad fragment straight into the store: it is
-// quarantined with haproxy's message at its own line, the others keep
+// TestWatchQuarantine copies a bad fragment straight into the store (one
+// the policy passes and haproxy -c refuses): it is quarantined with
+// haproxy's message at its own line, the others keep
 // changing live, and fixing the file lets it go live by itself.
 func TestWatchQuarantine(t *testing.T) {
 	in := newInstall(t)
@@ -130,7 +130,7 @@ func TestWatchQuarantine(t *testing.T) {
 
 	frag := in.fragmentsDir()
 	writeFile(t, filepath.Join(frag, "bad.map"), "bad.example.com bad_web\n")
-	writeFile(t, filepath.Join(frag, "bad.cfg"), "backend bad_web\n    bogus-keyword 1\n")
+	writeFile(t, filepath.Join(frag, "bad.cfg"), "backend bad_web\n    hash-type bogus\n")
 	eventually(t, 10*time.Second, "bad fragment quarantined", func() error {
 		if q := in.status(t).Quarantine("bad"); q == nil {
 			return errNotYet
@@ -138,7 +138,7 @@ func TestWatchQuarantine(t *testing.T) {
 		return nil
 	})
 	q := in.status(t).Quarantine("bad")
-	want := filepath.Join(frag, "bad.cfg") + `:2: fragment "bad": unknown keyword 'bogus-keyword'`
+	want := filepath.Join(frag, "bad.cfg") + `:2: fragment "bad": 'hash-type' only supports`
 	if len(q.Errors) == 0 || !strings.HasPrefix(q.Errors[0], want) {
 		t.Errorf("quarantine errors %q, want one starting %q", q.Errors, want)
 	}
@@ -148,7 +148,7 @@ func TestWatchQuarantine(t *testing.T) {
 	writeFile(t, conf, backendConf("good_web", "good v2"))
 	mustRun(t, in.env, "", "apply", "--wait", "good", conf, hosts)
 	in.expectBody(t, "good.example.com", "good v2")
-	if data, err := os.ReadFile(filepath.Join(frag, "bad.cfg")); err != nil || string(data) != "backend bad_web\n    bogus-keyword 1\n" {
+	if data, err := os.ReadFile(filepath.Join(frag, "bad.cfg")); err != nil || string(data) != "backend bad_web\n    hash-type bogus\n" {
 		t.Errorf("the quarantined file was touched: %q %v", data, err)
 	}
 	scraped := scrape(t, metricsAddr)
@@ -158,7 +158,7 @@ func TestWatchQuarantine(t *testing.T) {
 		}
 	}
 	out, _, code := run(t, in.env, "", "status")
-	if code != 0 || !strings.Contains(out, "quarantined: 1") || !strings.Contains(out, "bogus-keyword") {
+	if code != 0 || !strings.Contains(out, "quarantined: 1") || !strings.Contains(out, "only supports") {
 		t.Errorf("status (exit %d) does not show the quarantined fragment:\n%s", code, out)
 	}
 
@@ -179,12 +179,15 @@ func TestWatchQuarantine(t *testing.T) {
 }
 
 // TestWatchRefusedReload: a fragment that passes haproxy -c but cannot be
-// loaded (its port is taken at runtime) makes the reload fail; the daemon
-// rolls back, the previous generation keeps answering, the fragment is
-// quarantined with HAProxy's message, and apply --wait exits 4.
+// loaded makes the reload fail; the daemon rolls back, the previous
+// generation keeps answering, the fragment is quarantined with HAProxy's
+// message, and apply --wait exits 4. Tenants cannot bind ports, so the
+// fragment is one with more health-checked servers than the daemon's file
+// limit (as its HAProxy inherits it) lets HAProxy check: haproxy -c does
+// not count file descriptors, the reload does.
 func TestWatchRefusedReload(t *testing.T) {
 	in := newInstall(t)
-	in.env = in.with("HAPROXY_CONFIG_ALLOW_SECTIONS=listen")
+	in.nofile = 256
 	in.startDaemon(t)
 	dir := t.TempDir()
 	conf := writeFile(t, filepath.Join(dir, "good.cfg"), backendConf("good_web", "good"))
@@ -192,25 +195,19 @@ func TestWatchRefusedReload(t *testing.T) {
 	mustRun(t, in.env, "", "apply", "--wait", "good", conf, hosts)
 	before := in.status(t).Live.Generation
 
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer taken.Close()
-	grab := writeFile(t, filepath.Join(dir, "grab.cfg"),
-		"listen grab\n    bind "+taken.Addr().String()+"\n    http-request return status 200\n")
-	empty := writeFile(t, filepath.Join(dir, "grab.map"), "")
-	stdout, stderr, code := run(t, in.env, "", "apply", "--wait", "grab", grab, empty)
-	if code != 4 || !strings.Contains(stderr, "cannot bind socket") || !strings.Contains(stderr, "grab.cfg:2") {
-		t.Errorf("apply --wait of an unloadable fragment: exit %d, want 4 with HAProxy's bind error at grab.cfg:2\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	many := writeFile(t, filepath.Join(dir, "many.cfg"), "backend many_web\n    server-template s 1-400 192.0.2.1:80 check\n")
+	empty := writeFile(t, filepath.Join(dir, "many.map"), "")
+	stdout, stderr, code := run(t, in.env, "", "apply", "--wait", "many", many, empty)
+	if code != 4 || !strings.Contains(stderr, "Cannot raise FD limit") || !strings.Contains(stderr, `"many"`) {
+		t.Errorf("apply --wait of an unloadable fragment: exit %d, want 4 with HAProxy's file limit error naming many\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 	in.expectBody(t, "good.example.com", "good")
 	st := in.status(t)
 	if st.Counts.ReloadsFailed != 1 || st.Counts.Rollbacks != 1 || st.LastReload == nil || st.LastReload.OK {
 		t.Errorf("counts %+v, last reload %+v: want one failed reload and one rollback", st.Counts, st.LastReload)
 	}
-	if st.Live == nil || st.Live.Generation <= before || st.Quarantine("grab") == nil {
-		t.Errorf("live %+v (before: generation %d), quarantined %+v: want a newer generation without grab", st.Live, before, st.Quarantined)
+	if st.Live == nil || st.Live.Generation <= before || st.Quarantine("many") == nil {
+		t.Errorf("live %+v (before: generation %d), quarantined %+v: want a newer generation without many", st.Live, before, st.Quarantined)
 	}
 	// HAProxy itself never stopped serving the previous generation
 	if st.HAProxy == nil || len(st.HAProxy.Workers) != 1 || st.HAProxy.Failed != 1 {

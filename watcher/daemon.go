@@ -121,7 +121,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	d.fsw = fsw
 	defer fsw.Close()
-	if err := os.MkdirAll(s.FragmentsDir, 0o755); err != nil {
+	if err := fragments.MkdirAll(s.FragmentsDir, 0o750); err != nil {
 		return &reload.EnvError{Err: fmt.Errorf("fragment directory: %w", err)}
 	}
 	if err := d.watch(); err != nil {
@@ -365,7 +365,7 @@ func (d *Daemon) rereadSettings() {
 // directory (history and holds). Adding a watched directory again is
 // harmless; a directory replaced whole gets a fresh watch.
 func (d *Daemon) watch() error {
-	if err := os.MkdirAll(d.s.StateDir, 0o750); err != nil {
+	if err := fragments.MkdirAll(d.s.StateDir, 0o750); err != nil {
 		return &reload.EnvError{Err: fmt.Errorf("state directory: %w", err)}
 	}
 	dirs := []string{d.s.FragmentsDir, filepath.Dir(d.s.FragmentsDir), filepath.Dir(d.s.BaseConfig), d.s.StateDir}
@@ -653,11 +653,16 @@ func (d *Daemon) quarantine(sel *reconcile.Selection, excluded []string) {
 	now := time.Now().UTC()
 	var list []Quarantined
 	for _, name := range sel.RejectedNames() {
-		q := Quarantined{Name: name, Errors: []string{}}
-		if f := sel.Parsed[name]; f != nil {
+		q := Quarantined{Name: name, Errors: []string{}, LastGood: sel.FellBack[name]}
+		switch f := sel.Parsed[name]; {
+		case q.LastGood != "":
+			q.Checksum = sel.Superseded[name]
+		case f != nil:
 			q.Checksum = f.Checksum
-		} else if ex, ok := d.exclude[name]; ok && slices.Contains(excluded, name) {
-			q.Checksum = ex.Checksum
+		default:
+			if ex, ok := d.exclude[name]; ok && slices.Contains(excluded, name) {
+				q.Checksum = ex.Checksum
+			}
 		}
 		for _, p := range sel.Rejected[name] {
 			q.Errors = append(q.Errors, p.Error())
@@ -830,14 +835,32 @@ func (d *Daemon) holdBack(g *reconcile.Generation, reason, output string, pub *r
 		if !isBlamed && len(blamed) > 0 {
 			continue // HAProxy named someone else
 		}
+		at := assemble.Location{Fragment: name}
+		if pub.Selection != nil && pub.Selection.Parsed[name] != nil {
+			at.File = pub.Selection.Parsed[name].ConfFile
+		}
 		if !isBlamed {
-			ps = assemble.Problems{{Location: assemble.Location{Fragment: name}, Msg: "held back: HAProxy failed to load it together with other changes; retrying it alone"}}
+			ps = assemble.Problems{{Location: at, Msg: "held back: HAProxy failed to load it together with other changes; retrying it alone"}}
 		} else if len(ps) == 0 {
-			ps = assemble.Problems{{Location: assemble.Location{Fragment: name}, Msg: "HAProxy failed to load the configuration with this fragment: " + reason}}
+			ps = assemble.Problems{{Location: at, Msg: "HAProxy failed to load the configuration with this fragment: " + reason + alerts(output)}}
 		}
 		d.exclude[name] = reconcile.Exclusion{Checksum: g.Fragments[name], Problems: ps}
 	}
 	return true
+}
+
+// alerts is ": " and HAProxy's ALERT lines in output, "" without any.
+func alerts(output string) string {
+	var texts []string
+	for _, m := range reload.ParseMessages(output) {
+		if m.Level == "ALERT" {
+			texts = append(texts, m.Text)
+		}
+	}
+	if len(texts) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(texts, "; ")
 }
 
 // nextProbe lets the first held-back fragment go live again on its own.

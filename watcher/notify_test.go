@@ -177,6 +177,12 @@ func TestNotifyProtocol(t *testing.T) {
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 
 	root := t.TempDir()
+	// haproxy -c runs as the unprivileged check user when the tests run as root
+	for _, d := range []string{filepath.Dir(root), root} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	env := map[string]string{
 		"HAPROXY_CONFIG_ROOT":           root,
 		"HAPROXY_CONFIG_HTTP_ADDR":      freeAddr(t),

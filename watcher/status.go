@@ -100,6 +100,8 @@ type Quarantined struct {
 	Errors   []string  `json:"errors"`
 	// held back after a failed reload, to be retried alone
 	Retrying bool `json:"retrying,omitempty"`
+	// the checksum of the earlier version that stays live meanwhile
+	LastGood string `json:"last_good,omitempty"`
 }
 
 // ErrNoDaemon means no daemon is running for this state directory.

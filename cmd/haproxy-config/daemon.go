@@ -124,6 +124,9 @@ func printStatus(w io.Writer, st *watcher.Status) {
 		if q.Retrying {
 			note = ", to be retried alone"
 		}
+		if q.LastGood != "" {
+			note += ", the version before it stays live (" + q.LastGood + ")"
+		}
 		fmt.Fprintf(w, "  %s (since %s%s)\n", q.Name, when(q.Since), note)
 		for _, e := range q.Errors {
 			fmt.Fprintf(w, "    %s\n", e)

@@ -208,6 +208,14 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				Usage:  "write haproxy.cfg and the host map from the valid stored fragments, as a new generation",
 				Action: withEngine(assembleCmd),
 			},
+			{
+				Name:  "allowlist",
+				Usage: "print what a fragment may contain (Markdown): every keyword, setting, action, fetch and converter",
+				Action: func(c *cli.Context) error {
+					_, err := io.WriteString(c.App.Writer, fragments.AllowlistMarkdown())
+					return err
+				},
+			},
 		},
 	}
 	app.Commands = append(app.Commands, docCommands()...)
@@ -273,20 +281,33 @@ func loadSettings(c *cli.Context) (*settings.Settings, error) {
 	return s, nil
 }
 
-func readPart(c *cli.Context, arg string, stdinUsed *bool) ([]byte, string, error) {
+// readPart reads one part given to apply, at most one byte past max (the
+// per-part limit, which Parse then reports with the file named).
+func readPart(c *cli.Context, arg string, max int64, stdinUsed *bool) ([]byte, string, error) {
+	var r io.Reader
+	name := arg
 	if arg == "-" {
 		if *stdinUsed {
 			return nil, "", usageErr("only one of CONF and MAP can be - (standard input)")
 		}
 		*stdinUsed = true
-		data, err := io.ReadAll(c.App.Reader)
-		return data, "<stdin>", err
+		r, name = c.App.Reader, "<stdin>"
+	} else {
+		f, err := os.Open(arg)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, "", usageErr("%s: no such file", arg)
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err == nil && fi.IsDir() {
+			return nil, "", usageErr("%s is a directory", arg)
+		}
+		r = f
 	}
-	data, err := os.ReadFile(arg)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, "", usageErr("%s: no such file", arg)
-	}
-	return data, arg, err
+	data, err := io.ReadAll(io.LimitReader(r, max+1))
+	return data, name, err
 }
 
 func apply(c *cli.Context, e *reconcile.Engine) error {
@@ -299,10 +320,10 @@ func apply(c *cli.Context, e *reconcile.Engine) error {
 	}
 	var stdinUsed bool
 	var err error
-	if ch.Conf, ch.ConfFile, err = readPart(c, c.Args().Get(1), &stdinUsed); err != nil {
+	if ch.Conf, ch.ConfFile, err = readPart(c, c.Args().Get(1), e.S.MaxFragmentBytes, &stdinUsed); err != nil {
 		return err
 	}
-	if ch.Map, ch.MapFile, err = readPart(c, c.Args().Get(2), &stdinUsed); err != nil {
+	if ch.Map, ch.MapFile, err = readPart(c, c.Args().Get(2), e.S.MaxFragmentBytes, &stdinUsed); err != nil {
 		return err
 	}
 	res, err := e.Apply(c.Context, ch)

@@ -1,0 +1,218 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"haproxy-config/assemble"
+	"haproxy-config/fragments"
+	"haproxy-config/reload"
+)
+
+// A copy of every fragment version that goes live is kept under
+// STATE/versions, named by its checksum, so that when a live fragment is
+// replaced on disk by a version that fails, the version HAProxy serves
+// stays live (the new one is quarantined) instead of the tenant going
+// offline, and its domains do not fall through to another tenant's
+// wildcard entry.
+
+func (e *Engine) versionsDir() string { return filepath.Join(e.S.StateDir, "versions") }
+
+func (e *Engine) versionPaths(checksum string) (conf, hostMap string, ok bool) {
+	hex, found := strings.CutPrefix(checksum, "sha256:")
+	if !found || hex == "" || strings.ContainsAny(hex, "/.") {
+		return "", "", false
+	}
+	return filepath.Join(e.versionsDir(), hex+fragments.ConfSuffix), filepath.Join(e.versionsDir(), hex+fragments.MapSuffix), true
+}
+
+// findFallbacks finds, for each stored fragment that changed since the
+// generation HAProxy serves, the version it serves, parsed under today's
+// policy. A fragment whose stored version fails its own checks goes on
+// with that version at once; one that haproxy -c rejects falls back to it
+// in selectValid.
+func (e *Engine) findFallbacks(sel *Selection) {
+	for name := range sel.Stored {
+		sum := sel.reference[name]
+		if sum == "" {
+			continue
+		}
+		if f := sel.Parsed[name]; f != nil && f.Checksum == sum {
+			continue
+		}
+		fb := e.readVersion(name, sum, sel.policy)
+		if fb == nil {
+			continue
+		}
+		sel.fallbacks[name] = fb
+		if sel.Parsed[name] == nil {
+			sel.Parsed[name] = fb
+			sel.FellBack[name] = sum
+		}
+	}
+}
+
+// readVersion loads a kept version; nil when it is not kept or no longer
+// passes its own checks.
+func (e *Engine) readVersion(name, checksum string, pol fragments.Policy) *assemble.Fragment {
+	confPath, mapPath, ok := e.versionPaths(checksum)
+	if !ok {
+		return nil
+	}
+	conf, err1 := os.ReadFile(confPath)
+	hostMap, err2 := os.ReadFile(mapPath)
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	f, ps := fragments.Parse(name, confPath, conf, mapPath, hostMap, pol)
+	if len(ps) > 0 || f.Checksum != checksum {
+		return nil
+	}
+	return f
+}
+
+// saveVersions keeps a copy of each fragment about to go live.
+func (e *Engine) saveVersions(frags []*assemble.Fragment) error {
+	if err := fragments.MkdirAll(e.versionsDir(), 0o750); err != nil {
+		return err
+	}
+	for _, f := range frags {
+		confPath, mapPath, ok := e.versionPaths(f.Checksum)
+		if !ok {
+			continue
+		}
+		if _, err := os.Stat(confPath); err == nil {
+			if _, err := os.Stat(mapPath); err == nil {
+				continue
+			}
+		}
+		if err := fragments.WriteFile(mapPath, f.MapText, 0o640); err != nil {
+			return err
+		}
+		if err := fragments.WriteFile(confPath, f.Conf, 0o640); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pruneVersions removes the copies no longer needed: only the versions of
+// the generations named in keep may still be fallen back to.
+func (e *Engine) pruneVersions(keep ...map[string]string) error {
+	wanted := map[string]bool{}
+	for _, m := range keep {
+		for _, sum := range m {
+			if c, mp, ok := e.versionPaths(sum); ok {
+				wanted[filepath.Base(c)], wanted[filepath.Base(mp)] = true, true
+			}
+		}
+	}
+	entries, err := os.ReadDir(e.versionsDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, ent := range entries {
+		if !wanted[ent.Name()] {
+			if err := os.Remove(filepath.Join(e.versionsDir(), ent.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// servedDomains reads the host map of the generation in dir: fragment name
+// -> the domains it routed.
+func (e *Engine) servedDomains(dir string) map[string][]string {
+	out := map[string][]string{}
+	if dir == "" {
+		return out
+	}
+	_, mapPath, err := e.layout(dir)
+	if err != nil {
+		return out
+	}
+	data, err := os.ReadFile(mapPath)
+	if err != nil {
+		return out
+	}
+	frag := ""
+	for line := range strings.Lines(string(data)) {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "# fragment "); ok {
+			frag = strings.Trim(name, "\"")
+			continue
+		}
+		if f := strings.Fields(line); len(f) == 2 && !strings.HasPrefix(f[0], "#") && frag != "" {
+			out[frag] = append(out[frag], f[0])
+		}
+	}
+	return out
+}
+
+// UnavailableBackend is the base config's backend for the domains of a
+// fragment HAProxy served that now has no version that passes: they answer
+// 503 instead of falling through to another tenant's wildcard entry. A
+// base without it leaves those domains unmapped.
+const UnavailableBackend = "haproxy_config_unavailable"
+
+// pinDomains adds to the selected set the domains that HAProxy serves for
+// a stored fragment that is now out entirely, unless a live fragment maps
+// them, routed to UnavailableBackend; haproxy -c checks the result. The
+// entries keep the fragment's name in the host map, so the next
+// generation pins them again while the fragment stays out.
+func (e *Engine) pinDomains(ctx context.Context, sel *Selection) error {
+	if !sel.Base.Defines(UnavailableBackend) {
+		return nil
+	}
+	mapped := map[string]bool{}
+	live := map[string]bool{}
+	for _, f := range sel.Live {
+		live[f.Name] = true
+		for _, m := range f.Map {
+			mapped[m.Domain] = true
+		}
+	}
+	served := e.servedDomains(sel.referenceDir)
+	names := make([]string, 0, len(served))
+	for name := range served {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var pins []*assemble.Fragment
+	for _, name := range names {
+		if _, stored := sel.Stored[name]; !stored || live[name] {
+			continue
+		}
+		pin := &assemble.Fragment{Name: name, ConfFile: "(none: quarantined)", MapFile: "(its domains, pinned to " + UnavailableBackend + ")"}
+		for _, d := range served[name] {
+			if !mapped[d] {
+				mapped[d] = true
+				pin.Map = append(pin.Map, assemble.MapEntry{Domain: d, Backend: UnavailableBackend, Line: len(pin.Map) + 1})
+			}
+		}
+		if len(pin.Map) > 0 {
+			pins = append(pins, pin)
+		}
+	}
+	if len(pins) == 0 {
+		return nil
+	}
+	v, err := e.build(ctx, sel.Base, append(slices.Clone(sel.Live), pins...), true)
+	if err != nil {
+		return err
+	}
+	if len(v.Errors) > 0 {
+		return &reload.EnvError{Err: fmt.Errorf("the domains of quarantined fragments cannot be routed to %s:\n%w", UnavailableBackend, v.Errors)}
+	}
+	sel.Verdict = v
+	return nil
+}
