@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -126,13 +127,10 @@ func Check(base *Base, frags []*Fragment, opt Options) Problems {
 }
 
 // defines reports whether f has a backend (or listen) called name.
-func (f *Fragment) defines(name string) bool {
-	for _, s := range f.Sections {
-		if s.IsBackend() && s.Name == name {
-			return true
-		}
-	}
-	return false
+func (f *Fragment) defines(name string) bool { return definesBackend(f.Sections, name) }
+
+func definesBackend(secs []Section, name string) bool {
+	return slices.ContainsFunc(secs, func(s Section) bool { return s.IsBackend() && s.Name == name })
 }
 
 // Output is an assembled generation.

@@ -63,14 +63,7 @@ func RenderBase(file string, tmpl []byte, v Vars) (*Base, error) {
 }
 
 // Defines reports whether the base has a backend (or listen) called name.
-func (b *Base) Defines(name string) bool {
-	for _, s := range b.Sections {
-		if s.IsBackend() && s.Name == name {
-			return true
-		}
-	}
-	return false
-}
+func (b *Base) Defines(name string) bool { return definesBackend(b.Sections, name) }
 
 // templateProblem turns a text/template error into a Problem that carries
 // the template's line number, dropping the "template: NAME:LINE:" prefix.

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"haproxy-config/assemble"
 )
@@ -56,10 +58,10 @@ func (c *checker) address(v, ctx string, use addressUse, noPort bool) bool {
 	if why := c.pol.ipRefusal(ip, port); why != "" {
 		return c.refuse("%s %q: %s", ctx, v, why)
 	}
-	if c.pol.isLocal(ip) && !c.sec.local {
+	if c.pol.isLocal(ip) && c.sec.localAddr == "" {
 		// allowed by ALLOW_NETWORKS: this backend's other ports must not
 		// be the balancer's own listeners either
-		c.sec.local, c.sec.localAddr = true, v
+		c.sec.localAddr = v
 	}
 	return true
 }
@@ -88,7 +90,7 @@ func (c *checker) usePort(n uint16) {
 // endSection refuses, in a section with a server on this balancer's own
 // addresses, every check or agent port the balancer listens on.
 func (c *checker) endSection() {
-	if c.sec.local {
+	if c.sec.localAddr != "" {
 		for _, pu := range c.sec.ports {
 			for _, l := range c.pol.Balancer.Listeners {
 				if l.Port == pu.port && (!l.Addr.IsValid() || l.Addr.IsUnspecified() || c.pol.isLocal(l.Addr)) {
@@ -365,8 +367,11 @@ func (l Listener) String() string {
 
 // ParseListener reads a bind address ("127.0.0.1:8404", ":80", "[::]:443",
 // "ipv4@*:80", "0.0.0.0:8000-8010"). ok is false for what is not an IP
-// listener (a unix socket, a file descriptor).
+// listener (a unix socket, a file descriptor, an empty setting).
 func ParseListener(v string) (Listener, bool) {
+	if v == "" {
+		return Listener{}, false
+	}
 	host, port, why := splitAddress(v, useServer)
 	if why != "" {
 		return Listener{}, false
@@ -400,31 +405,32 @@ func CheckHosts(ctx context.Context, f *assemble.Fragment, pol Policy, resolve R
 	if len(f.Hosts) == 0 || resolve == nil {
 		return nil
 	}
-	type result struct {
-		addrs []netip.Addr
+	// a name written on several lines (servers on one host, addr and
+	// agent-addr) is looked up once
+	var names []string
+	for _, h := range f.Hosts {
+		if !slices.Contains(names, h.Name) {
+			names = append(names, h.Name)
+		}
 	}
-	results := make([]result, len(f.Hosts))
-	var wg sync.WaitGroup
-	limit := make(chan struct{}, 8)
-	for i, h := range f.Hosts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			limit <- struct{}{}
-			defer func() { <-limit }()
+	addrs := make([][]netip.Addr, len(names))
+	var g errgroup.Group
+	g.SetLimit(8)
+	for i, name := range names {
+		g.Go(func() error {
 			lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 			defer cancel()
-			addrs, err := resolve(lctx, h.Name)
-			if err == nil {
-				results[i].addrs = addrs
+			if a, err := resolve(lctx, name); err == nil {
+				addrs[i] = a
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	var ps assemble.Problems
-	for i, h := range f.Hosts {
+	for _, h := range f.Hosts {
 		at := assemble.Location{Fragment: f.Name, File: f.ConfFile, Line: h.Line}
-		for _, a := range results[i].addrs {
+		for _, a := range addrs[slices.Index(names, h.Name)] {
 			a = a.WithZone("").Unmap()
 			if why := pol.ipRefusal(a, h.Port); why != "" {
 				ps = append(ps, assemble.Problemf(at, "address %q: %s resolves to %s here, %s", h.Address, h.Name, a, why))

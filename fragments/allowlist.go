@@ -2,8 +2,9 @@ package fragments
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -60,14 +61,7 @@ func passwordHash(u *cursor) bool {
 
 // SectionKinds lists the kinds besides backend that ALLOW_SECTIONS takes.
 func SectionKinds() []string {
-	var kinds []string
-	for k := range sectionKeywords {
-		if k != "backend" {
-			kinds = append(kinds, k)
-		}
-	}
-	sort.Strings(kinds)
-	return kinds
+	return slices.DeleteFunc(slices.Sorted(maps.Keys(sectionKeywords)), func(k string) bool { return k == "backend" })
 }
 
 // neverKinds say why a section kind is never accepted from a fragment.
@@ -152,21 +146,21 @@ func option(u *cursor) bool {
 	name := u.next()
 	p, ok := backendOptions[name]
 	if !ok {
-		return u.c.refuseWord(name, "option", u.c.where())
+		return u.c.refuseWord(name, "option")
 	}
 	return p(u)
 }
 
 func externalCheck(u *cursor) bool {
 	if !u.c.pol.has(extExternalCheck) {
-		return u.c.refuseWord("external-check", "keyword", u.c.where())
+		return u.c.refuseWord("external-check", "keyword")
 	}
 	return plain(u)
 }
 
 func externalCheckOption(u *cursor) bool {
 	if !u.c.pol.has(extExternalCheck) {
-		return u.c.refuseWord("external-check", "option", u.c.where())
+		return u.c.refuseWord("external-check", "option")
 	}
 	return none(u)
 }
@@ -203,7 +197,7 @@ func balance(u *cursor) bool {
 	takesArg, ok := balanceAlgos[name]
 	switch {
 	case !ok:
-		return u.c.refuseWord(name, "balance algorithm", u.c.where())
+		return u.c.refuseWord(name, "balance algorithm")
 	case paren && !takesArg:
 		return u.c.refuse("balance %q takes no argument in parentheses", name)
 	case name == "random" && paren:
@@ -223,7 +217,7 @@ func filter(u *cursor) bool {
 	case "cache":
 		return ownCache(u)
 	default:
-		return u.c.refuseWord(name, "filter", u.c.where())
+		return u.c.refuseWord(name, "filter")
 	}
 }
 
@@ -248,7 +242,7 @@ func stick(u *cursor) bool {
 	case "on", "match", "store-request", "store-response":
 		return seq(expr, options(map[string]args{"table": ownTable}, true))(u)
 	default:
-		return u.c.refuseWord(kind, "stick", u.c.where())
+		return u.c.refuseWord(kind, "stick")
 	}
 }
 
@@ -696,7 +690,7 @@ func rules(keyword string, actions map[string]action) args {
 		}
 		p, ok := actions[name]
 		if !ok {
-			return u.c.refuseWord(name, keyword+" action", u.c.where())
+			return u.c.refuseWord(name, keyword+" action")
 		}
 		u.ctx = keyword + " " + name
 		return p(u)
@@ -713,7 +707,7 @@ func tcpRules(keyword string, actions map[string]action) args {
 		case "content":
 			return rules(keyword+" content", actions)(u)
 		default:
-			return u.c.refuseWord(w, keyword, u.c.where())
+			return u.c.refuseWord(w, keyword)
 		}
 	}
 }
@@ -781,8 +775,6 @@ func checkExpect(u *cursor) bool {
 	return true
 }
 
-var checkVar = map[string]args{"set-var": varAction(expr), "set-var-fmt": varAction(word), "unset-var": varAction(nil)}
-
 // healthCheck reads the http-check and tcp-check rules.
 func healthCheck(keyword string, simple map[string]args) args {
 	return func(u *cursor) bool {
@@ -793,12 +785,12 @@ func healthCheck(keyword string, simple map[string]args) args {
 			return checkConnect(u)
 		case name == "expect":
 			return checkExpect(u)
-		case checkVar[name] != nil:
-			return checkVar[name](u)
+		case varActions[name] != nil:
+			return varActions[name](u)
 		case simple[name] != nil:
 			return simple[name](u)
 		}
-		return u.c.refuseWord(name, keyword, u.c.where())
+		return u.c.refuseWord(name, keyword)
 	}
 }
 

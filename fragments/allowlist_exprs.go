@@ -1,6 +1,9 @@
 package fragments
 
-import "sort"
+import (
+	"maps"
+	"slices"
+)
 
 // The allowlist: everything a fragment may write, as data. A keyword,
 // action, option, sample fetch or converter that is not here is refused,
@@ -656,10 +659,5 @@ var extensions = map[string]string{
 
 // Extensions lists the names HAPROXY_CONFIG_ALLOW_DIRECTIVES accepts.
 func Extensions() []string {
-	names := make([]string, 0, len(extensions))
-	for n := range extensions {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return slices.Sorted(maps.Keys(extensions))
 }

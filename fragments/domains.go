@@ -2,7 +2,8 @@ package fragments
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"haproxy-config/assemble"
@@ -95,13 +96,8 @@ func inSuffixes(host string, sufs []string) bool {
 
 // String renders the owners in a stable order.
 func (o DomainOwners) String() string {
-	names := make([]string, 0, len(o))
-	for n := range o {
-		names = append(names, n)
-	}
-	sort.Strings(names)
 	var b strings.Builder
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(o)) {
 		fmt.Fprintf(&b, "%s=%s ", n, strings.Join(o[n], ","))
 	}
 	return strings.TrimSpace(b.String())

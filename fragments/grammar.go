@@ -135,7 +135,7 @@ func num(lo, hi uint64) args {
 		}
 		w := u.next()
 		v, err := strconv.ParseUint(w, 10, 64)
-		if err != nil || v < lo || v > hi || w[0] == '+' {
+		if err != nil || v < lo || v > hi {
 			return u.c.refuse("%s %q: write a plain number from %d to %d", u.words[u.i-2], w, lo, hi)
 		}
 		return true
@@ -193,7 +193,7 @@ func sizeArg(max uint64) args {
 			}
 		}
 		v, err := strconv.ParseUint(digits, 10, 32)
-		if err != nil || digits[0] == '+' || v*mult > max {
+		if err != nil || v*mult > max {
 			return u.c.refuse("%s %q: write a size up to %d (k, m and g suffixes allowed)", u.words[u.i-2], w, max)
 		}
 		return true
@@ -293,7 +293,7 @@ func options(kws map[string]args, cond bool) args {
 			kw := u.next()
 			p, ok := kws[kw]
 			if !ok {
-				return u.c.refuseWord(kw, u.context()+" option", u.c.where())
+				return u.c.refuseWord(kw, u.context()+" option")
 			}
 			if p != nil && !p(u) {
 				return false

@@ -3,10 +3,10 @@ package fragments
 import (
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 
 	"haproxy-config/assemble"
@@ -87,14 +87,7 @@ func (p *Policy) Fingerprint() string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-func sortedKeys(m map[string]bool) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
+func sortedKeys(m map[string]bool) []string { return slices.Sorted(maps.Keys(m)) }
 
 func (p *Policy) has(ext string) bool { return slices.Contains(p.Extensions, ext) }
 
@@ -133,8 +126,7 @@ type checker struct {
 
 // sectionUse is what a section connects to, checked at its end.
 type sectionUse struct {
-	local         bool   // a server on this balancer's own addresses
-	localAddr     string // the first such address, for the message
+	localAddr     string // the first server address on this balancer's own addresses
 	ports         []portUse
 	hosts         int // c.hosts of the section start at this index
 	defaultWeight int // its default-server's weight, 0 for none
@@ -196,17 +188,10 @@ func (c *checker) refuse(format string, args ...any) bool {
 	return false
 }
 
-// where names the current section kind for messages.
-func (c *checker) where() string {
-	if c.section.Kind == "" {
-		return "fragment"
-	}
-	return c.section.Kind
-}
-
 // refuseWord refuses a keyword, action or option that is not on the
 // allowlist, with the reason when it is a known danger.
-func (c *checker) refuseWord(word, context, section string) bool {
+func (c *checker) refuseWord(word, context string) bool {
+	section := c.section.Kind
 	what := fmt.Sprintf("%q", word)
 	if context != "" && context != word {
 		what = fmt.Sprintf("%s %q", context, word)
@@ -294,7 +279,7 @@ func (c *checker) check() {
 	}
 	p, ok := kws[words[0]]
 	if !ok {
-		c.refuseWord(words[0], "keyword", c.section.Kind)
+		c.refuseWord(words[0], "keyword")
 		return
 	}
 	u := &cursor{c: c, words: words, i: 1}
@@ -382,7 +367,7 @@ func BaseFacts(base *assemble.Base) (listeners []Listener, counters [3]bool, var
 			addrs = w[2]
 		}
 		for _, a := range strings.Split(addrs, ",") {
-			if li, ok := ParseListener(a); ok && a != "" {
+			if li, ok := ParseListener(a); ok {
 				listeners = append(listeners, li)
 			}
 		}

@@ -71,11 +71,16 @@ func New(s *settings.Settings) *Engine {
 }
 
 func (e *Engine) options() assemble.Options {
+	return assemble.Options{CrossRefs: e.S.CrossRefs, Exports: e.exports()}
+}
+
+// exports is the set of base backends that map lines and fragments may use.
+func (e *Engine) exports() map[string]bool {
 	exports := map[string]bool{}
 	for _, name := range e.S.Exports {
 		exports[name] = true
 	}
-	return assemble.Options{CrossRefs: e.S.CrossRefs, Exports: exports}
+	return exports
 }
 
 // lock takes the store lock and clears candidates a crashed run left.

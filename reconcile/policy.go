@@ -21,14 +21,11 @@ import (
 func (e *Engine) policy(base *assemble.Base) fragments.Policy {
 	listeners, counters, vars := fragments.BaseFacts(base)
 	for _, a := range []string{e.S.HTTPAddr, e.S.HTTPSAddr, e.S.StatusAddr, e.S.ChallengeAddr, e.S.MetricsAddr} {
-		if l, ok := fragments.ParseListener(a); ok && a != "" {
+		if l, ok := fragments.ParseListener(a); ok {
 			listeners = append(listeners, l)
 		}
 	}
-	exports := map[string]bool{}
-	for _, name := range e.S.Exports {
-		exports[name] = true
-	}
+	exports := e.exports()
 	baseNames := map[string]bool{}
 	for _, sec := range base.Sections {
 		baseNames[sec.Name] = true
