@@ -71,7 +71,21 @@ type Settings struct {
 	VerifyTimeout  time.Duration
 	MetricsAddr    string
 
-	ACME ACME
+	Health Health
+	ACME   ACME
+}
+
+// Health are the settings of status --check and announce.
+type Health struct {
+	CertWarning  time.Duration
+	CertCritical time.Duration
+	Pending      time.Duration
+	Addresses    []netip.Addr
+	CheckPath    string
+	CheckPort    uint16
+	Interval     time.Duration
+	Rise         int
+	Fall         int
 }
 
 // ACME are the certificate settings.
@@ -304,6 +318,49 @@ var Keys = []Key{
 			}
 			return addr(func(s *Settings) *string { return &s.MetricsAddr })(s, v)
 		}},
+	{"HEALTH_CERT_WARNING_DAYS", "health-cert-warning-days", "status --check warns when a served certificate expires within `DAYS`",
+		fixed("14"), days(func(s *Settings) *time.Duration { return &s.Health.CertWarning })},
+	{"HEALTH_CERT_CRITICAL_DAYS", "health-cert-critical-days", "status --check is critical when a served certificate expires within `DAYS`",
+		fixed("7"), days(func(s *Settings) *time.Duration { return &s.Health.CertCritical })},
+	{"HEALTH_PENDING_WARNING", "health-pending-warning", "status --check warns when changes are pending for longer than `DURATION`",
+		fixed("5m"), duration(func(s *Settings) *time.Duration { return &s.Health.Pending })},
+	{"ANNOUNCE_ADDRESSES", "announce-addresses", "service `IPS` announce gives ExaBGP as /32 or /128 routes while this node is healthy (comma-separated)",
+		fixed(""), func(s *Settings, v string) error {
+			s.Health.Addresses = nil
+			for _, f := range splitList(v) {
+				ip, err := netip.ParseAddr(f)
+				if err != nil || ip.Zone() != "" {
+					return fmt.Errorf("%q is not an IP address", f)
+				}
+				if !slices.Contains(s.Health.Addresses, ip.Unmap()) {
+					s.Health.Addresses = append(s.Health.Addresses, ip.Unmap())
+				}
+			}
+			return nil
+		}},
+	{"ANNOUNCE_CHECK_PATH", "announce-check-path", "`PATH` (HAProxy's monitor-uri) announce requests on each service address, which must answer 200 for its route to stay (empty: no request)",
+		fixed(""), func(s *Settings, v string) error {
+			if v != "" && (!strings.HasPrefix(v, "/") || strings.ContainsAny(v, " \t\r\n")) {
+				return fmt.Errorf("%q is not a URL path (it starts with /, without spaces)", v)
+			}
+			s.Health.CheckPath = v
+			return nil
+		}},
+	{"ANNOUNCE_CHECK_PORT", "announce-check-port", "`PORT` of the announce check on each service address",
+		fixed("80"), func(s *Settings, v string) error {
+			n, err := strconv.ParseUint(v, 10, 16)
+			if err != nil || n == 0 {
+				return fmt.Errorf("%q is not a port (1-65535)", v)
+			}
+			s.Health.CheckPort = uint16(n)
+			return nil
+		}},
+	{"ANNOUNCE_INTERVAL", "announce-interval", "how often announce checks (`DURATION`)",
+		fixed("1s"), duration(func(s *Settings) *time.Duration { return &s.Health.Interval })},
+	{"ANNOUNCE_RISE", "announce-rise", "good checks in a row before a route is announced (`N`)",
+		fixed("3"), atLeast(1, func(s *Settings) *int { return &s.Health.Rise })},
+	{"ANNOUNCE_FALL", "announce-fall", "bad checks in a row before a route is withdrawn (`N`; drain withdraws at once)",
+		fixed("3"), atLeast(1, func(s *Settings) *int { return &s.Health.Fall })},
 	{"ACME", "acme", "obtain and renew certificates for every mapped domain (`BOOL`)",
 		fixed("false"), boolean(func(s *Settings) *bool { return &s.ACME.Enabled })},
 	{"ACME_DIRECTORY", "acme-directory", "ACME directory `URL` (Let's Encrypt by default; any RFC 8555 CA)",
@@ -388,6 +445,17 @@ func atLeast(low int, dst func(*Settings) *int) func(*Settings, string) error {
 			return fmt.Errorf("%q is not a whole number of at least %d", v, low)
 		}
 		*dst(s) = n
+		return nil
+	}
+}
+
+func days(dst func(*Settings) *time.Duration) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 3650 {
+			return fmt.Errorf("%q is not a number of days (0 to 3650)", v)
+		}
+		*dst(s) = time.Duration(n) * 24 * time.Hour
 		return nil
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,10 @@ var acmeDefaults = ACME{
 	RemoveGrace: 24 * time.Hour,
 }
 
+// healthDefaults are the built-in settings of status --check and announce.
+var healthDefaults = Health{CertWarning: 14 * 24 * time.Hour, CertCritical: 7 * 24 * time.Hour, Pending: 5 * time.Minute,
+	CheckPort: 80, Interval: time.Second, Rise: 3, Fall: 3}
+
 // builtIn are the settings with every built-in default under root.
 func builtIn(root, defaultsFile string) *Settings {
 	return &Settings{
@@ -79,7 +84,27 @@ func builtIn(root, defaultsFile string) *Settings {
 		VerifyTimeout:    30 * time.Second,
 		CheckUser:        "haproxy",
 		CheckTimeout:     time.Minute,
+		Health:           healthDefaults,
 		ACME:             acmeDefaults,
+	}
+}
+
+func TestHealthSettings(t *testing.T) {
+	s, err := Load(Source{Getenv: env(map[string]string{
+		"HAPROXY_CONFIG_ROOT":                     t.TempDir(),
+		"HAPROXY_CONFIG_ANNOUNCE_ADDRESSES":       "192.0.2.10, 2001:db8::1,::ffff:192.0.2.10",
+		"HAPROXY_CONFIG_ANNOUNCE_CHECK_PATH":      "/haproxy-monitor",
+		"HAPROXY_CONFIG_HEALTH_CERT_WARNING_DAYS": "30",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::1")}
+	if !slices.Equal(s.Health.Addresses, want) {
+		t.Errorf("addresses %v, want %v (the mapped IPv4 one is the first)", s.Health.Addresses, want)
+	}
+	if s.Health.CheckPath != "/haproxy-monitor" || s.Health.CertWarning != 30*24*time.Hour {
+		t.Errorf("health settings %+v", s.Health)
 	}
 }
 
@@ -118,6 +143,7 @@ func TestLoadBuiltInDefaults(t *testing.T) {
 		VerifyTimeout:    30 * time.Second,
 		CheckUser:        "haproxy",
 		CheckTimeout:     time.Minute,
+		Health:           healthDefaults,
 		ACME:             acmeDefaults,
 	}
 	if !reflect.DeepEqual(s, want) {
@@ -529,6 +555,12 @@ func TestLoadBadValues(t *testing.T) {
 		{"domain owner with a wildcard", "DOMAIN_OWNERS", "shop=*.example.com", "file", "is not a domain suffix"},
 		{"domain owners file missing", "DOMAIN_OWNERS", "/nonexistent/owners", "env", "domain owners file"},
 		{"check timeout zero", "CHECK_TIMEOUT", "0s", "env", "is not a positive duration"},
+		{"announce address by name", "ANNOUNCE_ADDRESSES", "192.0.2.1,lb.example.com", "env", `"lb.example.com" is not an IP address`},
+		{"announce address with a zone", "ANNOUNCE_ADDRESSES", "fe80::1%eth0", "flag", `"fe80::1%eth0" is not an IP address`},
+		{"announce check path relative", "ANNOUNCE_CHECK_PATH", "health", "file", `"health" is not a URL path`},
+		{"announce check port zero", "ANNOUNCE_CHECK_PORT", "0", "env", `"0" is not a port`},
+		{"announce rise zero", "ANNOUNCE_RISE", "0", "env", "is not a whole number of at least 1"},
+		{"negative warning days", "HEALTH_CERT_WARNING_DAYS", "-1", "env", `"-1" is not a number of days`},
 	}
 	flagOf := map[string]string{}
 	for _, k := range Keys {

@@ -43,11 +43,16 @@ func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	d.cmd = exec.Command(binary, "watch")
+	args := []string{binary, "watch"}
 	if in.nofile > 0 {
 		// prlimit sets the limit and then executes the daemon in its place
-		d.cmd = exec.Command("prlimit", fmt.Sprintf("--nofile=%d:%d", in.nofile, in.nofile), binary, "watch")
+		args = append([]string{"prlimit", fmt.Sprintf("--nofile=%d:%d", in.nofile, in.nofile)}, args...)
 	}
+	if in.netns != "" {
+		// so does ip netns exec, in the test's network namespace
+		args = append([]string{"ip", "netns", "exec", in.netns}, args...)
+	}
+	d.cmd = exec.Command(args[0], args[1:]...)
 	d.cmd.Env = childEnv(in.with(extra...))
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {

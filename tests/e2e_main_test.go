@@ -96,6 +96,7 @@ type install struct {
 	statusPort string
 	env        []string // HAPROXY_CONFIG_* for the child
 	nofile     int      // when set, the daemon (and so its HAProxy) runs with this file limit
+	netns      string   // when set, the daemon (and so its HAProxy) runs in this network namespace
 }
 
 func newInstall(t testing.TB) *install {

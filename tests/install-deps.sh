@@ -2,7 +2,8 @@
 # Installs what the test suite and the demo need on Debian 12: haproxy (the
 # real one every integration test runs), curl and openssl; lintian,
 # mmdebstrap and systemd (systemd-analyze) for the package tests; ansible-core
-# for the Ansible tests, all from Debian; and Pebble v2.10.1 with
+# for the Ansible tests; exabgp, bird2, iproute2 and python3 for the route
+# announcement tests, all from Debian; and Pebble v2.10.1 with
 # pebble-challtestsrv (Let's Encrypt's test CA, newer than Debian's 2.4.0:
 # ARI and profiles) from the Go module proxy into /usr/local/bin.
 # Idempotent, and quick when all are present.
@@ -24,6 +25,13 @@ command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v ansible-playbook >/dev/null 2>&1 || missing+=(ansible-core)
+# the route announcement tests (tests/e2e_announce_test.go): ExaBGP runs
+# "haproxy-config announce", bird2 is the router, in a network namespace
+# (iproute2); python3 serves a monitor URI the test controls
+command -v exabgp >/dev/null 2>&1 || [ -x /usr/sbin/exabgp ] || missing+=(exabgp)
+command -v bird >/dev/null 2>&1 || [ -x /usr/sbin/bird ] || missing+=(bird2)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing+=(iproute2)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -129,6 +129,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	d.histSize = d.historySize()
 	if s.MetricsAddr != "" {
+		d.metrics.stateDir = s.StateDir
 		stopMetrics, err := serveMetrics(s.MetricsAddr, &d.metrics, d.Log)
 		if err != nil {
 			return &reload.EnvError{Err: err}
@@ -599,6 +600,7 @@ func (d *Daemon) startStale(ctx context.Context, publishErr error) error {
 		return publishErr
 	}
 	d.status.LastError = publishErr.Error()
+	d.setBehind(publishErr.Error())
 	d.Log.Error("cannot publish the stored fragments: serving the live files as they are", "err", publishErr)
 	if d.managed != nil {
 		if err := d.managed.Start(ctx); err != nil {
@@ -714,6 +716,7 @@ func (d *Daemon) reconcile(ctx context.Context, since time.Time) bool {
 	pub, err := d.publish(ctx)
 	if err != nil {
 		d.status.LastError = err.Error()
+		d.setBehind(err.Error())
 		d.Log.Error("reconcile failed: retrying", "err", err)
 		d.change(retryKey, false) // again once WaitMin has passed
 		return false
@@ -722,10 +725,13 @@ func (d *Daemon) reconcile(ctx context.Context, since time.Time) bool {
 	g := pub.Generation
 	// the marker is a digest of the config: HAProxy serves it already, and
 	// the host map (written to the live file by publish) goes in at runtime
-	if g.Marker != "" && d.forceReload == "" && d.servedMarker(ctx) == g.Marker && d.applyMapAtRuntime(ctx, g, since) {
-		return false
-	}
-	if g.Marker == "" && d.forceReload == "" && !pub.Changed && d.lastGood != nil && d.lastGood.Number == g.Number {
+	if (g.Marker != "" && d.forceReload == "" && d.servedMarker(ctx) == g.Marker && d.applyMapAtRuntime(ctx, g, since)) ||
+		(g.Marker == "" && d.forceReload == "" && !pub.Changed && d.lastGood != nil && d.lastGood.Number == g.Number) {
+		d.status.Behind = nil
+		if d.status.Live == nil {
+			// a restarted HAProxy serves the generation it served before
+			d.setLive(g)
+		}
 		return false
 	}
 	d.reconcileReload(ctx, pub)
@@ -764,8 +770,11 @@ func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) 
 	// is retried as it is once WaitMin has passed
 	if !errors.Is(err, reload.ErrReloadFailed) && !errors.Is(err, errNotServing) {
 		d.change(retryKey, false)
+		d.setBehind(res.Error)
 	} else if pub.Selection != nil && d.holdBack(g, err.Error(), output, pub) {
 		d.markRescan() // publish again without what was held back
+	} else {
+		d.setBehind(res.Error) // no fragment to blame: the base, or HAProxy itself
 	}
 	if d.lastGood == nil || d.lastGood.Number == g.Number {
 		return
@@ -949,8 +958,18 @@ func (d *Daemon) servedMarker(ctx context.Context) string {
 	return strings.TrimSpace(string(body))
 }
 
+// setBehind records that what the store holds cannot go live, keeping the
+// time it first could not.
+func (d *Daemon) setBehind(reason string) {
+	if d.status.Behind == nil {
+		d.status.Behind = &Behind{Since: time.Now().UTC()}
+	}
+	d.status.Behind.Reason = reason
+}
+
 func (d *Daemon) setLive(g *reconcile.Generation) {
 	d.lastGood = g
+	d.status.Behind = nil
 	if err := d.eng.MarkServing(g.Number); err != nil {
 		d.Log.Error("record the serving generation", "err", err)
 	}

@@ -16,9 +16,12 @@ import (
 
 // metrics exposes the daemon's status to Prometheus. The loop publishes a
 // copy of its status after every step; scrapes read that copy.
+// The drain record and the announce report are read from their files at
+// each scrape: other processes write them.
 type metrics struct {
-	mu   sync.Mutex
-	last Status
+	mu       sync.Mutex
+	last     Status
+	stateDir string
 }
 
 func (m *metrics) set(st *Status) {
@@ -47,20 +50,33 @@ var (
 	descDrift       = prometheus.NewDesc("haproxy_config_map_drift_repairs_total", "Times the runtime host map differed from the live map file and was set back to it.", nil, nil)
 	descFallbacks   = prometheus.NewDesc("haproxy_config_runtime_fallbacks_total", "Host map changes the runtime API failed to apply, so a reload did.", nil, nil)
 	descLastRuntime = prometheus.NewDesc("haproxy_config_last_runtime_update_seconds", "From the change seen to the runtime host map verified, for the last runtime update.", nil, nil)
+	descBehind      = prometheus.NewDesc("haproxy_config_behind", "1 while what the store holds cannot go live (HAProxy serves an older generation).", nil, nil)
+	descDrained     = prometheus.NewDesc("haproxy_config_drained", "1 while this node is drained for maintenance.", nil, nil)
+	descAnnounced   = prometheus.NewDesc("haproxy_config_route_announced", "1 for each service address whose route announce has announced, 0 while withdrawn.", []string{"address"}, nil)
 )
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReloads, descRollbacks, descRestarts, descReconciles, descGeneration,
 		descLiveFrags, descPending, descHeld, descQuarantined, descLastReload, descLastOK, descRuntime, descDrift,
-		descFallbacks, descLastRuntime, descCerts, descCertExpiry, descOrders} {
+		descFallbacks, descLastRuntime, descCerts, descCertExpiry, descOrders, descBehind, descDrained, descAnnounced} {
 		ch <- d
 	}
 }
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
-	st := m.last
+	st, stateDir := m.last, m.stateDir
 	m.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descBehind, prometheus.GaugeValue, one(st.Behind != nil))
+	// a file that cannot be read leaves its metric out of this scrape
+	if d, err := ReadDrained(stateDir); err == nil {
+		ch <- prometheus.MustNewConstMetric(descDrained, prometheus.GaugeValue, one(d != nil))
+	}
+	if a, err := ReadAnnounced(stateDir); err == nil && a != nil {
+		for _, r := range a.Routes {
+			ch <- prometheus.MustNewConstMetric(descAnnounced, prometheus.GaugeValue, one(r.Announced), r.Address)
+		}
+	}
 	c := st.Counts
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(c.Reloads), "ok")
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(c.ReloadsFailed), "failed")
@@ -82,21 +98,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		pending = st.Pending.Changes
 	}
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(pending))
-	held := 0.0
-	if st.Held != nil {
-		held = 1
-	}
-	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, held)
+	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, one(st.Held != nil))
 	for _, q := range st.Quarantined {
 		ch <- prometheus.MustNewConstMetric(descQuarantined, prometheus.GaugeValue, 1, q.Name)
 	}
 	if r := st.LastReload; r != nil {
-		ok := 0.0
-		if r.OK {
-			ok = 1
-		}
 		ch <- prometheus.MustNewConstMetric(descLastReload, prometheus.GaugeValue, r.DurationMS/1000)
-		ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, ok)
+		ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, one(r.OK))
 	}
 	if c := st.Certs; c != nil {
 		for _, state := range []string{"valid", "renewing", "pending", "failing", "expired", "removing"} {
@@ -107,6 +115,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descOrders, prometheus.GaugeValue, float64(c.OrdersInWindow))
 	}
+}
+
+func one(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // serveMetrics serves /metrics on addr; the returned function stops the

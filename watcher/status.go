@@ -39,6 +39,10 @@ type Status struct {
 	LastError    string          `json:"last_error,omitempty"`
 	HAProxy      *reload.Procs   `json:"haproxy,omitempty"`
 	Certs        *CertSummary    `json:"certs,omitempty"`
+	Behind       *Behind         `json:"behind,omitempty"`
+	// read from their own files by ReadStatus, not written by the daemon
+	Drained  *Drained   `json:"drained,omitempty"`
+	Announce *Announced `json:"announce,omitempty"`
 }
 
 // Live is the generation seen serving.
@@ -107,8 +111,23 @@ type Quarantined struct {
 // ErrNoDaemon means no daemon is running for this state directory.
 var ErrNoDaemon = errors.New("no haproxy-config watch daemon is running")
 
-// ReadStatus reads the daemon's last report.
+// ReadStatus reads the daemon's last report, with the drain record and the
+// announce report as they are now.
 func ReadStatus(stateDir string) (*Status, error) {
+	st, err := readDaemonStatus(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	if st.Drained, err = ReadDrained(stateDir); err != nil {
+		return nil, err
+	}
+	if st.Announce, err = ReadAnnounced(stateDir); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func readDaemonStatus(stateDir string) (*Status, error) {
 	data, err := os.ReadFile(filepath.Join(stateDir, StatusFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w (no %s in %s)", ErrNoDaemon, StatusFile, stateDir)

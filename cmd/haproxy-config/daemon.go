@@ -68,6 +68,13 @@ func status(c *cli.Context, e *reconcile.Engine) error {
 	return nil
 }
 
+func prefixed(prefix, s string) string {
+	if s == "" {
+		return ""
+	}
+	return prefix + s
+}
+
 func when(t time.Time) string { return t.Local().Format(time.RFC3339) }
 
 func printStatus(w io.Writer, st *watcher.Status) {
@@ -117,6 +124,21 @@ func printStatus(w io.Writer, st *watcher.Status) {
 	}
 	if st.LastError != "" {
 		fmt.Fprintf(w, "last error:  %s\n", st.LastError)
+	}
+	if b := st.Behind; b != nil {
+		fmt.Fprintf(w, "behind:      since %s the stored configuration cannot go live: %s\n", when(b.Since), b.Reason)
+	}
+	if d := st.Drained; d != nil {
+		fmt.Fprintf(w, "drained:     since %s by %s%s (haproxy-config undrain ends it)\n", when(d.Since), d.By, prefixed(": ", d.Reason))
+	}
+	if a := st.Announce; a != nil {
+		for _, r := range a.Routes {
+			state := "withdrawn"
+			if r.Announced {
+				state = "announced"
+			}
+			fmt.Fprintf(w, "route:       %s %s since %s%s (announce pid %d, report %s)\n", r.Address, state, when(r.Since), prefixed(": ", r.Reason), a.PID, when(a.Updated))
+		}
 	}
 	fmt.Fprintf(w, "quarantined: %d\n", len(st.Quarantined))
 	for _, q := range st.Quarantined {

@@ -44,7 +44,8 @@ const exitCodesHelp = `EXIT CODES:
       (for "assemble": the rejected fragments stay out, the valid ones were written)
    5  environment problem: haproxy missing, no permission, lock not obtained in time
    6  no such fragment (or generation)
-   7  --wait: the change is stored but not live: no daemon runs, a hold is in force, or not in time (see "status")`
+   7  --wait: the change is stored but not live: no daemon runs, a hold is in force, or not in time (see "status")
+   status --check exits as a monitoring plugin instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN`
 
 var version = "dev"
 
@@ -66,6 +67,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	code := exitCode(err)
+	if _, ok := err.(pluginExit); ok {
+		return code // the check printed its own output
+	}
 	if ps, ok := err.(assemble.Problems); ok {
 		fmt.Fprintln(stderr, "haproxy-config: rejected:")
 		for _, p := range ps {
@@ -160,10 +164,41 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				Action: withEngine(watch),
 			},
 			{
-				Name:   "status",
-				Usage:  "show what the daemon reports: live generation, pending changes, reloads, quarantined fragments",
-				Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
-				Action: withEngine(status),
+				Name:  "status",
+				Usage: "show what the daemon reports: live generation, pending changes, reloads, quarantined fragments",
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+					&cli.BoolFlag{Name: "check", Usage: "be a monitoring plugin (Nagios, Icinga, Zabbix): one line and performance data; " +
+						"exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (README: Health checks)"},
+					&cli.BoolFlag{Name: "vrrp", Usage: "with --check, for keepalived's vrrp_script: exit 0 while this node may hold the virtual IP " +
+						"(nothing critical, not drained), 1 otherwise"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.Bool("check") {
+						return statusCheck(c)
+					}
+					if c.Bool("vrrp") {
+						return usageErr("--vrrp goes with --check")
+					}
+					return withEngine(status)(c)
+				},
+			},
+			{
+				Name:   "drain",
+				Usage:  "take this node out of service for maintenance: routes withdrawn, status --check WARNING, HAProxy keeps serving; lasts until undrain",
+				Flags:  []cli.Flag{&cli.StringFlag{Name: "reason", Usage: "why, for status and the monitoring check"}},
+				Action: drain,
+			},
+			{
+				Name:   "undrain",
+				Usage:  "put this node back in service after drain",
+				Action: undrain,
+			},
+			{
+				Name: "announce",
+				Usage: "run as an ExaBGP process: announce a route for each HAPROXY_CONFIG_ANNOUNCE_ADDRESSES address while this node is healthy, " +
+					"withdraw it when not (README: Route announcement)",
+				Action: announce,
 			},
 			{
 				Name:   "history",
