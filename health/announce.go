@@ -19,7 +19,9 @@ import (
 // address while this node serves it, its withdrawal when not. Rise
 // consecutive good checks announce a route and Fall bad ones withdraw it,
 // so that a flapping check does not flap the route; drain withdraws at
-// once. Run withdraws every route it announced before it returns.
+// once. Run starts by withdrawing every route (one an earlier announce
+// left, killed before it could, must not stay) and withdraws every route
+// it announced before it returns.
 type Announcer struct {
 	Addrs    []netip.Addr
 	Rise     int
@@ -52,6 +54,9 @@ func (a *Announcer) Run(ctx context.Context) error {
 	routes := make([]*route, len(a.Addrs))
 	for i, addr := range a.Addrs {
 		routes[i] = &route{addr: addr, since: a.Now(), reason: "not checked yet"}
+		if err := a.write("withdraw", addr); err != nil {
+			return err
+		}
 	}
 	tick := time.NewTicker(a.Interval)
 	defer tick.Stop()
@@ -80,7 +85,7 @@ func (a *Announcer) step(ctx context.Context, routes []*route) error {
 		var wg sync.WaitGroup
 		for i, r := range routes {
 			wg.Go(func() {
-				pctx, cancel := context.WithTimeout(ctx, a.Interval)
+				pctx, cancel := context.WithTimeout(ctx, min(a.Interval, probeTimeout))
 				defer cancel()
 				results[i] = a.Probe(pctx, r.addr)
 			})
@@ -96,8 +101,11 @@ func (a *Announcer) step(ctx context.Context, routes []*route) error {
 		if ok && results[i] != nil {
 			ok, why = false, results[i].Error()
 		}
-		if !ok {
+		switch {
+		case !ok:
 			r.reason = why
+		case r.announced:
+			r.reason = "" // a failed check that did not withdraw it is over
 		}
 		if ok == r.announced {
 			r.streak = 0
@@ -117,21 +125,33 @@ func (a *Announcer) step(ctx context.Context, routes []*route) error {
 	return nil
 }
 
+// probeTimeout bounds one check of an address, whatever the interval.
+const probeTimeout = 5 * time.Second
+
+func (a *Announcer) write(verb string, addr netip.Addr) error {
+	if _, err := fmt.Fprintf(a.Out, "%s route %s/%s next-hop self\n", verb, addr, strconv.Itoa(addr.BitLen())); err != nil {
+		return fmt.Errorf("write to exabgp: %w", err)
+	}
+	return nil
+}
+
+// set announces or withdraws r. A withdrawal that cannot be written still
+// counts: ExaBGP, gone, took its sessions and their routes with it.
 func (a *Announcer) set(r *route, announce bool) error {
 	verb := "withdraw"
 	if announce {
 		verb = "announce"
 	}
-	bits := strconv.Itoa(r.addr.BitLen())
-	if _, err := fmt.Fprintf(a.Out, "%s route %s/%s next-hop self\n", verb, r.addr, bits); err != nil {
-		return fmt.Errorf("write to exabgp: %w", err)
+	err := a.write(verb, r.addr)
+	if err != nil && announce {
+		return err
 	}
 	r.announced, r.streak, r.since = announce, 0, a.Now()
 	if announce {
 		r.reason = ""
 	}
 	a.Log.Info(verb+" route", "address", r.addr.String(), "reason", r.reason)
-	return nil
+	return err
 }
 
 func (a *Announcer) withdrawAll(routes []*route) error {

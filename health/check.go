@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"syscall"
 	"time"
 
 	"haproxy-config/watcher"
@@ -44,7 +43,10 @@ type Report struct {
 	// the summary of a healthy node
 	Summary string
 	Drained bool
-	Perf    []Perf
+	// the node itself fails (daemon, HAProxy, the live generation), as
+	// opposed to one certificate: what keepalived and the routes act on
+	Down bool
+	Perf []Perf
 }
 
 // Perf is one item of performance data.
@@ -56,17 +58,15 @@ type Perf struct {
 	HasLimits bool
 }
 
-// Alive reports whether a process runs; a process of another user counts.
-type Alive func(pid int) bool
+// Alive reports whether a process runs: HAProxy's, and the daemon whose
+// report st is.
+type Alive struct {
+	PID    func(pid int) bool
+	Daemon func(st *watcher.Status) bool
+}
 
 // ProcessAlive asks the kernel.
-func ProcessAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
+var ProcessAlive = Alive{PID: watcher.ProcessRuns, Daemon: (*watcher.Status).Running}
 
 // Check judges the daemon's report. st is nil when no daemon ever wrote
 // one; drained is the drain record (nil: in service).
@@ -76,7 +76,7 @@ func Check(st *watcher.Status, drained *watcher.Drained, now time.Time, th Thres
 	switch {
 	case st == nil:
 		crit = append(crit, "no haproxy-config daemon has run here")
-	case st.State == "stopped" || !alive(st.PID):
+	case !alive.Daemon(st):
 		crit = append(crit, fmt.Sprintf("the haproxy-config daemon is not running (pid %d, last report %s ago)", st.PID, age(now, st.Updated)))
 	}
 	if st != nil {
@@ -90,6 +90,9 @@ func Check(st *watcher.Status, drained *watcher.Drained, now time.Time, th Thres
 		if b := st.Behind; b != nil {
 			crit = append(crit, fmt.Sprintf("the stored configuration cannot go live (for %s): %s", age(now, b.Since), b.Reason))
 		}
+	}
+	r.Down = len(crit) > 0
+	if st != nil {
 		if n := len(st.Quarantined); n > 0 {
 			names := make([]string, 0, n)
 			for _, q := range st.Quarantined {
@@ -137,17 +140,19 @@ func Check(st *watcher.Status, drained *watcher.Drained, now time.Time, th Thres
 	return r
 }
 
-// haproxyDown names HAProxy processes the report lists that are gone.
+// haproxyDown names HAProxy processes the report lists that are gone. Only
+// a managed HAProxy's: the daemon restarts it and records the new PIDs,
+// while another strategy's HAProxy may be restarted behind its back.
 func haproxyDown(st *watcher.Status, alive Alive) []string {
 	p := st.HAProxy
-	if p == nil || st.State == "stopped" {
+	if p == nil || st.State == "stopped" || !strings.HasPrefix(st.Strategy, "managed") {
 		return nil
 	}
-	if !alive(p.Master.PID) {
+	if !alive.PID(p.Master.PID) {
 		return []string{fmt.Sprintf("haproxy is not running (master pid %d is gone)", p.Master.PID)}
 	}
 	for _, w := range p.Workers {
-		if alive(w.PID) {
+		if alive.PID(w.PID) {
 			return nil
 		}
 	}
@@ -216,14 +221,18 @@ func num(v float64) string {
 }
 
 // Serving reports whether this node may take traffic: a virtual IP held,
-// routes announced. Warnings do not stop it; critical problems and drain do.
-func (r Report) Serving() bool { return r.Code != Critical && r.Code != Unknown && !r.Drained }
+// routes announced. Warnings do not stop it, and neither does one
+// certificate near its expiry (every node of a fleet would withdraw at
+// once); the node failing, an unknown state and drain do.
+func (r Report) Serving() bool { return !r.Down && r.Code != Unknown && !r.Drained }
 
 // Reason says why the node is not serving.
 func (r Report) Reason() string {
 	switch {
-	case r.Code == Critical || r.Code == Unknown:
+	case (r.Down || r.Code == Unknown) && len(r.Problems) > 0:
 		return r.Problems[0]
+	case r.Down || r.Code == Unknown:
+		return r.Code.String()
 	case r.Drained:
 		return "drained"
 	}

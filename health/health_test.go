@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -30,7 +31,7 @@ var (
 // HAProxy's master 200 and worker 201.
 func healthy() *watcher.Status {
 	return &watcher.Status{
-		PID: 100, State: "ready", Updated: now.Add(-time.Second),
+		PID: 100, State: "ready", Updated: now.Add(-time.Second), Strategy: "managed haproxy, master socket /run/haproxy-config/master.sock",
 		Live:    &watcher.Live{Generation: 7, Fragments: 3},
 		HAProxy: &reload.Procs{Master: reload.Proc{PID: 200}, Workers: []reload.Proc{{PID: 201}}},
 		Counts:  watcher.Counts{Reloads: 4, ReloadsFailed: 1},
@@ -39,14 +40,8 @@ func healthy() *watcher.Status {
 }
 
 func aliveExcept(dead ...int) Alive {
-	return func(pid int) bool {
-		for _, d := range dead {
-			if pid == d {
-				return false
-			}
-		}
-		return pid > 0
-	}
+	pid := func(pid int) bool { return pid > 0 && !slices.Contains(dead, pid) }
+	return Alive{PID: pid, Daemon: func(st *watcher.Status) bool { return st.State != "stopped" && pid(st.PID) }}
 }
 
 func TestCheck(t *testing.T) {
@@ -65,6 +60,10 @@ func TestCheck(t *testing.T) {
 		{"daemon stopped", func(st *watcher.Status) *watcher.Status { st.State = "stopped"; return st }, nil, nil, Critical, "is not running", false},
 		{"haproxy master gone", nil, nil, []int{200}, Critical, "haproxy is not running (master pid 200 is gone)", false},
 		{"haproxy worker gone", nil, nil, []int{201}, Critical, "haproxy has no worker (pid 201 is gone)", false},
+		{"another strategy's haproxy restarted behind the daemon's back", func(st *watcher.Status) *watcher.Status {
+			st.Strategy = "master-socket /run/haproxy-master.sock"
+			return st
+		}, nil, []int{200, 201}, OK, "generation 7 live", true},
 		{"nothing verified", func(st *watcher.Status) *watcher.Status { st.Live = nil; return st }, nil, nil, Critical, "no generation is verified serving", false},
 		{"reload failed, nothing serves", func(st *watcher.Status) *watcher.Status {
 			st.Live, st.LastReload = nil, &watcher.ReloadResult{Error: "haproxy refused generation 8"}
@@ -93,11 +92,11 @@ func TestCheck(t *testing.T) {
 		{"certificate within critical", func(st *watcher.Status) *watcher.Status {
 			st.Certs.NextExpiry.At = now.Add(30 * time.Hour)
 			return st
-		}, nil, nil, Critical, "the certificate of shop.example.com expires in 30h0m0s", false},
+		}, nil, nil, Critical, "the certificate of shop.example.com expires in 30h0m0s", true},
 		{"certificate expired", func(st *watcher.Status) *watcher.Status {
 			st.Certs.NextExpiry.At = now.Add(-time.Hour)
 			return st
-		}, nil, nil, Critical, "the certificate of shop.example.com has expired", false},
+		}, nil, nil, Critical, "the certificate of shop.example.com has expired", true},
 		{"drained", nil, &watcher.Drained{Since: now.Add(-time.Hour), Reason: "kernel update"}, nil, Warning, "drained since", false},
 		{"critical before warning", func(st *watcher.Status) *watcher.Status {
 			st.Quarantined = []watcher.Quarantined{{Name: "shop"}}
@@ -207,7 +206,7 @@ func (s *script) next() Report {
 
 var (
 	up      = Report{Code: OK}
-	down    = Report{Code: Critical, Problems: []string{"haproxy is not running"}}
+	down    = Report{Code: Critical, Down: true, Problems: []string{"haproxy is not running"}}
 	drained = Report{Code: Warning, Drained: true, Problems: []string{"drained"}}
 )
 
@@ -237,6 +236,7 @@ func TestAnnounceRiseAndFall(t *testing.T) {
 	var out bytes.Buffer
 	reports := []Report{up, up, up, up, down, down, up, down, down, down, drained}
 	a, routes := newAnnouncer(reports, &out, "192.0.2.10", "2001:db8::1")
+	routes[0].reason = "not checked yet"
 	steps(t, a, routes, 2)
 	if out.Len() != 0 {
 		t.Fatalf("announced after 2 good checks of 3: %q", out.String())
@@ -294,7 +294,7 @@ func TestAnnounceProbePerAddress(t *testing.T) {
 	}
 }
 
-func TestAnnounceRunWithdrawsOnExit(t *testing.T) {
+func TestAnnounceRunWithdrawsAtStartAndExit(t *testing.T) {
 	var out bytes.Buffer
 	var recorded []*watcher.Announced
 	a, _ := newAnnouncer([]Report{up}, &out, "192.0.2.10")
@@ -303,14 +303,18 @@ func TestAnnounceRunWithdrawsOnExit(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.Out = writerFunc(func(p []byte) (int, error) {
 		out.Write(p)
-		cancel() // stop once the route is out
+		if strings.HasPrefix(string(p), "announce") {
+			cancel() // stop once the route is out
+		}
 		return len(p), nil
 	})
 	if err := a.Run(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if want := "announce route 192.0.2.10/32 next-hop self\nwithdraw route 192.0.2.10/32 next-hop self\n"; out.String() != want {
-		t.Errorf("%q, want the route withdrawn on exit", out.String())
+	want := "withdraw route 192.0.2.10/32 next-hop self\n" + // what an earlier run may have left
+		"announce route 192.0.2.10/32 next-hop self\nwithdraw route 192.0.2.10/32 next-hop self\n"
+	if out.String() != want {
+		t.Errorf("%q, want %q", out.String(), want)
 	}
 	last := recorded[len(recorded)-1]
 	if last.Routes[0].Announced || last.Routes[0].Reason != "announce stopped" {
@@ -318,11 +322,42 @@ func TestAnnounceRunWithdrawsOnExit(t *testing.T) {
 	}
 }
 
+// TestAnnounceExaBGPGoneOnExit: ExaBGP ended (its pipe broken) while the
+// route was announced; the report must not keep it announced.
+func TestAnnounceExaBGPGoneOnExit(t *testing.T) {
+	var recorded *watcher.Announced
+	a, _ := newAnnouncer([]Report{up}, nil, "192.0.2.10")
+	a.Rise, a.Interval = 1, time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	a.Out = writerFunc(func(p []byte) (int, error) {
+		if strings.HasPrefix(string(p), "announce") {
+			cancel()
+			return len(p), nil
+		}
+		if ctx.Err() != nil {
+			return 0, errors.New("broken pipe")
+		}
+		return len(p), nil
+	})
+	a.Record = func(r *watcher.Announced) error { recorded = r; return nil }
+	if err := a.Run(ctx); err == nil || !strings.Contains(err.Error(), "broken pipe") {
+		t.Fatalf("Run: %v, want the broken pipe", err)
+	}
+	if recorded == nil || recorded.Routes[0].Announced {
+		t.Errorf("report %+v, want the route recorded as withdrawn", recorded)
+	}
+}
+
 func TestAnnounceBrokenPipe(t *testing.T) {
 	var recorded *watcher.Announced
 	a, _ := newAnnouncer([]Report{up}, nil, "192.0.2.10")
 	a.Rise = 1
-	a.Out = writerFunc(func([]byte) (int, error) { return 0, errors.New("broken pipe") })
+	a.Out = writerFunc(func(p []byte) (int, error) {
+		if strings.HasPrefix(string(p), "withdraw") {
+			return len(p), nil // the withdrawals at start
+		}
+		return 0, errors.New("broken pipe")
+	})
 	a.Record = func(r *watcher.Announced) error { recorded = r; return nil }
 	err := a.Run(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "write to exabgp: broken pipe") {

@@ -109,7 +109,8 @@ func (lab *bgpLab) command(name string, args ...string) *exec.Cmd {
 
 // startMonitor serves a monitor URI on addr:port in the namespace: 200,
 // or 503 while the file "fail" exists in ctl or, while "flap" exists
-// there, in every odd second of the wall clock.
+// there, in every odd second of the wall clock. It logs each answer to
+// ctl/answers.
 func (lab *bgpLab) startMonitor(t *testing.T, addr, port, ctl string) {
 	t.Helper()
 	script := writeFile(t, filepath.Join(lab.dir, "monitor.py"), `import http.server, os, sys, time
@@ -117,6 +118,8 @@ ctl = sys.argv[3]
 class Monitor(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         down = os.path.exists(ctl + "/fail") or (os.path.exists(ctl + "/flap") and int(time.time()) % 2 == 1)
+        with open(ctl + "/answers", "a") as log:
+            log.write("503\n" if down else "200\n")
         self.send_response(503 if down else 200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -306,6 +309,7 @@ func TestAnnounceMonitorFlapAndDrain(t *testing.T) {
 		t.Errorf("status --json announce %+v, want three routes and the second withdrawn for its 503", st.Announce)
 	}
 
+	writeFile(t, filepath.Join(ctl, "answers"), "")
 	writeFile(t, filepath.Join(ctl, "flap"), "")
 	deadline := time.Now().Add(6 * time.Second)
 	for time.Now().Before(deadline) {
@@ -317,6 +321,13 @@ func TestAnnounceMonitorFlapAndDrain(t *testing.T) {
 			t.Fatalf("the route of a check flapping every second was withdrawn: bird has %q", got)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	answers, err := os.ReadFile(filepath.Join(ctl, "answers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if down, up := strings.Count(string(answers), "503"), strings.Count(string(answers), "200"); down < 6 || up < 6 {
+		t.Fatalf("during the flap the monitor answered 503 %d times and 200 %d times: announce did not see it flap", down, up)
 	}
 	writeFile(t, filepath.Join(ctl, "fail"), "")
 	lab.expectRoutes(t, 5*time.Second, "a check that stays down: its route withdrawn, the others stay", "192.0.2.10/32")

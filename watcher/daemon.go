@@ -558,6 +558,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		// killed daemon applied, or miss it
 		if pub.Generation.Marker != "" && d.servedMarker(ctx) == pub.Generation.Marker &&
 			d.applyMapAtRuntime(ctx, pub.Generation, since) {
+			if d.status.Live == nil {
+				d.setLive(pub.Generation) // it serves what the last run verified
+			}
 			return nil
 		}
 		d.reconcileReload(ctx, pub)

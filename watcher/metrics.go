@@ -73,8 +73,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDrained, prometheus.GaugeValue, one(d != nil))
 	}
 	if a, err := ReadAnnounced(stateDir); err == nil && a != nil {
+		// announce killed before its last report announces nothing
+		runs := ProcessRuns(a.PID)
 		for _, r := range a.Routes {
-			ch <- prometheus.MustNewConstMetric(descAnnounced, prometheus.GaugeValue, one(r.Announced), r.Address)
+			ch <- prometheus.MustNewConstMetric(descAnnounced, prometheus.GaugeValue, one(r.Announced && runs), r.Address)
 		}
 	}
 	c := st.Counts

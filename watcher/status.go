@@ -1,12 +1,15 @@
 package watcher
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -112,18 +115,15 @@ type Quarantined struct {
 var ErrNoDaemon = errors.New("no haproxy-config watch daemon is running")
 
 // ReadStatus reads the daemon's last report, with the drain record and the
-// announce report as they are now.
+// announce report as they are now; one of those that cannot be read is
+// left out (status --check reads the drain record itself).
 func ReadStatus(stateDir string) (*Status, error) {
 	st, err := readDaemonStatus(stateDir)
 	if err != nil {
 		return nil, err
 	}
-	if st.Drained, err = ReadDrained(stateDir); err != nil {
-		return nil, err
-	}
-	if st.Announce, err = ReadAnnounced(stateDir); err != nil {
-		return nil, err
-	}
+	st.Drained, _ = ReadDrained(stateDir)
+	st.Announce, _ = ReadAnnounced(stateDir)
 	return st, nil
 }
 
@@ -142,13 +142,68 @@ func readDaemonStatus(stateDir string) (*Status, error) {
 	return st, nil
 }
 
-// Running reports whether the process that wrote the status still runs.
+// Running reports whether the process that wrote the status still runs:
+// a process of that PID that started after the report's start (after a
+// reboot, say) is another one.
 func (st *Status) Running() bool {
-	if st.State == "stopped" || st.PID <= 0 {
+	if st.State == "stopped" || !ProcessRuns(st.PID) {
 		return false
 	}
-	err := syscall.Kill(st.PID, 0)
+	started, ok := processStart(st.PID)
+	return !ok || !started.After(st.Started.Add(2*time.Second))
+}
+
+// ProcessRuns reports whether a process runs; one of another user counts.
+func ProcessRuns(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// processStart is when a process started, from /proc (to the 10 ms
+// clock tick); ok is false where /proc cannot tell.
+func processStart(pid int) (time.Time, bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return time.Time{}, false
+	}
+	// the fields after the command name, which may hold spaces and
+	// parentheses; the start time is the 22nd field, the 20th of these
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return time.Time{}, false
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 20 {
+		return time.Time{}, false
+	}
+	ticks, err := strconv.ParseInt(fields[19], 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	boot, ok := bootTime()
+	if !ok {
+		return time.Time{}, false
+	}
+	// USER_HZ is 100 on every Linux architecture
+	return boot.Add(time.Duration(ticks) * 10 * time.Millisecond), true
+}
+
+func bootTime() (time.Time, bool) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+				return time.Unix(n, 0), true
+			}
+		}
+	}
+	return time.Time{}, false
 }
 
 // Quarantine returns the entry for a fragment, or nil.
