@@ -42,25 +42,10 @@ func requireBGP(t *testing.T) {
 func startBird(t *testing.T) *bgpLab {
 	t.Helper()
 	requireBGP(t)
-	lab := &bgpLab{dir: t.TempDir(), port: freePort(t), netns: fmt.Sprintf("haproxy-config-test-%d-%d", os.Getpid(), time.Now().UnixNano())}
-	if out, err := exec.Command("ip", "netns", "add", lab.netns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", lab.netns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del: %v: %s", err, out)
-		}
-	})
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"addr", "add", "192.0.2.10/32", "dev", "lo"},
-		{"addr", "add", "192.0.2.11/32", "dev", "lo"},
-		{"addr", "add", "192.0.2.12/32", "dev", "lo"},
-	} {
-		if out, err := lab.command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %q in the namespace: %v: %s", args, err, out)
-		}
-	}
+	lab := &bgpLab{dir: t.TempDir(), port: freePort(t),
+		netns: newNetns(t, []string{"addr", "add", "192.0.2.10/32", "dev", "lo"},
+			[]string{"addr", "add", "192.0.2.11/32", "dev", "lo"},
+			[]string{"addr", "add", "192.0.2.12/32", "dev", "lo"})}
 	lab.birdSock = filepath.Join(lab.dir, "bird.ctl")
 	conf := writeFile(t, filepath.Join(lab.dir, "bird.conf"), fmt.Sprintf(`router id 127.0.0.1;
 log stderr all;
@@ -99,6 +84,27 @@ protocol bgp exabgp {
 		return err
 	})
 	return lab
+}
+
+// newNetns makes a network namespace with its loopback up, runs each "ip"
+// command in it, and deletes it when the test ends.
+func newNetns(t *testing.T, ipCommands ...[]string) string {
+	t.Helper()
+	name := fmt.Sprintf("haproxy-config-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del: %v: %s", err, out)
+		}
+	})
+	for _, args := range append([][]string{{"link", "set", "lo", "up"}}, ipCommands...) {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", name, "ip"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %q in the namespace: %v: %s", args, err, out)
+		}
+	}
+	return name
 }
 
 // command runs name in the lab's namespace (ip netns exec executes it in
@@ -414,4 +420,47 @@ func TestAnnounceWithdrawsWhenNotServing(t *testing.T) {
 	}
 	in.startDaemon(t)
 	lab.expectRoutes(t, 20*time.Second, "daemon restarted: route back", "192.0.2.10/32")
+}
+
+// TestREADMEKeepalivedConfig: the README's keepalived configuration, with
+// the binary under test as its script, passes keepalived's own check, in a
+// network namespace whose eth0 is one end of a veth pair (both ends in it).
+func TestREADMEKeepalivedConfig(t *testing.T) {
+	keepalived, err := exec.LookPath("keepalived")
+	if err != nil {
+		t.Skipf("SKIPPING: keepalived not installed: run tests/install-deps.sh (%v)", err)
+	}
+	readme, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), "A keepalived pair:\n\n")
+	if !ok {
+		t.Fatal(`README has no "A keepalived pair:" followed by a configuration block`)
+	}
+	var conf strings.Builder
+	for _, line := range strings.Split(after, "\n") {
+		if line != "" && !strings.HasPrefix(line, "    ") {
+			break
+		}
+		conf.WriteString(strings.TrimPrefix(line, "    ") + "\n")
+	}
+	text := conf.String()
+	if !strings.Contains(text, `script "/usr/sbin/haproxy-config status --check --vrrp"`) {
+		t.Fatalf("the README's keepalived block does not run status --check --vrrp:\n%s", text)
+	}
+	text = strings.ReplaceAll(text, "/usr/sbin/haproxy-config", binary)
+	netns := newNetns(t, []string{"link", "add", "eth0", "type", "veth", "peer", "name", "eth1"})
+	configTest := func(file string) *exec.Cmd {
+		return exec.Command("ip", "netns", "exec", netns, keepalived, "--config-test", "--use-file", file)
+	}
+	file := writeFile(t, filepath.Join(t.TempDir(), "keepalived.conf"), text)
+	out, err := configTest(file).CombinedOutput()
+	if err != nil {
+		t.Errorf("keepalived --config-test on the README's configuration: %v\n%s\n%s", err, out, text)
+	}
+	broken := writeFile(t, filepath.Join(t.TempDir(), "keepalived.conf"), strings.Replace(text, "track_script", "trak_script", 1))
+	if err := configTest(broken).Run(); err == nil {
+		t.Error("keepalived --config-test accepts a misspelt keyword: the check above proves nothing")
+	}
 }

@@ -2,8 +2,8 @@
 # Installs what the test suite and the demo need on Debian 12: haproxy (the
 # real one every integration test runs), curl and openssl; lintian,
 # mmdebstrap and systemd (systemd-analyze) for the package tests; ansible-core
-# for the Ansible tests; exabgp, bird2, iproute2 and python3 for the route
-# announcement tests, all from Debian; and Pebble v2.10.1 with
+# for the Ansible tests; exabgp, bird2, iproute2, python3 and keepalived for
+# the route announcement and health tests, all from Debian; and Pebble v2.10.1 with
 # pebble-challtestsrv (Let's Encrypt's test CA, newer than Debian's 2.4.0:
 # ARI and profiles) from the Go module proxy into /usr/local/bin.
 # Idempotent, and quick when all are present.
@@ -32,6 +32,8 @@ command -v exabgp >/dev/null 2>&1 || [ -x /usr/sbin/exabgp ] || missing+=(exabgp
 command -v bird >/dev/null 2>&1 || [ -x /usr/sbin/bird ] || missing+=(bird2)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing+=(iproute2)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# keepalived -t checks the README's vrrp_script configuration
+command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || missing+=(keepalived)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
