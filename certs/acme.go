@@ -37,9 +37,10 @@ type Issued struct {
 // Issuer obtains certificates; the manager talks to the CA only through
 // it, so its tests use a fake one.
 type Issuer interface {
-	// Obtain orders a certificate for domain; replaces names the
+	// Obtain orders one certificate for names (the first is its subject),
+	// proved by challenge (HTTP01 or DNS01); replaces names the
 	// certificate it renews (RFC 9773 section 5), or is empty.
-	Obtain(domain, replaces string) (*Issued, error)
+	Obtain(names []string, challenge, replaces string) (*Issued, error)
 	// RenewalInfo asks the CA when to renew cert; ErrNoARI when the CA
 	// does not offer renewal information.
 	RenewalInfo(cert *x509.Certificate) (*certificate.RenewalInfoResponse, error)
@@ -75,9 +76,11 @@ func (a *account) GetEmail() string                        { return a.Email }
 func (a *account) GetRegistration() *registration.Resource { return a.Registration }
 func (a *account) GetPrivateKey() crypto.PrivateKey        { return a.key }
 
-// ACME is the Issuer backed by lego.
+// ACME is the Issuer backed by lego: one client per challenge type, so
+// that an order uses the challenge chosen for it and no other.
 type ACME struct {
-	client  *lego.Client
+	http    *lego.Client
+	dns     *lego.Client // nil without a DNS-01 provider
 	profile string
 }
 
@@ -92,8 +95,8 @@ func AccountDir(stateDir, directory string) string {
 
 // NewACME loads the account (creating and registering it the first time)
 // and returns a client whose requests end when ctx does. The challenge
-// provider answers HTTP-01 challenges.
-func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, logger *slog.Logger) (*ACME, error) {
+// provider answers HTTP-01 challenges; dns, when set, DNS-01 ones.
+func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, dns *DNS, logger *slog.Logger) (*ACME, error) {
 	legolog.Logger = log.New(slogWriter{logger}, "", 0)
 	if paths := os.Getenv("LEGO_CA_CERTIFICATES"); paths != "" {
 		// lego panics on an unreadable file: say which one instead
@@ -137,13 +140,29 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, logger *
 		}
 		logger.Info("acme account registered", "directory", cfg.Directory, "account", acct.Registration.URI)
 	}
-	return &ACME{client: client, profile: cfg.Profile}, nil
+	a := &ACME{http: client, profile: cfg.Profile}
+	if dns != nil {
+		// made after the registration: the client takes the account's ID
+		if a.dns, err = lego.NewClient(lc); err != nil {
+			return nil, fmt.Errorf("acme directory %s: %w", cfg.Directory, err)
+		}
+		if err := a.dns.Challenge.SetDNS01Provider(dns, dns.options(ctx)...); err != nil {
+			return nil, fmt.Errorf("dns-01 provider: %w", err)
+		}
+	}
+	return a, nil
 }
 
-// Obtain orders a certificate for one domain with a fresh key.
-func (a *ACME) Obtain(domain, replaces string) (*Issued, error) {
-	res, err := a.client.Certificate.Obtain(certificate.ObtainRequest{
-		Domains: []string{domain}, Bundle: true, Profile: a.profile, ReplacesCertID: replaces})
+// Obtain orders a certificate for names with a fresh key.
+func (a *ACME) Obtain(names []string, challenge, replaces string) (*Issued, error) {
+	client := a.http
+	if challenge == DNS01 {
+		if client = a.dns; client == nil {
+			return nil, errors.New("no dns-01 provider is configured")
+		}
+	}
+	res, err := client.Certificate.Obtain(certificate.ObtainRequest{
+		Domains: names, Bundle: true, Profile: a.profile, ReplacesCertID: replaces})
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +178,7 @@ func (a *ACME) Obtain(domain, replaces string) (*Issued, error) {
 
 // RenewalInfo asks the CA's renewal information for cert.
 func (a *ACME) RenewalInfo(cert *x509.Certificate) (*certificate.RenewalInfoResponse, error) {
-	return a.client.Certificate.GetRenewalInfo(certificate.RenewalInfoRequest{Cert: cert})
+	return a.http.Certificate.GetRenewalInfo(certificate.RenewalInfoRequest{Cert: cert})
 }
 
 // ARICertID is the RFC 9773 identifier of cert, for "replaces".

@@ -90,14 +90,14 @@ func writeSecret(path string, data []byte) error {
 	return t.CloseAtomicallyReplace()
 }
 
-// crtList renders the crt-list: one line per certificate, its file and
-// the name it serves, sorted by name so the file changes only when the
-// set does.
+// crtList renders the crt-list: one line per name a certificate serves
+// (a SAN pair has two), its file and the name, sorted by name so the file
+// changes only when the set does.
 func crtList(dir string, st *State) []byte {
 	var b bytes.Buffer
 	for _, d := range st.Sorted() {
-		if d.File != "" {
-			fmt.Fprintf(&b, "%s %s\n", filepath.Join(dir, d.File), d.Name)
+		for _, name := range d.served() {
+			fmt.Fprintf(&b, "%s %s\n", filepath.Join(dir, d.File), name)
 		}
 	}
 	return b.Bytes()

@@ -29,11 +29,11 @@ const AllDomains = "_all"
 
 // Loader puts certificates into the running HAProxy without a reload.
 type Loader interface {
-	// Load makes HAProxy serve the bundle at path for domain, adding it
-	// to the crt-list if HAProxy does not list it yet.
-	Load(ctx context.Context, path string, bundle []byte, domain string) error
-	// Unload takes the certificate at path out of the crt-list and out of
-	// HAProxy.
+	// Load makes HAProxy serve the bundle at path for names, adding a
+	// crt-list line for each name HAProxy does not list it for yet.
+	Load(ctx context.Context, path string, bundle []byte, names []string) error
+	// Unload takes the certificate at path out of the crt-list (every
+	// line naming it) and out of HAProxy.
 	Unload(ctx context.Context, path string) error
 }
 
@@ -60,13 +60,17 @@ type Manager struct {
 	Addresses []net.IP
 	ARI       bool
 	Extra     []string // domains wanted besides the mapped ones
-	Log       *slog.Logger
-	Now       func() time.Time
-	Jitter    Jitter
+	// Selection picks each name's challenge
+	Selection Selection
+	// DNS, when set, removes at start the TXT records an earlier run left
+	DNS    *DNS
+	Log    *slog.Logger
+	Now    func() time.Time
+	Jitter Jitter
 
 	mu        sync.Mutex
 	st        *State
-	wanted    map[string]bool
+	wanted    map[string]want
 	protected map[string]bool
 	domains   bool // SetDomains was called: before, nothing is removed
 	running   map[string]bool
@@ -87,13 +91,15 @@ const (
 )
 
 type result struct {
-	kind     jobKind
-	domain   string
-	reserved time.Time // the order budget entry, given back when no order was made
-	ordered  bool      // the order reached the CA
-	issued   *Issued
-	ari      *ariAdvice
-	err      error
+	kind      jobKind
+	domain    string
+	names     []string // what the order asks for
+	challenge string
+	reserved  time.Time // the order budget entry, given back when no order was made
+	ordered   bool      // the order reached the CA
+	issued    *Issued
+	ari       *ariAdvice
+	err       error
 }
 
 type ariAdvice struct {
@@ -127,9 +133,9 @@ func (m *Manager) Init() error {
 		}
 		if leaf, err := readLeaf(filepath.Join(m.CertsDir, d.File)); err != nil {
 			m.Log.Warn("certificate file unreadable: ordering a new one", "domain", d.Name, "err", err)
-			d.File = ""
+			d.File, d.Covers = "", nil
 		} else {
-			d.NotBefore, d.NotAfter = leaf.NotBefore, leaf.NotAfter
+			d.NotBefore, d.NotAfter, d.Covers = leaf.NotBefore, leaf.NotAfter, leaf.DNSNames
 		}
 	}
 	// HAProxy must not be handed a crt-list naming a file that is gone
@@ -144,18 +150,17 @@ func (m *Manager) Init() error {
 
 // SetDomains tells the manager the mapped domains (from the live map) and
 // the protected ones (named by any stored fragment, quarantined or not):
-// a protected domain's certificate is never removed.
+// a protected domain's certificate is never removed. A certificate is
+// protected while any of its names is.
 func (m *Manager) SetDomains(mapped, protected []string) {
-	wanted := map[string]bool{}
-	for _, name := range slices.Concat(mapped, m.Extra) {
-		name = strings.ToLower(strings.TrimSuffix(name, "."))
-		if ValidDomain(name) && !strings.HasPrefix(name, "*.") {
-			wanted[name] = true
-		}
-	}
+	wanted := m.Selection.plan(slices.Concat(mapped, m.Extra))
 	prot := map[string]bool{}
 	for _, name := range protected {
-		prot[strings.ToLower(strings.TrimSuffix(name, "."))] = true
+		name = strings.ToLower(strings.TrimSuffix(name, "."))
+		prot[name] = true
+		if base, wild := strings.CutPrefix(name, "*."); wild {
+			prot[base] = true // a SAN pair is kept under its plain name
+		}
 	}
 	m.mu.Lock()
 	m.wanted, m.protected, m.domains = wanted, prot, true
@@ -203,6 +208,13 @@ func (m *Manager) Run(ctx context.Context) error {
 	if m.st == nil {
 		if err := m.Init(); err != nil {
 			return err
+		}
+	}
+	if m.DNS != nil {
+		// before any order: a new record must not meet an old one
+		n, err := m.DNS.RemoveLeftovers()
+		if err != nil {
+			m.Log.Warn("dns-01 records left by an earlier run not all removed", "removed", n, "err", err)
 		}
 	}
 	renewDir := filepath.Join(m.StateDir, RenewDir)
@@ -359,7 +371,7 @@ func (m *Manager) startJobs(ctx context.Context, now time.Time) {
 		return
 	}
 	for _, d := range orders {
-		m.launch(ctx, result{kind: orderJob, domain: d.Name, reserved: now}, d)
+		m.launch(ctx, result{kind: orderJob, domain: d.Name, names: slices.Clone(d.names()), challenge: d.Challenge, reserved: now}, d)
 	}
 }
 
@@ -384,12 +396,15 @@ func (m *Manager) launch(ctx context.Context, r result, d *Domain) {
 	}()
 }
 
-// order checks the domain's DNS and orders its certificate, naming the
-// one it replaces when the CA offers renewal information.
+// order checks the domain's DNS (for HTTP-01, where the CA must reach
+// this balancer) and orders its certificate, naming the one it replaces
+// when the CA offers renewal information.
 func (m *Manager) order(ctx context.Context, iss Issuer, r *result, current string) {
-	if err := m.checkDNS(ctx, r.domain); err != nil {
-		r.err = err
-		return
+	if r.challenge != DNS01 {
+		if err := m.checkDNS(ctx, r.domain); err != nil {
+			r.err = err
+			return
+		}
 	}
 	replaces := ""
 	if m.ARI && current != "" {
@@ -400,7 +415,7 @@ func (m *Manager) order(ctx context.Context, iss Issuer, r *result, current stri
 	// lego orders again without "replaces" when the CA answers that the
 	// certificate was replaced already
 	r.ordered = true
-	r.issued, r.err = iss.Obtain(r.domain, replaces)
+	r.issued, r.err = iss.Obtain(r.names, r.challenge, replaces)
 }
 
 // checkARI asks the CA when to renew the current certificate.
@@ -500,7 +515,7 @@ func (m *Manager) finish(ctx context.Context, r result) {
 	}
 	renewed := d.File != ""
 	leaf := r.issued.Leaf
-	d.File = fileName(d.Name)
+	d.File, d.Covers = fileName(d.Name), leaf.DNSNames
 	d.Issuer, d.Serial = leaf.Issuer.CommonName, leaf.SerialNumber.Text(16)
 	d.NotBefore, d.NotAfter = leaf.NotBefore, leaf.NotAfter
 	d.Failures, d.Started, d.LastError, d.LastErrorAt, d.NextAttempt, d.Forced = 0, 0, "", time.Time{}, time.Time{}, false
@@ -512,11 +527,13 @@ func (m *Manager) finish(ctx context.Context, r result) {
 	listErr := writeSecret(m.CrtList, crtList(m.CertsDir, m.st))
 	m.saveLocked()
 	m.mu.Unlock()
-	m.Log.Info("certificate obtained", "domain", d.Name, "renewal", renewed, "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+	served := d.served()
+	m.Log.Info("certificate obtained", "domain", d.Name, "names", strings.Join(leaf.DNSNames, ","), "challenge", r.challenge,
+		"renewal", renewed, "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
 	if listErr != nil {
 		m.Log.Error("write crt-list", "err", listErr)
 	}
-	m.install(ctx, d.Name, path, pemBytes)
+	m.install(ctx, d.Name, path, pemBytes, served)
 }
 
 func (m *Manager) finishARI(d *Domain, r result, now time.Time) {
@@ -532,12 +549,12 @@ func (m *Manager) finishARI(d *Domain, r result, now time.Time) {
 }
 
 // install hot-loads a certificate, falling back to a reload.
-func (m *Manager) install(ctx context.Context, domain, path string, pemBytes []byte) {
+func (m *Manager) install(ctx context.Context, domain, path string, pemBytes []byte, names []string) {
 	if m.Loader == nil {
 		m.Reload("certificate for " + domain)
 		return
 	}
-	if err := m.Loader.Load(ctx, path, pemBytes, domain); err != nil {
+	if err := m.Loader.Load(ctx, path, pemBytes, names); err != nil {
 		m.Log.Warn("runtime certificate update failed: reloading instead", "domain", domain, "err", err)
 		m.Reload("certificate for " + domain)
 	}

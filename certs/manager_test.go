@@ -52,13 +52,13 @@ func newTestCA(t *testing.T) *testCA {
 	return &testCA{key: key, cert: cert}
 }
 
-func (ca *testCA) issue(domain string, notBefore, notAfter time.Time, serial int64) (*Issued, error) {
+func (ca *testCA) issue(names []string, notBefore, notAfter time.Time, serial int64) (*Issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: domain},
-		DNSNames: []string{domain}, NotBefore: notBefore, NotAfter: notAfter}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: names[0]},
+		DNSNames: names, NotBefore: notBefore, NotAfter: notAfter}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		return nil, err
@@ -78,25 +78,27 @@ type fakeIssuer struct {
 	mu       sync.Mutex
 	now      func() time.Time
 	life     time.Duration
-	fail     map[string]error // domain -> the error its orders get
+	fail     map[string]error // first name -> the error its orders get
 	ari      *certificate.RenewalInfoResponse
 	ariErr   error
-	orders   []string // domains, in order
+	orders   []string // the names of each order, comma-separated, in order
+	chals    []string // the challenge of each order
 	replaces []string
 	serial   int64
 }
 
-func (f *fakeIssuer) Obtain(domain, replaces string) (*Issued, error) {
+func (f *fakeIssuer) Obtain(names []string, challenge, replaces string) (*Issued, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.orders = append(f.orders, domain)
+	f.orders = append(f.orders, strings.Join(names, ","))
+	f.chals = append(f.chals, challenge)
 	f.replaces = append(f.replaces, replaces)
-	if err := f.fail[domain]; err != nil {
+	if err := f.fail[names[0]]; err != nil {
 		return nil, err
 	}
 	f.serial++
 	now := f.now()
-	return f.ca.issue(domain, now, now.Add(f.life), f.serial+100)
+	return f.ca.issue(names, now, now.Add(f.life), f.serial+100)
 }
 
 func (f *fakeIssuer) RenewalInfo(*x509.Certificate) (*certificate.RenewalInfoResponse, error) {
@@ -117,12 +119,12 @@ func (f *fakeIssuer) count() int {
 // fakeLoader records what would go into HAProxy.
 type fakeLoader struct {
 	mu       sync.Mutex
-	loaded   map[string]string // path -> domain
+	loaded   map[string]string // path -> names, comma-separated
 	unloaded []string
 	err      error
 }
 
-func (l *fakeLoader) Load(_ context.Context, path string, bundle []byte, domain string) error {
+func (l *fakeLoader) Load(_ context.Context, path string, bundle []byte, names []string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
@@ -131,7 +133,7 @@ func (l *fakeLoader) Load(_ context.Context, path string, bundle []byte, domain 
 	if _, err := readLeafBytes(bundle); err != nil {
 		return err
 	}
-	l.loaded[path] = domain
+	l.loaded[path] = strings.Join(names, ",")
 	return nil
 }
 

@@ -46,10 +46,10 @@ func lifetimeRenewal(notBefore, notAfter time.Time, jitter Jitter) time.Time {
 // wants reports whether d needs a certificate ordered, ignoring when the
 // next attempt may start.
 func (d *Domain) wants(now time.Time) bool {
-	if !d.RemovedAt.IsZero() {
+	if !d.RemovedAt.IsZero() || d.Blocked != "" {
 		return false
 	}
-	return d.File == "" || d.Forced || (!d.RenewAt.IsZero() && !now.Before(d.RenewAt))
+	return !d.covered() || d.Forced || (!d.RenewAt.IsZero() && !now.Before(d.RenewAt))
 }
 
 // due returns the domains whose order may start now, most urgent first:
@@ -86,23 +86,29 @@ func (st *State) budget(now time.Time, p Policy) (ok bool, free time.Time) {
 	return false, slices.MinFunc(st.Orders, func(a, b time.Time) int { return a.Compare(b) }).Add(p.Window)
 }
 
-// setDomains makes wanted the domains to hold certificates for: new ones
-// are added, ones that left are marked for removal, ones that came back
-// are kept. It reports whether anything changed.
-func (st *State) setDomains(now time.Time, wanted map[string]bool) bool {
+// setDomains makes wanted the certificates to hold: new ones are added,
+// ones that left are marked for removal, ones that came back are kept, and
+// each gets its names, challenge and reason for not being ordered. It
+// reports whether anything changed.
+func (st *State) setDomains(now time.Time, wanted map[string]want) bool {
 	changed := false
-	for name := range wanted {
+	for name, w := range wanted {
 		d, ok := st.Domains[name]
 		if !ok {
-			st.Domains[name] = &Domain{Name: name}
+			d = &Domain{Name: name}
+			st.Domains[name] = d
 			changed = true
 		} else if !d.RemovedAt.IsZero() {
 			d.RemovedAt = time.Time{}
 			changed = true
 		}
+		if !slices.Equal(d.Names, w.names) || d.Challenge != w.challenge || d.Blocked != w.blocked {
+			d.Names, d.Challenge, d.Blocked = w.names, w.challenge, w.blocked
+			changed = true
+		}
 	}
 	for name, d := range st.Domains {
-		if !wanted[name] && d.RemovedAt.IsZero() {
+		if _, ok := wanted[name]; !ok && d.RemovedAt.IsZero() {
 			d.RemovedAt = now
 			changed = true
 		}

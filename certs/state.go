@@ -21,8 +21,16 @@ const StateFile = "acme/state.json"
 // Domain is what the manager knows of one domain.
 type Domain struct {
 	Name string `json:"name"`
+	// the names its certificate is ordered for: Name, and "*."+Name too
+	// when both are mapped (a SAN pair)
+	Names []string `json:"names,omitempty"`
+	// http-01 or dns-01: how the CA is shown the names are ours
+	Challenge string `json:"challenge,omitempty"`
+	// why no certificate is ordered (the fallback is served), or empty
+	Blocked string `json:"blocked,omitempty"`
 	// the certificate HAProxy serves (empty before the first one)
 	File      string    `json:"file,omitempty"`
+	Covers    []string  `json:"covers,omitempty"` // the names on that certificate
 	Issuer    string    `json:"issuer,omitempty"`
 	Serial    string    `json:"serial,omitempty"`
 	NotBefore time.Time `json:"not_before,omitzero"`
@@ -110,12 +118,46 @@ func (st *State) Sorted() []*Domain {
 	return out
 }
 
+// names are the names the certificate is for (states written before
+// SAN pairs name none: the domain alone).
+func (d *Domain) names() []string {
+	if len(d.Names) == 0 {
+		return []string{d.Name}
+	}
+	return d.Names
+}
+
+// served are the names the current certificate is served for: every
+// name it covers (one that left the map stays until the renewal, like a
+// domain in its removal grace).
+func (d *Domain) served() []string {
+	if d.File == "" {
+		return nil
+	}
+	if len(d.Covers) == 0 {
+		return []string{d.Name}
+	}
+	return d.Covers
+}
+
+// covered reports whether the current certificate covers every wanted name.
+func (d *Domain) covered() bool {
+	served := d.served()
+	return !slices.ContainsFunc(d.names(), func(n string) bool { return !slices.Contains(served, n) })
+}
+
+// Conditions are the values of Condition, in the order people read them.
+var Conditions = []string{"valid", "renewing", "pending", "failing", "expired", "removing", "fallback"}
+
 // Condition summarises a domain for people: "valid", "renewing", "pending"
-// (no certificate yet), "failing", "expired" or "removing".
+// (no certificate yet), "failing", "expired", "removing", or "fallback"
+// (none can be ordered: Blocked says why).
 func (d *Domain) Condition(now time.Time) string {
 	switch {
 	case !d.RemovedAt.IsZero():
 		return "removing"
+	case d.Blocked != "" && d.File == "":
+		return "fallback"
 	case d.File != "" && !now.Before(d.NotAfter):
 		return "expired"
 	case d.Failures > 0:

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -107,7 +108,29 @@ type ACME struct {
 	BackoffMin   time.Duration
 	BackoffMax   time.Duration
 	RemoveGrace  time.Duration
+	DNS          DNS
 }
+
+// DNS are the DNS-01 settings.
+type DNS struct {
+	Provider string   // empty: no DNS-01, wildcards get the fallback
+	Suffixes []string // plain names under these use DNS-01 too
+	// rfc2136
+	Nameserver     string // HOST:PORT
+	TSIGKey        string
+	TSIGAlgorithm  string
+	TSIGSecretFile string
+	// exec
+	Exec string
+	// the propagation check
+	Resolvers          []string // HOST:PORT
+	PropagationTimeout time.Duration
+	PollingInterval    time.Duration
+	TTL                time.Duration
+}
+
+// TSIGAlgorithms are the TSIG algorithms ACME_DNS_TSIG_ALGORITHM accepts.
+var TSIGAlgorithms = []string{"hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512"}
 
 // Let's Encrypt's directories; ACME_STAGING picks the second.
 const (
@@ -429,6 +452,148 @@ var Keys = []Key{
 		fixed("6h"), duration(func(s *Settings) *time.Duration { return &s.ACME.BackoffMax })},
 	{"ACME_REMOVE_GRACE", "acme-remove-grace", "how long (`DURATION`) a certificate stays in HAProxy after its domain left the map",
 		fixed("24h"), duration(func(s *Settings) *time.Duration { return &s.ACME.RemoveGrace })},
+	{"ACME_DNS_PROVIDER", "acme-dns-provider", "DNS-01 `PROVIDER` for wildcards and ACME_DNS_SUFFIXES: " + strings.Join(certs.DNSProviders(), ", ") + " (empty: none; wildcards get the fallback certificate)",
+		fixed(""), func(s *Settings, v string) error {
+			if v != "" && !slices.Contains(certs.DNSProviders(), v) {
+				return fmt.Errorf("%q is not a DNS-01 provider: use %s", v, strings.Join(certs.DNSProviders(), ", "))
+			}
+			s.ACME.DNS.Provider = v
+			return nil
+		}},
+	{"ACME_DNS_SUFFIXES", "acme-dns-suffixes", "domain `SUFFIXES` whose plain names use DNS-01 too (comma-separated; wildcards always do)",
+		fixed(""), func(s *Settings, v string) error {
+			s.ACME.DNS.Suffixes = nil
+			for _, f := range splitList(v) {
+				f = strings.ToLower(strings.Trim(f, "."))
+				if !certs.ValidDomain(f) || strings.HasPrefix(f, "*.") {
+					return fmt.Errorf("%q is not a domain suffix (such as example.com)", f)
+				}
+				s.ACME.DNS.Suffixes = append(s.ACME.DNS.Suffixes, f)
+			}
+			return nil
+		}},
+	{"ACME_DNS_NAMESERVER", "acme-dns-nameserver", "rfc2136: the primary server's `HOST[:PORT]` that takes the updates",
+		fixed(""), func(s *Settings, v string) (err error) {
+			s.ACME.DNS.Nameserver, err = hostPort(v, "53")
+			return err
+		}},
+	{"ACME_DNS_TSIG_KEY", "acme-dns-tsig-key", "rfc2136: TSIG key `NAME` (empty with a key file, which names it)",
+		fixed(""), str(func(s *Settings) *string { return &s.ACME.DNS.TSIGKey })},
+	{"ACME_DNS_TSIG_ALGORITHM", "acme-dns-tsig-algorithm", "rfc2136: TSIG `ALGORITHM`: " + strings.Join(TSIGAlgorithms, ", "),
+		fixed("hmac-sha256"), func(s *Settings, v string) error {
+			if !slices.Contains(TSIGAlgorithms, v) {
+				return fmt.Errorf("%q is not one of %s", v, strings.Join(TSIGAlgorithms, ", "))
+			}
+			s.ACME.DNS.TSIGAlgorithm = v
+			return nil
+		}},
+	{"ACME_DNS_TSIG_SECRET_FILE", "acme-dns-tsig-secret-file", "rfc2136: `FILE` holding the TSIG secret (base64) or a tsig-keygen key; root's, mode 0600 (secrets never come from flags or the environment)",
+		fixed(""), func(s *Settings, v string) error {
+			if v == "" {
+				s.ACME.DNS.TSIGSecretFile = ""
+				return nil
+			}
+			if !filepath.IsAbs(v) {
+				return fmt.Errorf("%q is not an absolute path", v)
+			}
+			if err := certs.CheckSecretFile(v); err != nil {
+				return err
+			}
+			s.ACME.DNS.TSIGSecretFile = filepath.Clean(v)
+			return nil
+		}},
+	{"ACME_DNS_EXEC", "acme-dns-exec", "exec: `PROGRAM` run as PROGRAM present|cleanup FQDN VALUE to add and remove a TXT record",
+		fixed(""), func(s *Settings, v string) error {
+			if v == "" {
+				s.ACME.DNS.Exec = ""
+				return nil
+			}
+			fi, err := os.Stat(v)
+			if err != nil {
+				return err
+			}
+			if !filepath.IsAbs(v) || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+				return fmt.Errorf("%q is not an executable file named by an absolute path", v)
+			}
+			s.ACME.DNS.Exec = filepath.Clean(v)
+			return nil
+		}},
+	{"ACME_DNS_RESOLVERS", "acme-dns-resolvers", "`SERVERS` (HOST[:PORT], comma-separated) that must all show a TXT record before the CA is asked to check it (empty: the system's resolvers, then every authoritative server of the zone)",
+		fixed(""), func(s *Settings, v string) error {
+			s.ACME.DNS.Resolvers = nil
+			for _, f := range splitList(v) {
+				hp, err := hostPort(f, "53")
+				if err != nil {
+					return err
+				}
+				s.ACME.DNS.Resolvers = append(s.ACME.DNS.Resolvers, hp)
+			}
+			return nil
+		}},
+	{"ACME_DNS_PROPAGATION_TIMEOUT", "acme-dns-propagation-timeout", "how long (`DURATION`) a TXT record may take to be seen before the order fails",
+		fixed("2m"), duration(func(s *Settings) *time.Duration { return &s.ACME.DNS.PropagationTimeout })},
+	{"ACME_DNS_POLLING_INTERVAL", "acme-dns-polling-interval", "how often (`DURATION`) the propagation check asks",
+		fixed("2s"), duration(func(s *Settings) *time.Duration { return &s.ACME.DNS.PollingInterval })},
+	{"ACME_DNS_TTL", "acme-dns-ttl", "TTL (`DURATION`, whole seconds) of the TXT records; a name and its wildcard are proved this long apart, so no cache holds the first record",
+		fixed("1m"), func(s *Settings, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Second || d%time.Second != 0 {
+				return fmt.Errorf("%q is not a whole number of seconds, at least 1s", v)
+			}
+			s.ACME.DNS.TTL = d
+			return nil
+		}},
+}
+
+// hostPort adds port to an address without one; "" stays "".
+func hostPort(v, port string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	if _, p, err := net.SplitHostPort(v); err == nil {
+		if p == "" {
+			return "", fmt.Errorf("%q names no port", v)
+		}
+		return v, nil
+	}
+	if strings.Contains(v, ":") && net.ParseIP(v) == nil || strings.ContainsAny(v, "[] /") {
+		return "", fmt.Errorf("%q is not HOST or HOST:PORT", v)
+	}
+	return net.JoinHostPort(v, port), nil
+}
+
+// checkDNS refuses DNS-01 settings that do not go together; origin names
+// where each setting came from.
+func checkDNS(d DNS, origin map[string]string) error {
+	bad := func(key, format string, args ...any) error {
+		where := origin[key]
+		if strings.HasPrefix(where, "default of ") {
+			where = EnvPrefix + key // not given: name the setting alone
+		}
+		return fmt.Errorf("setting %s: %s", where, fmt.Sprintf(format, args...))
+	}
+	only := map[string]string{"ACME_DNS_NAMESERVER": d.Nameserver, "ACME_DNS_TSIG_KEY": d.TSIGKey,
+		"ACME_DNS_TSIG_SECRET_FILE": d.TSIGSecretFile, "ACME_DNS_EXEC": d.Exec}
+	owner := map[string]string{"ACME_DNS_NAMESERVER": "rfc2136", "ACME_DNS_TSIG_KEY": "rfc2136",
+		"ACME_DNS_TSIG_SECRET_FILE": "rfc2136", "ACME_DNS_EXEC": "exec"}
+	for _, key := range slices.Sorted(maps.Keys(only)) {
+		if only[key] != "" && owner[key] != d.Provider {
+			return bad(key, "is for the %s DNS-01 provider, and ACME_DNS_PROVIDER is %q", owner[key], d.Provider)
+		}
+	}
+	switch {
+	case d.Provider == "" && len(d.Suffixes) > 0:
+		return bad("ACME_DNS_SUFFIXES", "needs a DNS-01 provider (ACME_DNS_PROVIDER)")
+	case d.Provider == "rfc2136" && d.Nameserver == "":
+		return bad("ACME_DNS_NAMESERVER", "the rfc2136 provider needs the server that takes the updates")
+	case d.Provider == "rfc2136" && d.TSIGKey != "" && d.TSIGSecretFile == "":
+		return bad("ACME_DNS_TSIG_SECRET_FILE", "ACME_DNS_TSIG_KEY is set: the key's secret must come from a file")
+	case d.Provider == "exec" && d.Exec == "":
+		return bad("ACME_DNS_EXEC", "the exec provider needs the program to run")
+	case d.PollingInterval > d.PropagationTimeout:
+		return bad("ACME_DNS_POLLING_INTERVAL", "%v is longer than ACME_DNS_PROPAGATION_TIMEOUT (%v)", d.PollingInterval, d.PropagationTimeout)
+	}
+	return nil
 }
 
 func boolean(dst func(*Settings) *bool) func(*Settings, string) error {
@@ -517,6 +682,7 @@ func Load(src Source) (*Settings, error) {
 	if err != nil {
 		return nil, err
 	}
+	origins := map[string]string{}
 	for _, k := range Keys {
 		v, ok := first(k.Flag, k.Name)
 		origin := "--" + k.Flag + " / $" + k.Env()
@@ -534,6 +700,10 @@ func Load(src Source) (*Settings, error) {
 		if err := k.set(s, v); err != nil {
 			return nil, fmt.Errorf("setting %s: %w", origin, err)
 		}
+		origins[k.Name] = origin
+	}
+	if err := checkDNS(s.ACME.DNS, origins); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

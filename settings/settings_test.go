@@ -46,6 +46,8 @@ var acmeDefaults = ACME{
 	BackoffMin:  5 * time.Minute,
 	BackoffMax:  6 * time.Hour,
 	RemoveGrace: 24 * time.Hour,
+	DNS: DNS{TSIGAlgorithm: "hmac-sha256", PropagationTimeout: 2 * time.Minute, PollingInterval: 2 * time.Second,
+		TTL: time.Minute},
 }
 
 // healthDefaults are the built-in settings of status --check and announce.
@@ -729,5 +731,96 @@ func TestACMESettingsRejected(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("%s: err %v, want an error naming the setting", kv, err)
 		}
+	}
+}
+
+// secretFile writes a TSIG secret with mode perm and returns its path.
+func secretFile(t *testing.T, perm os.FileMode) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tsig.secret")
+	if err := os.WriteFile(path, []byte("c2VjcmV0IG9mIHRoZSB0ZXN0\n"), perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, perm); err != nil { // umask would not widen it, but could narrow it
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestDNSSettings(t *testing.T) {
+	secret := secretFile(t, 0o600)
+	script := filepath.Join(t.TempDir(), "dns-hook")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	load := func(vars map[string]string) (*Settings, error) {
+		all := map[string]string{"HAPROXY_CONFIG_DEFAULTS": writeFile(t, "")}
+		for k, v := range vars {
+			all["HAPROXY_CONFIG_"+k] = v
+		}
+		return Load(Source{Getenv: env(all)})
+	}
+	s, err := load(map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "192.0.2.53",
+		"ACME_DNS_TSIG_KEY": "hc-key", "ACME_DNS_TSIG_SECRET_FILE": secret, "ACME_DNS_TSIG_ALGORITHM": "hmac-sha512",
+		"ACME_DNS_RESOLVERS": "127.0.0.1:5353, ::1", "ACME_DNS_SUFFIXES": "Internal.Example.com., lab.example.net",
+		"ACME_DNS_PROPAGATION_TIMEOUT": "30s", "ACME_DNS_POLLING_INTERVAL": "250ms", "ACME_DNS_TTL": "5s"})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	want := DNS{Provider: "rfc2136", Nameserver: "192.0.2.53:53", TSIGKey: "hc-key", TSIGSecretFile: secret,
+		TSIGAlgorithm: "hmac-sha512", Resolvers: []string{"127.0.0.1:5353", "[::1]:53"},
+		Suffixes: []string{"internal.example.com", "lab.example.net"}, PropagationTimeout: 30 * time.Second,
+		PollingInterval: 250 * time.Millisecond, TTL: 5 * time.Second}
+	if !reflect.DeepEqual(s.ACME.DNS, want) {
+		t.Errorf("DNS settings:\n got %+v\nwant %+v", s.ACME.DNS, want)
+	}
+	s, err = load(map[string]string{"ACME_DNS_PROVIDER": "exec", "ACME_DNS_EXEC": script})
+	if err != nil || s.ACME.DNS.Exec != script {
+		t.Errorf("exec provider: %v, program %q", err, s.ACME.DNS.Exec)
+	}
+
+	for _, tt := range []struct {
+		name    string
+		vars    map[string]string
+		setting string // the one the error must name
+		msg     string
+	}{
+		{"unknown provider", map[string]string{"ACME_DNS_PROVIDER": "route53"}, "ACME_DNS_PROVIDER", "use exec, rfc2136"},
+		{"suffixes without provider", map[string]string{"ACME_DNS_SUFFIXES": "example.com"}, "ACME_DNS_SUFFIXES", "needs a DNS-01 provider"},
+		{"wildcard suffix", map[string]string{"ACME_DNS_SUFFIXES": "*.example.com"}, "ACME_DNS_SUFFIXES", "not a domain suffix"},
+		{"rfc2136 without nameserver", map[string]string{"ACME_DNS_PROVIDER": "rfc2136"}, "ACME_DNS_NAMESERVER", "needs the server"},
+		{"nameserver with empty port", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com:"}, "ACME_DNS_NAMESERVER", "names no port"},
+		{"key without secret", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com", "ACME_DNS_TSIG_KEY": "k"},
+			"ACME_DNS_TSIG_SECRET_FILE", "must come from a file"},
+		{"secret file missing", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com", "ACME_DNS_TSIG_KEY": "k",
+			"ACME_DNS_TSIG_SECRET_FILE": filepath.Join(t.TempDir(), "nope")}, "ACME_DNS_TSIG_SECRET_FILE", "no such file"},
+		{"secret file group-readable", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com", "ACME_DNS_TSIG_KEY": "k",
+			"ACME_DNS_TSIG_SECRET_FILE": secretFile(t, 0o640)}, "ACME_DNS_TSIG_SECRET_FILE", "open to its group or others (mode 0640)"},
+		{"secret file world-readable", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com", "ACME_DNS_TSIG_KEY": "k",
+			"ACME_DNS_TSIG_SECRET_FILE": secretFile(t, 0o604)}, "ACME_DNS_TSIG_SECRET_FILE", "mode 0604"},
+		{"secret file relative", map[string]string{"ACME_DNS_TSIG_SECRET_FILE": "tsig.secret"}, "ACME_DNS_TSIG_SECRET_FILE", "not an absolute path"},
+		{"unknown algorithm", map[string]string{"ACME_DNS_TSIG_ALGORITHM": "hmac-md5"}, "ACME_DNS_TSIG_ALGORITHM", "is not one of"},
+		{"exec without program", map[string]string{"ACME_DNS_PROVIDER": "exec"}, "ACME_DNS_EXEC", "needs the program"},
+		{"program not executable", map[string]string{"ACME_DNS_PROVIDER": "exec", "ACME_DNS_EXEC": secret}, "ACME_DNS_EXEC", "not an executable file"},
+		{"nameserver for exec", map[string]string{"ACME_DNS_PROVIDER": "exec", "ACME_DNS_EXEC": script, "ACME_DNS_NAMESERVER": "ns.example.com"},
+			"ACME_DNS_NAMESERVER", "is for the rfc2136 DNS-01 provider"},
+		{"program without provider", map[string]string{"ACME_DNS_EXEC": script}, "ACME_DNS_EXEC", "is for the exec DNS-01 provider"},
+		{"resolver that is not one", map[string]string{"ACME_DNS_RESOLVERS": "127.0.0.1:53,[::1"}, "ACME_DNS_RESOLVERS", "is not HOST or HOST:PORT"},
+		{"ttl in fractions", map[string]string{"ACME_DNS_TTL": "1500ms"}, "ACME_DNS_TTL", "whole number of seconds"},
+		{"polling longer than the timeout", map[string]string{"ACME_DNS_PROPAGATION_TIMEOUT": "1s", "ACME_DNS_POLLING_INTERVAL": "2s"},
+			"ACME_DNS_POLLING_INTERVAL", "longer than ACME_DNS_PROPAGATION_TIMEOUT"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := load(tt.vars)
+			if err == nil {
+				t.Fatalf("accepted: %+v", s.ACME.DNS)
+			}
+			if want := "HAPROXY_CONFIG_" + tt.setting + ": "; !strings.HasPrefix(err.Error(), "setting ") || !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q, want it to name the setting (%q)", err, want)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q, want it to contain %q", err, tt.msg)
+			}
+		})
 	}
 }

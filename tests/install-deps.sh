@@ -3,7 +3,9 @@
 # real one every integration test runs), curl and openssl; lintian,
 # mmdebstrap and systemd (systemd-analyze) for the package tests; ansible-core
 # for the Ansible tests; exabgp, bird2, iproute2, python3 and keepalived for
-# the route announcement and health tests, all from Debian; and Pebble v2.10.1 with
+# the route announcement and health tests; Knot (knotd, and kdig/knsupdate
+# from knot-dnsutils), the authoritative DNS server of the DNS-01 tests, all
+# from Debian; and Pebble v2.10.1 with
 # pebble-challtestsrv (Let's Encrypt's test CA, newer than Debian's 2.4.0:
 # ARI and profiles) from the Go module proxy into /usr/local/bin.
 # Idempotent, and quick when all are present.
@@ -34,6 +36,10 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing+=(iproute2)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # keepalived -t checks the README's vrrp_script configuration
 command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || missing+=(keepalived)
+# the DNS-01 tests (tests/e2e_dns_test.go); the package's service is never
+# started here (the tests run their own knotd on a loopback port)
+command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ] || missing+=(knot)
+command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -47,6 +47,9 @@ type pebbleOptions struct {
 	alwaysValid bool   // PEBBLE_VA_ALWAYS_VALID: no validation at all
 	// extra certificate profiles: name -> validity in seconds
 	profiles map[string]int
+	// the DNS server Pebble validates against (HOST:PORT); empty: its own
+	// pebble-challtestsrv, answering 127.0.0.1 for every name
+	dnsServer string
 }
 
 // pebbleBinaries finds Pebble and pebble-challtestsrv of pebbleVersion.
@@ -75,12 +78,17 @@ func startPebble(t testing.TB, opt pebbleOptions) *pebble {
 	writeSelfSigned(t, certFile, keyFile)
 	p.caFile = certFile
 
-	dnsPort, acmePort, mgmtPort, dnsMgmtPort := freePort(t), freePort(t), freePort(t), freePort(t)
-	p.dnsMgmt = "http://127.0.0.1:" + dnsMgmtPort
-	startProc(t, filepath.Join(p.dir, "dns.log"), nil, challBin,
-		"-dnsserver", "127.0.0.1:"+dnsPort, "-management", "127.0.0.1:"+dnsMgmtPort,
-		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
-		"-defaultIPv4", "127.0.0.1", "-defaultIPv6", "")
+	acmePort, mgmtPort := freePort(t), freePort(t)
+	dnsServer := opt.dnsServer
+	if dnsServer == "" {
+		dnsPort, dnsMgmtPort := freePort(t), freePort(t)
+		dnsServer = "127.0.0.1:" + dnsPort
+		p.dnsMgmt = "http://127.0.0.1:" + dnsMgmtPort
+		startProc(t, filepath.Join(p.dir, "dns.log"), nil, challBin,
+			"-dnsserver", dnsServer, "-management", "127.0.0.1:"+dnsMgmtPort,
+			"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
+			"-defaultIPv4", "127.0.0.1", "-defaultIPv6", "")
+	}
 
 	profiles := map[string]any{"default": map[string]any{"description": "90 days", "validityPeriod": 90 * 24 * 3600}}
 	for name, secs := range opt.profiles {
@@ -104,7 +112,7 @@ func startPebble(t testing.TB, opt pebbleOptions) *pebble {
 	if opt.alwaysValid {
 		env = append(env, "PEBBLE_VA_ALWAYS_VALID=1")
 	}
-	startProc(t, p.log, env, pebbleBin, "-config", cfgFile, "-dnsserver", "127.0.0.1:"+dnsPort)
+	startProc(t, p.log, env, pebbleBin, "-config", cfgFile, "-dnsserver", dnsServer)
 
 	pool := x509.NewCertPool()
 	pemBytes, _ := os.ReadFile(certFile)

@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,7 +26,7 @@ const certsKey = "(certificates)"
 // CertSummary is the certificates part of the status.
 type CertSummary struct {
 	Domains int `json:"domains"`
-	// by condition: valid, renewing, pending, failing, expired, removing
+	// by condition: valid, renewing, pending, failing, expired, removing, fallback
 	Conditions map[string]int `json:"conditions"`
 	// the soonest expiry among served certificates
 	NextExpiry *CertWhen `json:"next_expiry,omitempty"`
@@ -37,6 +39,8 @@ type CertSummary struct {
 	CAError        string `json:"ca_error,omitempty"`
 	// failing domains with their last error
 	Failing map[string]string `json:"failing,omitempty"`
+	// domains served the fallback, with why none can be ordered
+	Fallback map[string]string `json:"fallback,omitempty"`
 }
 
 // CertWhen names a domain and a time.
@@ -48,18 +52,24 @@ type CertWhen struct {
 // newCertManager builds the certificate manager from the settings.
 func (d *Daemon) newCertManager(s *settings.Settings, ch *certs.Challenges) (*certs.Manager, error) {
 	a := s.ACME
+	dns, err := newDNS(s, d.Log.With("component", "dns-01"))
+	if err != nil {
+		return nil, err
+	}
 	m := &certs.Manager{
 		Policy: certs.Policy{Orders: a.Orders, Window: a.OrderWindow, InFlight: a.InFlight,
 			BackoffMin: a.BackoffMin, BackoffMax: a.BackoffMax, RemoveGrace: a.RemoveGrace, ARIPoll: 6 * time.Hour},
-		CertsDir: s.CertsDir,
-		CrtList:  s.CrtList(),
-		StateDir: s.StateDir,
-		ARI:      a.ARI,
-		Extra:    a.ExtraDomains,
-		Log:      d.Log.With("component", "certs"),
+		CertsDir:  s.CertsDir,
+		CrtList:   s.CrtList(),
+		StateDir:  s.StateDir,
+		ARI:       a.ARI,
+		Extra:     a.ExtraDomains,
+		Selection: certs.Selection{DNS: dns != nil, DNSSuffixes: a.DNS.Suffixes},
+		DNS:       dns,
+		Log:       d.Log.With("component", "certs"),
 		Issuer: func(ctx context.Context) (certs.Issuer, error) {
 			return certs.NewACME(ctx, certs.ACMEConfig{Directory: a.Directory, Email: a.Email, KeyType: a.KeyType,
-				Profile: a.Profile, EABKeyID: a.EABKeyID, EABHMAC: a.EABHMAC, StateDir: s.StateDir}, ch, d.Log.With("component", "acme"))
+				Profile: a.Profile, EABKeyID: a.EABKeyID, EABHMAC: a.EABHMAC, StateDir: s.StateDir}, ch, dns, d.Log.With("component", "acme"))
 		},
 		Reload:  func(reason string) { d.certEvent(reason) },
 		Changed: func() { d.certEvent("") },
@@ -74,6 +84,27 @@ func (d *Daemon) newCertManager(s *settings.Settings, ch *certs.Challenges) (*ce
 		m.Resolve = net.DefaultResolver.LookupIPAddr
 	}
 	return m, m.Init()
+}
+
+// newDNS builds the DNS-01 provider the settings name, nil for none. The
+// TSIG secret is read here, by the daemon alone.
+func newDNS(s *settings.Settings, log *slog.Logger) (*certs.DNS, error) {
+	c := s.ACME.DNS
+	if c.Provider == "" {
+		return nil, nil
+	}
+	cfg := certs.DNSConfig{Provider: c.Provider, Nameserver: c.Nameserver, TSIGKey: c.TSIGKey, TSIGAlgorithm: c.TSIGAlgorithm,
+		Program: c.Exec, Resolvers: c.Resolvers, PropagationTimeout: c.PropagationTimeout, PollingInterval: c.PollingInterval, TTL: c.TTL}
+	if c.TSIGSecretFile != "" {
+		if err := certs.ReadTSIGSecret(c.TSIGSecretFile, &cfg); err != nil {
+			return nil, &reconcile.UsageError{Err: fmt.Errorf("setting %sACME_DNS_TSIG_SECRET_FILE: %w", settings.EnvPrefix, err)}
+		}
+	}
+	dns, err := certs.NewDNS(cfg, s.StateDir, log)
+	if err != nil {
+		return nil, &reconcile.UsageError{Err: fmt.Errorf("setting %sACME_DNS_PROVIDER: %w", settings.EnvPrefix, err)}
+	}
+	return dns, nil
 }
 
 // balancerAddresses are the configured addresses (ACME_ADDRESSES, checked
@@ -230,6 +261,12 @@ func (d *Daemon) certSummary() *CertSummary {
 	for _, dom := range st.Sorted() {
 		c := dom.Condition(now)
 		sum.Conditions[c]++
+		if c == "fallback" {
+			if sum.Fallback == nil {
+				sum.Fallback = map[string]string{}
+			}
+			sum.Fallback[dom.Name] = dom.Blocked
+		}
 		if dom.LastError != "" {
 			if sum.Failing == nil {
 				sum.Failing = map[string]string{}
@@ -255,28 +292,42 @@ type runtimeCerts struct {
 	mu   *sync.Mutex // the daemon's runtime lock
 }
 
-func (l runtimeCerts) Load(ctx context.Context, path string, bundle []byte, domain string) error {
+func (l runtimeCerts) Load(ctx context.Context, path string, bundle []byte, names []string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.rt.SetCert(ctx, path, bundle); err != nil {
 		return err
 	}
-	listed, err := l.listed(ctx, path)
-	if err != nil || listed {
+	entries, err := l.rt.ShowCrtList(ctx, l.list)
+	if err != nil {
 		return err
 	}
-	return l.rt.AddCrtList(ctx, l.list, path, []string{domain})
+	for _, name := range names {
+		if slices.ContainsFunc(entries, func(e reload.CrtListEntry) bool { return e.Cert == path && slices.Contains(e.SNIs, name) }) {
+			continue
+		}
+		if err := l.rt.AddCrtList(ctx, l.list, path, []string{name}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (l runtimeCerts) Unload(ctx context.Context, path string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	listed, err := l.listed(ctx, path)
+	lines, err := l.lines(ctx, path)
 	if err != nil {
 		return err
 	}
-	if listed {
-		if err := l.rt.DelCrtList(ctx, l.list, path); err != nil {
+	// the last line first: the numbers of those before it stay put
+	for _, n := range slices.Backward(lines) {
+		ref := path
+		if len(lines) > 1 {
+			// HAProxy refuses to guess which line of a certificate listed twice
+			ref = path + ":" + strconv.Itoa(n)
+		}
+		if err := l.rt.DelCrtList(ctx, l.list, ref); err != nil {
 			return err
 		}
 	}
@@ -287,11 +338,26 @@ func (l runtimeCerts) Unload(ctx context.Context, path string) error {
 	return l.rt.DelCert(ctx, path)
 }
 
-// listed reports whether HAProxy's crt-list has a line for path.
-func (l runtimeCerts) listed(ctx context.Context, path string) (bool, error) {
-	entries, err := l.rt.ShowCrtList(ctx, l.list)
+// lines are the numbers of HAProxy's crt-list lines for path, ascending.
+func (l runtimeCerts) lines(ctx context.Context, path string) ([]int, error) {
+	out, err := l.rt.Command(ctx, "show ssl crt-list -n "+l.list, nil)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	return slices.ContainsFunc(entries, func(e reload.CrtListEntry) bool { return e.Cert == path }), nil
+	if !strings.HasPrefix(out, "# ") {
+		return nil, &reload.RefusedError{Command: "show ssl crt-list -n " + l.list, Answer: out}
+	}
+	var lines []int
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		i := strings.LastIndexByte(f[0], ':')
+		if n, err := strconv.Atoi(f[0][i+1:]); i > 0 && err == nil && f[0][:i] == path {
+			lines = append(lines, n)
+		}
+	}
+	slices.Sort(lines)
+	return lines, nil
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"haproxy-config/certs"
 )
 
 // metrics exposes the daemon's status to Prometheus. The loop publishes a
@@ -109,7 +111,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, one(r.OK))
 	}
 	if c := st.Certs; c != nil {
-		for _, state := range []string{"valid", "renewing", "pending", "failing", "expired", "removing"} {
+		for _, state := range certs.Conditions {
 			ch <- prometheus.MustNewConstMetric(descCerts, prometheus.GaugeValue, float64(c.Conditions[state]), state)
 		}
 		if c.NextExpiry != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 
 var certsCommand = &cli.Command{
 	Name:   "certs",
-	Usage:  "list the certificates the daemon keeps: domain, issuer, expiry, renewal time, state, last error, next attempt",
+	Usage:  "list the certificates the daemon keeps: domain, challenge, issuer, expiry, renewal time, state, last error (or why none is ordered), next attempt",
 	Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 	Action: withEngine(listCerts),
 	Subcommands: []*cli.Command{{
@@ -55,14 +56,24 @@ func listCerts(c *cli.Context, e *reconcile.Engine) error {
 
 func printCerts(w io.Writer, rows []certRow) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DOMAIN\tISSUER\tNOT AFTER\tRENEW AT\tSTATE\tNEXT ATTEMPT\tLAST ERROR")
+	fmt.Fprintln(tw, "DOMAIN\tCHALLENGE\tISSUER\tNOT AFTER\tRENEW AT\tSTATE\tNEXT ATTEMPT\tLAST ERROR")
 	for _, r := range rows {
 		renew := timeOrDash(r.RenewAt)
 		if r.RenewBy != "" {
 			renew += " (" + r.RenewBy + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dashStr(r.Issuer), timeOrDash(r.NotAfter), renew,
-			r.State, timeOrDash(r.NextAttempt), dashStr(r.LastError))
+		name := r.Name
+		if len(r.Names) > 1 {
+			name = strings.Join(r.Names, " + ")
+		}
+		why := r.LastError
+		if r.Blocked != "" {
+			why = r.Blocked
+		}
+		// lego's errors span lines: one row per domain
+		why = strings.Join(strings.Fields(why), " ")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, dashStr(r.Challenge), dashStr(r.Issuer), timeOrDash(r.NotAfter), renew,
+			r.State, timeOrDash(r.NextAttempt), dashStr(why))
 	}
 	_ = tw.Flush()
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"haproxy-config/certs"
 	"haproxy-config/reconcile"
 	"haproxy-config/settings"
 	"haproxy-config/watcher"
@@ -159,7 +160,7 @@ func printStatus(w io.Writer, st *watcher.Status) {
 	}
 	if c := st.Certs; c != nil {
 		var conds []string
-		for _, k := range []string{"valid", "renewing", "pending", "failing", "expired", "removing"} {
+		for _, k := range certs.Conditions {
 			if c.Conditions[k] > 0 {
 				conds = append(conds, fmt.Sprintf("%d %s", c.Conditions[k], k))
 			}
@@ -177,6 +178,9 @@ func printStatus(w io.Writer, st *watcher.Status) {
 		}
 		for _, name := range slices.Sorted(maps.Keys(c.Failing)) {
 			fmt.Fprintf(w, "  failing: %s: %s\n", name, c.Failing[name])
+		}
+		for _, name := range slices.Sorted(maps.Keys(c.Fallback)) {
+			fmt.Fprintf(w, "  fallback: %s: %s\n", name, c.Fallback[name])
 		}
 	}
 }
