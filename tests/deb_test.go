@@ -186,6 +186,31 @@ func TestDebPackage(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("copyright names every module in the binary", func(t *testing.T) {
+		copyright := output(t, "sh", "-c", `dpkg-deb --fsys-tarfile "$1" | tar -xOf - ./usr/share/doc/haproxy-config/copyright`, "sh", deb)
+		globs := map[string]bool{}
+		for _, para := range strings.Split(copyright, "\n\n") {
+			if files, ok := strings.CutPrefix(para, "Files: "); ok {
+				files, _, _ = strings.Cut(files, "\nCopyright:")
+				for _, g := range strings.Fields(files) {
+					globs[g] = true
+				}
+			}
+		}
+		deps := 0
+		for _, line := range strings.Split(output(t, "go", "version", "-m", binary), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "dep" {
+				deps++
+				if !globs[f[1]+"/*"] {
+					t.Errorf("the package's copyright file has no Files: paragraph for %s, built into the binary", f[1])
+				}
+			}
+		}
+		if deps < 10 {
+			t.Fatalf("go version -m found %d modules in the binary", deps)
+		}
+	})
 }
 
 func fileSize(t *testing.T, path string) int64 {
