@@ -2,6 +2,7 @@ package certs
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,7 +44,6 @@ type DNSConfig struct {
 	TSIGKey       string
 	TSIGAlgorithm string
 	TSIGSecret    string // the secret (base64), or empty
-	TSIGKeyFile   string // a tsig-keygen key file naming key, algorithm and secret, or empty
 	// exec: the program called as "PROGRAM present|cleanup FQDN VALUE"
 	Program string
 	// the servers asked whether a record is visible; empty: the system's
@@ -63,7 +63,7 @@ var dnsProviders = map[string]func(DNSConfig) (legochallenge.Provider, error){
 	"rfc2136": func(c DNSConfig) (legochallenge.Provider, error) {
 		return rfc2136.NewDNSProviderConfig(&rfc2136.Config{
 			Nameserver: c.Nameserver, DNSTimeout: 10 * time.Second,
-			TSIGKey: c.TSIGKey, TSIGSecret: c.TSIGSecret, TSIGAlgorithm: c.TSIGAlgorithm, TSIGFile: c.TSIGKeyFile,
+			TSIGKey: c.TSIGKey, TSIGSecret: c.TSIGSecret, TSIGAlgorithm: c.TSIGAlgorithm,
 			TTL: int(c.TTL / time.Second), PropagationTimeout: c.PropagationTimeout,
 			PollingInterval: c.PollingInterval, SequenceInterval: c.TTL,
 		})
@@ -84,13 +84,19 @@ func DNSProviders() []string {
 	return names
 }
 
-// tsigKeyClause is how a tsig-keygen key file starts its key.
-var tsigKeyClause = regexp.MustCompile(`(?m)^\s*key\s+"?[^"\s]+"?\s*\{`)
+// tsigKeyClause is how a tsig-keygen key file starts its key, and
+// tsigStatement one statement inside it.
+var (
+	tsigKeyClause = regexp.MustCompile(`^\s*key\s+"?([^"\s{]+)"?\s*\{`)
+	tsigStatement = regexp.MustCompile(`^\s*(algorithm|secret)\s+"?([^";\s]+)"?\s*;`)
+)
 
 // ReadTSIGSecret reads a TSIG secret file into cfg: either the base64
 // secret alone (the key name comes from cfg.TSIGKey) or a tsig-keygen key
-// file. The file must belong to the user the daemon runs as (root) and be
-// readable by it alone: it lets whoever holds it change the zone.
+// file, whose name and algorithm must agree with cfg's where those are
+// set. The file must belong to the user the daemon runs as (root) and be
+// readable by it alone: it lets whoever holds it change the zone. No error
+// repeats what the file holds.
 func ReadTSIGSecret(path string, cfg *DNSConfig) error {
 	if err := CheckSecretFile(path); err != nil {
 		return err
@@ -99,19 +105,55 @@ func ReadTSIGSecret(path string, cfg *DNSConfig) error {
 	if err != nil {
 		return fmt.Errorf("tsig secret: %w", err)
 	}
-	if tsigKeyClause.Match(data) {
-		cfg.TSIGKeyFile = path
-		return nil
+	text := strings.TrimSpace(string(data))
+	secret := text
+	if m := tsigKeyClause.FindStringSubmatch(text); m != nil {
+		secret = ""
+		keySecret, algorithm, err := parseTSIGKey(text[len(m[0]):])
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		switch {
+		case cfg.TSIGKey != "" && strings.TrimSuffix(cfg.TSIGKey, ".") != strings.TrimSuffix(m[1], "."):
+			return fmt.Errorf("%s is the key %q, and ACME_DNS_TSIG_KEY names %q", path, m[1], cfg.TSIGKey)
+		case algorithm == "":
+			return fmt.Errorf("%s names no algorithm", path)
+		case cfg.TSIGAlgorithm != "" && strings.TrimSuffix(cfg.TSIGAlgorithm, ".") != strings.TrimSuffix(algorithm, "."):
+			return fmt.Errorf("%s is a %s key, and ACME_DNS_TSIG_ALGORITHM is %s", path, algorithm, cfg.TSIGAlgorithm)
+		}
+		cfg.TSIGKey, cfg.TSIGAlgorithm, secret = m[1], algorithm, keySecret
+	} else if cfg.TSIGKey == "" {
+		return fmt.Errorf("%s holds a bare secret: the key's name must be set too (ACME_DNS_TSIG_KEY)", path)
 	}
-	secret := strings.TrimSpace(string(data))
-	if secret == "" || strings.ContainsAny(secret, " \t\n") {
-		return fmt.Errorf("%s holds neither a base64 secret nor a tsig-keygen key", path)
-	}
-	if cfg.TSIGKey == "" {
-		return fmt.Errorf("%s holds a bare secret: the key's name must be set too", path)
+	if _, err := base64.StdEncoding.DecodeString(secret); err != nil || secret == "" || strings.ContainsAny(secret, " \t\n") {
+		return fmt.Errorf("%s holds no base64 TSIG secret (neither alone nor as a tsig-keygen key's secret)", path)
 	}
 	cfg.TSIGSecret = secret
 	return nil
+}
+
+// parseTSIGKey reads the statements of a key clause up to its "};": the
+// secret and the algorithm.
+func parseTSIGKey(body string) (secret, algorithm string, err error) {
+	for _, line := range strings.Split(body, "\n") {
+		line = strings.TrimSpace(line)
+		for line != "" {
+			if strings.HasPrefix(line, "}") {
+				return secret, algorithm, nil
+			}
+			m := tsigStatement.FindStringSubmatch(line)
+			if m == nil {
+				return "", "", errors.New("is not a tsig-keygen key file: a statement in its key clause is neither algorithm nor secret")
+			}
+			if m[1] == "secret" {
+				secret = m[2]
+			} else {
+				algorithm = m[2]
+			}
+			line = strings.TrimSpace(line[len(m[0]):])
+		}
+	}
+	return "", "", errors.New("is not a tsig-keygen key file: its key clause does not end")
 }
 
 // CheckSecretFile refuses a secret file that is missing, not a regular

@@ -135,13 +135,18 @@ func TestReadTSIGSecret(t *testing.T) {
 	}
 	bare := write("bare", "c2VjcmV0\n", 0o600)
 	cfg := DNSConfig{TSIGKey: "hc-key"}
-	if err := ReadTSIGSecret(bare, &cfg); err != nil || cfg.TSIGSecret != "c2VjcmV0" || cfg.TSIGKeyFile != "" {
+	if err := ReadTSIGSecret(bare, &cfg); err != nil || cfg.TSIGSecret != "c2VjcmV0" {
 		t.Errorf("bare secret: %v, %+v", err, cfg)
 	}
-	keyFile := write("keygen", "key \"hc-key\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0\";\n};\n", 0o400)
-	cfg = DNSConfig{}
-	if err := ReadTSIGSecret(keyFile, &cfg); err != nil || cfg.TSIGKeyFile != keyFile || cfg.TSIGSecret != "" {
-		t.Errorf("tsig-keygen file: %v, %+v", err, cfg)
+	for _, text := range []string{
+		"key \"hc-key\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0\";\n};\n",
+		`key "hc-key" { algorithm hmac-sha256; secret "c2VjcmV0"; };`,
+	} {
+		cfg = DNSConfig{TSIGAlgorithm: "hmac-sha256"}
+		if err := ReadTSIGSecret(write("keygen", text, 0o400), &cfg); err != nil ||
+			cfg.TSIGSecret != "c2VjcmV0" || cfg.TSIGKey != "hc-key" || cfg.TSIGAlgorithm != "hmac-sha256" {
+			t.Errorf("tsig-keygen file %q: %v, %+v", text, err, cfg)
+		}
 	}
 	for _, tc := range []struct {
 		path, msg string
@@ -149,12 +154,24 @@ func TestReadTSIGSecret(t *testing.T) {
 	}{
 		{bare, "the key's name must be set", DNSConfig{}},
 		{write("open", "c2VjcmV0\n", 0o644), "open to its group or others (mode 0644)", DNSConfig{TSIGKey: "k"}},
-		{write("empty", "\n", 0o600), "neither a base64 secret", DNSConfig{TSIGKey: "k"}},
+		{write("empty", "\n", 0o600), "holds no base64 TSIG secret", DNSConfig{TSIGKey: "k"}},
+		{write("notbase64", "not*base64!!\n", 0o600), "holds no base64 TSIG secret", DNSConfig{TSIGKey: "k"}},
+		// without a secret lego would send the updates unsigned
+		{write("nosecret", `key "k" { algorithm hmac-sha256; };`, 0o600), "holds no base64 TSIG secret", DNSConfig{}},
+		{write("noalg", `key "k" { secret "c2VjcmV0"; };`, 0o600), "names no algorithm", DNSConfig{}},
+		{write("otherkey", `key "k" { algorithm hmac-sha256; secret "c2VjcmV0"; };`, 0o600), `ACME_DNS_TSIG_KEY names "other"`, DNSConfig{TSIGKey: "other"}},
+		{write("otheralg", `key "k" { algorithm hmac-sha512; secret "c2VjcmV0"; };`, 0o600), "ACME_DNS_TSIG_ALGORITHM is hmac-sha256", DNSConfig{TSIGAlgorithm: "hmac-sha256"}},
+		{write("unknown", `key "k" { algorithm hmac-sha256; secret "c2VjcmV0"; owner "c2VjcmV0"; };`, 0o600), "neither algorithm nor secret", DNSConfig{}},
+		{write("unended", `key "k" { algorithm hmac-sha256; secret "c2VjcmV0";`, 0o600), "does not end", DNSConfig{}},
 		{filepath.Join(dir, "missing"), "no such file", DNSConfig{TSIGKey: "k"}},
 		{dir, "not a regular file", DNSConfig{TSIGKey: "k"}},
 	} {
-		if err := ReadTSIGSecret(tc.path, &tc.cfg); err == nil || !strings.Contains(err.Error(), tc.msg) {
+		err := ReadTSIGSecret(tc.path, &tc.cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: %v, want an error containing %q", tc.path, err, tc.msg)
+		}
+		if err != nil && strings.Contains(err.Error(), "c2VjcmV0") {
+			t.Errorf("%s: the error repeats the secret: %v", tc.path, err)
 		}
 	}
 	if !slices.Equal(DNSProviders(), []string{"exec", "rfc2136"}) {

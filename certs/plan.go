@@ -36,11 +36,15 @@ func (s Selection) challengeFor(name string) string {
 }
 
 // plan groups the wanted names into certificates, keyed by the state's
-// name for each: a name and its wildcard, both wanted, make one
-// certificate (a SAN pair under the plain name, one order, one crt-list
-// line each); a wildcard alone is keyed by itself. Wildcards need DNS-01;
-// without a provider they are listed with the reason and never ordered.
-func (s Selection) plan(names []string) map[string]want {
+// name for each: a name and its wildcard, both wanted and mapped by the
+// same fragment (owner names each name's fragment; nil: one owner for
+// all), make one certificate (a SAN pair under the plain name, one order,
+// one crt-list line each); a wildcard alone is keyed by itself, so that one
+// tenant's wildcard cannot move another tenant's name to DNS-01. Wildcards
+// need DNS-01; without a provider they are listed with the reason and
+// never ordered.
+func (s Selection) plan(names []string, owner map[string]string) map[string]want {
+	sameOwner := func(a, b string) bool { return owner == nil || (owner[a] != "" && owner[a] == owner[b]) }
 	set := map[string]bool{}
 	for _, n := range names {
 		n = strings.ToLower(strings.TrimSuffix(n, "."))
@@ -54,13 +58,13 @@ func (s Selection) plan(names []string) map[string]want {
 			switch {
 			case !s.DNS:
 				out[n] = want{names: []string{n}, blocked: NoDNSProvider}
-			case !set[base]:
+			case !set[base] || !sameOwner(base, n):
 				out[n] = want{names: []string{n}, challenge: DNS01}
 			}
 			continue
 		}
 		w := want{names: []string{n}, challenge: s.challengeFor(n)}
-		if s.DNS && set["*."+n] {
+		if s.DNS && set["*."+n] && sameOwner(n, "*."+n) {
 			w.names, w.challenge = append(w.names, "*."+n), DNS01
 		}
 		out[n] = w

@@ -13,11 +13,12 @@ func TestPlanChoosesChallenges(t *testing.T) {
 	mapped := []string{"shop.example.test", "*.shop.example.test", "*.lone.example.test", "plain.example.test",
 		"db.internal.example.test", "internal.example.test", "notinternal.example.test", "Upper.Example.Test.", "10.0.0.1"}
 	cases := []struct {
-		name string
-		sel  Selection
-		want map[string]string // key -> "names challenge" or "names blocked"
+		name  string
+		sel   Selection
+		owner map[string]string
+		want  map[string]string // key -> "names challenge" or "names blocked"
 	}{
-		{"with a provider", Selection{DNS: true, DNSSuffixes: []string{"Internal.Example.Test."}}, map[string]string{
+		{"with a provider", Selection{DNS: true, DNSSuffixes: []string{"Internal.Example.Test."}}, nil, map[string]string{
 			"shop.example.test":        "shop.example.test,*.shop.example.test dns-01",
 			"*.lone.example.test":      "*.lone.example.test dns-01",
 			"plain.example.test":       "plain.example.test http-01",
@@ -26,7 +27,21 @@ func TestPlanChoosesChallenges(t *testing.T) {
 			"notinternal.example.test": "notinternal.example.test http-01",
 			"upper.example.test":       "upper.example.test http-01",
 		}},
-		{"without a provider", Selection{DNSSuffixes: []string{"internal.example.test"}}, map[string]string{
+		// tenant B's wildcard over tenant A's name: A's name stays on
+		// HTTP-01, alone, whatever B's zone allows
+		{"a wildcard of another fragment", Selection{DNS: true}, map[string]string{
+			"shop.example.test": "a", "*.shop.example.test": "b", "plain.example.test": "a",
+		}, map[string]string{
+			"shop.example.test":        "shop.example.test http-01",
+			"*.shop.example.test":      "*.shop.example.test dns-01",
+			"*.lone.example.test":      "*.lone.example.test dns-01",
+			"plain.example.test":       "plain.example.test http-01",
+			"db.internal.example.test": "db.internal.example.test http-01",
+			"internal.example.test":    "internal.example.test http-01",
+			"notinternal.example.test": "notinternal.example.test http-01",
+			"upper.example.test":       "upper.example.test http-01",
+		}},
+		{"without a provider", Selection{DNSSuffixes: []string{"internal.example.test"}}, nil, map[string]string{
 			"shop.example.test":        "shop.example.test http-01",
 			"*.shop.example.test":      "*.shop.example.test blocked",
 			"*.lone.example.test":      "*.lone.example.test blocked",
@@ -40,7 +55,7 @@ func TestPlanChoosesChallenges(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			got := map[string]string{}
-			for key, w := range tc.sel.plan(mapped) {
+			for key, w := range tc.sel.plan(mapped, tc.owner) {
 				how := w.challenge
 				if w.blocked != "" {
 					how = "blocked"

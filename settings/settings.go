@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"haproxy-config/assemble"
@@ -515,6 +516,13 @@ var Keys = []Key{
 			if !filepath.IsAbs(v) || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
 				return fmt.Errorf("%q is not an executable file named by an absolute path", v)
 			}
+			// the daemon runs it as itself (root): nobody else may change it
+			if fi.Mode().Perm()&0o022 != 0 {
+				return fmt.Errorf("%q may be written by its group or others (mode %04o): chmod go-w", v, fi.Mode().Perm())
+			}
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+				return fmt.Errorf("%q belongs to uid %d: it must belong to root", v, st.Uid)
+			}
 			s.ACME.DNS.Exec = filepath.Clean(v)
 			return nil
 		}},
@@ -532,13 +540,20 @@ var Keys = []Key{
 		}},
 	{"ACME_DNS_PROPAGATION_TIMEOUT", "acme-dns-propagation-timeout", "how long (`DURATION`) a TXT record may take to be seen before the order fails",
 		fixed("2m"), duration(func(s *Settings) *time.Duration { return &s.ACME.DNS.PropagationTimeout })},
-	{"ACME_DNS_POLLING_INTERVAL", "acme-dns-polling-interval", "how often (`DURATION`) the propagation check asks",
-		fixed("2s"), duration(func(s *Settings) *time.Duration { return &s.ACME.DNS.PollingInterval })},
+	{"ACME_DNS_POLLING_INTERVAL", "acme-dns-polling-interval", "how often (`DURATION`, at least 100ms) the propagation check asks",
+		fixed("2s"), func(s *Settings, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 100*time.Millisecond {
+				return fmt.Errorf("%q is not a duration of at least 100ms", v)
+			}
+			s.ACME.DNS.PollingInterval = d
+			return nil
+		}},
 	{"ACME_DNS_TTL", "acme-dns-ttl", "TTL (`DURATION`, whole seconds) of the TXT records; a name and its wildcard are proved this long apart, so no cache holds the first record",
 		fixed("1m"), func(s *Settings, v string) error {
 			d, err := time.ParseDuration(v)
-			if err != nil || d < time.Second || d%time.Second != 0 {
-				return fmt.Errorf("%q is not a whole number of seconds, at least 1s", v)
+			if err != nil || d < time.Second || d > 10*time.Minute || d%time.Second != 0 {
+				return fmt.Errorf("%q is not a whole number of seconds from 1s to 10m", v)
 			}
 			s.ACME.DNS.TTL = d
 			return nil
@@ -551,8 +566,8 @@ func hostPort(v, port string) (string, error) {
 		return "", nil
 	}
 	if _, p, err := net.SplitHostPort(v); err == nil {
-		if p == "" {
-			return "", fmt.Errorf("%q names no port", v)
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return "", fmt.Errorf("%q names no port (1-65535)", v)
 		}
 		return v, nil
 	}
@@ -586,8 +601,8 @@ func checkDNS(d DNS, origin map[string]string) error {
 		return bad("ACME_DNS_SUFFIXES", "needs a DNS-01 provider (ACME_DNS_PROVIDER)")
 	case d.Provider == "rfc2136" && d.Nameserver == "":
 		return bad("ACME_DNS_NAMESERVER", "the rfc2136 provider needs the server that takes the updates")
-	case d.Provider == "rfc2136" && d.TSIGKey != "" && d.TSIGSecretFile == "":
-		return bad("ACME_DNS_TSIG_SECRET_FILE", "ACME_DNS_TSIG_KEY is set: the key's secret must come from a file")
+	case d.Provider == "rfc2136" && d.TSIGSecretFile == "":
+		return bad("ACME_DNS_TSIG_SECRET_FILE", "the rfc2136 provider signs its updates (TSIG): it needs the file with the key's secret")
 	case d.Provider == "exec" && d.Exec == "":
 		return bad("ACME_DNS_EXEC", "the exec provider needs the program to run")
 	case d.PollingInterval > d.PropagationTimeout:

@@ -753,6 +753,13 @@ func TestDNSSettings(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\n"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	writable := filepath.Join(t.TempDir(), "dns-hook")
+	if err := os.WriteFile(writable, []byte("#!/bin/sh\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(writable, 0o777); err != nil {
+		t.Fatal(err)
+	}
 	load := func(vars map[string]string) (*Settings, error) {
 		all := map[string]string{"HAPROXY_CONFIG_DEFAULTS": writeFile(t, "")}
 		for k, v := range vars {
@@ -791,7 +798,16 @@ func TestDNSSettings(t *testing.T) {
 		{"rfc2136 without nameserver", map[string]string{"ACME_DNS_PROVIDER": "rfc2136"}, "ACME_DNS_NAMESERVER", "needs the server"},
 		{"nameserver with empty port", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com:"}, "ACME_DNS_NAMESERVER", "names no port"},
 		{"key without secret", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com", "ACME_DNS_TSIG_KEY": "k"},
-			"ACME_DNS_TSIG_SECRET_FILE", "must come from a file"},
+			"ACME_DNS_TSIG_SECRET_FILE", "needs the file with the key's secret"},
+		// lego would send the updates unsigned
+		{"rfc2136 unsigned", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com"},
+			"ACME_DNS_TSIG_SECRET_FILE", "signs its updates (TSIG)"},
+		{"nameserver port not a number", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns:abc"}, "ACME_DNS_NAMESERVER", "names no port (1-65535)"},
+		{"nameserver port zero", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "127.0.0.1:0"}, "ACME_DNS_NAMESERVER", "names no port"},
+		{"resolver port out of range", map[string]string{"ACME_DNS_RESOLVERS": "127.0.0.1:99999"}, "ACME_DNS_RESOLVERS", "names no port"},
+		{"polling every nanosecond", map[string]string{"ACME_DNS_POLLING_INTERVAL": "1ns"}, "ACME_DNS_POLLING_INTERVAL", "at least 100ms"},
+		{"ttl of a year", map[string]string{"ACME_DNS_TTL": "8760h"}, "ACME_DNS_TTL", "from 1s to 10m"},
+		{"exec program others may write", map[string]string{"ACME_DNS_PROVIDER": "exec", "ACME_DNS_EXEC": writable}, "ACME_DNS_EXEC", "may be written by its group or others (mode 0777)"},
 		{"secret file missing", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com", "ACME_DNS_TSIG_KEY": "k",
 			"ACME_DNS_TSIG_SECRET_FILE": filepath.Join(t.TempDir(), "nope")}, "ACME_DNS_TSIG_SECRET_FILE", "no such file"},
 		{"secret file group-readable", map[string]string{"ACME_DNS_PROVIDER": "rfc2136", "ACME_DNS_NAMESERVER": "ns.example.com", "ACME_DNS_TSIG_KEY": "k",

@@ -211,7 +211,7 @@ func (d *Daemon) setCertDomains() {
 		d.Log.Warn("read the live map for certificates", "err", err)
 		return
 	}
-	d.certs.SetDomains(slices.Collect(maps.Keys(live)), d.storedDomains)
+	d.certs.SetOwnedDomains(slices.Collect(maps.Keys(live)), d.storedDomains, d.domainOwner)
 }
 
 // noteStored remembers every domain the stored fragments name, valid or
@@ -221,8 +221,17 @@ func (d *Daemon) noteStored(sel *reconcile.Selection) {
 		return
 	}
 	var names []string
+	d.domainOwner = map[string]string{}
 	for _, st := range sel.Stored {
-		names = append(names, mapKeys(st.Map)...)
+		keys := mapKeys(st.Map)
+		names = append(names, keys...)
+		for _, k := range keys {
+			if o, seen := d.domainOwner[k]; seen && o != st.Name {
+				d.domainOwner[k] = "" // stored twice: nobody's for pairing
+			} else {
+				d.domainOwner[k] = st.Name
+			}
+		}
 	}
 	slices.Sort(names)
 	d.storedDomains = slices.Compact(names)

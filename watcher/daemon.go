@@ -72,10 +72,11 @@ type Daemon struct {
 	challenges    *certs.Challenges
 	certEvents    chan struct{}
 	certMu        sync.Mutex
-	runtimeMu     sync.Mutex // held by reloads and by runtime-API updates
-	certReload    string     // a reload the manager asked for, not yet taken
-	forceReload   string     // why the next reconcile reloads even if HAProxy serves the marker
-	storedDomains []string   // every domain a stored fragment names
+	runtimeMu     sync.Mutex        // held by reloads and by runtime-API updates
+	certReload    string            // a reload the manager asked for, not yet taken
+	forceReload   string            // why the next reconcile reloads even if HAProxy serves the marker
+	storedDomains []string          // every domain a stored fragment names
+	domainOwner   map[string]string // each of them to the fragment naming it, "" when several do
 }
 
 // Notifier sends sd_notify messages when the daemon runs under systemd
