@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -228,9 +229,13 @@ func (d *DNS) Present(domain, token, keyAuth string) error {
 		return err
 	}
 	if err := d.provider.Present(domain, token, keyAuth); err != nil {
-		// refused: nothing was added (a provider that replaces the whole
-		// record set removes what a timed-out attempt may have left)
-		d.forget(rec)
+		// refused: nothing was added. An add that timed out may have been
+		// applied all the same: it stays in the journal (removed at the
+		// next start) unless taking it back now works.
+		var netErr net.Error
+		if !(errors.As(err, &netErr) && netErr.Timeout()) || d.provider.CleanUp(domain, token, keyAuth) == nil {
+			d.forget(rec)
+		}
 		return fmt.Errorf("%s: add TXT %s: %w%s", d.name, rec.FQDN, err, hint(err))
 	}
 	d.mu.Lock()

@@ -2,6 +2,7 @@ package certs
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -102,6 +103,37 @@ func TestDNSFailedRemovalIsRetriedAtStart(t *testing.T) {
 	z.failRemove = nil
 	if n, err := newTestDNS(t, dir, z).RemoveLeftovers(); n != 1 || err != nil || len(z.records) != 0 {
 		t.Errorf("RemoveLeftovers = %d, %v, zone %v; want the record removed", n, err, z.records)
+	}
+}
+
+// timeout is the error of an exchange that got no answer in time.
+type timeout struct{}
+
+func (timeout) Error() string   { return "i/o timeout" }
+func (timeout) Timeout() bool   { return true }
+func (timeout) Temporary() bool { return true }
+
+// TestDNSTimedOutAddIsTakenBack: an add that got no answer may have been
+// applied; it is removed at once, and stays in the journal while that fails.
+func TestDNSTimedOutAddIsTakenBack(t *testing.T) {
+	z := &fakeZone{records: map[string]bool{}, failAdd: fmt.Errorf("rfc2136: failed to insert: %w", timeout{})}
+	d := newTestDNS(t, t.TempDir(), z)
+	z.failRemove = errors.New("server unreachable")
+	if err := d.Present("c.example.test", "tok", "tok.key"); err == nil {
+		t.Fatal("a timed-out add succeeded")
+	}
+	if n := journalLen(t, d); n != 1 {
+		t.Fatalf("journal holds %d records after a timed-out add whose removal failed, want 1 (for the next start)", n)
+	}
+	z.failRemove = nil
+	if err := d.Present("c.example.test", "tok2", "tok2.key"); err == nil {
+		t.Fatal("a timed-out add succeeded")
+	}
+	if got := z.calls[len(z.calls)-1]; got != "cleanup c.example.test" {
+		t.Errorf("last call %q, want the timed-out add taken back", got)
+	}
+	if n := journalLen(t, d); n != 1 {
+		t.Errorf("journal holds %d records, want only the one whose removal failed", n)
 	}
 }
 
