@@ -418,6 +418,9 @@ func TestAnnounceWithdrawsWhenNotServing(t *testing.T) {
 	if code != 3 || !strings.HasPrefix(out, "HAPROXY-CONFIG UNKNOWN - settings: ") {
 		t.Errorf("status --check with a bad setting: exit %d, want 3\n%s", code, out)
 	}
+	if out, _, code := run(t, in.env, "", "status", "--check", "--no-such-flag"); code != 3 || !strings.HasPrefix(out, "HAPROXY-CONFIG UNKNOWN - ") {
+		t.Errorf("status --check with an unknown flag: exit %d, want 3 (UNKNOWN)\n%s", code, out)
+	}
 	in.startDaemon(t)
 	lab.expectRoutes(t, 20*time.Second, "daemon restarted: route back", "192.0.2.10/32")
 }

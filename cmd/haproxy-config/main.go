@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -19,6 +20,7 @@ import (
 
 	"haproxy-config/assemble"
 	"haproxy-config/fragments"
+	"haproxy-config/health"
 	"haproxy-config/reconcile"
 	"haproxy-config/reload"
 	"haproxy-config/settings"
@@ -69,6 +71,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	code := exitCode(err)
 	if _, ok := err.(pluginExit); ok {
 		return code // the check printed its own output
+	}
+	if code == exitUsage && slices.Contains(args, "status") && slices.Contains(args, "--check") {
+		// a monitoring plugin's usage error is UNKNOWN, not CRITICAL
+		fmt.Fprintf(stdout, "HAPROXY-CONFIG UNKNOWN - %v\n", err)
+		return int(health.Unknown)
 	}
 	if ps, ok := err.(assemble.Problems); ok {
 		fmt.Fprintln(stderr, "haproxy-config: rejected:")
