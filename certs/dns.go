@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -76,14 +77,7 @@ var dnsProviders = map[string]func(DNSConfig) (legochallenge.Provider, error){
 }
 
 // DNSProviders are the names of the DNS-01 providers built in.
-func DNSProviders() []string {
-	var names []string
-	for name := range dnsProviders {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
-}
+func DNSProviders() []string { return slices.Sorted(maps.Keys(dnsProviders)) }
 
 // tsigKeyClause is how a tsig-keygen key file starts its key, and
 // tsigStatement one statement inside it.

@@ -152,12 +152,11 @@ func (m *Manager) Init() error {
 // the protected ones (named by any stored fragment, quarantined or not):
 // a protected domain's certificate is never removed. A certificate is
 // protected while any of its names is.
-func (m *Manager) SetDomains(mapped, protected []string) { m.SetOwnedDomains(mapped, protected, nil) }
-
-// SetOwnedDomains is SetDomains with the fragment that maps each domain:
-// a name and its wildcard are one certificate only when one fragment maps
-// both.
-func (m *Manager) SetOwnedDomains(mapped, protected []string, owner map[string]string) {
+//
+// owner names the fragment that maps each domain: a name and its wildcard
+// are one certificate only when one fragment maps both (nil: one owner for
+// all).
+func (m *Manager) SetDomains(mapped, protected []string, owner map[string]string) {
 	wanted := m.Selection.plan(slices.Concat(mapped, m.Extra), owner)
 	prot := map[string]bool{}
 	for _, name := range protected {

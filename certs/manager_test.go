@@ -263,7 +263,7 @@ func TestLifetimeRenewalIsSpread(t *testing.T) {
 
 func TestOrdersMissingCertificatesAndHotLoads(t *testing.T) {
 	r := newRig(t, policy(), "")
-	r.m.SetDomains([]string{"a.example.com", "B.example.com.", "*.wild.example.com", "10.0.0.1", "localhost"}, nil)
+	r.m.SetDomains([]string{"a.example.com", "B.example.com.", "*.wild.example.com", "10.0.0.1", "localhost"}, nil, nil)
 	r.step()
 	if got := r.iss.count(); got != 2 {
 		t.Fatalf("orders = %d (%v), want 2: wildcards, addresses and single labels get no HTTP-01 order", got, r.iss.orders)
@@ -307,7 +307,7 @@ func TestOrdersMissingCertificatesAndHotLoads(t *testing.T) {
 func TestFailureBacksOffAndSurvivesRestart(t *testing.T) {
 	r := newRig(t, policy(), "")
 	r.iss.fail["bad.example.com"] = errors.New("acme: error: 403 :: urn:ietf:params:acme:error:unauthorized :: invalid response")
-	r.m.SetDomains([]string{"bad.example.com"}, nil)
+	r.m.SetDomains([]string{"bad.example.com"}, nil, nil)
 	r.step()
 	d := r.domain("bad.example.com")
 	if d.Failures != 1 || !d.NextAttempt.Equal(t0.Add(5*time.Minute)) || !strings.Contains(d.LastError, "unauthorized") {
@@ -317,7 +317,7 @@ func TestFailureBacksOffAndSurvivesRestart(t *testing.T) {
 	for i := range 10 {
 		r.now = t0.Add(time.Duration(i) * 20 * time.Second)
 		r.m = r.manager(policy())
-		r.m.SetDomains([]string{"bad.example.com"}, nil)
+		r.m.SetDomains([]string{"bad.example.com"}, nil, nil)
 		r.step()
 	}
 	if got := r.iss.count(); got != 1 {
@@ -342,7 +342,7 @@ func TestFailureBacksOffAndSurvivesRestart(t *testing.T) {
 
 func TestStartedOrderIsNotRepeatedAfterACrash(t *testing.T) {
 	r := newRig(t, policy(), "")
-	r.m.SetDomains([]string{"a.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
 	// the order starts, and the daemon dies before it ends
 	r.m.tick(context.Background())
 	st, err := ReadState(r.m.StateDir)
@@ -354,7 +354,7 @@ func TestStartedOrderIsNotRepeatedAfterACrash(t *testing.T) {
 	}
 	<-r.m.results // the orphaned job
 	r.m = r.manager(policy())
-	r.m.SetDomains([]string{"a.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
 	r.now = t0.Add(time.Minute)
 	r.step()
 	if got := r.iss.count(); got != 1 {
@@ -367,7 +367,7 @@ func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 	r.iss.fail["a.example.com"] = &acme.RateLimitedError{
 		ProblemDetails: &acme.ProblemDetails{Type: acme.RateLimitedErr, Detail: "too many certificates", HTTPStatus: 429},
 		RetryAfter:     "7200"}
-	r.m.SetDomains([]string{"a.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
 	r.step()
 	if d := r.domain("a.example.com"); !d.NextAttempt.Equal(t0.Add(2 * time.Hour)) {
 		t.Errorf("next attempt %v, want Retry-After's two hours", d.NextAttempt.Sub(t0))
@@ -382,7 +382,7 @@ func TestBudgetSpreadsOrdersAcrossWindows(t *testing.T) {
 	for i := range 5 {
 		names = append(names, fmt.Sprintf("d%d.example.com", i))
 	}
-	r.m.SetDomains(names, nil)
+	r.m.SetDomains(names, nil, nil)
 	next := r.step()
 	if got := r.iss.count(); got != 2 {
 		t.Fatalf("orders in the first window = %d, want 2", got)
@@ -417,7 +417,7 @@ func TestInFlightIsBounded(t *testing.T) {
 	for i := range 10 {
 		names = append(names, fmt.Sprintf("d%d.example.com", i))
 	}
-	r.m.SetDomains(names, nil)
+	r.m.SetDomains(names, nil, nil)
 	r.m.tick(context.Background())
 	if got := r.m.InFlight(); got != 3 {
 		t.Errorf("jobs in flight = %d, want 3", got)
@@ -442,7 +442,7 @@ func TestDNSCheckMakesNoOrder(t *testing.T) {
 		}
 		return []net.IPAddr{{IP: net.ParseIP("198.51.100.7")}}, nil
 	}
-	r.m.SetDomains([]string{"here.example.com", "elsewhere.example.com"}, nil)
+	r.m.SetDomains([]string{"here.example.com", "elsewhere.example.com"}, nil, nil)
 	r.step()
 	if fmt.Sprint(r.iss.orders) != "[here.example.com]" {
 		t.Errorf("orders %v, want only the domain that points here", r.iss.orders)
@@ -462,7 +462,7 @@ func TestARIScheduleAndReplaces(t *testing.T) {
 	r.iss.ari = &certificate.RenewalInfoResponse{}
 	r.iss.ari.SuggestedWindow.Start = t0.Add(10 * 24 * time.Hour)
 	r.iss.ari.SuggestedWindow.End = t0.Add(10*24*time.Hour + time.Hour)
-	r.m.SetDomains([]string{"a.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
 	r.step() // order
 	r.step() // renewal information
 	d := r.domain("a.example.com")
@@ -486,7 +486,7 @@ func TestARIScheduleAndReplaces(t *testing.T) {
 	}
 	// a CA without ARI: the lifetime rule, no more checks
 	r.iss.ariErr = ErrNoARI
-	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil, nil)
 	r.step()
 	r.step()
 	if d := r.domain("b.example.com"); d.RenewBy != "lifetime" || !d.ARICheckAt.IsZero() {
@@ -496,10 +496,10 @@ func TestARIScheduleAndReplaces(t *testing.T) {
 
 func TestRemovalAfterGraceUnlessProtected(t *testing.T) {
 	r := newRig(t, policy(), "")
-	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil, nil)
 	r.step()
 	// both leave the live map; b is still named by a (quarantined) fragment
-	r.m.SetDomains(nil, []string{"b.example.com"})
+	r.m.SetDomains(nil, []string{"b.example.com"}, nil)
 	r.now = t0.Add(time.Hour)
 	next := r.step()
 	if !next.Equal(t0.Add(25 * time.Hour)) {
@@ -529,7 +529,7 @@ func TestRemovalAfterGraceUnlessProtected(t *testing.T) {
 		t.Errorf("crt-list after removal:\n%s", list)
 	}
 	// a domain that comes back within its grace keeps its certificate
-	r.m.SetDomains([]string{"b.example.com"}, nil)
+	r.m.SetDomains([]string{"b.example.com"}, nil, nil)
 	r.step()
 	if d := r.domain("b.example.com"); d.Condition(r.now) != "valid" || r.iss.count() != 2 {
 		t.Errorf("b back in the map: %s, orders %d", d.Condition(r.now), r.iss.count())
@@ -539,7 +539,7 @@ func TestRemovalAfterGraceUnlessProtected(t *testing.T) {
 func TestRuntimeFailureFallsBackToReload(t *testing.T) {
 	r := newRig(t, policy(), "")
 	r.loader.err = errors.New("socket gone")
-	r.m.SetDomains([]string{"a.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
 	r.step()
 	if len(r.reloads) != 1 || !strings.Contains(r.reloads[0], "a.example.com") {
 		t.Errorf("reloads asked for: %v", r.reloads)
@@ -548,7 +548,7 @@ func TestRuntimeFailureFallsBackToReload(t *testing.T) {
 
 func TestRenewalRequest(t *testing.T) {
 	r := newRig(t, policy(), "")
-	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil, nil)
 	r.step()
 	if err := RequestRenewal(r.m.StateDir, []string{"b.example.com"}); err != nil {
 		t.Fatal(err)
@@ -576,7 +576,7 @@ func TestCAUnreachableIsRetried(t *testing.T) {
 		}
 		return r.iss, nil
 	}
-	r.m.SetDomains([]string{"a.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
 	next := r.step()
 	if r.m.IssuerError() == "" || !next.Equal(t0.Add(5*time.Minute)) {
 		t.Fatalf("after a failed connect: error %q, next %v", r.m.IssuerError(), next.Sub(t0))
@@ -606,7 +606,7 @@ func maxTime(a, b time.Time) time.Time {
 
 func TestRestartDropsMissingFiles(t *testing.T) {
 	r := newRig(t, policy(), "")
-	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil, nil)
 	r.step()
 	if err := os.Remove(filepath.Join(r.dir, "certs/a.example.com.pem")); err != nil {
 		t.Fatal(err)
@@ -616,7 +616,7 @@ func TestRestartDropsMissingFiles(t *testing.T) {
 	if strings.Contains(string(list), "a.example.com") || !strings.Contains(string(list), "b.example.com") {
 		t.Errorf("crt-list after a restart with a.example.com's file gone:\n%s", list)
 	}
-	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil, nil)
 	r.step()
 	if got := r.iss.count(); got != 3 {
 		t.Errorf("orders = %d, want 3: the missing certificate ordered again", got)
@@ -631,7 +631,7 @@ func TestNextWakeIsNeverInThePast(t *testing.T) {
 	r.iss.ari = &certificate.RenewalInfoResponse{}
 	r.iss.ari.SuggestedWindow.Start = t0.Add(50 * 24 * time.Hour)
 	r.iss.ari.SuggestedWindow.End = t0.Add(51 * 24 * time.Hour)
-	r.m.SetDomains([]string{"a.example.com", "b.example.com", "c.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com", "b.example.com", "c.example.com"}, nil, nil)
 	for range 8 {
 		r.step()
 	}
@@ -642,7 +642,7 @@ func TestNextWakeIsNeverInThePast(t *testing.T) {
 	}
 	// b leaves the map but a quarantined fragment still names it; long
 	// after its grace nothing is due for it
-	r.m.SetDomains([]string{"a.example.com", "c.example.com"}, []string{"b.example.com."})
+	r.m.SetDomains([]string{"a.example.com", "c.example.com"}, []string{"b.example.com."}, nil)
 	r.now = t0.Add(48 * time.Hour)
 	if next := r.step(); !next.After(r.now) {
 		t.Errorf("next wake %v is not after now %v", next, r.now)
@@ -666,7 +666,7 @@ func TestRestartLoopDuringOrdersBacksOff(t *testing.T) {
 	r := newRig(t, policy(), "")
 	var starts []time.Duration
 	for range 5 {
-		r.m.SetDomains([]string{"a.example.com"}, nil)
+		r.m.SetDomains([]string{"a.example.com"}, nil, nil)
 		if r.m.tick(context.Background()); r.m.InFlight() > 0 {
 			starts = append(starts, r.now.Sub(t0))
 			<-r.m.results // killed during the order
@@ -687,7 +687,7 @@ func TestNoOrderWhenTheStateCannotBeSaved(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(r.m.StateDir, StateFile, "x"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r.m.SetDomains([]string{"a.example.com"}, nil)
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
 	r.step()
 	if got := r.iss.count(); got != 0 {
 		t.Errorf("orders = %d, want none while the state cannot record them", got)

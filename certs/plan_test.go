@@ -72,7 +72,7 @@ func TestPlanChoosesChallenges(t *testing.T) {
 func TestSANPairIsOneOrderWithALineEach(t *testing.T) {
 	r := newRig(t, policy(), "")
 	r.m.Selection = Selection{DNS: true}
-	r.m.SetDomains([]string{"shop.example.test", "*.shop.example.test", "www.example.test"}, nil)
+	r.m.SetDomains([]string{"shop.example.test", "*.shop.example.test", "www.example.test"}, nil, nil)
 	r.step()
 	if got := fmt.Sprint(r.iss.orders, r.iss.chals); got != "[shop.example.test,*.shop.example.test www.example.test] [dns-01 http-01]" &&
 		got != "[www.example.test shop.example.test,*.shop.example.test] [http-01 dns-01]" {
@@ -96,7 +96,7 @@ func TestSANPairIsOneOrderWithALineEach(t *testing.T) {
 	}
 	// the wildcard leaves the map: no new order; the certificate serves
 	// both names until its renewal, which asks for the plain name alone
-	r.m.SetDomains([]string{"shop.example.test", "www.example.test"}, nil)
+	r.m.SetDomains([]string{"shop.example.test", "www.example.test"}, nil, nil)
 	r.step()
 	if r.iss.count() != 2 {
 		t.Errorf("orders %v after the wildcard left, want no new one", r.iss.orders)
@@ -111,7 +111,7 @@ func TestSANPairIsOneOrderWithALineEach(t *testing.T) {
 		t.Errorf("crt-list after the renewal without the wildcard:\n%s", list)
 	}
 	// a plain name gains a wildcard: a new pair order
-	r.m.SetDomains([]string{"shop.example.test", "*.shop.example.test", "www.example.test", "*.www.example.test"}, nil)
+	r.m.SetDomains([]string{"shop.example.test", "*.shop.example.test", "www.example.test", "*.www.example.test"}, nil, nil)
 	r.step()
 	n := len(r.iss.orders)
 	if last := r.iss.orders[n-2:]; !slices.Contains(last, "www.example.test,*.www.example.test") || !slices.Contains(last, "shop.example.test,*.shop.example.test") ||
@@ -122,7 +122,7 @@ func TestSANPairIsOneOrderWithALineEach(t *testing.T) {
 
 func TestWildcardWithoutProviderSaysWhy(t *testing.T) {
 	r := newRig(t, policy(), "")
-	r.m.SetDomains([]string{"*.wild.example.test", "wild.example.test"}, []string{"*.wild.example.test"})
+	r.m.SetDomains([]string{"*.wild.example.test", "wild.example.test"}, []string{"*.wild.example.test"}, nil)
 	r.step()
 	next := r.step()
 	if fmt.Sprint(r.iss.orders) != "[wild.example.test]" {
@@ -138,7 +138,7 @@ func TestWildcardWithoutProviderSaysWhy(t *testing.T) {
 	// with a provider (a restart with new settings), it is ordered
 	r.m = r.manager(policy())
 	r.m.Selection = Selection{DNS: true}
-	r.m.SetDomains([]string{"*.wild.example.test", "wild.example.test"}, nil)
+	r.m.SetDomains([]string{"*.wild.example.test", "wild.example.test"}, nil, nil)
 	r.step()
 	if last := r.iss.orders[len(r.iss.orders)-1]; last != "wild.example.test,*.wild.example.test" {
 		t.Errorf("orders %v, want the pair once a provider is configured", r.iss.orders)

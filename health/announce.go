@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -129,7 +128,7 @@ func (a *Announcer) step(ctx context.Context, routes []*route) error {
 const probeTimeout = 5 * time.Second
 
 func (a *Announcer) write(verb string, addr netip.Addr) error {
-	if _, err := fmt.Fprintf(a.Out, "%s route %s/%s next-hop self\n", verb, addr, strconv.Itoa(addr.BitLen())); err != nil {
+	if _, err := fmt.Fprintf(a.Out, "%s route %s/%d next-hop self\n", verb, addr, addr.BitLen()); err != nil {
 		return fmt.Errorf("write to exabgp: %w", err)
 	}
 	return nil

@@ -254,7 +254,7 @@ func Read(stateDir string, th Thresholds) Report {
 	if err != nil {
 		return Report{Code: Unknown, Problems: []string{err.Error()}}
 	}
-	st, err := watcher.ReadStatus(stateDir)
+	st, err := watcher.ReadDaemonStatus(stateDir)
 	if errors.Is(err, watcher.ErrNoDaemon) {
 		st, err = nil, nil
 	}

@@ -58,27 +58,7 @@ protocol bgp exabgp {
   ipv4 { import all; export none; };
 }
 `, lab.port))
-	cmd := lab.command("bird", "-f", "-c", conf, "-s", lab.birdSock)
-	log, err := os.Create(filepath.Join(lab.dir, "bird.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start bird: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	lab.start(t, "bird.log", "bird", "-f", "-c", conf, "-s", lab.birdSock)
 	eventually(t, 10*time.Second, "bird answers on its control socket", func() error {
 		_, err := lab.routes()
 		return err
@@ -133,14 +113,14 @@ class Monitor(http.server.BaseHTTPRequestHandler):
         pass
 http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Monitor).serve_forever()
 `)
-	cmd := lab.command("python3", script, addr, port, ctl)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start the monitor server: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
+	lab.start(t, "monitor.log", "python3", script, addr, port, ctl)
+}
+
+// start runs name in the lab's namespace in the background, stopped by
+// the test's cleanup (startProc).
+func (lab *bgpLab) start(t *testing.T, logName, name string, args ...string) {
+	t.Helper()
+	startProc(t, filepath.Join(lab.dir, logName), nil, "ip", append([]string{"netns", "exec", lab.netns, name}, args...)...)
 }
 
 // routes lists the prefixes in bird's table.

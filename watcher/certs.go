@@ -211,7 +211,7 @@ func (d *Daemon) setCertDomains() {
 		d.Log.Warn("read the live map for certificates", "err", err)
 		return
 	}
-	d.certs.SetOwnedDomains(slices.Collect(maps.Keys(live)), d.storedDomains, d.domainOwner)
+	d.certs.SetDomains(slices.Collect(maps.Keys(live)), d.storedDomains, d.domainOwner)
 }
 
 // noteStored remembers every domain the stored fragments name, valid or

@@ -124,10 +124,10 @@ func readJSON(file string, v any) (ok bool, err error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
-	if err == nil {
-		err = json.Unmarshal(data, v)
-	}
 	if err != nil {
+		return false, &reload.EnvError{Err: err} // it names the file
+	}
+	if err := json.Unmarshal(data, v); err != nil {
 		return false, &reload.EnvError{Err: fmt.Errorf("%s: %w", file, err)}
 	}
 	return true, nil

@@ -1,17 +1,15 @@
 package watcher
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 
 	"haproxy-config/reconcile"
 	"haproxy-config/reload"
@@ -118,7 +116,7 @@ var ErrNoDaemon = errors.New("no haproxy-config watch daemon is running")
 // announce report as they are now; one of those that cannot be read is
 // left out (status --check reads the drain record itself).
 func ReadStatus(stateDir string) (*Status, error) {
-	st, err := readDaemonStatus(stateDir)
+	st, err := ReadDaemonStatus(stateDir)
 	if err != nil {
 		return nil, err
 	}
@@ -127,17 +125,15 @@ func ReadStatus(stateDir string) (*Status, error) {
 	return st, nil
 }
 
-func readDaemonStatus(stateDir string) (*Status, error) {
-	data, err := os.ReadFile(filepath.Join(stateDir, StatusFile))
-	if errors.Is(err, fs.ErrNotExist) {
+// ReadDaemonStatus reads the daemon's last report alone.
+func ReadDaemonStatus(stateDir string) (*Status, error) {
+	st := &Status{}
+	ok, err := readJSON(filepath.Join(stateDir, StatusFile), st)
+	if !ok && err == nil {
 		return nil, fmt.Errorf("%w (no %s in %s)", ErrNoDaemon, StatusFile, stateDir)
 	}
 	if err != nil {
-		return nil, &reload.EnvError{Err: err}
-	}
-	st := &Status{}
-	if err := json.Unmarshal(data, st); err != nil {
-		return nil, &reload.EnvError{Err: fmt.Errorf("%s: %w", filepath.Join(stateDir, StatusFile), err)}
+		return nil, err
 	}
 	return st, nil
 }
@@ -165,45 +161,19 @@ func ProcessRuns(pid int) bool {
 // processStart is when a process started, from /proc (to the 10 ms
 // clock tick); ok is false where /proc cannot tell.
 func processStart(pid int) (time.Time, bool) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return time.Time{}, false
 	}
-	// the fields after the command name, which may hold spaces and
-	// parentheses; the start time is the 22nd field, the 20th of these
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return time.Time{}, false
-	}
-	fields := strings.Fields(string(stat[i+1:]))
-	if len(fields) < 20 {
-		return time.Time{}, false
-	}
-	ticks, err := strconv.ParseInt(fields[19], 10, 64)
+	stat, err := p.Stat()
 	if err != nil {
 		return time.Time{}, false
 	}
-	boot, ok := bootTime()
-	if !ok {
-		return time.Time{}, false
-	}
-	// USER_HZ is 100 on every Linux architecture
-	return boot.Add(time.Duration(ticks) * 10 * time.Millisecond), true
-}
-
-func bootTime() (time.Time, bool) {
-	data, err := os.ReadFile("/proc/stat")
+	secs, err := stat.StartTime()
 	if err != nil {
 		return time.Time{}, false
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "btime "); ok {
-			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
-				return time.Unix(n, 0), true
-			}
-		}
-	}
-	return time.Time{}, false
+	return time.Unix(0, int64(secs*float64(time.Second))), true
 }
 
 // Quarantine returns the entry for a fragment, or nil.
