@@ -75,6 +75,9 @@ type Settings struct {
 
 	Health Health
 	ACME   ACME
+
+	// Raw is each setting's value as given (or its default), by Key.Name.
+	Raw map[string]string
 }
 
 // Health are the settings of status --check and announce.
@@ -156,6 +159,54 @@ type Key struct {
 
 // Env is the setting's environment variable and defaults-file key.
 func (k Key) Env() string { return EnvPrefix + k.Name }
+
+// NeedsRestart tells whether the daemon takes the setting only when it
+// starts: what the running HAProxy was started with (paths it loads,
+// addresses, the reload strategy) and what the daemon opened at start
+// (sockets, listeners, the certificate manager). SIGHUP applies the rest.
+func (k Key) NeedsRestart() bool {
+	return restartOnly[k.Name] || strings.HasPrefix(k.Name, "ACME")
+}
+
+// Secret tells whether the value must not be shown (in logs, in errors).
+func (k Key) Secret() bool { return k.Name == "ACME_EAB_HMAC" }
+
+var restartOnly = map[string]bool{
+	"OUTPUT": true, "MAP": true, "STATE": true, "CERTS": true, "HAPROXY": true, "RUNTIME_SOCKET": true,
+	"CHALLENGE_ADDR": true, "STATUS_ADDR": true, "MASTER_SOCKET": true, "RELOAD": true,
+	"RELOAD_COMMAND": true, "RELOAD_UNIT": true, "METRICS_ADDR": true,
+}
+
+// Ignored is a setting that changed but needs a restart, and the value
+// that was not taken.
+type Ignored struct {
+	Key   Key
+	Value string
+}
+
+// KeepRestartOnly puts back prev's value of every setting that needs a
+// restart, when any of them differs in s, and returns those that differed.
+// All of them are set again, in order, because some depend on others
+// (ACME_STAGING on ACME_DIRECTORY).
+func (s *Settings) KeepRestartOnly(prev *Settings) []Ignored {
+	var ignored []Ignored
+	for _, k := range Keys {
+		if k.NeedsRestart() && s.Raw[k.Name] != prev.Raw[k.Name] {
+			ignored = append(ignored, Ignored{Key: k, Value: s.Raw[k.Name]})
+		}
+	}
+	if len(ignored) == 0 {
+		return nil
+	}
+	for _, k := range Keys {
+		if k.NeedsRestart() {
+			// prev's values were accepted by this same code when it loaded
+			_ = k.set(s, prev.Raw[k.Name])
+			s.Raw[k.Name] = prev.Raw[k.Name]
+		}
+	}
+	return ignored
+}
 
 func fixed(v string) func(string) string { return func(string) string { return v } }
 
@@ -698,6 +749,7 @@ func Load(src Source) (*Settings, error) {
 		return nil, err
 	}
 	origins := map[string]string{}
+	s.Raw = map[string]string{}
 	for _, k := range Keys {
 		v, ok := first(k.Flag, k.Name)
 		origin := "--" + k.Flag + " / $" + k.Env()
@@ -715,6 +767,7 @@ func Load(src Source) (*Settings, error) {
 		if err := k.set(s, v); err != nil {
 			return nil, fmt.Errorf("setting %s: %w", origin, err)
 		}
+		s.Raw[k.Name] = v
 		origins[k.Name] = origin
 	}
 	if err := checkDNS(s.ACME.DNS, origins); err != nil {

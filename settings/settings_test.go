@@ -88,7 +88,17 @@ func builtIn(root, defaultsFile string) *Settings {
 		CheckTimeout:     time.Minute,
 		Health:           healthDefaults,
 		ACME:             acmeDefaults,
+		Raw:              rawDefaults(root),
 	}
+}
+
+// rawDefaults is every setting's default as text.
+func rawDefaults(root string) map[string]string {
+	raw := map[string]string{}
+	for _, k := range Keys {
+		raw[k.Name] = k.Default(root)
+	}
+	return raw
 }
 
 func TestHealthSettings(t *testing.T) {
@@ -147,6 +157,7 @@ func TestLoadBuiltInDefaults(t *testing.T) {
 		CheckTimeout:     time.Minute,
 		Health:           healthDefaults,
 		ACME:             acmeDefaults,
+		Raw:              rawDefaults("/"),
 	}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("Load:\n got %+v\nwant %+v", s, want)
@@ -838,5 +849,48 @@ func TestDNSSettings(t *testing.T) {
 				t.Errorf("error %q, want it to contain %q", err, tt.msg)
 			}
 		})
+	}
+}
+
+func TestKeepRestartOnly(t *testing.T) {
+	root := t.TempDir()
+	load := func(vars map[string]string) *Settings {
+		t.Helper()
+		vars["HAPROXY_CONFIG_ROOT"] = root
+		s, err := Load(Source{Getenv: env(vars)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	prev := load(map[string]string{"HAPROXY_CONFIG_ACME_STAGING": "true", "HAPROXY_CONFIG_RESCAN": "1h"})
+	t.Run("nothing that needs a restart changed", func(t *testing.T) {
+		next := load(map[string]string{"HAPROXY_CONFIG_ACME_STAGING": "true", "HAPROXY_CONFIG_RESCAN": "5s"})
+		if ig := next.KeepRestartOnly(prev); ig != nil {
+			t.Errorf("ignored %v", ig)
+		}
+		if next.Rescan != 5*time.Second {
+			t.Errorf("RESCAN = %v, want the new 5s", next.Rescan)
+		}
+	})
+	t.Run("restart-only settings keep their values, the others change", func(t *testing.T) {
+		next := load(map[string]string{"HAPROXY_CONFIG_OUTPUT": "/elsewhere/haproxy.cfg", "HAPROXY_CONFIG_RESCAN": "5s",
+			"HAPROXY_CONFIG_ACME_STAGING": "false", "HAPROXY_CONFIG_WAIT_MIN": "1s"})
+		var names []string
+		for _, ig := range next.KeepRestartOnly(prev) {
+			names = append(names, ig.Key.Name+"="+ig.Value)
+		}
+		if want := []string{"OUTPUT=/elsewhere/haproxy.cfg", "ACME_STAGING=false"}; !slices.Equal(names, want) {
+			t.Errorf("ignored %v, want %v", names, want)
+		}
+		if next.OutputConfig != prev.OutputConfig || next.ACME.Directory != LetsEncryptStaging {
+			t.Errorf("OUTPUT %s, ACME directory %s: want the previous %s and the staging directory", next.OutputConfig, next.ACME.Directory, prev.OutputConfig)
+		}
+		if next.Rescan != 5*time.Second || next.WaitMin != time.Second {
+			t.Errorf("RESCAN %v, WAIT_MIN %v: want the new 5s and 1s", next.Rescan, next.WaitMin)
+		}
+	})
+	if !slices.ContainsFunc(Keys, func(k Key) bool { return k.Secret() && k.NeedsRestart() }) {
+		t.Error("no secret setting among those that need a restart: the daemon's log would not need to hide one")
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -196,6 +195,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		case <-hup:
 			d.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 			d.rereadSettings()
+			rescan.Reset(d.s.Rescan)
 			d.markRescan()
 			d.Notify("READY=1\nSTATUS=" + d.summary())
 		case <-exited:
@@ -329,27 +329,13 @@ func (d *Daemon) rereadSettings() {
 		d.Log.Error("re-read settings: keeping the current ones", "err", err)
 		return
 	}
-	// what the running HAProxy and this process were started with stays
-	for _, f := range []struct {
-		name       string
-		next, prev *string
-	}{
-		{"OUTPUT", &s.OutputConfig, &d.s.OutputConfig}, {"MAP", &s.OutputMap, &d.s.OutputMap},
-		{"STATE", &s.StateDir, &d.s.StateDir}, {"HAPROXY", &s.Haproxy, &d.s.Haproxy},
-		{"STATUS_ADDR", &s.StatusAddr, &d.s.StatusAddr}, {"RELOAD", &s.Reload, &d.s.Reload},
-		{"MASTER_SOCKET", &s.MasterSocket, &d.s.MasterSocket}, {"RELOAD_COMMAND", &s.ReloadCommand, &d.s.ReloadCommand},
-		{"RELOAD_UNIT", &s.ReloadUnit, &d.s.ReloadUnit}, {"METRICS_ADDR", &s.MetricsAddr, &d.s.MetricsAddr},
-		{"RUNTIME_SOCKET", &s.RuntimeSocket, &d.s.RuntimeSocket},
-	} {
-		if *f.next != *f.prev {
-			d.Log.Warn("this setting changes only when the daemon restarts: keeping the current value",
-				"setting", settings.EnvPrefix+f.name, "current", *f.prev, "ignored", *f.next)
-			*f.next = *f.prev
+	for _, ig := range s.KeepRestartOnly(d.s) {
+		current, ignored := d.s.Raw[ig.Key.Name], ig.Value
+		if ig.Key.Secret() {
+			current, ignored = "(secret)", "(secret)"
 		}
-	}
-	if !reflect.DeepEqual(s.ACME, d.s.ACME) || s.CertsDir != d.s.CertsDir || s.ChallengeAddr != d.s.ChallengeAddr {
-		d.Log.Warn("certificate settings (ACME_*, CERTS, CHALLENGE_ADDR) change only when the daemon restarts: keeping the current ones")
-		s.ACME, s.CertsDir, s.ChallengeAddr = d.s.ACME, d.s.CertsDir, d.s.ChallengeAddr
+		d.Log.Warn("this setting changes only when the daemon restarts: keeping the current value",
+			"setting", ig.Key.Env(), "current", current, "ignored", ignored)
 	}
 	d.s, d.eng = s, newEngine(s)
 	// whatever the cause of a failed reload was, it may be gone: retry
@@ -359,7 +345,7 @@ func (d *Daemon) rereadSettings() {
 	if err := d.watch(); err != nil {
 		d.Log.Warn("watch directories", "err", err)
 	}
-	d.Log.Info("settings re-read")
+	d.Log.Info("settings re-read", "rescan", s.Rescan.String(), "reload_interval", s.ReloadInterval.String())
 }
 
 // watch (re)adds the watched directories: the store, its parent (the
