@@ -1,6 +1,11 @@
 # haproxy-config: see README.md. Targets work on a fresh Debian 12 machine;
 # "test" installs what the suite needs (haproxy, curl) through apt first.
 GO      ?= go
+# bench pipes go test through tee: a failed run must fail the target
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# where make bench leaves the raw go test output and the table's JSON
+BENCH_DIR ?= bench-results
 BIN     := bin/haproxy-config
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
@@ -20,9 +25,13 @@ lint:
 test: deps lint
 	$(GO) test -count=1 -timeout 20m ./...
 
+# Every benchmark, then one table of their metrics beside the goals
+# (README: Benchmarks); the JSON lands in $(BENCH_DIR)/bench.json.
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 20m ./reconcile/
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./tests/
+	mkdir -p $(BENCH_DIR)
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 20m ./reconcile/ | tee $(BENCH_DIR)/reconcile.txt
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./tests/ | tee $(BENCH_DIR)/tests.txt
+	$(GO) run ./tests/benchtable -json $(BENCH_DIR)/bench.json $(BENCH_DIR)/reconcile.txt $(BENCH_DIR)/tests.txt
 
 # The Debian package (see README "Installing the Debian package"), into dist/.
 deb:
@@ -32,4 +41,4 @@ run: deps build
 	./packaging/demo.sh $(BIN)
 
 clean:
-	rm -rf bin .demo dist
+	rm -rf bin .demo dist $(BENCH_DIR)

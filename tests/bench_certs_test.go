@@ -15,16 +15,28 @@ import (
 // current resident memory, from /proc.
 func procTimes(tb testing.TB, pid int) (cpu time.Duration, peakKB, rssKB int) {
 	tb.Helper()
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	cpu, peakKB, rssKB, err := readProc(pid)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	return cpu, peakKB, rssKB
+}
+
+// readProc is procTimes for callers that cannot fail a test: goroutines.
+func readProc(pid int) (cpu time.Duration, peakKB, rssKB int, err error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, 0, err
 	}
 	// fields after the command name, which is in parentheses
 	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
 	utime, _ := strconv.Atoi(f[11])
 	stime, _ := strconv.Atoi(f[12])
 	cpu = time.Duration(utime+stime) * 10 * time.Millisecond // USER_HZ is 100 on Linux
-	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, 0, err
+	}
 	for _, line := range strings.Split(string(status), "\n") {
 		k, v, _ := strings.Cut(line, ":")
 		n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
@@ -35,7 +47,7 @@ func procTimes(tb testing.TB, pid int) (cpu time.Duration, peakKB, rssKB int) {
 			rssKB = n
 		}
 	}
-	return cpu, peakKB, rssKB
+	return cpu, peakKB, rssKB, nil
 }
 
 // BenchmarkCerts100 measures the time until HAProxy serves a verified

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -63,7 +64,8 @@ func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 		close(d.exited)
 	}()
 	t.Cleanup(func() { d.stop(t) })
-	deadline := time.Now().Add(30 * time.Second)
+	startWait := cmp.Or(in.startWait, 30*time.Second)
+	deadline := time.Now().Add(startWait)
 	for {
 		st, err := watcher.ReadStatus(in.stateDir())
 		if err == nil && st.PID == d.pid() && st.State == "ready" {
@@ -75,7 +77,7 @@ func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("watch not ready after 30s:\n%s", d.output())
+			t.Fatalf("watch not ready after %v:\n%s", startWait, d.output())
 		}
 	}
 	d.haproxy = in.haproxyPID()

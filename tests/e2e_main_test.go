@@ -94,9 +94,10 @@ type install struct {
 	httpPort   string
 	httpsPort  string
 	statusPort string
-	env        []string // HAPROXY_CONFIG_* for the child
-	nofile     int      // when set, the daemon (and so its HAProxy) runs with this file limit
-	netns      string   // when set, the daemon (and so its HAProxy) runs in this network namespace
+	env        []string      // HAPROXY_CONFIG_* for the child
+	nofile     int           // when set, the daemon (and so its HAProxy) runs with this file limit
+	netns      string        // when set, the daemon (and so its HAProxy) runs in this network namespace
+	startWait  time.Duration // how long the daemon may take to be ready; 30s when unset
 }
 
 func newInstall(t testing.TB) *install {
