@@ -63,12 +63,9 @@ func (e *Engine) checkedGeneration(ctx context.Context, n int) (g *Generation, c
 	if cfgPath, mapPath, err = e.layout(g.Dir); err != nil {
 		return nil, "", "", err
 	}
-	out := &assemble.Output{}
-	if out.Config, err = os.ReadFile(cfgPath); err != nil {
-		return nil, "", "", &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
-	}
-	if out.Map, err = os.ReadFile(mapPath); err != nil {
-		return nil, "", "", &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	out, err := readOutput(n, cfgPath, mapPath)
+	if err != nil {
+		return nil, "", "", err
 	}
 	dir, err := e.candidateDir()
 	if err != nil {
@@ -102,26 +99,59 @@ func (e *Engine) Restore(ctx context.Context, n int) (*Generation, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := os.ReadFile(cfgPath)
+	out, err := readOutput(n, cfgPath, mapPath)
 	if err != nil {
-		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+		return nil, err
 	}
-	hostMap, err := os.ReadFile(mapPath)
-	if err != nil {
-		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
-	}
-	t := &fragments.Txn{}
-	if err := t.Stage(e.S.OutputMap, hostMap, 0o640); err != nil {
-		return nil, &reload.EnvError{Err: err}
-	}
-	if err := t.Stage(e.S.OutputConfig, cfg, 0o640); err != nil {
-		t.Discard()
-		return nil, &reload.EnvError{Err: err}
-	}
-	if err := e.Store.Commit(t); err != nil {
-		return nil, &reload.EnvError{Err: err}
+	if err := e.writeLive(out); err != nil {
+		return nil, err
 	}
 	return g, nil
+}
+
+// Republish writes kept generation n's config and map as the live files
+// again unless they hold exactly those bytes: HAProxy about to be started
+// anew reads the live files, which may have been deleted or edited since
+// n went live. Rewritten files pass haproxy -c first, as Restore's do. It
+// reports whether it wrote them.
+func (e *Engine) Republish(ctx context.Context, n int) (bool, error) {
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	g, err := e.Generation(n)
+	if err != nil {
+		return false, err
+	}
+	cfgPath, mapPath, err := e.layout(g.Dir)
+	if err != nil {
+		return false, err
+	}
+	out, err := readOutput(n, cfgPath, mapPath)
+	if err != nil {
+		return false, err
+	}
+	if e.liveEquals(out) {
+		return false, nil
+	}
+	if _, _, _, err := e.checkedGeneration(ctx, n); err != nil {
+		return false, err
+	}
+	return true, e.writeLive(out)
+}
+
+// readOutput reads generation n's config and map.
+func readOutput(n int, cfgPath, mapPath string) (*assemble.Output, error) {
+	out := &assemble.Output{}
+	var err error
+	if out.Config, err = os.ReadFile(cfgPath); err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	}
+	if out.Map, err = os.ReadFile(mapPath); err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
+	}
+	return out, nil
 }
 
 // Hold is a rollback by hand: the daemon serves this generation and leaves

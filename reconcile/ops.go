@@ -225,15 +225,33 @@ type Exclusion struct {
 // accepted before (same bytes, binary and certificate files) is not
 // checked again: the apply that stored the last change has just run
 // haproxy -c on exactly this output.
+//
+// Publish refuses, with the live files left as they are, while a hold is
+// in force (the held generation stays live until resume) and when the
+// fragment directory is missing, not a directory, or replaced while it
+// was read: a store moved away is not an empty store, and publishing it
+// would take every tenant offline.
 func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Published, error) {
 	unlock, err := e.lock(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	if err := e.refuseHeld(); err != nil {
+		return nil, err
+	}
+	before, err := e.storeDir()
+	if err != nil {
+		return nil, err
+	}
 	sel, err := e.load()
 	if err != nil {
 		return nil, err
+	}
+	if after, err := e.storeDir(); err != nil {
+		return nil, err
+	} else if !os.SameFile(before, after) {
+		return nil, &reload.EnvError{Err: fmt.Errorf("fragment directory %s was replaced while it was read: the live configuration stays as it is until it is read again", e.S.FragmentsDir)}
 	}
 	var excluded []string
 	for name, ex := range exclude {
@@ -294,6 +312,32 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 		return nil, &reload.EnvError{Err: err}
 	}
 	return &Published{Generation: g, Changed: true, Selection: sel, Excluded: excluded}, nil
+}
+
+// storeDir checks that the fragment directory is there to be read.
+func (e *Engine) storeDir() (fs.FileInfo, error) {
+	fi, err := os.Stat(e.S.FragmentsDir)
+	if err == nil && !fi.IsDir() {
+		err = fmt.Errorf("%s is not a directory", e.S.FragmentsDir)
+	}
+	if err != nil {
+		return nil, &reload.EnvError{Err: fmt.Errorf("fragment directory %s cannot be read, so nothing is published and the live configuration stays as it is: %w", e.S.FragmentsDir, err)}
+	}
+	return fi, nil
+}
+
+// refuseHeld is an environment error while a hold is in force: the held
+// generation stays live until resume.
+func (e *Engine) refuseHeld() error {
+	hold, err := e.CurrentHold()
+	if err != nil {
+		return err
+	}
+	if hold != nil {
+		return &reload.EnvError{Err: fmt.Errorf("generation %d is held (a rollback by %s since %s): the live configuration stays as it is; haproxy-config resume releases the hold",
+			hold.Generation, hold.Actor, hold.Since.Format(time.RFC3339))}
+	}
+	return nil
 }
 
 // writeLive replaces the live config and map: together or not at all.

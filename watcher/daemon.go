@@ -209,7 +209,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		case <-restartAt:
 			restartAt = nil
 			d.busySince.Store(time.Now().UnixNano())
-			err := d.managed.Start(ctx)
+			err := d.restart(ctx)
 			d.busySince.Store(0)
 			if err != nil {
 				d.status.LastError = "restart haproxy: " + err.Error()
@@ -232,6 +232,43 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		d.step(ctx, timer)
 		d.busySince.Store(0)
 	}
+}
+
+// restart starts the managed HAProxy again after it exited, on the live
+// files of the last good generation: written again first when they no
+// longer hold it (the live directory deleted, say), since HAProxy would
+// never start on a missing file and no new change could help. That
+// generation is then verified serving and reported live at once: a
+// restart needs no reload token, nor does its report.
+func (d *Daemon) restart(ctx context.Context) error {
+	g := d.lastGood
+	if g != nil {
+		wrote, err := d.eng.Republish(ctx, g.Number)
+		switch {
+		case err != nil:
+			d.Log.Error("write the live files again before the restart: starting haproxy on them as they are",
+				"generation", g.Number, "err", err)
+			g = nil
+		case wrote:
+			d.Log.Warn("the live files no longer held the last good generation: written again before the restart",
+				"generation", g.Number)
+		}
+	}
+	if err := d.managed.Start(ctx); err != nil {
+		return err
+	}
+	if g == nil {
+		return nil // the rescan that follows finds out what serves
+	}
+	if err := d.verifyMarker(ctx, g.Marker); err != nil {
+		d.Log.Error("the restarted haproxy does not serve the last good generation", "generation", g.Number, "err", err)
+		return nil
+	}
+	d.checkMapAfter(ctx, "the restart")
+	d.setLive(g)
+	d.status.LastError = ""
+	d.Log.Info("haproxy restarted", "generation", g.Number)
+	return nil
 }
 
 // watchdog pings systemd every interval from its own goroutine while the
@@ -623,11 +660,6 @@ func (d *Daemon) publish(ctx context.Context) (*reconcile.Published, error) {
 			return nil, err
 		}
 		return &reconcile.Published{Generation: g, Changed: d.lastGood == nil || d.lastGood.Number != g.Number}, nil
-	}
-	// a store moved away (to be replaced) is not an empty store: publishing
-	// it would take every tenant offline
-	if fi, err := os.Stat(d.s.FragmentsDir); err != nil || !fi.IsDir() {
-		return nil, &reload.EnvError{Err: fmt.Errorf("fragment directory %s is missing: the live configuration stays as it is", d.s.FragmentsDir)}
 	}
 	d.status.ReconciledAt = time.Now().UTC()
 	pub, err := d.eng.Publish(ctx, d.exclude)
