@@ -160,6 +160,7 @@ func TestExitCodes(t *testing.T) {
 				return in.with("HAPROXY_CONFIG_STATE=" + filepath.Join(file, "state"))
 			},
 			code: 5, stderr: []string{"state directory", "plainfile", "not a directory"}},
+		{name: "status without a daemon", args: []string{"status"}, code: 5, stderr: []string{"no haproxy-config watch daemon is running"}},
 		{name: "invalid fragment name", args: []string{"apply", "../evil", goodConf, goodMap}, code: 2, stderr: []string{`fragment name "../evil" is invalid`}},
 		{name: "broken base config", args: []string{"check"},
 			env: func(in *install) []string {

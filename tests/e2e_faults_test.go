@@ -257,3 +257,35 @@ func TestWatchStoreMovedAway(t *testing.T) {
 	})
 	in.expectBody(t, "shop.example.com", "shop")
 }
+
+// TestStatusOfAStoppedDaemon: status prints the last report of a daemon
+// that no longer runs and exits 5 (environment), as documented.
+func TestStatusOfAStoppedDaemon(t *testing.T) {
+	in := newInstall(t)
+	in.startDaemon(t).stop(t)
+	stdout, stderr, code := run(t, in.env, "", "status")
+	if code != 5 || !strings.Contains(stdout, "daemon:      not running") || !strings.Contains(stderr, "no haproxy-config watch daemon is running") {
+		t.Errorf("status after the daemon stopped: exit %d, want 5 with its last report\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+// TestCheckCountsStrays: a misnamed file in the fragment directory makes
+// check and assemble exit 4, and their summaries say why.
+func TestCheckCountsStrays(t *testing.T) {
+	requireHaproxy(t)
+	in := newInstall(t)
+	dir := t.TempDir()
+	conf := writeFile(t, filepath.Join(dir, "shop.cfg"), backendConf("shop_web", "shop"))
+	hosts := writeFile(t, filepath.Join(dir, "shop.map"), "shop.example.com shop_web\n")
+	mustRun(t, in.env, "", "apply", "shop", conf, hosts)
+	stray := writeFile(t, filepath.Join(in.fragmentsDir(), "my shop.cfg"), backendConf("other_web", "other"))
+	for _, tc := range []struct{ cmd, summary string }{
+		{"check", "1 fragment valid, 0 rejected, 1 stray file\n"},
+		{"assemble", "(1 fragment live, 0 rejected, 1 stray file)\n"},
+	} {
+		stdout, stderr, code := run(t, in.env, "", tc.cmd)
+		if code != 4 || !strings.HasSuffix(stdout, tc.summary) || !strings.Contains(stderr, stray) {
+			t.Errorf("%s with a stray file: exit %d, want 4, a summary ending %q and the file named\nstdout:\n%s\nstderr:\n%s", tc.cmd, code, tc.summary, stdout, stderr)
+		}
+	}
+}

@@ -42,9 +42,10 @@ const exitCodesHelp = `EXIT CODES:
    0  success
    1  unexpected internal error
    2  usage error (unknown flag or command, wrong arguments, bad setting)
-   4  rejected by validation: the input (or a stored fragment) is invalid; nothing changed
+   4  rejected by validation: the input (or a stored fragment, or a stray file) is invalid; nothing changed
       (for "assemble": the rejected fragments stay out, the valid ones were written)
-   5  environment problem: haproxy missing, no permission, lock not obtained in time
+   5  environment problem: haproxy missing, no permission, lock not obtained in time,
+      the fragment directory missing or a hold in force ("assemble"), no daemon running ("status")
    6  no such fragment (or generation)
    7  --wait: the change is stored but not live: no daemon runs, a hold is in force, or not in time (see "status")
    status --check exits as a monitoring plugin instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN`
@@ -104,7 +105,7 @@ func exitCode(err error) int {
 		return exitNotLive
 	case errors.Is(err, fragments.ErrNotFound):
 		return exitNotFound
-	case errors.As(err, &env), errors.Is(err, fs.ErrPermission):
+	case errors.As(err, &env), errors.Is(err, fs.ErrPermission), errors.Is(err, watcher.ErrNoDaemon):
 		return exitEnv
 	case errors.As(err, &ps):
 		return exitRejected
@@ -464,8 +465,17 @@ func check(c *cli.Context, e *reconcile.Engine) error {
 		return err
 	}
 	printWarnings(c, sel.Verdict.Warnings)
-	fmt.Fprintf(c.App.Writer, "%s valid, %d rejected\n", plural(len(sel.Live), "fragment"), len(sel.Rejected))
+	fmt.Fprintf(c.App.Writer, "%s valid, %d rejected%s\n", plural(len(sel.Live), "fragment"), len(sel.Rejected), strays(sel))
 	return rejection(sel)
+}
+
+// strays is ", N stray files" when files in the fragment directory are not
+// fragments, "" otherwise.
+func strays(sel *reconcile.Selection) string {
+	if len(sel.Strays) == 0 {
+		return ""
+	}
+	return ", " + plural(len(sel.Strays), "stray file")
 }
 
 // rejection returns the problems of rejected fragments and stray files.
@@ -488,7 +498,7 @@ func assembleCmd(c *cli.Context, e *reconcile.Engine) error {
 	if !pub.Changed {
 		state = "unchanged"
 	}
-	fmt.Fprintf(c.App.Writer, "generation %d %s: %s and %s (%s live, %d rejected)\n",
-		g.Number, state, e.S.OutputConfig, e.S.OutputMap, plural(len(pub.Selection.Live), "fragment"), len(pub.Selection.Rejected))
+	fmt.Fprintf(c.App.Writer, "generation %d %s: %s and %s (%s live, %d rejected%s)\n",
+		g.Number, state, e.S.OutputConfig, e.S.OutputMap, plural(len(pub.Selection.Live), "fragment"), len(pub.Selection.Rejected), strays(pub.Selection))
 	return rejection(pub.Selection)
 }
