@@ -491,6 +491,10 @@ type Info struct {
 	Checksum string    `json:"checksum,omitempty"`
 	Valid    bool      `json:"valid"`
 	Problems []string  `json:"problems,omitempty"`
+	// why the running daemon leaves this version out of the live
+	// configuration (haproxy -c or a reload failed with it), filled in
+	// from its report: List itself runs no haproxy
+	Quarantined []string `json:"quarantined,omitempty"`
 }
 
 // List describes every stored fragment without running haproxy: its own

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -161,6 +162,12 @@ func TestWatchQuarantine(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "quarantined: 1") || !strings.Contains(out, "only supports") {
 		t.Errorf("status (exit %d) does not show the quarantined fragment:\n%s", code, out)
 	}
+	// list runs no haproxy -c, but shows what the daemon's does
+	out = mustRun(t, in.env, "", "list")
+	if !regexp.MustCompile(`(?m)^bad .*quarantined by the daemon: .*only supports`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^good .* ok$`).MatchString(out) {
+		t.Errorf("list does not show bad quarantined and good ok:\n%s", out)
+	}
 
 	// fixed in place: it goes live by itself
 	writeFile(t, filepath.Join(frag, "bad.cfg"), backendConf("bad_web", "fixed"))
@@ -208,6 +215,9 @@ func TestWatchRefusedReload(t *testing.T) {
 	}
 	if st.Live == nil || st.Live.Generation <= before || st.Quarantine("many") == nil {
 		t.Errorf("live %+v (before: generation %d), quarantined %+v: want a newer generation without many", st.Live, before, st.Quarantined)
+	}
+	if out := mustRun(t, in.env, "", "list"); !regexp.MustCompile(`(?m)^many .*quarantined by the daemon: .*Cannot raise FD limit`).MatchString(out) {
+		t.Errorf("list does not show many quarantined by the daemon:\n%s", out)
 	}
 	// HAProxy itself never stopped serving the previous generation
 	if st.HAProxy == nil || len(st.HAProxy.Workers) != 1 || st.HAProxy.Failed != 1 {

@@ -186,6 +186,21 @@ func (st *Status) Quarantine(name string) *Quarantined {
 	return nil
 }
 
+// MarkQuarantined notes in infos (reconcile's List) the fragment versions
+// this report leaves out of the live configuration, with the reasons.
+func (st *Status) MarkQuarantined(infos []reconcile.Info) {
+	for i := range infos {
+		q := st.Quarantine(infos[i].Name)
+		if q == nil || q.Checksum == "" || q.Checksum != infos[i].Checksum {
+			continue // another version, or nothing to tell versions apart
+		}
+		infos[i].Quarantined = q.Errors
+		if len(q.Errors) == 0 {
+			infos[i].Quarantined = []string{"quarantined by the daemon"}
+		}
+	}
+}
+
 func writeStatus(stateDir string, st *Status) error {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {

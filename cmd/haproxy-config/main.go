@@ -406,6 +406,9 @@ func list(c *cli.Context, e *reconcile.Engine) error {
 	if err != nil {
 		return err
 	}
+	if st, err := watcher.ReadDaemonStatus(e.S.StateDir); err == nil && st.Running() {
+		st.MarkQuarantined(infos)
+	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, infos)
 	}
@@ -413,8 +416,11 @@ func list(c *cli.Context, e *reconcile.Engine) error {
 	fmt.Fprintln(tw, "NAME\tDOMAINS\tBACKENDS\tSIZE\tAPPLIED\tSTATUS")
 	for _, in := range infos {
 		status := "ok"
-		if !in.Valid {
+		switch {
+		case !in.Valid:
 			status = "invalid: " + in.Problems[0]
+		case len(in.Quarantined) > 0:
+			status = "quarantined by the daemon: " + in.Quarantined[0]
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", in.Name, dash(in.Domains), dash(in.Backends), in.Size, in.Applied.Format(time.RFC3339), status)
 	}
