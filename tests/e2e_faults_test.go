@@ -1,8 +1,10 @@
 package tests
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -288,4 +290,109 @@ func TestCheckCountsStrays(t *testing.T) {
 			t.Errorf("%s with a stray file: exit %d, want 4, a summary ending %q and the file named\nstdout:\n%s\nstderr:\n%s", tc.cmd, code, tc.summary, stdout, stderr)
 		}
 	}
+}
+
+// fillDisk writes zeros to a file under dir until the file system is full
+// and returns the file's path.
+func fillDisk(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill the disk: %v", err)
+			}
+			break
+		}
+	}
+	// a small tail may still fit in what a 64 KB write could not use
+	for {
+		if _, err := f.Write(chunk[:512]); err != nil {
+			break
+		}
+	}
+	return path
+}
+
+// TestDaemonStartedOnFullDisk: a daemon started while its state directory's
+// file system is full cannot write its status; once space is freed it
+// writes it without any change happening, so status sees it running and
+// apply --wait returns once the change is live.
+func TestDaemonStartedOnFullDisk(t *testing.T) {
+	requireHaproxy(t)
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPING: mounting the small file system that fills up needs root; run make test as root")
+	}
+	in := newInstall(t)
+	// the whole installation on a 16 MB tmpfs of its own
+	if err := syscall.Mount("tmpfs", in.root, "tmpfs", 0, "size=16m,mode=755"); err != nil {
+		t.Fatalf("mount a tmpfs on %s: %v", in.root, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(in.root, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", in.root, err)
+		}
+	})
+	dir := t.TempDir()
+	conf := writeFile(t, filepath.Join(dir, "shop.cfg"), backendConf("shop_web", "shop"))
+	hosts := writeFile(t, filepath.Join(dir, "shop.map"), "shop.example.com shop_web\n")
+	mustRun(t, in.env, "", "apply", "shop", conf, hosts)
+	mustRun(t, in.env, "", "assemble")
+
+	filler := fillDisk(t, in.root)
+	d := &daemon{in: in, exited: make(chan struct{}), log: filepath.Join(dir, "daemon.log")}
+	logFile, err := os.Create(d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	d.cmd = exec.Command(binary, "watch")
+	d.cmd.Env = childEnv(in.env)
+	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = d.cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() { d.stop(t) })
+	eventually(t, 30*time.Second, "the daemon serving on the full disk", func() error {
+		select {
+		case <-d.exited:
+			t.Fatalf("watch exited on the full disk:\n%s", d.output())
+		default:
+		}
+		if code, body, err := in.get("shop.example.com", "/"); err != nil || body != "shop" {
+			return fmt.Errorf("%d %q %v", code, body, err)
+		}
+		if !strings.Contains(d.output(), "msg=ready") || !strings.Contains(d.output(), "write status") {
+			return fmt.Errorf("not ready with a failed status write:\n%s", d.output())
+		}
+		return nil
+	})
+	if _, _, code := run(t, in.env, "", "status"); code != 5 {
+		t.Errorf("status on the full disk: exit %d, want 5 (no report)", code)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "status sees the daemon once space is freed", func() error {
+		out, stderr, code := run(t, in.env, "", "status")
+		if code != 0 || !strings.Contains(out, "daemon:      ready (pid "+fmt.Sprint(d.pid())) {
+			return fmt.Errorf("exit %d\n%s%s", code, out, stderr)
+		}
+		return nil
+	})
+	d.haproxy = in.haproxyPID()
+	writeFile(t, conf, backendConf("shop_web", "shop v2"))
+	mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	in.expectBody(t, "shop.example.com", "shop v2")
 }

@@ -66,6 +66,11 @@ type Daemon struct {
 	busySince atomic.Int64 // unix ns when the current step began, 0 when idle
 	http      *http.Client
 
+	// the last status write failed (a full disk): it is retried every
+	// statusRetry until it works, or status and --wait would say no
+	// daemon runs
+	statusUnwritten bool
+
 	// certificates (nil manager when ACME is off)
 	certs         *certs.Manager
 	challenges    *certs.Challenges
@@ -170,6 +175,10 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		if d.managed != nil && restartAt == nil {
 			exited = d.managed.Exited()
 		}
+		var retryStatus <-chan time.Time
+		if d.statusUnwritten {
+			retryStatus = time.After(statusRetry)
+		}
 		select {
 		case <-ctx.Done():
 			d.Notify("STOPPING=1")
@@ -223,6 +232,8 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			d.writeStatus()
 		case <-d.certEvents:
 			d.onCertEvent()
+		case <-retryStatus:
+			d.writeStatus()
 		case <-timer.C:
 		}
 		if restartAt != nil {
@@ -1015,10 +1026,18 @@ func (d *Daemon) writeStatus() {
 	d.status.Updated = time.Now().UTC()
 	d.status.Certs = d.certSummary()
 	d.metrics.set(&d.status)
-	if err := writeStatus(d.s.StateDir, &d.status); err != nil {
-		d.Log.Error("write status", "err", err)
+	err := writeStatus(d.s.StateDir, &d.status)
+	switch {
+	case err != nil && !d.statusUnwritten:
+		d.Log.Error("write status: retrying until it works", "every", statusRetry, "err", err)
+	case err == nil && d.statusUnwritten:
+		d.Log.Info("status written again")
 	}
+	d.statusUnwritten = err != nil
 }
+
+// statusRetry paces the retries of a status write that failed.
+const statusRetry = time.Second
 
 // summary is the one-line STATUS= for systemd.
 func (d *Daemon) summary() string {

@@ -210,6 +210,7 @@ func writeStatus(stateDir string, st *Status) error {
 	// this write does not pay for an fsync
 	tmp := filepath.Join(stateDir, ".status.json.tmp")
 	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		os.Remove(tmp) // a part written to a full disk takes space
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(stateDir, StatusFile))
