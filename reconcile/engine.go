@@ -355,15 +355,26 @@ func (e *Engine) listedCerts() []string {
 	return paths
 }
 
+// validKeep is how many accepted sets the known-valid cache holds: the
+// daemon's API writer validates the next group of changes while the loop
+// publishes the last one.
+const validKeep = 8
+
 func (e *Engine) knownValid(key string) bool {
 	data, err := os.ReadFile(filepath.Join(e.S.StateDir, "validated"))
-	return err == nil && strings.TrimSpace(string(data)) == key
+	return err == nil && slices.Contains(strings.Fields(string(data)), key)
 }
 
-// rememberValid records the last set haproxy accepted. Losing it only costs
-// one more haproxy -c, so a failed write is not an error.
+// rememberValid records a set haproxy accepted, keeping the last few.
+// Losing them only costs one more haproxy -c, so a failed write is not an
+// error.
 func (e *Engine) rememberValid(key string) {
-	_ = fragments.WriteFile(filepath.Join(e.S.StateDir, "validated"), []byte(key+"\n"), 0o640)
+	path := filepath.Join(e.S.StateDir, "validated")
+	data, _ := os.ReadFile(path)
+	keys := slices.DeleteFunc(strings.Fields(string(data)), func(k string) bool { return k == key })
+	keys = append(keys, key)
+	keys = keys[max(0, len(keys)-validKeep):]
+	_ = fragments.WriteFile(path, []byte(strings.Join(keys, "\n")+"\n"), 0o640)
 }
 
 // Selection is the largest valid set found among the stored fragments.

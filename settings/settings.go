@@ -44,6 +44,7 @@ type Settings struct {
 	StateDir         string
 	Haproxy          string
 	RuntimeSocket    string
+	APISocket        string
 	CertsDir         string
 	HTTPAddr         string
 	HTTPSAddr        string
@@ -174,7 +175,7 @@ func (k Key) Secret() bool { return k.Name == "ACME_EAB_HMAC" }
 var restartOnly = map[string]bool{
 	"OUTPUT": true, "MAP": true, "STATE": true, "CERTS": true, "HAPROXY": true, "RUNTIME_SOCKET": true,
 	"CHALLENGE_ADDR": true, "STATUS_ADDR": true, "MASTER_SOCKET": true, "RELOAD": true,
-	"RELOAD_COMMAND": true, "RELOAD_UNIT": true, "METRICS_ADDR": true,
+	"RELOAD_COMMAND": true, "RELOAD_UNIT": true, "METRICS_ADDR": true, "API_SOCKET": true,
 }
 
 // Ignored is a setting that changed but needs a restart, and the value
@@ -286,6 +287,8 @@ var Keys = []Key{
 		fixed("haproxy"), str(func(s *Settings) *string { return &s.Haproxy })},
 	{"RUNTIME_SOCKET", "runtime-socket", "HAProxy stats socket `PATH` (level admin) the base config opens",
 		under("/run/haproxy-config/admin.sock"), path(func(s *Settings) *string { return &s.RuntimeSocket })},
+	{"API_SOCKET", "api-socket", "unix socket `PATH` where the daemon takes apply and remove (root and the haproxy-config group); in the state directory, which that group may enter",
+		under("/var/lib/haproxy-config/api.sock"), path(func(s *Settings) *string { return &s.APISocket })},
 	{"HTTP_ADDR", "http-addr", "`HOST:PORT` the HTTP frontend binds",
 		fixed(":80"), addr(func(s *Settings) *string { return &s.HTTPAddr })},
 	{"HTTPS_ADDR", "https-addr", "`HOST:PORT` the HTTPS frontend binds",

@@ -46,6 +46,7 @@ type Daemon struct {
 	managed  *reload.Managed
 	cli      *reload.MasterCLI // nil when no master socket is known
 	rt       *reload.Runtime   // the stats socket: host map updates without a reload
+	api      *apiServer        // the API socket: the CLI's changes
 	limiter  *rate.Limiter
 	fsw      *fsnotify.Watcher
 
@@ -155,6 +156,10 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		return &reload.EnvError{Err: err}
 	}
 	defer stopCerts()
+	if d.api, err = listenAPI(d.s, d.Log); err != nil {
+		return &reload.EnvError{Err: err}
+	}
+	defer d.api.serve(ctx)()
 	d.status.State = "ready"
 	d.writeStatus()
 	d.Notify("READY=1\nSTATUS=" + d.summary())
@@ -205,6 +210,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			d.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 			d.rereadSettings()
 			rescan.Reset(d.s.Rescan)
+			d.api.SetSettings(d.s)
 			d.markRescan()
 			d.Notify("READY=1\nSTATUS=" + d.summary())
 		case <-exited:
@@ -234,6 +240,11 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			d.onCertEvent()
 		case <-retryStatus:
 			d.writeStatus()
+		case <-d.api.Committed():
+			// committed whole by the API's writer: nothing to let settle
+			for _, name := range d.api.TakeCommitted() {
+				d.change(name, true)
+			}
 		case <-timer.C:
 		}
 		if restartAt != nil {
@@ -1034,6 +1045,7 @@ func (d *Daemon) writeStatus() {
 		d.Log.Info("status written again")
 	}
 	d.statusUnwritten = err != nil
+	d.api.StatusWritten()
 }
 
 // statusRetry paces the retries of a status write that failed.

@@ -35,12 +35,19 @@ const waitPoll = 2 * time.Millisecond
 // store after committed, or ctx ends (NotLiveError).
 func Wait(ctx context.Context, eng *reconcile.Engine, name, checksum string, committed time.Time) error {
 	return waitFor(ctx, eng, false, func(st *Status, g *reconcile.Generation) (bool, error) {
-		if q := st.Quarantine(name); q != nil && checksum != "" && q.Checksum == checksum && !q.Retrying &&
-			st.ReconciledAt.After(committed) {
-			return false, &QuarantinedError{Name: name, Errors: q.Errors}
-		}
-		return g != nil && g.Fragments[name] == checksum, nil
+		return liveOrQuarantined(st, g, name, checksum, committed)
 	})
+}
+
+// liveOrQuarantined is Wait's test of one status: true once g has fragment
+// name at checksum, a QuarantinedError once a reconcile that read the
+// store after committed left that version out.
+func liveOrQuarantined(st *Status, g *reconcile.Generation, name, checksum string, committed time.Time) (bool, error) {
+	if q := st.Quarantine(name); q != nil && checksum != "" && q.Checksum == checksum && !q.Retrying &&
+		st.ReconciledAt.After(committed) {
+		return false, &QuarantinedError{Name: name, Errors: q.Errors}
+	}
+	return g != nil && g.Fragments[name] == checksum, nil
 }
 
 // WaitGeneration blocks until the daemon holds and serves generation n.
@@ -66,8 +73,19 @@ func WaitResumed(ctx context.Context, eng *reconcile.Engine) error {
 // generation (nil before the first). A hold makes it fail unless held is
 // expected.
 func waitFor(ctx context.Context, eng *reconcile.Engine, holdOK bool, done func(st *Status, g *reconcile.Generation) (bool, error)) error {
+	return waitUntil(ctx, eng, holdOK, nil, done)
+}
+
+// waitUntil is waitFor reading the status again whenever changed's channel
+// is closed (the daemon wrote it), or every waitPoll without changed.
+func waitUntil(ctx context.Context, eng *reconcile.Engine, holdOK bool, changed func() <-chan struct{},
+	done func(st *Status, g *reconcile.Generation) (bool, error)) error {
 	var live *reconcile.Generation
 	for {
+		var next <-chan struct{}
+		if changed != nil {
+			next = changed() // before the read, so that no write is missed
+		}
 		st, err := ReadStatus(eng.S.StateDir)
 		switch {
 		case errors.Is(err, ErrNoDaemon):
@@ -104,7 +122,17 @@ func waitFor(ctx context.Context, eng *reconcile.Engine, holdOK bool, done func(
 				why += fmt.Sprintf("; %d changes pending since %s", st.Pending.Changes, st.Pending.Since.Format(time.RFC3339))
 			}
 			return &NotLiveError{Why: why}
-		case <-time.After(waitPoll):
+		case <-next:
+		case <-pollAfter(next):
 		}
 	}
+}
+
+// pollAfter paces a wait: every waitPoll without a change signal, and only
+// as a backstop with one.
+func pollAfter(signal <-chan struct{}) <-chan time.Time {
+	if signal == nil {
+		return time.After(waitPoll)
+	}
+	return time.After(time.Second)
 }

@@ -369,18 +369,63 @@ func apply(c *cli.Context, e *reconcile.Engine) error {
 	if ch.Map, ch.MapFile, err = readPart(c, c.Args().Get(2), e.S.MaxFragmentBytes, &stdinUsed); err != nil {
 		return err
 	}
+	req := &watcher.Request{Op: watcher.OpApply, Name: ch.Name, ConfFile: ch.ConfFile, Conf: ch.Conf, MapFile: ch.MapFile, Map: ch.Map}
+	if handled, err := viaDaemon(c, e, req, func(a *watcher.Answer) { printApplied(c, a.Applied) }); handled {
+		return err
+	}
 	res, err := e.Apply(c.Context, ch)
 	if err != nil {
 		return err
 	}
 	printWarnings(c, res.Warnings)
+	f := res.Fragment
+	printApplied(c, &watcher.Applied{Name: f.Name, Checksum: f.Checksum, Replaced: res.Replaced, Domains: len(f.Map), Backends: f.Backends()})
+	return waitLive(c, e, f.Name, f.Checksum)
+}
+
+func printApplied(c *cli.Context, a *watcher.Applied) {
+	if a == nil {
+		return
+	}
 	verb := "added"
-	if res.Replaced {
+	if a.Replaced {
 		verb = "replaced"
 	}
-	f := res.Fragment
-	fmt.Fprintf(c.App.Writer, "%s fragment %q: %s, backends %s (%s)\n", verb, f.Name, plural(len(f.Map), "domain"), dash(f.Backends()), f.Checksum)
-	return waitLive(c, e, f.Name, f.Checksum)
+	fmt.Fprintf(c.App.Writer, "%s fragment %q: %s, backends %s (%s)\n", verb, a.Name, plural(a.Domains, "domain"), dash(a.Backends), a.Checksum)
+}
+
+// viaDaemon sends req to the daemon when one listens on the API socket and
+// reports handled; accepted prints the first answer. Without a daemon the
+// caller does the work itself.
+func viaDaemon(c *cli.Context, e *reconcile.Engine, req *watcher.Request, accepted func(*watcher.Answer)) (handled bool, err error) {
+	client, err := watcher.Dial(e.S.APISocket)
+	if errors.Is(err, watcher.ErrNoDaemonAPI) {
+		return false, nil
+	}
+	if err != nil {
+		return true, err
+	}
+	defer client.Close()
+	req.Actor, req.Wait, req.Timeout = fragments.Actor(), c.Bool("wait"), c.Duration("timeout")
+	a, err := client.Send(c.Context, req)
+	if a != nil {
+		printWarnings(c, a.Warnings)
+	}
+	if err != nil {
+		return true, err
+	}
+	accepted(a)
+	if !req.Wait {
+		return true, nil
+	}
+	// the daemon says why when the time is up; this is in case it cannot
+	ctx, cancel := context.WithTimeout(c.Context, req.Timeout+5*time.Second)
+	defer cancel()
+	if err := client.Wait(ctx); err != nil {
+		return true, err
+	}
+	fmt.Fprintln(c.App.Writer, "live")
+	return true, nil
 }
 
 func printWarnings(c *cli.Context, ws assemble.Problems) {
@@ -394,10 +439,17 @@ func remove(c *cli.Context, e *reconcile.Engine) error {
 		return usageErr("remove takes NAME, got %d arguments", c.NArg())
 	}
 	name := c.Args().First()
+	removed := func(*watcher.Answer) { fmt.Fprintf(c.App.Writer, "removed fragment %q\n", name) }
+	if err := fragments.ValidName(name); err != nil {
+		return &reconcile.UsageError{Err: err}
+	}
+	if handled, err := viaDaemon(c, e, &watcher.Request{Op: watcher.OpRemove, Name: name}, removed); handled {
+		return err
+	}
 	if err := e.Remove(c.Context, name); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "removed fragment %q\n", name)
+	removed(nil)
 	return waitLive(c, e, name, "")
 }
 

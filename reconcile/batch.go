@@ -1,0 +1,317 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"haproxy-config/assemble"
+	"haproxy-config/fragments"
+	"haproxy-config/reload"
+)
+
+// Op is one change of a batch: an apply of Change, or with Remove the
+// removal of the fragment Change.Name.
+type Op struct {
+	Change
+	Remove bool
+	// Actor is who asked, for the history; "" is this process's user.
+	Actor string
+}
+
+// OpResult answers one Op. Err is nil when the change was accepted and
+// stored; otherwise it is what Apply or Remove would have returned
+// (assemble.Problems, *reload.EnvError, fragments.ErrNotFound, ...).
+type OpResult struct {
+	Apply *ApplyResult // an accepted apply
+	Err   error
+}
+
+// ApplyBatch validates a group of changes together, in one haproxy -c when
+// they all pass, and stores those that go live together. When the group
+// fails, the culprits are found from haproxy's messages where they name a
+// changed fragment's line, else by bisecting the group; the others are
+// accepted. Each change gets its own answer, in the order given. A fragment
+// named twice waits for the next round, so that each round changes a
+// fragment at most once.
+func (e *Engine) ApplyBatch(ctx context.Context, ops []Op) []OpResult {
+	results := make([]OpResult, len(ops))
+	var round, later []int
+	seen := map[string]bool{}
+	for i, op := range ops {
+		if seen[op.Name] {
+			later = append(later, i)
+			continue
+		}
+		seen[op.Name] = true
+		round = append(round, i)
+	}
+	e.applyRound(ctx, ops, round, results)
+	if len(later) > 0 {
+		next := make([]Op, len(later))
+		for j, i := range later {
+			next[j] = ops[i]
+		}
+		for j, r := range e.ApplyBatch(ctx, next) {
+			results[later[j]] = r
+		}
+	}
+	return results
+}
+
+// batchChange is one op of a round that passed its own checks.
+type batchChange struct {
+	op   int                // index into the ops
+	name string             // the fragment it changes
+	frag *assemble.Fragment // the new version; nil removes the fragment
+}
+
+// applyTo returns set with the change made.
+func (c *batchChange) applyTo(set []*assemble.Fragment) []*assemble.Fragment {
+	set = without(set, c.name)
+	if c.frag != nil {
+		set = append(set, c.frag)
+	}
+	return set
+}
+
+// applyRound runs the ops at idx, no two of which name the same fragment.
+func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []OpResult) {
+	failAll := func(changes []*batchChange, err error) {
+		for _, c := range changes {
+			results[c.op].Err = err
+		}
+	}
+	base, err := e.Base()
+	if err != nil {
+		for _, i := range idx {
+			results[i].Err = err
+		}
+		return
+	}
+	pol := e.policy(base)
+	var pending []*batchChange
+	for _, i := range idx {
+		op := ops[i]
+		if op.Remove {
+			if err := fragments.ValidName(op.Name); err != nil {
+				results[i].Err = &UsageError{Err: err}
+				continue
+			}
+			pending = append(pending, &batchChange{op: i, name: op.Name})
+			continue
+		}
+		f, ps := fragments.Parse(op.Name, op.ConfFile, op.Conf, op.MapFile, op.Map, pol)
+		if len(ps) == 0 {
+			ps = fragments.CheckHosts(ctx, f, pol, e.Resolve)
+		}
+		if len(ps) > 0 {
+			results[i].Err = ps
+			continue
+		}
+		e.hostsOK[f.Checksum] = true
+		pending = append(pending, &batchChange{op: i, name: op.Name, frag: f})
+	}
+	if len(pending) == 0 {
+		return
+	}
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		failAll(pending, err)
+		return
+	}
+	defer unlock()
+	sel, err := e.load()
+	if err != nil {
+		failAll(pending, err)
+		return
+	}
+	e.checkHosts(ctx, sel)
+	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
+		failAll(pending, err)
+		return
+	}
+	var changes []*batchChange
+	for _, c := range pending {
+		if _, ok := sel.Stored[c.name]; !ok && c.frag == nil {
+			results[c.op].Err = fmt.Errorf("fragment %q: %w", c.name, fragments.ErrNotFound)
+			continue
+		}
+		if err := e.orphanCheck(sel, c.name, c.applyTo(sel.Live)); err != nil {
+			results[c.op].Err = err
+			continue
+		}
+		changes = append(changes, c)
+	}
+	b := &batch{e: e, ctx: ctx, sel: sel, changes: changes, warnings: map[int]assemble.Problems{}}
+	accepted, rejected, err := groupCommit(len(changes), b.try)
+	if err != nil {
+		failAll(changes, err)
+		return
+	}
+	for m, ps := range rejected {
+		results[changes[m].op].Err = b.own(changes[m], ps)
+	}
+	slices.Sort(accepted)
+	for k, m := range accepted {
+		c := changes[m]
+		if err := e.commitOp(ops[c.op], c); err != nil {
+			// the rest were validated with this one: none of them is stored
+			for _, m := range accepted[k:] {
+				results[changes[m].op].Err = err
+			}
+			return
+		}
+		if c.frag != nil {
+			_, replaced := sel.Stored[c.name]
+			results[c.op].Apply = &ApplyResult{Fragment: c.frag, Replaced: replaced, Warnings: b.warnings[m]}
+		}
+	}
+}
+
+// commitOp writes or deletes one accepted change, recording it in the history.
+func (e *Engine) commitOp(op Op, c *batchChange) error {
+	actor := op.Actor
+	if actor == "" {
+		actor = fragments.Actor()
+	}
+	ev := &fragments.Event{Time: time.Now().UTC(), Action: "apply", Name: c.name, Actor: actor}
+	var err error
+	if c.frag != nil {
+		ev.Checksum = c.frag.Checksum
+		err = e.Store.Write(c.frag, ev)
+	} else {
+		ev.Action = "remove"
+		err = e.Store.Delete(c.name, ev)
+	}
+	if err != nil {
+		return &reload.EnvError{Err: err}
+	}
+	return nil
+}
+
+// batch is one round's state for its trials.
+type batch struct {
+	e        *Engine
+	ctx      context.Context
+	sel      *Selection
+	changes  []*batchChange
+	warnings map[int]assemble.Problems // accepted change -> haproxy's warnings about it
+}
+
+// try validates what is live with the accepted changes and those of trial
+// made. It returns no problems when that set is valid; else the problems,
+// and those haproxy tied to a line of one of trial's fragments.
+func (b *batch) try(accepted, trial []int) (assemble.Problems, map[int]assemble.Problems, error) {
+	set := b.sel.Live
+	for _, m := range append(slices.Clone(accepted), trial...) {
+		set = b.changes[m].applyTo(set)
+	}
+	// TODO(#12): the map-only fast path (reconcile/maponly.go) decides here,
+	// and only here, whether this set can go without haproxy -c.
+	v, err := b.e.validate(b.ctx, b.sel.Base, set, false)
+	var unfinished *reload.UnfinishedError
+	if errors.As(err, &unfinished) {
+		// the set without trial passed: the time is trial's doing
+		return assemble.Problems{{Location: assemble.Location{File: "haproxy -c"},
+			Msg: "haproxy -c does not finish once this fragment is added: " + unfinished.Why}}, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(v.Errors) == 0 {
+		for _, m := range trial {
+			for _, w := range v.Warnings {
+				if w.Fragment == "" || w.Fragment == b.changes[m].name {
+					b.warnings[m] = append(b.warnings[m], w)
+				}
+			}
+		}
+		return nil, nil, nil
+	}
+	blamed := map[int]assemble.Problems{}
+	for _, p := range v.Errors {
+		for _, m := range trial {
+			if c := b.changes[m]; c.frag != nil && p.Fragment == c.name {
+				blamed[m] = append(blamed[m], p)
+			}
+		}
+	}
+	return v.Errors, blamed, nil
+}
+
+// own makes a rejected change's problems point at its own fragment, as
+// Apply and Remove do: what was valid without it is not valid with it, so
+// the fault is its own even where haproxy's message points elsewhere.
+func (b *batch) own(c *batchChange, ps assemble.Problems) assemble.Problems {
+	conf, _ := b.e.Store.Paths(c.name)
+	at := assemble.Location{Fragment: c.name, File: conf}
+	if c.frag != nil {
+		at.File = c.frag.ConfFile
+	}
+	for _, p := range ps {
+		if p.Fragment == "" && p.File == "haproxy -c" && p.Line == 0 {
+			p.Location = at
+		}
+	}
+	if c.frag == nil {
+		return append(assemble.Problems{{Location: at, Msg: "remove refused: the configuration without this fragment is invalid"}}, ps...)
+	}
+	if !slices.Contains(ps.Fragments(), c.name) {
+		return append(assemble.Problems{{Location: at, Msg: "haproxy rejects the configuration once this fragment is added:"}}, ps...)
+	}
+	return ps
+}
+
+// tryFunc validates the set with the members accepted so far and those of
+// trial. No problems means the set is valid; blamed are the problems that
+// name a member of trial.
+type tryFunc func(accepted, trial []int) (errs assemble.Problems, blamed map[int]assemble.Problems, err error)
+
+// groupCommit splits members 0..n-1 into those accepted together and
+// those rejected, each with its problems. All members are tried at once;
+// on failure the members haproxy blamed are rejected and the rest tried
+// again, and when it blamed none the trial is halved. A member rejected
+// alone gets the problems of the set it failed in.
+func groupCommit(n int, try tryFunc) (accepted []int, rejected map[int]assemble.Problems, err error) {
+	rejected = map[int]assemble.Problems{}
+	var walk func(trial []int) error
+	walk = func(trial []int) error {
+		if len(trial) == 0 {
+			return nil
+		}
+		errs, blamed, err := try(accepted, trial)
+		switch {
+		case err != nil:
+			return err
+		case len(errs) == 0:
+			accepted = append(accepted, trial...)
+			return nil
+		case len(blamed) > 0:
+			var rest []int
+			for _, m := range trial {
+				if ps, ok := blamed[m]; ok {
+					rejected[m] = ps
+				} else {
+					rest = append(rest, m)
+				}
+			}
+			return walk(rest)
+		case len(trial) == 1:
+			rejected[trial[0]] = errs
+			return nil
+		}
+		half := len(trial) / 2
+		if err := walk(trial[:half]); err != nil {
+			return err
+		}
+		return walk(trial[half:])
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	return accepted, rejected, walk(all)
+}

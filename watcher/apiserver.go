@@ -1,0 +1,383 @@
+package watcher
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"haproxy-config/fragments"
+	"haproxy-config/reconcile"
+	"haproxy-config/reload"
+	"haproxy-config/settings"
+)
+
+// apiGroup is the group whose members may use the API besides root.
+const apiGroup = "haproxy-config"
+
+// apiServer serves the API socket. Its writer goroutine is the only one
+// that changes the store while the daemon runs: it takes every request
+// waiting when it is free and validates them together (group commit), so
+// that validation never holds up the daemon's loop, which learns of what
+// was committed through Committed.
+type apiServer struct {
+	log      *slog.Logger
+	ln       *net.UnixListener
+	path     string
+	gid      int // apiGroup's, -1 when there is no such group
+	settings atomic.Pointer[settings.Settings]
+	queue    chan *apiCall
+
+	mu        sync.Mutex
+	committed []string      // fragments committed, not yet taken by the loop
+	kick      chan struct{} // holds a token while committed is not empty
+	status    chan struct{} // closed and replaced when the daemon writes its status
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// apiCall is one request waiting for the writer.
+type apiCall struct {
+	op     reconcile.Op
+	answer chan reconcile.OpResult
+	// state is callQueued until the writer takes the call or its caller
+	// gives up on it, whichever comes first
+	state atomic.Int32
+}
+
+const (
+	callQueued = iota
+	callTaken
+	callAbandoned
+)
+
+// listenAPI opens the socket: mode 0660, group apiGroup when it exists.
+// A socket left by a killed daemon is replaced; one another daemon
+// listens on is an error.
+func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
+	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024),
+		kick: make(chan struct{}, 1), status: make(chan struct{})}
+	a.settings.Store(s)
+	if g, err := user.LookupGroup(apiGroup); err == nil {
+		if a.gid, err = strconv.Atoi(g.Gid); err != nil {
+			return nil, fmt.Errorf("group %s: %w", apiGroup, err)
+		}
+	}
+	if err := fragments.MkdirAll(filepath.Dir(a.path), 0o750); err != nil {
+		return nil, fmt.Errorf("API socket directory: %w", err)
+	}
+	if c, err := Dial(a.path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another daemon listens on the API socket %s (HAPROXY_CONFIG_API_SOCKET)", a.path)
+	} else if !errors.Is(err, ErrNoDaemonAPI) {
+		return nil, err
+	}
+	if err := os.Remove(a.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove the stale API socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: a.path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("API socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	// the peer check stands even if this goes wrong or is undone
+	if err := os.Chmod(a.path, 0o660); err == nil && a.gid >= 0 {
+		err = os.Chown(a.path, -1, a.gid)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("API socket mode: %w", err)
+	}
+	a.ln = ln
+	return a, nil
+}
+
+// serve starts accepting and the writer; stop ends both, every connection
+// included, and waits for them.
+func (a *apiServer) serve(ctx context.Context) (stop func()) {
+	ctx, a.cancel = context.WithCancel(ctx)
+	a.wg.Add(2)
+	go func() {
+		defer a.wg.Done()
+		a.write(ctx)
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.accept(ctx)
+	}()
+	return func() {
+		a.cancel()
+		a.ln.Close()
+		a.wg.Wait()
+	}
+}
+
+func (a *apiServer) accept(ctx context.Context) {
+	for {
+		conn, err := a.ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Error("API socket: accept failed; no more requests are taken", "err", err)
+			}
+			return
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.handle(ctx, conn)
+		}()
+	}
+}
+
+// Committed signals that changes were committed; TakeCommitted returns them.
+func (a *apiServer) Committed() <-chan struct{} { return a.kick }
+
+// TakeCommitted returns the fragments committed since the last call.
+func (a *apiServer) TakeCommitted() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	names := a.committed
+	a.committed = nil
+	return names
+}
+
+func (a *apiServer) addCommitted(names []string) {
+	if len(names) == 0 {
+		return
+	}
+	a.mu.Lock()
+	a.committed = append(a.committed, names...)
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// StatusWritten wakes the connections waiting for a change to go live.
+func (a *apiServer) StatusWritten() {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	close(a.status)
+	a.status = make(chan struct{})
+	a.mu.Unlock()
+}
+
+func (a *apiServer) statusChanged() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+// SetSettings hands re-read settings to the writer.
+func (a *apiServer) SetSettings(s *settings.Settings) { a.settings.Store(s) }
+
+// write is the writer: it validates and commits the waiting requests as
+// one batch, answers each, and tells the loop what was committed.
+func (a *apiServer) write(ctx context.Context) {
+	var eng *reconcile.Engine
+	var engFor *settings.Settings
+	for {
+		var calls []*apiCall
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-a.queue:
+			calls = append(calls, c)
+		}
+	more:
+		for {
+			select {
+			case c := <-a.queue:
+				calls = append(calls, c)
+			default:
+				break more
+			}
+		}
+		calls = slices.DeleteFunc(calls, func(c *apiCall) bool { return !c.state.CompareAndSwap(callQueued, callTaken) })
+		if len(calls) == 0 {
+			continue
+		}
+		if s := a.settings.Load(); s != engFor {
+			eng, engFor = newEngine(s), s
+		}
+		ops := make([]reconcile.Op, len(calls))
+		for i, c := range calls {
+			ops[i] = c.op
+		}
+		start := time.Now()
+		results := eng.ApplyBatch(ctx, ops)
+		var names []string
+		for i, r := range results {
+			if r.Err == nil {
+				names = append(names, ops[i].Name)
+			}
+		}
+		a.addCommitted(names)
+		for i, c := range calls {
+			c.answer <- results[i]
+		}
+		a.log.Info("API batch", "requests", len(calls), "accepted", len(names), "duration_ms", float64(time.Since(start).Microseconds())/1000)
+	}
+}
+
+// handle serves one connection: the peer is checked, its request queued
+// for the writer, answered, and with Wait answered again once live.
+func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
+	defer conn.Close()
+	uid, err := a.permitted(conn)
+	if err != nil {
+		a.log.Warn("API: connection refused", "err", err)
+		_ = writeLine(conn, &Answer{Error: toWire(&reload.EnvError{Err: err})})
+		return
+	}
+	s := a.settings.Load()
+	req := &Request{}
+	if err := readLine(bufio.NewReader(conn), maxRequest(s.MaxFragmentBytes), req); err != nil {
+		_ = writeLine(conn, &Answer{Error: toWire(&reconcile.UsageError{Err: fmt.Errorf("API request: %w", err)})})
+		return
+	}
+	op := reconcile.Op{Change: reconcile.Change{Name: req.Name, ConfFile: req.ConfFile, Conf: req.Conf, MapFile: req.MapFile, Map: req.Map},
+		Actor: actor(req.Actor, uid)}
+	switch req.Op {
+	case OpApply:
+	case OpRemove:
+		op.Remove = true
+	default:
+		_ = writeLine(conn, &Answer{Error: toWire(&reconcile.UsageError{Err: fmt.Errorf("API request: unknown operation %q", req.Op)})})
+		return
+	}
+	// a client that hangs up stops its wait
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var reader sync.WaitGroup
+	reader.Add(1)
+	go func() {
+		defer reader.Done()
+		defer cancel()
+		var b [1]byte
+		_, _ = conn.Read(b[:])
+	}()
+	defer reader.Wait()
+	defer func() { _ = conn.SetReadDeadline(time.Now()) }()
+
+	call := &apiCall{op: op, answer: make(chan reconcile.OpResult, 1)}
+	select {
+	case a.queue <- call:
+	case <-ctx.Done():
+		return
+	}
+	var res reconcile.OpResult
+	select {
+	case res = <-call.answer:
+	case <-ctx.Done():
+		// a call the writer took is answered even while it stops
+		if call.state.CompareAndSwap(callQueued, callAbandoned) {
+			_ = writeLine(conn, &Answer{Error: toWire(&reload.EnvError{Err: errors.New("the daemon is stopping (or the client hung up): nothing changed")})})
+			return
+		}
+		res = <-call.answer
+	}
+	committed := time.Now()
+	ans := &Answer{Error: toWire(res.Err)}
+	checksum := ""
+	if r := res.Apply; r != nil {
+		f := r.Fragment
+		checksum = f.Checksum
+		ans.Warnings = r.Warnings
+		ans.Applied = &Applied{Name: f.Name, Checksum: f.Checksum, Replaced: r.Replaced, Domains: len(f.Map), Backends: f.Backends()}
+	}
+	if err := writeLine(conn, ans); err != nil || res.Err != nil || !req.Wait {
+		return
+	}
+	timeout := req.Timeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	wctx, wcancel := context.WithTimeout(ctx, timeout)
+	defer wcancel()
+	err = waitUntil(wctx, reconcile.New(s), false, a.statusChanged, func(st *Status, g *reconcile.Generation) (bool, error) {
+		return liveOrQuarantined(st, g, op.Name, checksum, committed)
+	})
+	if err != nil && wctx.Err() != nil && ctx.Err() != nil {
+		err = &NotLiveError{Why: "the daemon is stopping"}
+	}
+	_ = writeLine(conn, &Answer{Error: toWire(err)})
+}
+
+// actor is who the history names: what the client says, and the uid it
+// connected as when that is not the user it says.
+func actor(claimed string, uid uint32) string {
+	name := "uid " + strconv.FormatUint(uint64(uid), 10)
+	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
+		name = u.Username
+	}
+	switch {
+	case claimed == "":
+		return name
+	case claimed == name || len(claimed) > len(name) && claimed[:len(name)+1] == name+" ":
+		return claimed
+	}
+	return claimed + " (via " + name + ")"
+}
+
+// permitted checks the peer's credentials, whatever the socket's mode:
+// root, this daemon's own user, or a member of apiGroup.
+func (a *apiServer) permitted(conn *net.UnixConn) (uint32, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var groups []uint32
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		if cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); credErr == nil {
+			groups, credErr = peerGroups(int(fd))
+		}
+	}); err != nil {
+		return 0, err
+	}
+	if credErr != nil {
+		return 0, fmt.Errorf("peer credentials: %w", credErr)
+	}
+	if cred.Uid == 0 || int(cred.Uid) == os.Geteuid() ||
+		a.gid >= 0 && (int(cred.Gid) == a.gid || slices.Contains(groups, uint32(a.gid))) {
+		return cred.Uid, nil
+	}
+	return cred.Uid, fmt.Errorf("permission denied: uid %d (pid %d) is neither root nor in the %s group", cred.Uid, cred.Pid, apiGroup)
+}
+
+// peerGroups reads the peer's supplementary groups (SO_PEERGROUPS).
+func peerGroups(fd int) ([]uint32, error) {
+	buf := make([]uint32, 64)
+	for {
+		size := uint32(len(buf) * 4)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+		switch {
+		case errno == unix.ERANGE && int(size/4) > len(buf):
+			buf = make([]uint32, size/4)
+			continue
+		case errno != 0:
+			return nil, errno
+		}
+		return buf[:size/4], nil
+	}
+}
