@@ -219,6 +219,10 @@ func (c *Client) Send(ctx context.Context, req *Request) (*Answer, error) {
 	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Now()) })
 	defer stop()
 	if err := writeLine(c.conn, req); err != nil {
+		// a daemon that refuses the caller says why and hangs up at once
+		if a, rerr := c.read(); rerr == nil && a.Error != nil {
+			return a, a.Error.Err()
+		}
 		return nil, &reload.EnvError{Err: fmt.Errorf("send the request to the daemon: %w", err)}
 	}
 	a, err := c.read()

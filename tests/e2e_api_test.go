@@ -1,0 +1,315 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// apiSocket is where the daemon of an installation listens.
+func (in *install) apiSocket() string { return filepath.Join(in.stateDir(), "api.sock") }
+
+// apiBatches are the sizes of the batches the daemon's API writer ran.
+func apiBatches(d *daemon) []int {
+	var sizes []int
+	for _, m := range regexp.MustCompile(`msg="API batch" requests=(\d+)`).FindAllStringSubmatch(d.output(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		sizes = append(sizes, n)
+	}
+	return sizes
+}
+
+// slowCheck makes the installation's haproxy a wrapper that, while the
+// returned switch is on, holds every haproxy -c for hold before running
+// it: long enough for requests to queue behind a validation, or for the
+// daemon to be killed in the middle of one. The wrapper sleeps with a
+// shell builtin (no child of its own), and the test ends every wrapper
+// still running, by PID.
+func (in *install) slowCheck(t *testing.T, hold time.Duration) (on func(bool)) {
+	t.Helper()
+	real := requireHaproxy(t)
+	flag, fifo := filepath.Join(in.root, "slow"), filepath.Join(in.root, "slow.fifo")
+	if err := syscall.Mkfifo(fifo, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(fifo, 0o666); err != nil { // past the umask: haproxy -c runs as the check user
+		t.Fatal(err)
+	}
+	wrapper := writeFile(t, filepath.Join(in.root, "haproxy-slow"), fmt.Sprintf(
+		"#!/bin/bash\nif [ \"$1\" = -c ] && [ -e %s ]; then read -t %g <> %s; fi\nexec %s \"$@\"\n",
+		flag, hold.Seconds(), fifo, real))
+	if err := os.Chmod(wrapper, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	in.env = append(in.env, "HAPROXY_CONFIG_HAPROXY="+wrapper)
+	t.Cleanup(func() {
+		for _, pid := range checksRunning(wrapper) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	return func(slow bool) {
+		if !slow {
+			_ = os.Remove(flag)
+			return
+		}
+		writeFile(t, flag, "")
+	}
+}
+
+// checksRunning are the PIDs of the haproxy -c wrappers running now.
+func checksRunning(wrapper string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if cmd := cmdlineOf(pid); strings.Contains(cmd, wrapper+" -c ") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestAPIConcurrent50 sends 50 apply --wait at once to the daemon: each
+// is answered, each is live when its client says so, and they were
+// validated in groups rather than one haproxy -c each.
+func TestAPIConcurrent50(t *testing.T) {
+	in := newInstall(t)
+	d := in.startDaemon(t)
+	src := openTempDir(t)
+	const n = 50
+	procs := make([]*proc, n)
+	for i := range n {
+		name := stressName(i)
+		conf := writeFile(t, filepath.Join(src, name+".cfg"), stressConf(i, name))
+		hostMap := writeFile(t, filepath.Join(src, name+".map"), stressMap(i))
+		procs[i] = start(t, in.env, "", "apply", "--wait", name, conf, hostMap)
+	}
+	for i, p := range procs {
+		stdout, stderr, code := p.wait(t)
+		if code != 0 || !strings.HasSuffix(stdout, "live\n") {
+			t.Errorf("apply --wait %s: exit %d, want 0 and \"live\"\nstdout:\n%s\nstderr:\n%s", stressName(i), code, stdout, stderr)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	for i := range n {
+		in.expectBody(t, stressHost(i), stressName(i))
+	}
+	sizes := apiBatches(d)
+	total, grouped := 0, false
+	for _, s := range sizes {
+		total += s
+		grouped = grouped || s > 1
+	}
+	if total != n || !grouped {
+		t.Errorf("API batches %v: want %d requests in all, some validated together", sizes, n)
+	}
+	if st := in.status(t); st.Live == nil || st.Live.Fragments != n || len(st.Quarantined) != 0 {
+		t.Errorf("status: live %+v, quarantined %+v; want %d fragments live, none quarantined", st.Live, st.Quarantined, n)
+	}
+}
+
+// TestAPIGroupWithOneBad queues 20 applies behind a slow validation, one
+// of them bad: they are validated as one group, the bad one is refused
+// with its own file and line, and the 19 others go live.
+func TestAPIGroupWithOneBad(t *testing.T) {
+	in := newInstall(t)
+	slow := in.slowCheck(t, 2*time.Second)
+	d := in.startDaemon(t)
+	src := openTempDir(t)
+	slow(true)
+	blocker := start(t, in.env, "", "apply", "blocker",
+		writeFile(t, filepath.Join(src, "blocker.cfg"), backendConf("blocker_web", "blocker")),
+		writeFile(t, filepath.Join(src, "blocker.map"), "blocker.example.com blocker_web\n"))
+	eventually(t, 10*time.Second, "the blocker's haproxy -c running", func() error {
+		if len(checksRunning(filepath.Join(in.root, "haproxy-slow"))) == 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	const n, bad = 20, 7
+	procs := make([]*proc, n)
+	for i := range n {
+		name := stressName(i)
+		conf := stressConf(i, name)
+		if i == bad {
+			conf = fmt.Sprintf("backend b_%d\n    server s1 127.0.0.1:abc\n", i)
+		}
+		procs[i] = start(t, in.env, "", "apply", "--wait", name,
+			writeFile(t, filepath.Join(src, name+".cfg"), conf), writeFile(t, filepath.Join(src, name+".map"), stressMap(i)))
+	}
+	if _, stderr, code := blocker.wait(t); code != 0 {
+		t.Fatalf("apply blocker: exit %d\n%s", code, stderr)
+	}
+	for i, p := range procs {
+		stdout, stderr, code := p.wait(t)
+		if i == bad {
+			want := filepath.Join(src, stressName(i)+".cfg") + `:2: fragment "t7": 'server b_7/s1' : invalid character 'a' in port number`
+			if code != 4 || !strings.Contains(stderr, want) {
+				t.Errorf("apply of the bad fragment: exit %d, want 4 with %q\nstderr:\n%s", code, want, stderr)
+			}
+			continue
+		}
+		if code != 0 || !strings.HasSuffix(stdout, "live\n") {
+			t.Errorf("apply --wait %s: exit %d, want 0 and live\nstdout:\n%s\nstderr:\n%s", stressName(i), code, stdout, stderr)
+		}
+	}
+	slow(false)
+	for i := range n {
+		if i == bad {
+			in.expectUnknown(t, stressHost(i))
+			continue
+		}
+		in.expectBody(t, stressHost(i), stressName(i))
+	}
+	if _, err := os.Stat(filepath.Join(in.fragmentsDir(), stressName(bad)+".cfg")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused fragment is stored: %v", err)
+	}
+	found := false
+	for _, s := range apiBatches(d) {
+		found = found || s == n
+	}
+	if !found {
+		t.Errorf("API batches %v: want the %d requests validated as one group", apiBatches(d), n)
+	}
+}
+
+// TestAPIDaemonKilledMidRequest kills the daemon with SIGKILL while it
+// validates a request: the client says so and exits 5, nothing of the
+// fragment is stored, without a daemon the CLI works alone (the socket
+// left behind answers nobody), and once the daemon is back the same apply
+// goes live.
+func TestAPIDaemonKilledMidRequest(t *testing.T) {
+	in := newInstall(t)
+	slow := in.slowCheck(t, 3*time.Second)
+	d := in.startDaemon(t)
+	src := openTempDir(t)
+	conf := writeFile(t, filepath.Join(src, "shop.cfg"), backendConf("shop_web", "shop"))
+	hosts := writeFile(t, filepath.Join(src, "shop.map"), "shop.example.com shop_web\n")
+	slow(true)
+	client := start(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	eventually(t, 10*time.Second, "the request's haproxy -c running", func() error {
+		if len(checksRunning(filepath.Join(in.root, "haproxy-slow"))) == 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	d.kill9()
+	_, stderr, code := client.wait(t)
+	if code != 5 || !strings.Contains(stderr, "the daemon did not answer") || !strings.Contains(stderr, "stored whole or not at all") {
+		t.Errorf("client of a killed daemon: exit %d, want 5 and a clear message\nstderr:\n%s", code, stderr)
+	}
+	slow(false)
+	entries, err := os.ReadDir(in.fragmentsDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		t.Errorf("the fragment directory holds %s after the killed request", e.Name())
+	}
+	if _, err := os.Stat(in.apiSocket()); err != nil {
+		t.Fatalf("the killed daemon's socket: %v, want it left behind", err)
+	}
+
+	// nobody listens: the CLI does the work itself
+	other := writeFile(t, filepath.Join(src, "other.cfg"), backendConf("other_web", "other"))
+	otherMap := writeFile(t, filepath.Join(src, "other.map"), "other.example.com other_web\n")
+	mustRun(t, in.env, "", "apply", "other", other, otherMap)
+
+	in.startDaemon(t)
+	out := mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	if !strings.HasPrefix(out, `added fragment "shop"`) || !strings.HasSuffix(out, "live\n") {
+		t.Errorf("apply after the restart printed %q", out)
+	}
+	in.expectBody(t, "shop.example.com", "shop")
+	in.expectBody(t, "other.example.com", "other")
+}
+
+// TestAPIRefusesOthers runs the client as nobody: refused by the socket's
+// mode (0660), and, with the mode opened by mistake, by the daemon's
+// check of the caller's credentials; nothing is stored either way.
+func TestAPIRefusesOthers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPING: needs root to run a client as nobody")
+	}
+	in := newInstall(t)
+	in.startDaemon(t)
+	fi, err := os.Stat(in.apiSocket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
+		t.Errorf("API socket mode %v, want a socket with 0660", fi.Mode())
+	}
+	pub := openTempDir(t)
+	bin := filepath.Join(pub, "haproxy-config")
+	copyFile(t, binary, bin, 0o755)
+	conf := writeFile(t, filepath.Join(pub, "shop.cfg"), backendConf("shop_web", "shop"))
+	hosts := writeFile(t, filepath.Join(pub, "shop.map"), "shop.example.com shop_web\n")
+	asNobody := func() (string, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bin, "apply", "shop", conf, hosts)
+		cmd.Env = childEnv(in.env)
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("run as nobody: %v", err)
+		}
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	if out, code := asNobody(); code != 5 || !strings.Contains(out, "permission denied") || !strings.Contains(out, "haproxy-config group") {
+		t.Errorf("nobody through the socket's mode: exit %d, want 5 and permission denied\n%s", code, out)
+	}
+	// a mode mistake: the socket and the way to it open to everyone
+	if err := os.Chmod(in.apiSocket(), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(in.stateDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := asNobody(); code != 5 || !strings.Contains(out, "is neither root nor in the haproxy-config group") {
+		t.Errorf("nobody past a mode mistake: exit %d, want 5 and the daemon's refusal\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(in.fragmentsDir(), "shop.cfg")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused caller's fragment is stored: %v", err)
+	}
+	// root still may
+	mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	in.expectBody(t, "shop.example.com", "shop")
+}
+
+func copyFile(t *testing.T, from, to string, perm os.FileMode) {
+	t.Helper()
+	src, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
