@@ -1,0 +1,71 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"haproxy-config/watcher"
+)
+
+// BenchmarkAPIApply measures one apply (config change, no --wait) with
+// benchFragments tenants stored: its round trip over the daemon's API
+// socket from this process (connect, request, the accepted answer), the
+// CLI process that sends it there, and the CLI doing the work itself with
+// no daemon (today's path). Each iteration is 50 applies of each; the
+// metrics are medians and p99s. Run: go test -run '^$' -bench APIApply
+// -benchtime 1x ./tests/
+func BenchmarkAPIApply(b *testing.B) {
+	in := newInstall(b)
+	seedStore(b, in, benchFragments)
+	dir := b.TempDir()
+	hosts := writeFile(b, filepath.Join(dir, "bench.map"), "bench.example.com bench_web\n")
+	const applies = 50
+	cli := func(i int) time.Duration {
+		conf := writeFile(b, filepath.Join(dir, "bench.cfg"), backendConf("bench_web", fmt.Sprint("v", i)))
+		start := time.Now()
+		cmd := exec.Command(binary, "apply", "bench", conf, hosts)
+		cmd.Env = childEnv(in.env)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("apply: %v\n%s", err, out)
+		}
+		return time.Since(start)
+	}
+	report := func(lat []time.Duration, name string) {
+		slices.Sort(lat)
+		b.ReportMetric(ms(percentile(lat, 0.5)), name+"-p50-ms")
+		b.ReportMetric(ms(percentile(lat, 0.99)), name+"-p99-ms")
+	}
+	for b.Loop() {
+		var local, viaCLI, viaSocket []time.Duration
+		for i := range applies {
+			local = append(local, cli(i))
+		}
+		d := in.startDaemon(b)
+		for i := range applies {
+			viaCLI = append(viaCLI, cli(applies+i))
+		}
+		for i := range applies {
+			req := &watcher.Request{Op: watcher.OpApply, Name: "bench", ConfFile: "bench.cfg",
+				Conf: []byte(backendConf("bench_web", fmt.Sprint("w", i))), MapFile: "bench.map", Map: []byte("bench.example.com bench_web\n")}
+			start := time.Now()
+			c, err := watcher.Dial(in.apiSocket())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Send(context.Background(), req); err != nil {
+				b.Fatal(err)
+			}
+			viaSocket = append(viaSocket, time.Since(start))
+			c.Close()
+		}
+		d.stop(b)
+		report(local, "cli-no-daemon")
+		report(viaCLI, "cli-via-daemon")
+		report(viaSocket, "socket-round-trip")
+	}
+}
