@@ -209,10 +209,12 @@ func (e *Engine) validate(ctx context.Context, base *assemble.Base, frags []*ass
 }
 
 // build assembles a set and runs haproxy -c on exactly the bytes that would
-// go live. With trustCache, the set haproxy accepted last (same bytes, same
-// binary, same certificate files, the crt-list's included) is not run
-// again: an apply's baseline, and the daemon publishing what the apply
-// just validated. A new candidate is always checked.
+// go live. With trustCache, a config haproxy accepted recently (same
+// bytes, same binary, same certificate files, the crt-list's included) is
+// not run again: an apply's baseline, and the daemon publishing what the
+// apply just validated. The host map is left out of that comparison: its
+// lines are ours to check (fragments.Parse, assemble.Check), which
+// validate has done. A new candidate is always checked.
 func (e *Engine) build(ctx context.Context, base *assemble.Base, frags []*assemble.Fragment, trustCache bool) (*Verdict, error) {
 	if err := certs.EnsureFiles(e.S.FallbackCert(), e.S.CrtList()); err != nil {
 		return nil, &reload.EnvError{Err: err}
@@ -314,9 +316,9 @@ func rankOf(frags []*assemble.Fragment) func(string) int {
 	return func(name string) int { return pos[name] }
 }
 
-// validKey identifies an assembled output together with the haproxy binary
-// that judged it and the certificate files it loads, for the known-valid
-// cache.
+// validKey identifies an assembled output's config together with the
+// haproxy binary that judged it and the certificate files it loads, for
+// the known-valid cache. The host map is not part of it (see build).
 func (e *Engine) validKey(out *assemble.Output) (string, error) {
 	bin, err := e.Validator.Binary()
 	if err != nil {
@@ -334,8 +336,6 @@ func (e *Engine) validKey(out *assemble.Output) (string, error) {
 		}
 	}
 	h.Write(out.Config)
-	h.Write([]byte{0})
-	h.Write(out.Map)
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }
 
@@ -355,26 +355,29 @@ func (e *Engine) listedCerts() []string {
 	return paths
 }
 
-// validKeep is how many accepted sets the known-valid cache holds: the
-// daemon's API writer validates the next group of changes while the loop
-// publishes the last one.
-const validKeep = 8
+// keepValid is how many accepted configs the known-valid cache holds: the
+// one HAProxy serves stays in it while config changes and map-only changes
+// interleave (#12).
+const keepValid = 8
 
 func (e *Engine) knownValid(key string) bool {
-	data, err := os.ReadFile(filepath.Join(e.S.StateDir, "validated"))
-	return err == nil && slices.Contains(strings.Fields(string(data)), key)
+	return slices.Contains(e.validKeys(), key)
 }
 
-// rememberValid records a set haproxy accepted, keeping the last few.
-// Losing them only costs one more haproxy -c, so a failed write is not an
-// error.
+func (e *Engine) validKeys() []string {
+	data, err := os.ReadFile(filepath.Join(e.S.StateDir, "validated"))
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(data))
+}
+
+// rememberValid records a config haproxy accepted, newest first. Losing it
+// only costs one more haproxy -c, so a failed write is not an error.
 func (e *Engine) rememberValid(key string) {
-	path := filepath.Join(e.S.StateDir, "validated")
-	data, _ := os.ReadFile(path)
-	keys := slices.DeleteFunc(strings.Fields(string(data)), func(k string) bool { return k == key })
-	keys = append(keys, key)
-	keys = keys[max(0, len(keys)-validKeep):]
-	_ = fragments.WriteFile(path, []byte(strings.Join(keys, "\n")+"\n"), 0o640)
+	keys := append([]string{key}, slices.DeleteFunc(e.validKeys(), func(k string) bool { return k == key })...)
+	keys = keys[:min(len(keys), keepValid)]
+	_ = fragments.WriteFile(filepath.Join(e.S.StateDir, "validated"), []byte(strings.Join(keys, "\n")+"\n"), 0o640)
 }
 
 // Selection is the largest valid set found among the stored fragments.

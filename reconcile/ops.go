@@ -69,7 +69,7 @@ func (e *Engine) Apply(ctx context.Context, c Change) (*ApplyResult, error) {
 	if err := e.orphanCheck(sel, c.Name, candidate); err != nil {
 		return nil, err
 	}
-	v, err := e.validate(ctx, sel.Base, candidate, false)
+	v, _, err := e.validateChange(ctx, sel, candidate)
 	var unfinished *reload.UnfinishedError
 	if errors.As(err, &unfinished) {
 		// the set without the newcomer passes: the time is its own doing
@@ -207,6 +207,9 @@ type Published struct {
 	Changed    bool // false when the live files already held this output
 	Selection  *Selection
 	Excluded   []string // fragments left out because an Exclusion matched
+	// Deferred are the fragments PublishMapOnly kept at the version HAProxy
+	// serves (or left out, when new) because their config part changed.
+	Deferred []string
 }
 
 func (e *Engine) generationsDir() string { return filepath.Join(e.S.StateDir, "generations") }
@@ -232,6 +235,13 @@ type Exclusion struct {
 // was read: a store moved away is not an empty store, and publishing it
 // would take every tenant offline.
 func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Published, error) {
+	return e.publish(ctx, exclude, false)
+}
+
+// publish is Publish; with mapOnly, the config changes are deferred and
+// nothing is written unless the result has the config HAProxy serves (see
+// PublishMapOnly).
+func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapOnly bool) (*Published, error) {
 	unlock, err := e.lock(ctx)
 	if err != nil {
 		return nil, err
@@ -264,6 +274,12 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 			}
 		}
 	}
+	var deferred []string
+	if mapOnly {
+		if deferred, err = e.deferConfigChanges(sel); err != nil {
+			return nil, err
+		}
+	}
 	e.checkHosts(ctx, sel)
 	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		return nil, err
@@ -272,6 +288,9 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 		return nil, err
 	}
 	out := sel.Verdict.Output
+	if mapOnly && !e.onlyMapDiffers(sel, out) {
+		return nil, ErrNeedsReload
+	}
 	latest, err := e.latestGeneration()
 	if err != nil {
 		return nil, err
@@ -279,7 +298,7 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 	if latest != nil && e.generationEquals(latest, out) {
 		// nothing new: no generation is written, so retries of an output
 		// HAProxy failed to load do not push good generations out
-		pub := &Published{Generation: latest, Selection: sel, Excluded: excluded}
+		pub := &Published{Generation: latest, Selection: sel, Excluded: excluded, Deferred: deferred}
 		if !e.liveEquals(out) {
 			if err := e.writeLive(out); err != nil {
 				return nil, err
@@ -311,7 +330,7 @@ func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Pu
 	if err := e.pruneVersions(g.Fragments, sel.reference); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	return &Published{Generation: g, Changed: true, Selection: sel, Excluded: excluded}, nil
+	return &Published{Generation: g, Changed: true, Selection: sel, Excluded: excluded, Deferred: deferred}, nil
 }
 
 // storeDir checks that the fragment directory is there to be read.

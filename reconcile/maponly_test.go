@@ -1,0 +1,176 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"haproxy-config/assemble"
+)
+
+// countingHaproxy puts a wrapper around haproxy that counts its runs,
+// and returns the count so far. The check user must be able to run it and
+// to write the count.
+func countingHaproxy(t *testing.T) (env map[string]string, runs func() int) {
+	t.Helper()
+	real := "/usr/sbin/haproxy"
+	if _, err := os.Stat(real); err != nil {
+		t.Skip("SKIPPING: haproxy is not installed at /usr/sbin; run tests/install-deps.sh (CI installs it)")
+	}
+	dir := openTempDir(t)
+	count := filepath.Join(dir, "runs")
+	if err := os.WriteFile(count, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(count, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "haproxy")
+	script := "#!/bin/sh\necho run >> " + count + "\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{"HAPROXY_CONFIG_HAPROXY": wrapper}, func() int {
+		t.Helper()
+		data, err := os.ReadFile(count)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(data), "run\n")
+	}
+}
+
+// TestMapOnlyApplySkipsHaproxyCheck: an apply whose config part is the
+// stored one runs no haproxy -c, nor does the publish after it, while a
+// map change that fails our own checks is still refused at its line and
+// changes nothing.
+func TestMapOnlyApplySkipsHaproxyCheck(t *testing.T) {
+	env, runs := countingHaproxy(t)
+	e := newEngine(t, env)
+	mustApply(t, e, "wild", wildConf, wildMap)
+	mustApply(t, e, "shop", shopV1, shopMap)
+	publish(t, e)
+	before := runs()
+	if before == 0 {
+		t.Fatal("the wrapper counted no haproxy -c at all")
+	}
+
+	res, err := apply(t, e, "shop", shopV1, shopMap+"www.shop.example.com shop_web\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := runs() - before; n != 0 {
+		t.Errorf("a map-only apply ran haproxy -c %d times, want none", n)
+	}
+	st, err := e.Store.Read("shop")
+	if err != nil || !strings.Contains(string(st.Map), "www.shop.example.com shop_web") {
+		t.Fatalf("the map-only change was not stored: %v %q", err, st.Map)
+	}
+
+	snap := snapshot(t, e)
+	for _, c := range []struct {
+		hostMap, msg string
+		line         int
+	}{
+		{shopMap + "*.example.com shop_web\n", `already mapped by fragment "wild"`, 2},
+		{"# moved\n\nshop.example.com wild_web\n", "this fragment does not define", 3},
+		{shopMap + "bad_name.example.com shop_web\n", "not a valid host name", 2},
+	} {
+		_, err := apply(t, e, "shop", shopV1, c.hostMap)
+		var ps assemble.Problems
+		if !errors.As(err, &ps) || len(ps) == 0 {
+			t.Fatalf("map %q: got %v, want problems", c.hostMap, err)
+		}
+		if p := ps[0]; p.File != "shop.map.in" || p.Line != c.line || !strings.Contains(p.Msg, c.msg) {
+			t.Errorf("map %q: refused at %s:%d with %q, want shop.map.in:%d and %q", c.hostMap, p.File, p.Line, p.Msg, c.line, c.msg)
+		}
+	}
+	if after := snapshot(t, e); !maps.Equal(snap, after) {
+		t.Error("a refused map change wrote files")
+	}
+	if n := runs() - before; n != 0 {
+		t.Errorf("refusing map changes ran haproxy -c %d times, want none", n)
+	}
+
+	pub := publish(t, e)
+	if n := runs() - before; n != 0 {
+		t.Errorf("publishing a map-only change ran haproxy -c %d times, want none", n)
+	}
+	if _, hostMap := liveFiles(t, e); !strings.Contains(hostMap, "www.shop.example.com shop_web") || pub.Generation.Fragments["shop"] != res.Fragment.Checksum {
+		t.Errorf("generation %d does not hold the map-only change (shop %s):\n%s", pub.Generation.Number, pub.Generation.Fragments["shop"], hostMap)
+	}
+
+	mustApply(t, e, "shop", shopV2, shopMap)
+	if runs() == before {
+		t.Error("a config change ran no haproxy -c")
+	}
+}
+
+// TestPublishMapOnlyDefersConfigChanges: with the served generation
+// marked, PublishMapOnly publishes the map changes with the served config
+// (a changed config part at its served version, a new fragment left out)
+// and refuses, writing nothing, when only config changes are left or a
+// fragment was removed.
+func TestPublishMapOnlyDefersConfigChanges(t *testing.T) {
+	ctx := context.Background()
+	e := newEngine(t, nil)
+	mustApply(t, e, "wild", wildConf, wildMap)
+	mustApply(t, e, "shop", shopV1, shopMap)
+	served := publish(t, e).Generation
+	if err := e.MarkServing(served.Number); err != nil {
+		t.Fatal(err)
+	}
+	servedCfg, _ := liveFiles(t, e)
+
+	mustApply(t, e, "shop", shopV2, shopMap)
+	mustApply(t, e, "fresh", "backend fresh_web\n    server s1 127.0.0.1:9003\n", "fresh.example.com fresh_web\n")
+	mustApply(t, e, "wild", wildConf, wildMap+"wild.example.net wild_web\n")
+	pub, err := e.PublishMapOnly(ctx, nil)
+	if err != nil {
+		t.Fatalf("publish the map-only part: %v", err)
+	}
+	if want := []string{"fresh", "shop"}; !slices.Equal(pub.Deferred, want) {
+		t.Errorf("deferred %v, want %v", pub.Deferred, want)
+	}
+	g := pub.Generation
+	if g.Number == served.Number || g.Fragments["shop"] != served.Fragments["shop"] || g.Fragments["fresh"] != "" {
+		t.Errorf("generation %d has shop %s and fresh %q; want a new one with shop at %s and no fresh", g.Number, g.Fragments["shop"], g.Fragments["fresh"], served.Fragments["shop"])
+	}
+	cfg, hostMap := liveFiles(t, e)
+	if cfg != servedCfg || !strings.Contains(hostMap, "wild.example.net wild_web") || strings.Contains(hostMap, "fresh") {
+		t.Errorf("live files: config same as served %v, map:\n%s", cfg == servedCfg, hostMap)
+	}
+	if len(pub.Selection.Rejected) != 0 {
+		t.Errorf("deferred fragments reported as rejected: %v", pub.Selection.Rejected)
+	}
+
+	if err := e.MarkServing(g.Number); err != nil {
+		t.Fatal(err)
+	}
+	snap := snapshot(t, e)
+	if _, err := e.PublishMapOnly(ctx, nil); !errors.Is(err, ErrNeedsReload) {
+		t.Errorf("with only config changes left: %v, want ErrNeedsReload", err)
+	}
+	if !maps.Equal(snap, snapshot(t, e)) {
+		t.Error("a refused PublishMapOnly wrote files")
+	}
+	if err := e.Remove(ctx, "wild"); err != nil {
+		t.Fatal(err)
+	}
+	snap = snapshot(t, e)
+	if _, err := e.PublishMapOnly(ctx, nil); !errors.Is(err, ErrNeedsReload) {
+		t.Errorf("with a served fragment removed: %v, want ErrNeedsReload", err)
+	}
+	if !maps.Equal(snap, snapshot(t, e)) {
+		t.Error("a refused PublishMapOnly wrote files")
+	}
+	full := publish(t, e).Generation
+	if full.Fragments["shop"] == served.Fragments["shop"] || full.Fragments["fresh"] == "" {
+		t.Errorf("the full publish left the config changes out: %v", full.Fragments)
+	}
+}
