@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -253,6 +254,149 @@ func (r *Runtime) ReplaceMap(ctx context.Context, ref string, entries map[string
 	}
 	_, err = r.expect(ctx, "commit map @"+ver+" "+ref, nil, "")
 	return err
+}
+
+// MapDelta is what turns a map's entries into others, key by key.
+type MapDelta struct {
+	Set map[string]string // keys the map has, with their new value
+	Add map[string]string // keys it does not have yet
+	Del []string          // keys to remove, sorted
+}
+
+// DiffMap returns the changes from the entries old to want.
+func DiffMap(old, want map[string]string) MapDelta {
+	d := MapDelta{Set: map[string]string{}, Add: map[string]string{}}
+	for k, v := range want {
+		switch ov, ok := old[k]; {
+		case !ok:
+			d.Add[k] = v
+		case ov != v:
+			d.Set[k] = v
+		}
+	}
+	for k := range old {
+		if _, ok := want[k]; !ok {
+			d.Del = append(d.Del, k)
+		}
+	}
+	slices.Sort(d.Del)
+	return d
+}
+
+// Len is the number of keys the delta changes.
+func (d MapDelta) Len() int { return len(d.Set) + len(d.Add) + len(d.Del) }
+
+// UpdateMap changes map ref in place by delta, then reads every changed key
+// back: "set map" for keys the map has ("add map" would add a duplicate
+// that loses to the first), "add map" for new ones, "del map" for removed
+// ones. The commands go several to a line, joined by ";", each line well
+// under tune.bufsize and on its own connection; the read-back ("get map")
+// is batched the same way. Other keys are not touched and not read. On an
+// error the map may hold part of the delta: the caller swaps the whole map
+// (ReplaceMap) to repair it.
+func (r *Runtime) UpdateMap(ctx context.Context, ref string, delta MapDelta) error {
+	var cmds []string
+	for _, k := range delta.Del {
+		cmds = append(cmds, "del map "+ref+" "+k)
+	}
+	for _, k := range slices.Sorted(maps.Keys(delta.Set)) {
+		cmds = append(cmds, "set map "+ref+" "+k+" "+delta.Set[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(delta.Add)) {
+		cmds = append(cmds, "add map "+ref+" "+k+" "+delta.Add[k])
+	}
+	want := map[string]string{}
+	for _, m := range []map[string]string{delta.Set, delta.Add} {
+		for k, v := range m {
+			if !cliWord(k) || !cliWord(v) {
+				return fmt.Errorf("runtime api: map entry %q %q: keys and values must be single words without ;, \\, # or quotes", k, v)
+			}
+			want[k] = v
+		}
+	}
+	for _, k := range delta.Del {
+		if !cliWord(k) {
+			return fmt.Errorf("runtime api: map key %q: keys must be single words without ;, \\, # or quotes", k)
+		}
+		want[k] = ""
+	}
+	for _, line := range batch(cmds) {
+		out, err := r.Command(ctx, line, nil)
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(out) != "" {
+			return &RefusedError{Command: line, Answer: out}
+		}
+	}
+	keys := slices.Sorted(maps.Keys(want))
+	gets := make([]string, len(keys))
+	for i, k := range keys {
+		gets[i] = "get map " + ref + " " + k
+	}
+	got := map[string]string{}
+	done := 0
+	for _, line := range batch(gets) {
+		out, err := r.Command(ctx, line, nil)
+		if err != nil {
+			return err
+		}
+		n := strings.Count(line, ";") + 1
+		answers := strings.Split(strings.TrimRight(out, "\n"), "\n\n")
+		if len(answers) != n {
+			return &RefusedError{Command: line, Answer: out}
+		}
+		for i, a := range answers {
+			k := keys[done+i]
+			switch m := getMapRE.FindStringSubmatch(a); {
+			case strings.Contains(a, "found=no"):
+				got[k] = ""
+			case m != nil && m[1] == k:
+				got[k] = m[2]
+			default:
+				return &RefusedError{Command: gets[done+i], Answer: a}
+			}
+		}
+		done += n
+	}
+	if !maps.Equal(got, want) {
+		var wrong []string
+		for _, k := range keys {
+			if got[k] != want[k] {
+				wrong = append(wrong, fmt.Sprintf("%s is %q, want %q", k, got[k], want[k]))
+			}
+		}
+		return fmt.Errorf("runtime api: map %s after the update: %s", ref, strings.Join(wrong, "; "))
+	}
+	return nil
+}
+
+// getMapRE reads the key and value of a "get map" answer that found one.
+var getMapRE = regexp.MustCompile(`found=yes, .*key="([^"]*)", value="([^"]*)"`)
+
+// cliWord reports whether s passes through the CLI's tokenizer as itself.
+func cliWord(s string) bool {
+	return s != "" && !strings.ContainsAny(s, " \t\r\n;\\#\"'")
+}
+
+// batch joins commands with ";" into lines of at most maxPayload bytes.
+func batch(cmds []string) []string {
+	var lines []string
+	var b strings.Builder
+	for _, c := range cmds {
+		if b.Len() > 0 && b.Len()+1+len(c) > maxPayload {
+			lines = append(lines, b.String())
+			b.Reset()
+		}
+		if b.Len() > 0 {
+			b.WriteByte(';')
+		}
+		b.WriteString(c)
+	}
+	if b.Len() > 0 {
+		lines = append(lines, b.String())
+	}
+	return lines
 }
 
 // CertKnown reports whether the running process has a certificate stored

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -328,5 +329,110 @@ func TestRuntimeShowCrtListUnknown(t *testing.T) {
 	h := startRuntimeHAProxy(t, "")
 	if _, err := h.rt.ShowCrtList(testContext(t, 10*time.Second), filepath.Join(h.dir, "none.list")); !errors.As(err, new(*RefusedError)) {
 		t.Errorf("ShowCrtList of an unknown list: %v, want a RefusedError", err)
+	}
+}
+
+// TestDiffMap: only the keys that change are in the delta, each once,
+// split by whether the map has them.
+func TestDiffMap(t *testing.T) {
+	old := map[string]string{"same.example": "a", "moved.example": "a", "gone.example": "b", "*.wild.example": "w"}
+	want := map[string]string{"same.example": "a", "moved.example": "b", "new.example": "c", "*.wild.example": "w", "*.new.example": "w"}
+	d := DiffMap(old, want)
+	if !maps.Equal(d.Set, map[string]string{"moved.example": "b"}) {
+		t.Errorf("set %v, want moved.example=b", d.Set)
+	}
+	if !maps.Equal(d.Add, map[string]string{"new.example": "c", "*.new.example": "w"}) {
+		t.Errorf("add %v, want new.example and *.new.example", d.Add)
+	}
+	if !slices.Equal(d.Del, []string{"gone.example"}) {
+		t.Errorf("del %v, want gone.example", d.Del)
+	}
+	if d.Len() != 4 {
+		t.Errorf("len %d, want 4", d.Len())
+	}
+	if d := DiffMap(want, want); d.Len() != 0 {
+		t.Errorf("no change gives %+v", d)
+	}
+	if d := DiffMap(nil, map[string]string{"a.example": "x"}); d.Len() != 1 || d.Add["a.example"] != "x" {
+		t.Errorf("from nothing: %+v", d)
+	}
+}
+
+// TestBatch: commands are joined with ";" into lines under maxPayload,
+// none lost or split.
+func TestBatch(t *testing.T) {
+	var cmds []string
+	for i := range 2000 {
+		cmds = append(cmds, fmt.Sprintf("add map #0 host-%04d.example backend_%d", i, i%7))
+	}
+	lines := batch(cmds)
+	if len(lines) < 2 {
+		t.Fatalf("%d lines for %d commands, want several", len(lines), len(cmds))
+	}
+	var back []string
+	for _, l := range lines {
+		if len(l) > maxPayload {
+			t.Errorf("a line of %d bytes, over %d", len(l), maxPayload)
+		}
+		back = append(back, strings.Split(l, ";")...)
+	}
+	if !slices.Equal(back, cmds) {
+		t.Errorf("the lines hold %d commands, want the %d given in order", len(back), len(cmds))
+	}
+	if got := batch(nil); len(got) != 0 {
+		t.Errorf("no commands give %q", got)
+	}
+}
+
+// TestRuntimeUpdateMap changes a map in place by far more commands than
+// one line holds, and reads them back; keys it does not name keep their
+// value, and a delta that does not fit the map (setting a key it does not
+// have) is an error.
+func TestRuntimeUpdateMap(t *testing.T) {
+	h := startRuntimeHAProxy(t, "a.example one\nb.example two\nkeep.example three\n")
+	ctx := testContext(t, 30*time.Second)
+	ref, err := h.rt.FindMap(ctx, "hosts.map")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _, err := h.rt.ShowMap(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := maps.Clone(old)
+	delete(want, "b.example")
+	want["a.example"] = "moved"
+	for i := range 1500 {
+		want[fmt.Sprintf("host-%04d.example", i)] = fmt.Sprintf("backend_%d", i%7)
+	}
+	want["*.wild.example"] = "wild"
+	if err := h.rt.UpdateMap(ctx, ref, DiffMap(old, want)); err != nil {
+		t.Fatalf("UpdateMap: %v", err)
+	}
+	got, dups, err := h.rt.ShowMap(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) || len(dups) != 0 {
+		t.Errorf("after UpdateMap: %d entries (%d duplicates), want %d equal to the input", len(got), len(dups), len(want))
+	}
+	for host, backend := range map[string]string{"a.example": "moved", "b.example": "", "keep.example": "three", "host-1499.example": "backend_1"} {
+		if r := h.route(t, host); r != backend {
+			t.Errorf("%s routes to %q, want %q", host, r, backend)
+		}
+	}
+	// the caller's idea of the map is wrong: the key is not there
+	stale := MapDelta{Set: map[string]string{"b.example": "two"}, Add: map[string]string{}}
+	if err := h.rt.UpdateMap(ctx, ref, stale); !errors.As(err, new(*RefusedError)) {
+		t.Errorf("setting a key the map does not have: %v, want a RefusedError", err)
+	}
+	// adding a key it has leaves the old value first: the read-back sees it
+	dup := MapDelta{Set: map[string]string{}, Add: map[string]string{"a.example": "again"}}
+	if err := h.rt.UpdateMap(ctx, ref, dup); err == nil || !strings.Contains(err.Error(), `a.example is "moved", want "again"`) {
+		t.Errorf("adding a key the map has: %v, want the read-back to catch it", err)
+	}
+	bad := MapDelta{Set: map[string]string{}, Add: map[string]string{"c.example": "x;show info"}}
+	if err := h.rt.UpdateMap(ctx, ref, bad); err == nil {
+		t.Error("a value with a ; was sent")
 	}
 }
