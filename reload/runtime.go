@@ -158,18 +158,27 @@ var ErrMapNotLoaded = errors.New("haproxy has no such map loaded")
 // under the name the configuration used: a relative one when the config
 // relies on "default-path config".
 func (r *Runtime) FindMap(ctx context.Context, names ...string) (string, error) {
-	maps, err := r.Maps(ctx)
+	m, err := r.LookupMap(ctx, names...)
 	if err != nil {
 		return "", err
+	}
+	return m.Ref(), nil
+}
+
+// LookupMap is FindMap returning the map's whole "show map" line.
+func (r *Runtime) LookupMap(ctx context.Context, names ...string) (MapInfo, error) {
+	maps, err := r.Maps(ctx)
+	if err != nil {
+		return MapInfo{}, err
 	}
 	for _, m := range maps {
 		for _, n := range names {
 			if filepath.Clean(m.File) == filepath.Clean(n) {
-				return m.Ref(), nil
+				return m, nil
 			}
 		}
 	}
-	return "", fmt.Errorf("%w: %s", ErrMapNotLoaded, strings.Join(names, " or "))
+	return MapInfo{}, fmt.Errorf("%w: %s", ErrMapNotLoaded, strings.Join(names, " or "))
 }
 
 // ShowMap reads a map's current entries. A key listed more than once (as

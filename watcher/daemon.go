@@ -47,6 +47,9 @@ type Daemon struct {
 	cli      *reload.MasterCLI // nil when no master socket is known
 	rt       *reload.Runtime   // the stats socket: host map updates without a reload
 	api      *apiServer        // the API socket: the CLI's changes
+	// rtEntries is what the runtime host map was last seen holding (nil
+	// when unknown): map-only changes send HAProxy only the difference
+	rtEntries map[string]string
 	limiter  *rate.Limiter
 	fsw      *fsnotify.Watcher
 
@@ -54,7 +57,11 @@ type Daemon struct {
 	// for by a committed CLI change, so it need not settle
 	dirty      map[string]bool
 	firstDirty time.Time
+	lastDirty  time.Time
 	lastRaw    time.Time
+	// mapOnlyTried: the map-only part of the burst went live (or there was
+	// none) while the rest waits for a reload token
+	mapOnlyTried bool
 	rescan     bool
 	histSize   int64
 
@@ -470,6 +477,7 @@ func (d *Daemon) change(key string, vouched bool) {
 		d.lastRaw = now
 	}
 	d.dirty[key] = vouched
+	d.lastDirty, d.mapOnlyTried = now, false
 }
 
 func (d *Daemon) markRescan() {
@@ -477,6 +485,7 @@ func (d *Daemon) markRescan() {
 		d.firstDirty = time.Now()
 	}
 	d.rescan = true
+	d.lastDirty, d.mapOnlyTried = time.Now(), false
 }
 
 func (d *Daemon) historySize() int64 {
@@ -563,12 +572,20 @@ func (d *Daemon) step(ctx context.Context, timer *time.Timer) {
 	r := d.limiter.ReserveN(now, 1)
 	if wait := r.DelayFrom(now); wait > 0 {
 		r.CancelAt(now)
+		// a map-only change never waits for a reload token
+		if !d.mapOnlyTried && d.mapOnlyMeanwhile(ctx) {
+			d.dirty, d.rescan = map[string]bool{}, false
+			d.status.Pending = nil
+			d.writeStatus()
+			d.Notify("STATUS=" + d.summary())
+			return
+		}
 		timer.Reset(wait)
 		d.setPending()
 		return
 	}
 	since := d.firstDirty
-	d.dirty, d.rescan = map[string]bool{}, false
+	d.dirty, d.rescan, d.mapOnlyTried = map[string]bool{}, false, false
 	d.status.Pending = nil
 	if !d.reconcile(ctx, since) {
 		r.CancelAt(now) // no reload: give the token back
@@ -939,6 +956,7 @@ func (d *Daemon) reloadVerified(ctx context.Context, marker string) error {
 	// that is being replaced
 	d.runtimeMu.Lock()
 	defer d.runtimeMu.Unlock()
+	d.rtEntries = nil // the new worker loads the map file
 	ctx, cancel := context.WithTimeout(ctx, d.s.VerifyTimeout)
 	defer cancel()
 	var before *reload.Procs

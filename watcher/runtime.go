@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"haproxy-config/reconcile"
+	"haproxy-config/reload"
 )
 
 // readMapFile reads a host map file as HAProxy does: "key value" lines,
@@ -42,6 +43,7 @@ func readMapFile(path string) (map[string]string, error) {
 // atomic swap, then reads it back. It reports whether the runtime map had
 // to change, and the number of entries.
 func (d *Daemon) syncMap(ctx context.Context) (changed bool, entries int, err error) {
+	d.rtEntries = nil
 	want, err := readMapFile(d.s.OutputMap)
 	if err != nil {
 		return false, 0, err
@@ -59,6 +61,7 @@ func (d *Daemon) syncMap(ctx context.Context) (changed bool, entries int, err er
 		return false, 0, err
 	}
 	if len(dups) == 0 && maps.Equal(got, want) {
+		d.rtEntries = want
 		return false, len(want), nil
 	}
 	if err := d.rt.ReplaceMap(ctx, ref, want); err != nil {
@@ -72,6 +75,49 @@ func (d *Daemon) syncMap(ctx context.Context) (changed bool, entries int, err er
 		return false, 0, fmt.Errorf("runtime host map %s differs from %s after the update: %d entries (%d duplicated), want %d",
 			ref, d.s.OutputMap, len(got), len(dups), len(want))
 	}
+	d.rtEntries = want
+	return true, len(want), nil
+}
+
+// updateMap brings HAProxy's runtime host map to the live map file by
+// changing only the keys that differ from what it was last seen holding,
+// and reading those back (#12): a change's cost does not grow with the
+// map. Without that knowledge, when HAProxy's entry count disagrees with
+// it (a restart, a reload by someone else), or when the update fails, it
+// swaps the whole map as syncMap does.
+func (d *Daemon) updateMap(ctx context.Context) (changed bool, entries int, err error) {
+	old := d.rtEntries
+	if old == nil {
+		return d.syncMap(ctx)
+	}
+	d.rtEntries = nil
+	want, err := readMapFile(d.s.OutputMap)
+	if err != nil {
+		return false, 0, err
+	}
+	name, err := d.eng.MapRef()
+	if err != nil {
+		return false, 0, err
+	}
+	m, err := d.rt.LookupMap(ctx, name, d.s.OutputMap)
+	if err != nil {
+		return false, 0, err
+	}
+	if m.Entries != len(old) {
+		d.Log.Warn("runtime host map is not what it was last seen holding: swapping it whole",
+			"entries", m.Entries, "expected", len(old))
+		return d.syncMap(ctx)
+	}
+	delta := reload.DiffMap(old, want)
+	if delta.Len() == 0 {
+		d.rtEntries = want
+		return false, len(want), nil
+	}
+	if err := d.rt.UpdateMap(ctx, m.Ref(), delta); err != nil {
+		d.Log.Warn("runtime host map update failed: swapping it whole", "err", err)
+		return d.syncMap(ctx)
+	}
+	d.rtEntries = want
 	return true, len(want), nil
 }
 
@@ -81,7 +127,13 @@ func (d *Daemon) syncMap(ctx context.Context) (changed bool, entries int, err er
 // failed for a new generation, which then needs a reload.
 func (d *Daemon) applyMapAtRuntime(ctx context.Context, g *reconcile.Generation, since time.Time) bool {
 	fresh := d.lastGood == nil || d.lastGood.Number != g.Number
-	changed, n, err := d.syncMap(ctx)
+	// a new generation changes the keys it changes; a rescan (nothing
+	// new) compares the whole map and repairs drift
+	sync := d.syncMap
+	if fresh {
+		sync = d.updateMap
+	}
+	changed, n, err := sync(ctx)
 	switch {
 	case err != nil && fresh:
 		d.status.Counts.RuntimeFallbacks++
