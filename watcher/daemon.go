@@ -47,9 +47,6 @@ type Daemon struct {
 	cli      *reload.MasterCLI // nil when no master socket is known
 	rt       *reload.Runtime   // the stats socket: host map updates without a reload
 	api      *apiServer        // the API socket: the CLI's changes
-	// rtEntries is what the runtime host map was last seen holding (nil
-	// when unknown): map-only changes send HAProxy only the difference
-	rtEntries map[string]string
 	limiter  *rate.Limiter
 	fsw      *fsnotify.Watcher
 
@@ -57,13 +54,17 @@ type Daemon struct {
 	// for by a committed CLI change, so it need not settle
 	dirty      map[string]bool
 	firstDirty time.Time
-	lastDirty  time.Time
 	lastRaw    time.Time
-	// mapOnlyTried: the map-only part of the burst went live (or there was
-	// none) while the rest waits for a reload token
-	mapOnlyTried bool
 	rescan     bool
 	histSize   int64
+
+	// map-only changes (#12): what the runtime host map was last seen
+	// holding (nil when unknown), so HAProxy gets only the difference;
+	// when the burst last changed; and whether its map-only part went live
+	// (or there was none) while the rest waits for a reload token
+	rtEntries    map[string]string
+	lastDirty    time.Time
+	mapOnlyTried bool
 
 	exclude   map[string]reconcile.Exclusion
 	probe     []string // fragments held back after a failed reload, retried one at a time
