@@ -34,7 +34,7 @@ func TestMapOnlyUnderLoad(t *testing.T) {
 	results := make([]*loadResult, 2)
 	var wg sync.WaitGroup
 	for i, mode := range []loadMode{loadConnPerRequest, loadKeepAlive} {
-		wg.Go(func() { results[i] = runLoad(ctx, target, mode, 2, nil) })
+		wg.Go(func() { results[i] = runLoad(ctx, target, mode, 1, nil) })
 	}
 	const changes = 500
 	for i := range changes {
