@@ -209,9 +209,8 @@ func (b *batch) try(accepted, trial []int) (assemble.Problems, map[int]assemble.
 	for _, m := range append(slices.Clone(accepted), trial...) {
 		set = b.changes[m].applyTo(set)
 	}
-	// TODO(#12): the map-only fast path (reconcile/maponly.go) decides here,
-	// and only here, whether this set can go without haproxy -c.
-	v, err := b.e.validate(b.ctx, b.sel.Base, set, false)
+	// a set whose config is the one selected needs no haproxy -c (maponly.go)
+	v, _, err := b.e.validateChange(b.ctx, b.sel, set)
 	var unfinished *reload.UnfinishedError
 	if errors.As(err, &unfinished) {
 		// the set without trial passed: the time is trial's doing

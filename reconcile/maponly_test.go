@@ -174,3 +174,36 @@ func TestPublishMapOnlyDefersConfigChanges(t *testing.T) {
 		t.Errorf("the full publish left the config changes out: %v", full.Fragments)
 	}
 }
+
+// TestApplyBatchMapOnly: a group of map-only changes runs no haproxy -c;
+// one config change in the group makes it run again, and each member is
+// still judged by its own map lines.
+func TestApplyBatchMapOnly(t *testing.T) {
+	env, runs := countingHaproxy(t)
+	e := newEngine(t, env)
+	mustApply(t, e, "wild", wildConf, wildMap)
+	mustApply(t, e, "shop", shopV1, shopMap)
+	before := runs()
+	results := e.ApplyBatch(t.Context(), []Op{
+		{Change: Change{Name: "shop", ConfFile: "shop.cfg", Conf: []byte(shopV1), MapFile: "shop.map", Map: []byte(shopMap + "www.shop.example.com shop_web\n")}},
+		{Change: Change{Name: "wild", ConfFile: "wild.cfg", Conf: []byte(wildConf), MapFile: "wild.map", Map: []byte(wildMap + "shop.example.com wild_web\n")}},
+	})
+	if results[0].Err != nil {
+		t.Errorf("map-only change of shop: %v", results[0].Err)
+	}
+	if err := results[1].Err; err == nil || !strings.Contains(err.Error(), "wild.map:") {
+		t.Errorf("wild mapping shop's domain: %v, want a refusal at a line of wild.map", err)
+	}
+	if n := runs() - before; n != 0 {
+		t.Errorf("a group of map-only changes ran haproxy -c %d times, want none", n)
+	}
+	results = e.ApplyBatch(t.Context(), []Op{
+		{Change: Change{Name: "shop", ConfFile: "shop.cfg", Conf: []byte(shopV2), MapFile: "shop.map", Map: []byte(shopMap)}},
+	})
+	if results[0].Err != nil {
+		t.Fatal(results[0].Err)
+	}
+	if runs() == before {
+		t.Error("a group with a config change ran no haproxy -c")
+	}
+}
