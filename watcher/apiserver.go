@@ -127,14 +127,24 @@ func (a *apiServer) serve(ctx context.Context) (stop func()) {
 }
 
 func (a *apiServer) accept(ctx context.Context) {
+	var pause time.Duration
 	for {
 		conn, err := a.ln.AcceptUnix()
 		if err != nil {
-			if ctx.Err() == nil {
-				a.log.Error("API socket: accept failed; no more requests are taken", "err", err)
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// out of file descriptors (clients at once), say: it passes
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			a.log.Error("API socket: accept failed; retrying", "in", pause, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(pause):
+			}
+			continue
 		}
+		pause = 0
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -237,6 +247,10 @@ func (a *apiServer) write(ctx context.Context) {
 	}
 }
 
+// apiRequestTimeout bounds the reading of a request: the CLI sends it
+// whole at once.
+const apiRequestTimeout = 30 * time.Second
+
 // handle serves one connection: the peer is checked, its request queued
 // for the writer, answered, and with Wait answered again once live.
 func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
@@ -249,7 +263,15 @@ func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
 	}
 	s := a.settings.Load()
 	req := &Request{}
-	if err := readLine(bufio.NewReader(conn), maxRequest(s.MaxFragmentBytes), req); err != nil {
+	// neither a client that sends no request nor one that never ends it
+	// holds the connection, or the daemon's stop, for long
+	_ = conn.SetReadDeadline(time.Now().Add(apiRequestTimeout))
+	stopRead := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Now()) })
+	err = readLine(bufio.NewReader(conn), maxRequest(s.MaxFragmentBytes), req)
+	if stopRead() {
+		_ = conn.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
 		_ = writeLine(conn, &Answer{Error: toWire(&reconcile.UsageError{Err: fmt.Errorf("API request: %w", err)})})
 		return
 	}

@@ -1,0 +1,147 @@
+package watcher
+
+import (
+	"bufio"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"haproxy-config/settings"
+)
+
+// testAPI listens on an API socket in a fresh state directory and serves
+// it; the returned stop is also run at cleanup.
+func testAPI(t *testing.T) (*apiServer, func()) {
+	t.Helper()
+	root := t.TempDir()
+	s, err := settings.Load(settings.Source{Getenv: func(k string) (string, bool) {
+		if k == "HAPROXY_CONFIG_ROOT" {
+			return root, true
+		}
+		return "", false
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := listenAPI(s, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan struct{})
+	stop := a.serve(t.Context())
+	var once bool
+	stopOnce := func() {
+		if !once {
+			once = true
+			stop()
+			close(stopped)
+		}
+	}
+	t.Cleanup(func() {
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			t.Error("the API server did not stop")
+		}
+	})
+	t.Cleanup(stopOnce)
+	return a, stopOnce
+}
+
+// askUnknown sends a request the daemon refuses without touching the store
+// and returns its answer's error kind.
+func askUnknown(t *testing.T, path string) (string, error) {
+	t.Helper()
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := writeLine(conn, &Request{Op: "frobnicate", Name: "shop"}); err != nil {
+		return "", err
+	}
+	a := &Answer{}
+	if err := readLine(bufio.NewReader(conn), 1<<20, a); err != nil {
+		return "", err
+	}
+	if a.Error == nil {
+		return "", nil
+	}
+	return a.Error.Kind, nil
+}
+
+// TestAPIStopsWithIdleConnection: a client that connects and sends nothing
+// (or half a request) must not keep the daemon from stopping.
+func TestAPIStopsWithIdleConnection(t *testing.T) {
+	a, stop := testAPI(t)
+	idle, err := net.Dial("unix", a.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	half, err := net.Dial("unix", a.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer half.Close()
+	if _, err := half.Write([]byte(`{"op":"apply","na`)); err != nil {
+		t.Fatal(err)
+	}
+	if kind, err := askUnknown(t, a.path); err != nil || kind != kindUsage {
+		t.Fatalf("an unknown operation: kind %q, %v; want %q", kind, err, kindUsage)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stop()
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		idle.Close()
+		half.Close()
+		t.Fatal("stop waits for a client that sends no request")
+	}
+}
+
+// TestAPIAcceptSurvivesFDLimit: running out of file descriptors for a
+// while (many clients at once) stops accepting only as long as it lasts.
+func TestAPIAcceptSurvivesFDLimit(t *testing.T) {
+	a, _ := testAPI(t)
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	restore := func() {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer restore()
+	// room for the client's end of one connection and not for its accepted end
+	low := old
+	low.Cur = uint64(len(entries)) // entries counted the directory read
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("unix", a.path)
+	if err != nil {
+		restore()
+		t.Fatalf("connect with one descriptor to spare: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // the accept fails meanwhile
+	conn.Close()
+	restore()
+	if kind, err := askUnknown(t, a.path); err != nil || kind != kindUsage {
+		t.Fatalf("after the descriptors ran out for a moment: kind %q, %v; want the daemon's answer %q", kind, err, kindUsage)
+	}
+}
