@@ -162,6 +162,11 @@ func TestActor(t *testing.T) {
 		{"root (sudo by ann)", 0, "root (sudo by ann)"},
 		{"tenant-42", 0, "tenant-42 (via root)"},
 		{"rootkit", 0, "rootkit (via root)"},
+		// a claim cannot forge a line of the history's display, nor grow it
+		{"ann\n2025-01-01T00:00:00Z apply shop root", 0, "ann?2025-01-01T00:00:00Z apply shop root (via root)"},
+		{"root \x1b[2Kbob", 0, "root ?[2Kbob"},
+		{strings.Repeat("x", 1<<20), 0, strings.Repeat("x", maxActor) + " (via root)"},
+		{"é" + strings.Repeat("x", maxActor), 0, "é" + strings.Repeat("x", maxActor-2) + " (via root)"},
 	} {
 		if got := actor(tc.claimed, tc.uid); got != tc.want {
 			t.Errorf("actor(%q, %d) = %q, want %q", tc.claimed, tc.uid, got, tc.want)

@@ -12,9 +12,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -343,9 +346,13 @@ func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
 	_ = writeLine(conn, &Answer{Error: toWire(err)})
 }
 
+// maxActor bounds the claimed actor that the history keeps, in bytes.
+const maxActor = 200
+
 // actor is who the history names: what the client says, and the uid it
 // connected as when that is not the user it says.
 func actor(claimed string, uid uint32) string {
+	claimed = printable(claimed)
 	name := "uid " + strconv.FormatUint(uint64(uid), 10)
 	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
 		name = u.Username
@@ -357,6 +364,23 @@ func actor(claimed string, uid uint32) string {
 		return claimed
 	}
 	return claimed + " (via " + name + ")"
+}
+
+// printable is s cut to maxActor bytes with every character that is not
+// printable (a newline, a terminal escape) replaced by "?": the claim is
+// the caller's own text, shown by list and kept in the history.
+func printable(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			r = '?'
+		}
+		if b.Len()+utf8.RuneLen(r) > maxActor {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // permitted checks the peer's credentials, whatever the socket's mode:
