@@ -165,6 +165,7 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 			return
 		}
 		if c.frag != nil {
+			e.hostsOK[c.frag.Checksum] = true
 			_, replaced := sel.Stored[c.name]
 			results[c.op].Apply = &ApplyResult{Fragment: c.frag, Replaced: replaced, Warnings: b.warnings[m]}
 		}

@@ -187,3 +187,26 @@ func TestApplyBatch(t *testing.T) {
 func backendConf(backend, body string) string {
 	return fmt.Sprintf("backend %s\n    http-request return status 200 content-type text/plain string \"%s\"\n", backend, body)
 }
+
+// TestApplyBatchMemoryBounded: the daemon's writer keeps one engine for as
+// long as it runs, so what the engine remembers per change must not grow
+// with the number of changes: only with what is stored.
+func TestApplyBatchMemoryBounded(t *testing.T) {
+	e := newEngine(t, nil)
+	const changes = 12
+	for i := range changes {
+		op := Op{Change: Change{Name: "shop", ConfFile: "shop.cfg", Conf: []byte(backendConf("b_shop", "shop")),
+			MapFile: "shop.map", Map: []byte(fmt.Sprintf("v%d.example.com b_shop\n", i))}}
+		if r := e.ApplyBatch(t.Context(), []Op{op}); r[0].Err != nil {
+			t.Fatalf("change %d: %v", i, r[0].Err)
+		}
+		// a refused version is not remembered either
+		bad := Op{Change: Change{Name: "bad", ConfFile: "bad.cfg", Conf: []byte(fmt.Sprintf("backend b_bad\n    hash-type bogus%d\n", i))}}
+		if r := e.ApplyBatch(t.Context(), []Op{bad}); r[0].Err == nil {
+			t.Fatalf("bad version %d accepted", i)
+		}
+	}
+	if n := len(e.hostsOK); n > 2 {
+		t.Errorf("after %d versions of one fragment the engine remembers %d checksums, want at most 2", changes, n)
+	}
+}

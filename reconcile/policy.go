@@ -79,6 +79,15 @@ func resolve(ctx context.Context, host string) ([]netip.Addr, error) {
 // changed since the generation HAProxy serves (the others were checked when
 // they came in), once per content for a long-lived engine.
 func (e *Engine) checkHosts(ctx context.Context, sel *Selection) {
+	// only versions still stored are remembered: the daemon's engines
+	// live as long as it runs, and each change is a new checksum
+	keep := make(map[string]bool, len(sel.Parsed))
+	for _, f := range sel.Parsed {
+		if e.hostsOK[f.Checksum] {
+			keep[f.Checksum] = true
+		}
+	}
+	e.hostsOK = keep
 	ref := sel.reference
 	for name, f := range sel.Parsed {
 		if len(f.Hosts) == 0 || ref[name] == f.Checksum || e.hostsOK[f.Checksum] {
