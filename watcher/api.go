@@ -227,11 +227,12 @@ func (c *Client) Send(ctx context.Context, req *Request) (*Answer, error) {
 	}
 	a, err := c.read()
 	if err != nil {
+		why := "it may have stopped or been killed"
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			why = "it may be stopped or stuck"
 		}
-		return nil, &reload.EnvError{Err: fmt.Errorf("the daemon did not answer (%w): it may have stopped or been killed; "+
-			"the change was stored whole or not at all: see haproxy-config show %s, or send it again", err, req.Name)}
+		return nil, &reload.EnvError{Err: fmt.Errorf("the daemon did not answer (%w): %s; "+
+			"the change was stored whole or not at all: see haproxy-config show %s, or send it again", err, why, req.Name)}
 	}
 	return a, a.Error.Err()
 }

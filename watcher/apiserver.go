@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -83,6 +84,9 @@ func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
 	if err := fragments.MkdirAll(filepath.Dir(a.path), 0o750); err != nil {
 		return nil, fmt.Errorf("API socket directory: %w", err)
 	}
+	if err := privateDir(filepath.Dir(a.path)); err != nil {
+		return nil, err
+	}
 	if c, err := Dial(a.path); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("another daemon listens on the API socket %s (HAPROXY_CONFIG_API_SOCKET)", a.path)
@@ -107,6 +111,26 @@ func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
 	}
 	a.ln = ln
 	return a, nil
+}
+
+// privateDir refuses a socket directory anyone but this process's user
+// (or root) may write to: the socket is removed, created, chmod-ed and
+// chown-ed by path, and someone who can put a symlink there could turn
+// that against another file.
+func privateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("API socket directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("API socket directory %s: no owner known", dir)
+	}
+	if fi.Mode().Perm()&0o022 != 0 || (st.Uid != 0 && int(st.Uid) != os.Geteuid()) {
+		return fmt.Errorf("API socket directory %s (HAPROXY_CONFIG_API_SOCKET) may be written by others (mode %v, owner uid %d): "+
+			"use a directory only root or this user may write to", dir, fi.Mode().Perm(), st.Uid)
+	}
+	return nil
 }
 
 // serve starts accepting and the writer; stop ends both, every connection

@@ -145,3 +145,32 @@ func TestAPIAcceptSurvivesFDLimit(t *testing.T) {
 		t.Fatalf("after the descriptors ran out for a moment: kind %q, %v; want the daemon's answer %q", kind, err, kindUsage)
 	}
 }
+
+// TestAPIRefusesAnOpenDirectory: a socket directory others may write to
+// (where a symlink could be put in the socket's place) is refused at start.
+func TestAPIRefusesAnOpenDirectory(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	s, err := settings.Load(settings.Source{Getenv: func(k string) (string, bool) {
+		switch k {
+		case "HAPROXY_CONFIG_ROOT":
+			return t.TempDir(), true
+		case "HAPROXY_CONFIG_API_SOCKET":
+			return dir + "/api.sock", true
+		}
+		return "", false
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := listenAPI(s, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil {
+		a.ln.Close()
+		t.Fatal("an API socket in a directory everyone may write to was opened")
+	}
+	if _, serr := os.Lstat(dir + "/api.sock"); serr == nil {
+		t.Errorf("the refused socket was created: %v", err)
+	}
+}

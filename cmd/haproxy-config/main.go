@@ -407,7 +407,11 @@ func viaDaemon(c *cli.Context, e *reconcile.Engine, req *watcher.Request, accept
 	}
 	defer client.Close()
 	req.Actor, req.Wait, req.Timeout = fragments.Actor(), c.Bool("wait"), c.Duration("timeout")
-	a, err := client.Send(c.Context, req)
+	// the first answer comes after the groups ahead and this one's checks:
+	// as long as the CLI itself may wait for the lock and check, twice
+	sendCtx, cancelSend := context.WithTimeout(c.Context, 2*(e.LockWait+e.S.CheckTimeout))
+	a, err := client.Send(sendCtx, req)
+	cancelSend()
 	if a != nil {
 		printWarnings(c, a.Warnings)
 	}
