@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"syscall"
 	"time"
@@ -67,48 +66,29 @@ type Applied struct {
 // WireError carries an error with its kind, so that the client exits with
 // the code the same error has when the CLI does the work itself.
 type WireError struct {
-	Kind     string            `json:"kind"`
+	Kind     Kind              `json:"kind"`
 	Message  string            `json:"message"`
 	Problems assemble.Problems `json:"problems,omitempty"` // kind "rejected"
 	Name     string            `json:"name,omitempty"`     // kind "quarantined"
 	Errors   []string          `json:"errors,omitempty"`   // kind "quarantined"
 }
 
-// Error kinds, one per exit code of README "Exit codes".
-const (
-	kindRejected    = "rejected"    // 4
-	kindQuarantined = "quarantined" // 4
-	kindUsage       = "usage"       // 2
-	kindEnv         = "env"         // 5
-	kindNotFound    = "not_found"   // 6
-	kindNotLive     = "not_live"    // 7
-	kindInternal    = "internal"    // 1
-)
-
 // toWire encodes err; nil stays nil.
 func toWire(err error) *WireError {
 	if err == nil {
 		return nil
 	}
-	w := &WireError{Kind: kindInternal, Message: err.Error()}
+	w := &WireError{Kind: KindOf(err), Message: err.Error()}
 	var ps assemble.Problems
-	var usage *reconcile.UsageError
-	var env *reload.EnvError
 	var quarantined *QuarantinedError
 	var notLive *NotLiveError
 	switch {
-	case errors.As(err, &usage):
-		w.Kind = kindUsage
-	case errors.As(err, &quarantined):
-		w.Kind, w.Name, w.Errors = kindQuarantined, quarantined.Name, quarantined.Errors
-	case errors.As(err, &notLive):
-		w.Kind, w.Message = kindNotLive, notLive.Why
-	case errors.Is(err, fragments.ErrNotFound):
-		w.Kind = kindNotFound
-	case errors.As(err, &env), errors.Is(err, fs.ErrPermission):
-		w.Kind = kindEnv
-	case errors.As(err, &ps):
-		w.Kind, w.Problems = kindRejected, ps
+	case w.Kind == KindQuarantined && errors.As(err, &quarantined):
+		w.Name, w.Errors = quarantined.Name, quarantined.Errors
+	case w.Kind == KindNotLive && errors.As(err, &notLive):
+		w.Message = notLive.Why
+	case w.Kind == KindRejected && errors.As(err, &ps):
+		w.Problems = ps
 	}
 	return w
 }
@@ -120,20 +100,20 @@ func (w *WireError) Err() error {
 	}
 	msg := errors.New(w.Message)
 	switch w.Kind {
-	case kindRejected:
+	case KindRejected:
 		if len(w.Problems) == 0 {
 			return assemble.Problems{{Location: assemble.Location{File: "haproxy-config watch"}, Msg: w.Message}}
 		}
 		return w.Problems
-	case kindQuarantined:
+	case KindQuarantined:
 		return &QuarantinedError{Name: w.Name, Errors: w.Errors}
-	case kindUsage:
+	case KindUsage:
 		return &reconcile.UsageError{Err: msg}
-	case kindEnv:
+	case KindEnv:
 		return &reload.EnvError{Err: msg}
-	case kindNotFound:
+	case KindNotFound:
 		return &wrapped{msg: w.Message, is: fragments.ErrNotFound}
-	case kindNotLive:
+	case KindNotLive:
 		return &NotLiveError{Why: w.Message}
 	}
 	return msg

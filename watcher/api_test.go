@@ -26,22 +26,24 @@ func TestWireErrors(t *testing.T) {
 		name string
 		err  error
 		is   func(error) bool
+		exit int
 	}{
-		{"rejected", problems, func(err error) bool { var ps assemble.Problems; return errors.As(err, &ps) && ps[0].Line == 3 }},
-		{"usage", &reconcile.UsageError{Err: errors.New("bad name")}, func(err error) bool { var u *reconcile.UsageError; return errors.As(err, &u) }},
-		{"env", &reload.EnvError{Err: errors.New("no haproxy")}, func(err error) bool { var e *reload.EnvError; return errors.As(err, &e) }},
-		{"permission", fmt.Errorf("open: %w", fs.ErrPermission), func(err error) bool { var e *reload.EnvError; return errors.As(err, &e) }},
-		{"not found", fmt.Errorf("fragment %q: %w", "x", fragments.ErrNotFound), func(err error) bool { return errors.Is(err, fragments.ErrNotFound) }},
+		{"rejected", problems, func(err error) bool { var ps assemble.Problems; return errors.As(err, &ps) && ps[0].Line == 3 }, 4},
+		{"usage", &reconcile.UsageError{Err: errors.New("bad name")}, func(err error) bool { var u *reconcile.UsageError; return errors.As(err, &u) }, 2},
+		{"env", &reload.EnvError{Err: errors.New("no haproxy")}, func(err error) bool { var e *reload.EnvError; return errors.As(err, &e) }, 5},
+		{"permission", fmt.Errorf("open: %w", fs.ErrPermission), func(err error) bool { var e *reload.EnvError; return errors.As(err, &e) }, 5},
+		{"not found", fmt.Errorf("fragment %q: %w", "x", fragments.ErrNotFound), func(err error) bool { return errors.Is(err, fragments.ErrNotFound) }, 6},
 		{"quarantined", &QuarantinedError{Name: "x", Errors: []string{"x.cfg:1: bad"}}, func(err error) bool {
 			var q *QuarantinedError
 			return errors.As(err, &q) && q.Name == "x" && q.Errors[0] == "x.cfg:1: bad"
-		}},
-		{"not live", &NotLiveError{Why: "held"}, func(err error) bool { var n *NotLiveError; return errors.As(err, &n) }},
+		}, 4},
+		{"not live", &NotLiveError{Why: "held"}, func(err error) bool { var n *NotLiveError; return errors.As(err, &n) }, 7},
+		{"no daemon", fmt.Errorf("status: %w", ErrNoDaemon), func(err error) bool { var e *reload.EnvError; return errors.As(err, &e) }, 5},
 		{"internal", errors.New("surprise"), func(err error) bool {
 			var u *reconcile.UsageError
 			var e *reload.EnvError
 			return !errors.As(err, &u) && !errors.As(err, &e)
-		}},
+		}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data, err := json.Marshal(&Answer{Error: toWire(tc.err)})
@@ -55,6 +57,9 @@ func TestWireErrors(t *testing.T) {
 			got := a.Error.Err()
 			if !tc.is(got) {
 				t.Errorf("%v came back as %T %v", tc.err, got, got)
+			}
+			if code, back := KindOf(tc.err).ExitCode(), KindOf(got).ExitCode(); code != tc.exit || back != tc.exit {
+				t.Errorf("exit code %d, %d after the trip over the socket; want %d", code, back, tc.exit)
 			}
 			if got.Error() != tc.err.Error() {
 				t.Errorf("text %q came back as %q", tc.err.Error(), got.Error())

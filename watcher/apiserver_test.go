@@ -54,7 +54,7 @@ func testAPI(t *testing.T) (*apiServer, func()) {
 
 // askUnknown sends a request the daemon refuses without touching the store
 // and returns its answer's error kind.
-func askUnknown(t *testing.T, path string) (string, error) {
+func askUnknown(t *testing.T, path string) (Kind, error) {
 	t.Helper()
 	conn, err := net.Dial("unix", path)
 	if err != nil {
@@ -92,8 +92,8 @@ func TestAPIStopsWithIdleConnection(t *testing.T) {
 	if _, err := half.Write([]byte(`{"op":"apply","na`)); err != nil {
 		t.Fatal(err)
 	}
-	if kind, err := askUnknown(t, a.path); err != nil || kind != kindUsage {
-		t.Fatalf("an unknown operation: kind %q, %v; want %q", kind, err, kindUsage)
+	if kind, err := askUnknown(t, a.path); err != nil || kind != KindUsage {
+		t.Fatalf("an unknown operation: kind %q, %v; want %q", kind, err, KindUsage)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -141,8 +141,8 @@ func TestAPIAcceptSurvivesFDLimit(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the accept fails meanwhile
 	conn.Close()
 	restore()
-	if kind, err := askUnknown(t, a.path); err != nil || kind != kindUsage {
-		t.Fatalf("after the descriptors ran out for a moment: kind %q, %v; want the daemon's answer %q", kind, err, kindUsage)
+	if kind, err := askUnknown(t, a.path); err != nil || kind != KindUsage {
+		t.Fatalf("after the descriptors ran out for a moment: kind %q, %v; want the daemon's answer %q", kind, err, KindUsage)
 	}
 }
 

@@ -27,17 +27,6 @@ import (
 	"haproxy-config/watcher"
 )
 
-// Exit codes. 3 is left out: urfave/cli uses it for "no help topic".
-const (
-	exitOK       = 0
-	exitInternal = 1
-	exitUsage    = 2
-	exitRejected = 4
-	exitEnv      = 5
-	exitNotFound = 6
-	exitNotLive  = 7
-)
-
 const exitCodesHelp = `EXIT CODES:
    0  success
    1  unexpected internal error
@@ -67,13 +56,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = usageErr("unknown command %q; see --help", unknown)
 	}
 	if err == nil {
-		return exitOK
+		return watcher.ExitOK
 	}
 	code := exitCode(err)
 	if _, ok := err.(pluginExit); ok {
 		return code // the check printed its own output
 	}
-	if code == exitUsage && slices.Contains(args, "status") && slices.Contains(args, "--check") {
+	if code == watcher.ExitUsage && slices.Contains(args, "status") && slices.Contains(args, "--check") {
 		// a monitoring plugin's usage error is UNKNOWN, not CRITICAL
 		fmt.Fprintf(stdout, "HAPROXY-CONFIG UNKNOWN - %v\n", err)
 		return int(health.Unknown)
@@ -89,30 +78,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return code
 }
 
+// exitCode is err's kind's exit code, or what a urfave/cli error asks for.
 func exitCode(err error) int {
-	var ps assemble.Problems
-	var usage *reconcile.UsageError
-	var env *reload.EnvError
 	var code cli.ExitCoder
-	var quarantined *watcher.QuarantinedError
-	var notLive *watcher.NotLiveError
-	switch {
-	case errors.As(err, &usage):
-		return exitUsage
-	case errors.As(err, &quarantined):
-		return exitRejected
-	case errors.As(err, &notLive):
-		return exitNotLive
-	case errors.Is(err, fragments.ErrNotFound):
-		return exitNotFound
-	case errors.As(err, &env), errors.Is(err, fs.ErrPermission), errors.Is(err, watcher.ErrNoDaemon):
-		return exitEnv
-	case errors.As(err, &ps):
-		return exitRejected
-	case errors.As(err, &code):
-		return code.ExitCode()
+	if k := watcher.KindOf(err); k != watcher.KindInternal || !errors.As(err, &code) {
+		return k.ExitCode()
 	}
-	return exitInternal
+	return code.ExitCode()
 }
 
 func usageErr(format string, args ...any) error {
