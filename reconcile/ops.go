@@ -231,9 +231,9 @@ type Exclusion struct {
 //
 // Publish refuses, with the live files left as they are, while a hold is
 // in force (the held generation stays live until resume) and when the
-// fragment directory is missing, not a directory, or replaced while it
-// was read: a store moved away is not an empty store, and publishing it
-// would take every tenant offline.
+// fragment directory is missing (once fragments went live), not a
+// directory, or replaced while it was read: a store moved away is not an
+// empty store, and publishing it would take every tenant offline.
 func (e *Engine) Publish(ctx context.Context, exclude map[string]Exclusion) (*Published, error) {
 	return e.publish(ctx, exclude, false)
 }
@@ -260,7 +260,7 @@ func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapO
 	}
 	if after, err := e.storeDir(); err != nil {
 		return nil, err
-	} else if !os.SameFile(before, after) {
+	} else if (before == nil) != (after == nil) || before != nil && !os.SameFile(before, after) {
 		return nil, &reload.EnvError{Err: fmt.Errorf("fragment directory %s was replaced while it was read: the live configuration stays as it is until it is read again", e.S.FragmentsDir)}
 	}
 	var excluded []string
@@ -333,9 +333,21 @@ func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapO
 	return &Published{Generation: g, Changed: true, Selection: sel, Excluded: excluded, Deferred: deferred}, nil
 }
 
-// storeDir checks that the fragment directory is there to be read.
+// storeDir checks that the fragment directory is there to be read. It
+// may be missing only while nothing of it went live (no generation yet, or
+// the newest one without fragments, as on a fresh install): that store is
+// empty, and publishing it takes nobody offline. The info is nil then.
 func (e *Engine) storeDir() (fs.FileInfo, error) {
 	fi, err := os.Stat(e.S.FragmentsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		latest, lerr := e.latestGeneration()
+		if lerr != nil {
+			return nil, lerr
+		}
+		if latest == nil || len(latest.Fragments) == 0 {
+			return nil, nil
+		}
+	}
 	if err == nil && !fi.IsDir() {
 		err = fmt.Errorf("%s is not a directory", e.S.FragmentsDir)
 	}

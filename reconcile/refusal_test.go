@@ -39,6 +39,13 @@ func refused(t *testing.T, e *Engine, why string) {
 // Ansible directory swap) or replaced by a file is not an empty store.
 func TestPublishRefusesAMissingStore(t *testing.T) {
 	e := newEngine(t, nil)
+	// a fresh install: no fragment directory yet, nothing to take offline
+	if pub := publish(t, e); len(pub.Selection.Live) != 0 || pub.Generation.Number != 1 {
+		t.Fatalf("publish on a fresh install: %d fragments, generation %d", len(pub.Selection.Live), pub.Generation.Number)
+	}
+	if pub := publish(t, e); pub.Generation.Number != 1 {
+		t.Errorf("a second empty publish wrote generation %d", pub.Generation.Number)
+	}
 	mustApply(t, e, "shop", shopV1, shopMap)
 	publish(t, e)
 	away := e.S.FragmentsDir + ".old"

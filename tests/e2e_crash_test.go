@@ -218,8 +218,9 @@ func TestWatchCrash(t *testing.T) {
 
 	cur := in.startDaemon(t, env...)
 	outcomes := map[string]int{}
-	orphans := 0     // HAProxy masters that outlived their killed daemon
-	interrupted := 0 // apply --wait runs whose daemon was killed while they waited
+	orphans := 0        // HAProxy masters that outlived their killed daemon
+	interrupted := 0    // apply --wait runs whose daemon was killed while they waited
+	unansweredRuns := 0 // applies the daemon took and was killed before it answered
 	began := time.Now()
 	for round := 1; round <= rounds; round++ {
 		// the random choices of the round, made here, in order
@@ -329,15 +330,25 @@ func TestWatchCrash(t *testing.T) {
 		wg.Wait()
 		victimOutcome := <-victimDone
 
+		// an apply the daemon took but did not answer before it was
+		// killed stored its version whole or not at all: which one is read
+		// from the store once the next daemon has finished its commit
+		unanswered := map[string][2]crashVersion{} // name -> {before, sent}
 		for w := range plan {
 			for _, r := range plan[w] {
 				name := stressName(r.tenant)
 				stored := strings.Contains(r.stdout, "fragment \""+name+"\"")
 				switch {
 				case r.code == 0:
+					delete(unanswered, name)
 				case r.wait && r.code == 7 && stored:
 					// --wait: stored, then the daemon it waited for was killed
 					interrupted++
+					delete(unanswered, name)
+				case r.code == 5 && strings.Contains(r.stderr, "the daemon did not answer"):
+					unanswered[name] = [2]crashVersion{expect[name], r.v}
+					unansweredRuns++
+					continue
 				default:
 					t.Errorf("round %d: apply (--wait %v) %s: exit %d\nstdout: %s\nstderr: %s", round, r.wait, name, r.code, r.stdout, r.stderr)
 					continue
@@ -401,6 +412,20 @@ func TestWatchCrash(t *testing.T) {
 					round, got.conf, got.hostMap, old.conf, old.hostMap, next.conf, next.hostMap)
 			}
 			outcomes[victimOutcome]++
+		}
+
+		for name, v := range unanswered {
+			conf, errC := os.ReadFile(filepath.Join(in.fragmentsDir(), name+".cfg"))
+			hostMap, errM := os.ReadFile(filepath.Join(in.fragmentsDir(), name+".map"))
+			if errC != nil || errM != nil {
+				t.Fatalf("round %d: read %s: %v, %v", round, name, errC, errM)
+			}
+			switch got := (crashVersion{conf: string(conf), hostMap: string(hostMap)}); {
+			case got.conf == v[1].conf && got.hostMap == v[1].hostMap:
+				expect[name] = v[1]
+			case got.conf != v[0].conf || got.hostMap != v[0].hostMap:
+				t.Fatalf("round %d: an unanswered apply of %s left a mix: conf %q map %q", round, name, got.conf, got.hostMap)
+			}
 		}
 
 		// the fresh daemon serves every stored version
