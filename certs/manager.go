@@ -626,6 +626,17 @@ func (m *Manager) saveLocked() error {
 	return nil
 }
 
+// Renew asks this manager to renew domains now (all of them when none are
+// named): the request is recorded as RequestRenewal records it, so that
+// it outlives a stop, and the manager takes it at once.
+func (m *Manager) Renew(domains []string) error {
+	if err := RequestRenewal(m.StateDir, domains); err != nil {
+		return err
+	}
+	m.poke()
+	return nil
+}
+
 // RequestRenewal asks a running manager to renew domains now (all of them
 // when none are named).
 func RequestRenewal(stateDir string, domains []string) error {

@@ -187,10 +187,10 @@ func (e *Engine) Serving() int {
 	return n
 }
 
-// SetHold records a hold on generation n, which must be kept and must
-// still pass haproxy -c. It takes the store lock, so the generation
-// cannot be pruned meanwhile.
-func (e *Engine) SetHold(ctx context.Context, n int) (*Hold, error) {
+// SetHold records a hold on generation n by actor, which must be kept
+// and must still pass haproxy -c. It takes the store lock, so the
+// generation cannot be pruned meanwhile.
+func (e *Engine) SetHold(ctx context.Context, n int, actor string) (*Hold, error) {
 	unlock, err := e.lock(ctx)
 	if err != nil {
 		return nil, err
@@ -199,7 +199,7 @@ func (e *Engine) SetHold(ctx context.Context, n int) (*Hold, error) {
 	if _, _, _, err := e.checkedGeneration(ctx, n); err != nil {
 		return nil, err
 	}
-	h := &Hold{Generation: n, Since: time.Now().UTC(), Actor: fragments.Actor()}
+	h := &Hold{Generation: n, Since: time.Now().UTC(), Actor: actor}
 	data, err := json.MarshalIndent(h, "", "  ")
 	if err != nil {
 		return nil, err

@@ -77,7 +77,7 @@ func TestPublishHonoursAHold(t *testing.T) {
 	publish(t, e)
 	mustApply(t, e, "shop", shopV2, shopMap)
 	publish(t, e)
-	if _, err := e.SetHold(ctx, 1); err != nil {
+	if _, err := e.SetHold(ctx, 1, "test"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Restore(ctx, 1); err != nil {

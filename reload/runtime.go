@@ -423,6 +423,24 @@ func (r *Runtime) CertKnown(ctx context.Context, path string) (bool, error) {
 	return false, nil
 }
 
+// CertSerial is the serial number, in hexadecimal, of the certificate the
+// running process stores under path.
+func (r *Runtime) CertSerial(ctx context.Context, path string) (string, error) {
+	if strings.ContainsAny(path, " \t\r\n") {
+		return "", fmt.Errorf("runtime api: certificate path %q has white space", path)
+	}
+	out, err := r.Command(ctx, "show ssl cert "+path, nil)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if serial, ok := strings.CutPrefix(strings.TrimSpace(line), "Serial:"); ok {
+			return strings.TrimSpace(serial), nil
+		}
+	}
+	return "", &RefusedError{Command: "show ssl cert " + path, Answer: out}
+}
+
 // SetCert loads pem (certificate, chain and key) as the certificate stored
 // under path, creating the entry when the process does not know it yet.
 // Sites using it serve it from the next handshake. A PEM HAProxy refuses

@@ -28,6 +28,12 @@ import (
 const (
 	OpApply  = "apply"
 	OpRemove = "remove"
+	// OpRollback holds Generation: the daemon serves it and leaves the
+	// fragments' changes pending until OpResume releases the hold.
+	OpRollback = "rollback"
+	OpResume   = "resume"
+	// OpRenew renews the certificates of Domains (all when none) now.
+	OpRenew = "renew"
 )
 
 // Request is what a client asks of the daemon.
@@ -38,6 +44,10 @@ type Request struct {
 	Conf     []byte `json:"conf,omitempty"`
 	MapFile  string `json:"map_file,omitempty"`
 	Map      []byte `json:"map,omitempty"`
+	// Generation is the one a rollback holds.
+	Generation int `json:"generation,omitempty"`
+	// Domains are those whose certificates a renew renews, none for all.
+	Domains []string `json:"domains,omitempty"`
 	// Actor is who asks, for the history (HAPROXY_CONFIG_ACTOR or the
 	// user); the daemon records the connecting uid beside it.
 	Actor string `json:"actor,omitempty"`
@@ -52,6 +62,18 @@ type Answer struct {
 	Error    *WireError        `json:"error,omitempty"`
 	Warnings assemble.Problems `json:"warnings,omitempty"`
 	Applied  *Applied          `json:"applied,omitempty"` // an accepted apply
+	Held     *reconcile.Hold   `json:"held,omitempty"`    // an accepted rollback
+	// Released says that a resume released a hold; without one in force
+	// there is nothing to wait for, and no second answer.
+	Released bool `json:"released,omitempty"`
+	// Renewing are the domains an accepted renew renews.
+	Renewing []string `json:"renewing,omitempty"`
+}
+
+// Waits reports whether the answer to req is followed by a second one:
+// req asked to wait, and there is something to wait for.
+func (a *Answer) Waits(req *Request) bool {
+	return req.Wait && a.Error == nil && (req.Op != OpResume || a.Released)
 }
 
 // Applied describes the fragment an apply stored.
@@ -211,10 +233,21 @@ func (c *Client) Send(ctx context.Context, req *Request) (*Answer, error) {
 		if ctx.Err() != nil {
 			why = "it may be stopped or stuck"
 		}
-		return nil, &reload.EnvError{Err: fmt.Errorf("the daemon did not answer (%w): %s; "+
-			"the change was stored whole or not at all: see haproxy-config show %s, or send it again", err, why, req.Name)}
+		return nil, &reload.EnvError{Err: fmt.Errorf("the daemon did not answer (%w): %s; %s", err, why, req.whole())}
 	}
 	return a, a.Error.Err()
+}
+
+// whole says what a request that got no answer may have done, and how to
+// find out.
+func (r *Request) whole() string {
+	switch r.Op {
+	case OpRollback, OpResume:
+		return "the hold was changed whole or not at all: see haproxy-config history, or send it again"
+	case OpRenew:
+		return "see haproxy-config certs, or send it again"
+	}
+	return fmt.Sprintf("the change was stored whole or not at all: see haproxy-config show %s, or send it again", r.Name)
 }
 
 // Wait reads the second answer: nil once the change is live.

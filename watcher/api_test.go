@@ -178,3 +178,64 @@ func TestActor(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswerWaits: a second answer follows only an accepted request that
+// asked to wait, and for resume only when it released a hold.
+func TestAnswerWaits(t *testing.T) {
+	refused := &Answer{Error: toWire(&NotLiveError{Why: "x"})}
+	for _, tc := range []struct {
+		req  Request
+		ans  *Answer
+		want bool
+	}{
+		{Request{Op: OpApply, Wait: true}, &Answer{}, true},
+		{Request{Op: OpApply}, &Answer{}, false},
+		{Request{Op: OpRemove, Wait: true}, refused, false},
+		{Request{Op: OpRollback, Wait: true}, &Answer{Held: &reconcile.Hold{Generation: 2}}, true},
+		{Request{Op: OpResume, Wait: true}, &Answer{Released: true}, true},
+		{Request{Op: OpResume, Wait: true}, &Answer{}, false},
+		{Request{Op: OpRenew, Wait: true}, &Answer{Renewing: []string{"a.example.com"}}, true},
+		{Request{Op: OpRenew, Wait: true}, refused, false},
+	} {
+		if got := tc.ans.Waits(&tc.req); got != tc.want {
+			t.Errorf("%+v answered %+v: Waits = %v, want %v", tc.req, tc.ans, got, tc.want)
+		}
+	}
+}
+
+// TestRequestRoundTrip: the fields of rollback and renew survive the trip.
+func TestRequestRoundTrip(t *testing.T) {
+	for _, req := range []*Request{
+		{Op: OpRollback, Generation: 12, Wait: true},
+		{Op: OpRenew, Domains: []string{"a.example.com", "*.b.example.com"}},
+		{Op: OpResume},
+	} {
+		data, err := json.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Request
+		if err := readLine(bufio.NewReader(strings.NewReader(string(data)+"\n")), 1<<20, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Op != req.Op || got.Generation != req.Generation || strings.Join(got.Domains, " ") != strings.Join(req.Domains, " ") || got.Wait != req.Wait {
+			t.Errorf("read %+v, want %+v", got, req)
+		}
+	}
+}
+
+func TestSameSerial(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"0A1B", "a1b", true},
+		{"A1B", "a1b", true},
+		{"a1c", "a1b", false},
+		{"", "", false},
+	} {
+		if got := sameSerial(tc.a, tc.b); got != tc.want {
+			t.Errorf("sameSerial(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}

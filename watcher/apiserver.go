@@ -44,9 +44,10 @@ type apiServer struct {
 	gid      int // apiGroup's, -1 when there is no such group
 	settings atomic.Pointer[settings.Settings]
 	queue    chan *apiCall
+	certs    *certRenewal // nil when ACME is off
 
 	mu        sync.Mutex
-	committed []string      // fragments committed, not yet taken by the loop
+	committed []string      // burst keys committed (fragments, holdKey), not yet taken by the loop
 	kick      chan struct{} // holds a token while committed is not empty
 	status    chan struct{} // closed and replaced when the daemon writes its status
 
@@ -54,13 +55,26 @@ type apiServer struct {
 	wg     sync.WaitGroup
 }
 
+// holdKey is the burst key of a hold set or released through the API.
+const holdKey = "(hold)"
+
 // apiCall is one request waiting for the writer.
 type apiCall struct {
-	op     reconcile.Op
-	answer chan reconcile.OpResult
+	op reconcile.Op // an apply or remove, committed with the others waiting
+	// alone, when set, is the call instead: a change of the hold, made
+	// between batches
+	alone  func(ctx context.Context, eng *reconcile.Engine) callResult
+	answer chan callResult
 	// state is callQueued until the writer takes the call or its caller
 	// gives up on it, whichever comes first
 	state atomic.Int32
+}
+
+// callResult is the writer's answer to one call.
+type callResult struct {
+	reconcile.OpResult
+	held     *reconcile.Hold // a rollback's
+	released bool            // a resume released a hold
 }
 
 const (
@@ -180,10 +194,12 @@ func (a *apiServer) accept(ctx context.Context) {
 	}
 }
 
-// Committed signals that changes were committed; TakeCommitted returns them.
+// Committed signals that changes were committed; TakeCommitted returns
+// their burst keys.
 func (a *apiServer) Committed() <-chan struct{} { return a.kick }
 
-// TakeCommitted returns the fragments committed since the last call.
+// TakeCommitted returns the burst keys committed since the last call: the
+// fragments changed, and holdKey when the hold was.
 func (a *apiServer) TakeCommitted() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -226,7 +242,8 @@ func (a *apiServer) statusChanged() <-chan struct{} {
 func (a *apiServer) SetSettings(s *settings.Settings) { a.settings.Store(s) }
 
 // write is the writer: it validates and commits the waiting requests as
-// one batch, answers each, and tells the loop what was committed.
+// one batch, answers each, and tells the loop what was committed. A
+// change of the hold is made alone, in its turn between batches.
 func (a *apiServer) write(ctx context.Context) {
 	var eng *reconcile.Engine
 	var engFor *settings.Settings
@@ -254,24 +271,46 @@ func (a *apiServer) write(ctx context.Context) {
 		if s := a.settings.Load(); s != engFor {
 			eng, engFor = newEngine(s), s
 		}
-		ops := make([]reconcile.Op, len(calls))
-		for i, c := range calls {
-			ops[i] = c.op
-		}
-		start := time.Now()
-		results := eng.ApplyBatch(ctx, ops)
-		var names []string
-		for i, r := range results {
-			if r.Err == nil {
-				names = append(names, ops[i].Name)
+		for len(calls) > 0 {
+			if c := calls[0]; c.alone != nil {
+				res := c.alone(ctx, eng)
+				if res.Err == nil && (res.held != nil || res.released) {
+					a.addCommitted([]string{holdKey})
+				}
+				c.answer <- res
+				calls = calls[1:]
+				continue
 			}
+			n := slices.IndexFunc(calls, func(c *apiCall) bool { return c.alone != nil })
+			if n < 0 {
+				n = len(calls)
+			}
+			a.commit(ctx, eng, calls[:n])
+			calls = calls[n:]
 		}
-		a.addCommitted(names)
-		for i, c := range calls {
-			c.answer <- results[i]
-		}
-		a.log.Info("API batch", "requests", len(calls), "accepted", len(names), "duration_ms", float64(time.Since(start).Microseconds())/1000)
 	}
+}
+
+// commit validates and commits the applies and removes of calls as one
+// batch and answers each.
+func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*apiCall) {
+	ops := make([]reconcile.Op, len(calls))
+	for i, c := range calls {
+		ops[i] = c.op
+	}
+	start := time.Now()
+	results := eng.ApplyBatch(ctx, ops)
+	var names []string
+	for i, r := range results {
+		if r.Err == nil {
+			names = append(names, ops[i].Name)
+		}
+	}
+	a.addCommitted(names)
+	for i, c := range calls {
+		c.answer <- callResult{OpResult: results[i]}
+	}
+	a.log.Info("API batch", "requests", len(calls), "accepted", len(names), "duration_ms", float64(time.Since(start).Microseconds())/1000)
 }
 
 // apiRequestTimeout bounds the reading of a request: the CLI sends it
@@ -302,13 +341,7 @@ func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
 		_ = writeLine(conn, &Answer{Error: toWire(&reconcile.UsageError{Err: fmt.Errorf("API request: %w", err)})})
 		return
 	}
-	op := reconcile.Op{Change: reconcile.Change{Name: req.Name, ConfFile: req.ConfFile, Conf: req.Conf, MapFile: req.MapFile, Map: req.Map},
-		Actor: actor(req.Actor, uid)}
-	switch req.Op {
-	case OpApply:
-	case OpRemove:
-		op.Remove = true
-	default:
+	if !slices.Contains([]string{OpApply, OpRemove, OpRollback, OpResume, OpRenew}, req.Op) {
 		_ = writeLine(conn, &Answer{Error: toWire(&reconcile.UsageError{Err: fmt.Errorf("API request: unknown operation %q", req.Op)})})
 		return
 	}
@@ -326,33 +359,11 @@ func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
 	defer reader.Wait()
 	defer func() { _ = conn.SetReadDeadline(time.Now()) }()
 
-	call := &apiCall{op: op, answer: make(chan reconcile.OpResult, 1)}
-	select {
-	case a.queue <- call:
-	case <-ctx.Done():
+	ans, wait := a.serveRequest(ctx, req, actor(req.Actor, uid))
+	if ans == nil {
 		return
 	}
-	var res reconcile.OpResult
-	select {
-	case res = <-call.answer:
-	case <-ctx.Done():
-		// a call the writer took is answered even while it stops
-		if call.state.CompareAndSwap(callQueued, callAbandoned) {
-			_ = writeLine(conn, &Answer{Error: toWire(&reload.EnvError{Err: errors.New("the daemon is stopping (or the client hung up): nothing changed")})})
-			return
-		}
-		res = <-call.answer
-	}
-	committed := time.Now()
-	ans := &Answer{Error: toWire(res.Err)}
-	checksum := ""
-	if r := res.Apply; r != nil {
-		f := r.Fragment
-		checksum = f.Checksum
-		ans.Warnings = r.Warnings
-		ans.Applied = &Applied{Name: f.Name, Checksum: f.Checksum, Replaced: r.Replaced, Domains: len(f.Map), Backends: f.Backends()}
-	}
-	if err := writeLine(conn, ans); err != nil || res.Err != nil || !req.Wait {
+	if err := writeLine(conn, ans); err != nil || !ans.Waits(req) {
 		return
 	}
 	timeout := req.Timeout
@@ -361,13 +372,96 @@ func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
 	}
 	wctx, wcancel := context.WithTimeout(ctx, timeout)
 	defer wcancel()
-	err = waitUntil(wctx, reconcile.New(s), false, a.statusChanged, func(st *Status, g *reconcile.Generation) (bool, error) {
-		return liveOrQuarantined(st, g, op.Name, checksum, committed)
-	})
+	err = wait(wctx)
 	if err != nil && wctx.Err() != nil && ctx.Err() != nil {
 		err = &NotLiveError{Why: "the daemon is stopping"}
 	}
 	_ = writeLine(conn, &Answer{Error: toWire(err)})
+}
+
+// serveRequest does what req asks and returns the first answer (nil when
+// there is none to give: the client hung up before the writer could take
+// the request) and how to wait for the change to be served.
+func (a *apiServer) serveRequest(ctx context.Context, req *Request, actor string) (*Answer, func(context.Context) error) {
+	s := a.settings.Load()
+	eng := reconcile.New(s)
+	call := &apiCall{answer: make(chan callResult, 1)}
+	switch req.Op {
+	case OpRenew:
+		return a.renew(req.Domains)
+	case OpRollback:
+		n := req.Generation
+		if n < 1 {
+			return &Answer{Error: toWire(&reconcile.UsageError{Err: fmt.Errorf("API request: rollback to generation %d", n)})}, nil
+		}
+		call.alone = func(ctx context.Context, eng *reconcile.Engine) callResult {
+			h, err := eng.SetHold(ctx, n, actor)
+			if err == nil {
+				a.log.Info("API: hold set", "generation", n, "actor", actor)
+			}
+			return callResult{OpResult: reconcile.OpResult{Err: err}, held: h}
+		}
+	case OpResume:
+		call.alone = func(_ context.Context, eng *reconcile.Engine) callResult {
+			released, err := eng.ReleaseHold()
+			if released {
+				a.log.Info("API: hold released", "actor", actor)
+			}
+			return callResult{OpResult: reconcile.OpResult{Err: err}, released: released}
+		}
+	default:
+		call.op = reconcile.Op{Change: reconcile.Change{Name: req.Name, ConfFile: req.ConfFile, Conf: req.Conf, MapFile: req.MapFile, Map: req.Map},
+			Actor: actor, Remove: req.Op == OpRemove}
+	}
+	res, ok := a.call(ctx, call)
+	if !ok {
+		return nil, nil
+	}
+	ans := &Answer{Error: toWire(res.Err), Held: res.held, Released: res.released}
+	switch req.Op {
+	case OpRollback:
+		return ans, func(ctx context.Context) error {
+			return waitUntil(ctx, eng, true, a.statusChanged, servesHeld(req.Generation))
+		}
+	case OpResume:
+		return ans, func(ctx context.Context) error {
+			return waitUntil(ctx, eng, true, a.statusChanged, servesNewest(eng))
+		}
+	}
+	committed := time.Now()
+	checksum := ""
+	if r := res.Apply; r != nil {
+		f := r.Fragment
+		checksum = f.Checksum
+		ans.Warnings = r.Warnings
+		ans.Applied = &Applied{Name: f.Name, Checksum: f.Checksum, Replaced: r.Replaced, Domains: len(f.Map), Backends: f.Backends()}
+	}
+	return ans, func(ctx context.Context) error {
+		return waitUntil(ctx, eng, false, a.statusChanged, func(st *Status, g *reconcile.Generation) (bool, error) {
+			return liveOrQuarantined(st, g, req.Name, checksum, committed)
+		})
+	}
+}
+
+// call queues c for the writer and returns its result; false when the
+// client hung up (or the daemon stops) before the writer took it and
+// there is no one to tell.
+func (a *apiServer) call(ctx context.Context, c *apiCall) (callResult, bool) {
+	select {
+	case a.queue <- c:
+	case <-ctx.Done():
+		return callResult{}, false
+	}
+	select {
+	case res := <-c.answer:
+		return res, true
+	case <-ctx.Done():
+		// a call the writer took is answered even while it stops
+		if c.state.CompareAndSwap(callQueued, callAbandoned) {
+			return callResult{OpResult: reconcile.OpResult{Err: &reload.EnvError{Err: errors.New("the daemon is stopping (or the client hung up): nothing changed")}}}, true
+		}
+		return <-c.answer, true
+	}
 }
 
 // maxActor bounds the claimed actor that the history keeps, in bytes.

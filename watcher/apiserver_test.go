@@ -2,14 +2,21 @@ package watcher
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"haproxy-config/reconcile"
 	"haproxy-config/settings"
 )
 
@@ -172,5 +179,73 @@ func TestAPIRefusesAnOpenDirectory(t *testing.T) {
 	}
 	if _, serr := os.Lstat(dir + "/api.sock"); serr == nil {
 		t.Errorf("the refused socket was created: %v", err)
+	}
+}
+
+// ask sends req through the client and returns the first answer.
+func ask(t *testing.T, path string, req *Request) (*Answer, error) {
+	t.Helper()
+	c, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	return c.Send(ctx, req)
+}
+
+// TestAPIHoldRequests: rollback and resume go through the writer; a
+// generation that is not kept is refused as not found (exit 6), a
+// released hold tells the loop at once, and a resume without a hold says
+// so and has nothing to wait for.
+func TestAPIHoldRequests(t *testing.T) {
+	a, _ := testAPI(t)
+	s := a.settings.Load()
+	if _, err := ask(t, a.path, &Request{Op: OpRollback}); KindOf(err) != KindUsage {
+		t.Errorf("rollback without a generation: %v (kind %s), want a usage error", err, KindOf(err))
+	}
+	if _, err := ask(t, a.path, &Request{Op: OpRollback, Generation: 7}); KindOf(err).ExitCode() != 6 {
+		t.Errorf("rollback to a generation never kept: %v (exit %d), want exit 6", err, KindOf(err).ExitCode())
+	}
+	if _, err := os.Stat(filepath.Join(s.StateDir, reconcile.HoldFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a refused rollback left a hold: %v", err)
+	}
+
+	ans, err := ask(t, a.path, &Request{Op: OpResume, Wait: true})
+	if err != nil || ans.Released || ans.Waits(&Request{Op: OpResume, Wait: true}) {
+		t.Errorf("resume without a hold: %+v, %v; want nothing released and nothing to wait for", ans, err)
+	}
+	select {
+	case <-a.Committed():
+		t.Errorf("a resume that released nothing told the loop %v", a.TakeCommitted())
+	default:
+	}
+
+	if err := os.WriteFile(filepath.Join(s.StateDir, reconcile.HoldFile), []byte(`{"generation": 3, "actor": "ann"}`), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if ans, err := ask(t, a.path, &Request{Op: OpResume}); err != nil || !ans.Released {
+		t.Fatalf("resume with a hold: %+v, %v; want it released", ans, err)
+	}
+	if _, err := os.Stat(filepath.Join(s.StateDir, reconcile.HoldFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the hold file is still there after resume: %v", err)
+	}
+	select {
+	case <-a.Committed():
+		if got := a.TakeCommitted(); !slices.Equal(got, []string{holdKey}) {
+			t.Errorf("the loop was told %v, want %q", got, holdKey)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the loop was not told of the released hold")
+	}
+}
+
+// TestAPIRenewWithoutCertificates: with ACME off, renew is a usage error.
+func TestAPIRenewWithoutCertificates(t *testing.T) {
+	a, _ := testAPI(t)
+	if _, err := ask(t, a.path, &Request{Op: OpRenew, Domains: []string{"a.example.com"}}); KindOf(err) != KindUsage ||
+		!strings.Contains(err.Error(), "certificates are off") {
+		t.Errorf("renew with ACME off: %v, want a usage error saying certificates are off", err)
 	}
 }

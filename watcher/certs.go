@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -369,4 +371,118 @@ func (l runtimeCerts) lines(ctx context.Context, path string) ([]int, error) {
 	}
 	slices.Sort(lines)
 	return lines, nil
+}
+
+// certRenewal renews certificates for the API: the manager, and the
+// runtime API that tells which certificate HAProxy serves.
+type certRenewal struct {
+	m  *certs.Manager
+	rt *reload.Runtime
+	mu *sync.Mutex // the daemon's runtime lock
+}
+
+// certRenewal is what the API needs to renew certificates, nil when ACME
+// is off.
+func (d *Daemon) certRenewal() *certRenewal {
+	if d.certs == nil {
+		return nil
+	}
+	return &certRenewal{m: d.certs, rt: d.rt, mu: &d.runtimeMu}
+}
+
+// renew asks the certificate manager to renew the certificates of names
+// (every one it may order when none are named) and returns the first
+// answer, and how to wait until HAProxy serves the new certificates.
+func (a *apiServer) renew(names []string) (*Answer, func(context.Context) error) {
+	if a.certs == nil {
+		return &Answer{Error: toWire(&reconcile.UsageError{Err: errors.New("certs renew: certificates are off (HAPROXY_CONFIG_ACME=false)")})}, nil
+	}
+	st := a.certs.m.Snapshot()
+	for _, n := range names {
+		if _, ok := st.Domains[n]; !ok {
+			return &Answer{Error: toWire(&reconcile.UsageError{Err: fmt.Errorf("certs renew: %q has no certificate here (see haproxy-config certs)", n)})}, nil
+		}
+	}
+	asked := time.Now()
+	if err := a.certs.m.Renew(names); err != nil {
+		return &Answer{Error: toWire(err)}, nil
+	}
+	renewing := slices.Clone(names)
+	if len(renewing) == 0 {
+		for name, d := range st.Domains {
+			if d.RemovedAt.IsZero() && d.Blocked == "" {
+				renewing = append(renewing, name)
+			}
+		}
+	}
+	slices.Sort(renewing)
+	renewing = slices.Compact(renewing)
+	before := map[string]string{}
+	for _, n := range renewing {
+		before[n] = st.Domains[n].Serial
+	}
+	a.log.Info("API: certificate renewal requested", "domains", strings.Join(renewing, ","))
+	return &Answer{Renewing: renewing}, func(ctx context.Context) error {
+		return a.certs.wait(ctx, before, asked, a.statusChanged)
+	}
+}
+
+// wait blocks until HAProxy serves a certificate other than the one with
+// the serial in before for each domain there, re-reading whenever changed's
+// channel is closed. It fails when an order asked for after asked fails,
+// or a domain cannot be renewed.
+func (r *certRenewal) wait(ctx context.Context, before map[string]string, asked time.Time, changed func() <-chan struct{}) error {
+	for {
+		next := changed() // before the read, so that no change is missed
+		pending, err := r.pending(ctx, before, asked)
+		if err != nil || len(pending) == 0 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return &NotLiveError{Why: fmt.Sprintf("timed out waiting for the renewed certificates of %s (see haproxy-config certs)", strings.Join(pending, ", "))}
+		case <-next:
+		case <-pollAfter(next):
+		}
+	}
+}
+
+// pending returns the domains of before whose new certificate HAProxy does
+// not serve yet.
+func (r *certRenewal) pending(ctx context.Context, before map[string]string, asked time.Time) ([]string, error) {
+	st := r.m.Snapshot()
+	var pending []string
+	for _, name := range slices.Sorted(maps.Keys(before)) {
+		d := st.Domains[name]
+		switch {
+		case d == nil || !d.RemovedAt.IsZero():
+			return nil, &NotLiveError{Why: fmt.Sprintf("%s left the map: its certificate is not renewed", name)}
+		case d.Blocked != "":
+			return nil, &NotLiveError{Why: fmt.Sprintf("no certificate can be ordered for %s: %s", name, d.Blocked)}
+		case d.LastErrorAt.After(asked):
+			return nil, &NotLiveError{Why: fmt.Sprintf("the renewal of %s failed: %s; next attempt at %s (see haproxy-config certs)",
+				name, d.LastError, d.NextAttempt.UTC().Format(time.RFC3339))}
+		case d.File == "" || d.Serial == before[name]:
+			pending = append(pending, name)
+			continue
+		}
+		if served, err := r.served(ctx, filepath.Join(r.m.CertsDir, d.File)); err != nil || !sameSerial(served, d.Serial) {
+			pending = append(pending, name)
+		}
+	}
+	return pending, nil
+}
+
+// served is the serial of the certificate HAProxy stores under path.
+func (r *certRenewal) served(ctx context.Context, path string) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rt.CertSerial(ctx, path)
+}
+
+// sameSerial compares two hexadecimal serial numbers, whatever their case
+// and leading zeros.
+func sameSerial(a, b string) bool {
+	norm := func(s string) string { return strings.TrimLeft(strings.ToLower(s), "0") }
+	return a != "" && norm(a) == norm(b)
 }

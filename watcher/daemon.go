@@ -167,6 +167,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	if d.api, err = listenAPI(d.s, d.Log); err != nil {
 		return &reload.EnvError{Err: err}
 	}
+	d.api.certs = d.certRenewal()
 	defer d.api.serve(ctx)()
 	d.status.State = "ready"
 	d.writeStatus()

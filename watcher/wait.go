@@ -52,21 +52,31 @@ func liveOrQuarantined(st *Status, g *reconcile.Generation, name, checksum strin
 
 // WaitGeneration blocks until the daemon holds and serves generation n.
 func WaitGeneration(ctx context.Context, eng *reconcile.Engine, n int) error {
-	return waitFor(ctx, eng, true, func(st *Status, g *reconcile.Generation) (bool, error) {
+	return waitFor(ctx, eng, true, servesHeld(n))
+}
+
+// servesHeld is WaitGeneration's test of one status.
+func servesHeld(n int) func(st *Status, g *reconcile.Generation) (bool, error) {
+	return func(st *Status, g *reconcile.Generation) (bool, error) {
 		return st.Held != nil && st.Held.Generation == n && g != nil && g.Number == n, nil
-	})
+	}
 }
 
 // WaitResumed blocks until no hold is in force and the daemon serves the
 // newest generation.
 func WaitResumed(ctx context.Context, eng *reconcile.Engine) error {
-	return waitFor(ctx, eng, true, func(st *Status, g *reconcile.Generation) (bool, error) {
+	return waitFor(ctx, eng, true, servesNewest(eng))
+}
+
+// servesNewest is WaitResumed's test of one status.
+func servesNewest(eng *reconcile.Engine) func(st *Status, g *reconcile.Generation) (bool, error) {
+	return func(st *Status, g *reconcile.Generation) (bool, error) {
 		if st.Held != nil || g == nil {
 			return false, nil
 		}
 		newest, err := eng.NewestGeneration()
 		return err == nil && g.Number == newest, err
-	})
+	}
 }
 
 // waitFor polls the daemon's status until done says so. g is the live

@@ -24,6 +24,7 @@ var certsCommand = &cli.Command{
 		Name:      "renew",
 		Usage:     "ask the daemon to renew the certificates of DOMAIN... (all when none is named) now",
 		ArgsUsage: "[DOMAIN...]",
+		Flags:     waitFlags,
 		Action:    withEngine(renewCerts),
 	}},
 }
@@ -79,11 +80,21 @@ func printCerts(w io.Writer, rows []certRow) {
 }
 
 func renewCerts(c *cli.Context, e *reconcile.Engine) error {
+	names := c.Args().Slice()
+	what := "every certificate"
+	if len(names) > 0 {
+		what = fmt.Sprint(slices.Sorted(slices.Values(names)))
+	}
+	req := &watcher.Request{Op: watcher.OpRenew, Domains: names}
+	if handled, err := viaDaemon(c, e, req, func(a *watcher.Answer) {
+		fmt.Fprintf(c.App.Writer, "renewal of %s requested: the daemon renews %s (see haproxy-config certs)\n", what, plural(len(a.Renewing), "domain"))
+	}); handled {
+		return err
+	}
 	st, err := certs.ReadState(e.S.StateDir)
 	if err != nil {
 		return err
 	}
-	names := c.Args().Slice()
 	for _, n := range names {
 		if _, ok := st.Domains[n]; !ok {
 			return usageErr("certs renew: %q has no certificate here (see haproxy-config certs)", n)
@@ -91,11 +102,6 @@ func renewCerts(c *cli.Context, e *reconcile.Engine) error {
 	}
 	if err := certs.RequestRenewal(e.S.StateDir, names); err != nil {
 		return err
-	}
-	what := "every certificate"
-	if len(names) > 0 {
-		slices.Sort(names)
-		what = fmt.Sprint(names)
 	}
 	if status, err := watcher.ReadStatus(e.S.StateDir); err != nil || !status.Running() {
 		return &watcher.NotLiveError{Why: "renewal of " + what + " requested, but no daemon runs: it renews when it starts"}

@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"haproxy-config/certs"
+	"haproxy-config/fragments"
 	"haproxy-config/reconcile"
 	"haproxy-config/settings"
 	"haproxy-config/watcher"
@@ -232,11 +233,18 @@ func rollback(c *cli.Context, e *reconcile.Engine) error {
 			return err
 		}
 	}
-	h, err := e.SetHold(c.Context, n)
+	holding := func(n int) {
+		fmt.Fprintf(c.App.Writer, "holding generation %d: the daemon serves it and leaves changes pending until haproxy-config resume\n", n)
+	}
+	req := &watcher.Request{Op: watcher.OpRollback, Generation: n}
+	if handled, err := viaDaemon(c, e, req, func(a *watcher.Answer) { holding(a.Held.Generation) }); handled {
+		return err
+	}
+	h, err := e.SetHold(c.Context, n, fragments.Actor())
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "holding generation %d: the daemon serves it and leaves changes pending until haproxy-config resume\n", h.Generation)
+	holding(h.Generation)
 	return waitIf(c, func(ctx context.Context) error { return watcher.WaitGeneration(ctx, e, n) })
 }
 
@@ -261,14 +269,23 @@ func previousGeneration(e *reconcile.Engine) (int, error) {
 }
 
 func resume(c *cli.Context, e *reconcile.Engine) error {
-	released, err := e.ReleaseHold()
+	released := func(released bool) {
+		if released {
+			fmt.Fprintln(c.App.Writer, "hold released: the daemon serves the stored fragments again")
+		} else {
+			fmt.Fprintln(c.App.Writer, "no hold in force")
+		}
+	}
+	if handled, err := viaDaemon(c, e, &watcher.Request{Op: watcher.OpResume}, func(a *watcher.Answer) { released(a.Released) }); handled {
+		return err
+	}
+	ok, err := e.ReleaseHold()
 	if err != nil {
 		return err
 	}
-	if !released {
-		fmt.Fprintln(c.App.Writer, "no hold in force")
+	released(ok)
+	if !ok {
 		return nil
 	}
-	fmt.Fprintln(c.App.Writer, "hold released: the daemon serves the stored fragments again")
 	return waitIf(c, func(ctx context.Context) error { return watcher.WaitResumed(ctx, e) })
 }

@@ -367,7 +367,8 @@ func printApplied(c *cli.Context, a *watcher.Applied) {
 }
 
 // viaDaemon sends req to the daemon when one listens on the API socket and
-// reports handled; accepted prints the first answer. Without a daemon the
+// reports handled; accepted prints the first answer, and with --wait the
+// second is awaited when there is one (Answer.Waits). Without a daemon the
 // caller does the work itself.
 func viaDaemon(c *cli.Context, e *reconcile.Engine, req *watcher.Request, accepted func(*watcher.Answer)) (handled bool, err error) {
 	client, err := watcher.Dial(e.S.APISocket)
@@ -391,7 +392,7 @@ func viaDaemon(c *cli.Context, e *reconcile.Engine, req *watcher.Request, accept
 		return true, err
 	}
 	accepted(a)
-	if !req.Wait {
+	if !a.Waits(req) {
 		return true, nil
 	}
 	// the daemon says why when the time is up; this is in case it cannot
