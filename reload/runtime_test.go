@@ -99,6 +99,12 @@ func (h *runtimeHAProxy) route(t *testing.T, host string) string {
 // servedCN is the common name of the certificate HAProxy serves for sni.
 func (h *runtimeHAProxy) servedCN(t *testing.T, sni string) string {
 	t.Helper()
+	return h.servedCert(t, sni).Subject.CommonName
+}
+
+// servedCert is the certificate HAProxy serves for sni.
+func (h *runtimeHAProxy) servedCert(t *testing.T, sni string) *x509.Certificate {
+	t.Helper()
 	d := &net.Dialer{Timeout: 2 * time.Second}
 	conn, err := tls.DialWithDialer(d, "tcp", fmt.Sprintf("127.0.0.1:%d", h.httpsPort),
 		&tls.Config{ServerName: sni, InsecureSkipVerify: true}) // self-signed: the test reads the name, trusts nothing
@@ -106,7 +112,7 @@ func (h *runtimeHAProxy) servedCN(t *testing.T, sni string) string {
 		t.Fatalf("TLS handshake for %s: %v", sni, err)
 	}
 	defer conn.Close()
-	return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+	return conn.ConnectionState().PeerCertificates[0]
 }
 
 // selfSigned returns the PEM of a certificate for name and its key.
@@ -275,6 +281,10 @@ func TestRuntimeCertificates(t *testing.T) {
 	}
 	if cn := h.servedCN(t, "shop.example"); cn != "shop.example.renewed" {
 		t.Errorf("after renewal shop.example gets %q", cn)
+	}
+	renewed := h.servedCert(t, "shop.example")
+	if serial, err := h.rt.CertSerial(ctx, cert); err != nil || !strings.EqualFold(strings.TrimLeft(serial, "0"), renewed.SerialNumber.Text(16)) {
+		t.Errorf("CertSerial = %q, %v; want the served certificate's %s", serial, err, renewed.SerialNumber.Text(16))
 	}
 
 	// a bad PEM changes nothing, for a known and for a new path

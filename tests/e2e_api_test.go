@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -311,5 +312,143 @@ func copyFile(t *testing.T, from, to string, perm os.FileMode) {
 	}
 	if err := dst.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAPIRollbackResume: rollback and resume go to the daemon over its
+// socket: --wait exits 0 once the held generation serves, and once the
+// newest serves again; a generation that is not kept is refused with
+// exit 6 and holds nothing.
+func TestAPIRollbackResume(t *testing.T) {
+	in := newInstall(t)
+	d := in.startDaemon(t)
+	src := t.TempDir()
+	conf := writeFile(t, filepath.Join(src, "shop.cfg"), backendConf("shop_web", "v1"))
+	hosts := writeFile(t, filepath.Join(src, "shop.map"), "shop.example.com shop_web\n")
+	mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	v1 := in.status(t).Live.Generation
+	writeFile(t, conf, backendConf("shop_web", "v2"))
+	mustRun(t, in.env, "", "apply", "--wait", "shop", conf, hosts)
+	v2 := in.status(t).Live.Generation
+
+	env := append(slices.Clone(in.env), "HAPROXY_CONFIG_ACTOR=ops-ann")
+	stdout, stderr, code := run(t, env, "", "rollback", "--wait", strconv.Itoa(v1))
+	if code != 0 || !strings.Contains(stdout, fmt.Sprintf("holding generation %d", v1)) || !strings.HasSuffix(stdout, "live\n") {
+		t.Fatalf("rollback --wait %d: exit %d, want 0, the hold and \"live\"\nstdout:\n%s\nstderr:\n%s", v1, code, stdout, stderr)
+	}
+	// --wait promised it: no waiting here
+	if _, body, err := in.get("shop.example.com", "/"); err != nil || body != "v1" {
+		t.Errorf("after rollback --wait: %q, %v; want v1 served", body, err)
+	}
+	st := in.status(t)
+	if st.Held == nil || st.Held.Generation != v1 || st.Live == nil || st.Live.Generation != v1 || !strings.HasPrefix(st.Held.Actor, "ops-ann (via ") {
+		t.Errorf("status held %+v, live %+v: want generation %d held by ops-ann via the socket", st.Held, st.Live, v1)
+	}
+	if !strings.Contains(d.output(), `msg="API: hold set"`) {
+		t.Error("the daemon did not set the hold itself")
+	}
+
+	_, stderr, code = run(t, in.env, "", "rollback", "--wait", "999")
+	if code != 6 || !strings.Contains(stderr, "generation 999") {
+		t.Errorf("rollback to a generation never kept: exit %d, want 6 naming it\n%s", code, stderr)
+	}
+	if st := in.status(t); st.Held == nil || st.Held.Generation != v1 {
+		t.Errorf("a refused rollback changed the hold: %+v", st.Held)
+	}
+
+	stdout, stderr, code = run(t, in.env, "", "resume", "--wait")
+	if code != 0 || !strings.Contains(stdout, "hold released") || !strings.HasSuffix(stdout, "live\n") {
+		t.Fatalf("resume --wait: exit %d, want 0, released and \"live\"\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if _, body, err := in.get("shop.example.com", "/"); err != nil || body != "v2" {
+		t.Errorf("after resume --wait: %q, %v; want v2 served", body, err)
+	}
+	if st := in.status(t); st.Held != nil || st.Live == nil || st.Live.Generation < v2 {
+		t.Errorf("after resume: held %+v, live %+v; want no hold and generation %d or newer", st.Held, st.Live, v2)
+	}
+	if !strings.Contains(d.output(), `msg="API: hold released"`) {
+		t.Error("the daemon did not release the hold itself")
+	}
+	if out := mustRun(t, in.env, "", "resume", "--wait"); out != "no hold in force\n" {
+		t.Errorf("resume without a hold printed %q", out)
+	}
+}
+
+// TestAPIRollbackWithoutDaemon: with no daemon the CLI sets and releases
+// the hold itself, as before the API.
+func TestAPIRollbackWithoutDaemon(t *testing.T) {
+	in := newInstall(t)
+	src := t.TempDir()
+	conf := writeFile(t, filepath.Join(src, "shop.cfg"), backendConf("shop_web", "v1"))
+	hosts := writeFile(t, filepath.Join(src, "shop.map"), "shop.example.com shop_web\n")
+	mustRun(t, in.env, "", "apply", "shop", conf, hosts)
+	mustRun(t, in.env, "", "assemble")
+	writeFile(t, conf, backendConf("shop_web", "v2"))
+	mustRun(t, in.env, "", "apply", "shop", conf, hosts)
+	mustRun(t, in.env, "", "assemble")
+
+	env := append(slices.Clone(in.env), "HAPROXY_CONFIG_ACTOR=ops-ann")
+	if out := mustRun(t, env, "", "rollback", "1"); !strings.Contains(out, "holding generation 1") {
+		t.Errorf("rollback 1 printed %q", out)
+	}
+	data, err := os.ReadFile(filepath.Join(in.stateDir(), "hold.json"))
+	if err != nil || !strings.Contains(string(data), `"generation": 1`) || !strings.Contains(string(data), `"actor": "ops-ann"`) {
+		t.Errorf("hold.json: %s, %v; want generation 1 held by ops-ann", data, err)
+	}
+	if _, stderr, code := run(t, in.env, "", "rollback", "999"); code != 6 {
+		t.Errorf("rollback 999 without a daemon: exit %d, want 6\n%s", code, stderr)
+	}
+	if _, stderr, code := run(t, in.env, "", "rollback", "--wait", "--timeout", "2s", "1"); code != 7 || !strings.Contains(stderr, "no haproxy-config watch daemon") {
+		t.Errorf("rollback --wait without a daemon: exit %d, want 7 saying no daemon runs\n%s", code, stderr)
+	}
+	if out := mustRun(t, in.env, "", "resume"); !strings.Contains(out, "hold released") {
+		t.Errorf("resume printed %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(in.stateDir(), "hold.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("hold.json after resume: %v", err)
+	}
+	if out := mustRun(t, in.env, "", "resume"); out != "no hold in force\n" {
+		t.Errorf("resume without a hold printed %q", out)
+	}
+}
+
+// TestAPICertsRenew: certs renew goes to the daemon over its socket, and
+// --wait exits 0 once HAProxy serves the new certificate; an unknown
+// domain is a usage error; without a daemon the request is left for it.
+func TestAPICertsRenew(t *testing.T) {
+	in := newInstall(t)
+	p := startPebble(t, pebbleOptions{httpPort: in.httpPort})
+	in.env = append(in.env, p.env()...)
+	d := in.startDaemon(t)
+	in.applyDomains(t, "r", "renewed", "r.example.com")
+	roots := p.roots(t)
+	first := in.waitServed(t, "r.example.com", roots, "", 60*time.Second)
+	orders := p.orders(t)
+
+	stdout, stderr, code := run(t, in.env, "", "certs", "renew", "--wait", "--timeout", "60s", "r.example.com")
+	if code != 0 || !strings.Contains(stdout, "the daemon renews 1 domain") || !strings.HasSuffix(stdout, "live\n") {
+		t.Fatalf("certs renew --wait: exit %d, want 0 and \"live\"\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	// --wait promised it: no waiting here
+	served, err := in.servedCert("r.example.com", roots)
+	if err != nil || served.SerialNumber.Cmp(first.SerialNumber) == 0 {
+		t.Errorf("after certs renew --wait HAProxy serves %v (%v); want a certificate other than %s", served.SerialNumber, err, first.SerialNumber.Text(16))
+	}
+	if got := p.orders(t); got != orders+1 {
+		t.Errorf("Pebble saw %d orders, want %d: one for the renewal", got, orders+1)
+	}
+	if !strings.Contains(d.output(), `msg="API: certificate renewal requested"`) {
+		t.Error("the daemon did not take the renewal over its socket")
+	}
+	if _, stderr, code := run(t, in.env, "", "certs", "renew", "--wait", "nope.example.com"); code != 2 || !strings.Contains(stderr, "nope.example.com") {
+		t.Errorf("certs renew of an unknown domain: exit %d, want 2 naming it\n%s", code, stderr)
+	}
+
+	d.stop(t)
+	if _, stderr, code := run(t, in.env, "", "certs", "renew", "r.example.com"); code != 7 || !strings.Contains(stderr, "no daemon runs") {
+		t.Errorf("certs renew without a daemon: exit %d, want 7 saying no daemon runs\n%s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(in.stateDir(), "acme/renew/r.example.com")); err != nil {
+		t.Errorf("the renewal request left for the daemon: %v", err)
 	}
 }
