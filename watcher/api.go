@@ -195,6 +195,11 @@ type Client struct {
 	r    *bufio.Reader
 }
 
+// ErrNotSent means the daemon went away before it read the request, so it
+// did nothing with it: the caller may send it again, or do the work itself
+// when no daemon listens any more.
+var ErrNotSent = errors.New("the daemon went away before it read the request")
+
 // Dial connects to the daemon's socket at path. It returns ErrNoDaemonAPI
 // when there is no socket or nobody listens on it (a daemon killed leaves
 // its socket behind), and an environment error when the caller may not
@@ -225,7 +230,7 @@ func (c *Client) Send(ctx context.Context, req *Request) (*Answer, error) {
 		if a, rerr := c.read(); rerr == nil && a.Error != nil {
 			return a, a.Error.Err()
 		}
-		return nil, &reload.EnvError{Err: fmt.Errorf("send the request to the daemon: %w", err)}
+		return nil, &reload.EnvError{Err: fmt.Errorf("%w: %w", ErrNotSent, err)}
 	}
 	a, err := c.read()
 	if err != nil {

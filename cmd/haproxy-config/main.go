@@ -371,20 +371,30 @@ func printApplied(c *cli.Context, a *watcher.Applied) {
 // second is awaited when there is one (Answer.Waits). Without a daemon the
 // caller does the work itself.
 func viaDaemon(c *cli.Context, e *reconcile.Engine, req *watcher.Request, accepted func(*watcher.Answer)) (handled bool, err error) {
-	client, err := watcher.Dial(e.S.APISocket)
-	if errors.Is(err, watcher.ErrNoDaemonAPI) {
-		return false, nil
-	}
-	if err != nil {
-		return true, err
-	}
-	defer client.Close()
 	req.Actor, req.Wait, req.Timeout = fragments.Actor(), c.Bool("wait"), c.Duration("timeout")
-	// the first answer comes after the groups ahead and this one's checks:
-	// as long as the CLI itself may wait for the lock and check, twice
-	sendCtx, cancelSend := context.WithTimeout(c.Context, 2*(e.LockWait+e.S.CheckTimeout))
-	a, err := client.Send(sendCtx, req)
-	cancelSend()
+	var client *watcher.Client
+	var a *watcher.Answer
+	// a daemon that went away before it read the request did nothing with
+	// it: ask again, which finds the next daemon or none
+	for attempt := 0; ; attempt++ {
+		client, err = watcher.Dial(e.S.APISocket)
+		if errors.Is(err, watcher.ErrNoDaemonAPI) {
+			return false, nil
+		}
+		if err != nil {
+			return true, err
+		}
+		defer client.Close()
+		// the first answer comes after the groups ahead and this one's
+		// checks: as long as the CLI itself may wait for the lock and
+		// check, twice
+		sendCtx, cancelSend := context.WithTimeout(c.Context, 2*(e.LockWait+e.S.CheckTimeout))
+		a, err = client.Send(sendCtx, req)
+		cancelSend()
+		if !errors.Is(err, watcher.ErrNotSent) || attempt > 0 {
+			break
+		}
+	}
 	if a != nil {
 		printWarnings(c, a.Warnings)
 	}
