@@ -196,7 +196,7 @@ func (d *Daemon) onCertEvent() {
 	d.certMu.Unlock()
 	if reason != "" {
 		d.Log.Info("reload asked for by the certificate manager", "reason", reason)
-		d.forceReload = reason
+		d.ro.force = reason
 		d.change(certsKey, true)
 	}
 	d.writeStatus()

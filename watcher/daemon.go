@@ -24,7 +24,6 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
-	"haproxy-config/assemble"
 	"haproxy-config/certs"
 	"haproxy-config/fragments"
 	"haproxy-config/reconcile"
@@ -66,9 +65,7 @@ type Daemon struct {
 	lastDirty    time.Time
 	mapOnlyTried bool
 
-	exclude   map[string]reconcile.Exclusion
-	probe     []string // fragments held back after a failed reload, retried one at a time
-	lastGood  *reconcile.Generation
+	ro        *rollout // the decisions: publish, reload, verify, roll back, hold back
 	quarSince map[string]time.Time
 	status    Status
 	metrics   metrics
@@ -87,7 +84,6 @@ type Daemon struct {
 	certMu        sync.Mutex
 	runtimeMu     sync.Mutex        // held by reloads and by runtime-API updates
 	certReload    string            // a reload the manager asked for, not yet taken
-	forceReload   string            // why the next reconcile reloads even if HAProxy serves the marker
 	storedDomains []string          // every domain a stored fragment names
 	domainOwner   map[string]string // each of them to the fragment naming it, "" when several do
 }
@@ -120,12 +116,12 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	if err := d.configure(s); err != nil {
 		return err
 	}
-	d.dirty, d.exclude, d.quarSince = map[string]bool{}, map[string]reconcile.Exclusion{}, map[string]time.Time{}
+	d.dirty, d.quarSince = map[string]bool{}, map[string]time.Time{}
 	d.http = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
 	d.status = Status{PID: os.Getpid(), Started: time.Now().UTC(), State: "starting", Strategy: d.reloader.String(), Quarantined: []Quarantined{}}
 	if prev, err := ReadStatus(s.StateDir); err == nil && prev.Live != nil {
 		if g, err := d.eng.Generation(prev.Live.Generation); err == nil {
-			d.lastGood = g
+			d.ro.lastGood = g
 		}
 	}
 
@@ -265,41 +261,12 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 }
 
-// restart starts the managed HAProxy again after it exited, on the live
-// files of the last good generation: written again first when they no
-// longer hold it (the live directory deleted, say), since HAProxy would
-// never start on a missing file and no new change could help. That
-// generation is then verified serving and reported live at once: a
-// restart needs no reload token, nor does its report.
+// restart starts the managed HAProxy again after it exited: see
+// rollout.restart.
 func (d *Daemon) restart(ctx context.Context) error {
-	g := d.lastGood
-	if g != nil {
-		wrote, err := d.eng.Republish(ctx, g.Number)
-		switch {
-		case err != nil:
-			d.Log.Error("write the live files again before the restart: starting haproxy on them as they are",
-				"generation", g.Number, "err", err)
-			g = nil
-		case wrote:
-			d.Log.Warn("the live files no longer held the last good generation: written again before the restart",
-				"generation", g.Number)
-		}
-	}
-	if err := d.managed.Start(ctx); err != nil {
-		return err
-	}
-	if g == nil {
-		return nil // the rescan that follows finds out what serves
-	}
-	if err := d.verifyMarker(ctx, g.Marker); err != nil {
-		d.Log.Error("the restarted haproxy does not serve the last good generation", "generation", g.Number, "err", err)
-		return nil
-	}
-	d.checkMapAfter(ctx, "the restart")
-	d.setLive(g)
-	d.status.LastError = ""
-	d.Log.Info("haproxy restarted", "generation", g.Number)
-	return nil
+	out, err := d.ro.restart(ctx)
+	d.fold(out)
+	return err
 }
 
 // watchdog pings systemd every interval from its own goroutine while the
@@ -376,6 +343,7 @@ func (d *Daemon) configure(s *settings.Settings) error {
 			d.cli = nil
 		}
 	}
+	d.ro = d.newRollout()
 	return nil
 }
 
@@ -406,8 +374,9 @@ func (d *Daemon) rereadSettings() {
 			"setting", ig.Key.Env(), "current", current, "ignored", ignored)
 	}
 	d.s, d.eng = s, newEngine(s)
+	d.ro.s = s
 	// whatever the cause of a failed reload was, it may be gone: retry
-	d.exclude, d.probe = map[string]reconcile.Exclusion{}, nil
+	d.ro.forget()
 	d.limiter.SetLimit(rate.Every(s.ReloadInterval))
 	d.limiter.SetBurst(s.ReloadBurst)
 	if err := d.watch(); err != nil {
@@ -471,7 +440,11 @@ const historyFile = "history.jsonl"
 // change records a changed fragment (or the base). vouched means a CLI
 // change committed it whole, so there is nothing to let settle.
 func (d *Daemon) change(key string, vouched bool) {
-	now := time.Now()
+	d.changeAt(key, vouched, time.Now())
+}
+
+// changeAt is change for a change seen at the time now.
+func (d *Daemon) changeAt(key string, vouched bool, now time.Time) {
 	if len(d.dirty) == 0 && !d.rescan {
 		d.firstDirty = now
 	}
@@ -483,11 +456,16 @@ func (d *Daemon) change(key string, vouched bool) {
 }
 
 func (d *Daemon) markRescan() {
+	d.markRescanAt(time.Now())
+}
+
+// markRescanAt is markRescan for a rescan asked for at the time now.
+func (d *Daemon) markRescanAt(now time.Time) {
 	if len(d.dirty) == 0 && !d.rescan {
-		d.firstDirty = time.Now()
+		d.firstDirty = now
 	}
 	d.rescan = true
-	d.lastDirty, d.mapOnlyTried = time.Now(), false
+	d.lastDirty, d.mapOnlyTried = now, false
 }
 
 func (d *Daemon) historySize() int64 {
@@ -592,8 +570,8 @@ func (d *Daemon) step(ctx context.Context, timer *time.Timer) {
 	if !d.reconcile(ctx, since) {
 		r.CancelAt(now) // no reload: give the token back
 	}
-	if len(d.probe) > 0 {
-		d.nextProbe()
+	if d.ro.probing() {
+		d.ro.nextProbe()
 		d.markRescan()
 	}
 	if _, again := d.dueAt(); again {
@@ -610,53 +588,15 @@ func (d *Daemon) setPending() {
 	}
 }
 
-// start brings HAProxy to the current generation: the managed one is
-// started on it, another one is reloaded unless it already serves it.
+// start brings HAProxy to the current generation (see rollout.start), or
+// serves the live files as they are when the store cannot be published.
 func (d *Daemon) start(ctx context.Context) error {
-	since := time.Now()
-	pub, err := d.publish(ctx)
-	if err != nil {
-		return d.startStale(ctx, err)
+	out, publishErr, err := d.ro.start(ctx, time.Now(), d.status.Live != nil)
+	d.fold(out)
+	if publishErr != nil {
+		return d.startStale(ctx, publishErr)
 	}
-	if d.managed == nil {
-		// taking over a running HAProxy: its runtime map may hold what a
-		// killed daemon applied, or miss it
-		if pub.Generation.Marker != "" && d.servedMarker(ctx) == pub.Generation.Marker &&
-			d.applyMapAtRuntime(ctx, pub.Generation, since) {
-			if d.status.Live == nil {
-				d.setLive(pub.Generation) // it serves what the last run verified
-			}
-			return nil
-		}
-		d.reconcileReload(ctx, pub)
-		return nil
-	}
-	err = d.managed.Start(ctx)
-	if err != nil && d.lastGood != nil && d.lastGood.Number != pub.Generation.Number {
-		d.Log.Error("haproxy does not start on the new generation: starting the last good one",
-			"generation", pub.Generation.Number, "last_good", d.lastGood.Number, "err", err)
-		d.holdBack(pub.Generation, err.Error(), d.managed.Since(time.Time{}), pub)
-		if _, rerr := d.eng.Restore(ctx, d.lastGood.Number); rerr != nil {
-			return fmt.Errorf("%w; restoring generation %d: %v", err, d.lastGood.Number, rerr)
-		}
-		d.status.Counts.Rollbacks++
-		if err = d.managed.Start(ctx); err == nil {
-			d.setLive(d.lastGood)
-			d.markRescan()
-			return nil
-		}
-	}
-	if err != nil {
-		return err
-	}
-	if err := d.verifyMarker(ctx, pub.Generation.Marker); err != nil {
-		// something else answers on the status address: no reload could
-		// ever be verified
-		return &reload.EnvError{Err: fmt.Errorf("haproxy started but %w (is another process on HAPROXY_CONFIG_STATUS_ADDR?)", err)}
-	}
-	d.checkMapAfter(ctx, "the start")
-	d.setLive(pub.Generation)
-	return nil
+	return err
 }
 
 // startStale handles a first publish that failed (the base config broken
@@ -686,324 +626,6 @@ func (d *Daemon) stop() {
 	d.writeStatus()
 }
 
-// publish writes the generation of the current store (or restores the
-// held one) and refreshes the quarantine.
-func (d *Daemon) publish(ctx context.Context) (*reconcile.Published, error) {
-	d.status.Counts.Reconciles++
-	hold, err := d.eng.CurrentHold()
-	if err != nil {
-		return nil, err
-	}
-	d.status.Held = hold
-	if hold != nil {
-		g, err := d.eng.Restore(ctx, hold.Generation)
-		if err != nil {
-			return nil, err
-		}
-		return &reconcile.Published{Generation: g, Changed: d.lastGood == nil || d.lastGood.Number != g.Number}, nil
-	}
-	d.status.ReconciledAt = time.Now().UTC()
-	pub, err := d.eng.Publish(ctx, d.exclude)
-	if err != nil {
-		return nil, err
-	}
-	d.quarantine(pub.Selection, pub.Excluded)
-	d.noteStored(pub.Selection)
-	return pub, nil
-}
-
-// quarantine reports the fragments left out and forgets exclusions of
-// fragments that changed or left.
-func (d *Daemon) quarantine(sel *reconcile.Selection, excluded []string) {
-	now := time.Now().UTC()
-	var list []Quarantined
-	for _, name := range sel.RejectedNames() {
-		q := Quarantined{Name: name, Errors: []string{}, LastGood: sel.FellBack[name]}
-		switch f := sel.Parsed[name]; {
-		case q.LastGood != "":
-			q.Checksum = sel.Superseded[name]
-		case f != nil:
-			q.Checksum = f.Checksum
-		default:
-			if ex, ok := d.exclude[name]; ok && slices.Contains(excluded, name) {
-				q.Checksum = ex.Checksum
-			}
-		}
-		for _, p := range sel.Rejected[name] {
-			q.Errors = append(q.Errors, p.Error())
-		}
-		since, seen := d.quarSince[name]
-		if !seen {
-			since = now
-			d.Log.Warn("fragment quarantined", "fragment", name, "errors", strings.Join(q.Errors, "; "))
-		}
-		q.Since = since
-		q.Retrying = slices.Contains(d.probe, name)
-		list = append(list, q)
-	}
-	next := map[string]time.Time{}
-	for _, q := range list {
-		next[q.Name] = q.Since
-	}
-	for name := range d.quarSince {
-		if _, still := next[name]; !still {
-			d.Log.Info("fragment no longer quarantined", "fragment", name)
-		}
-	}
-	d.quarSince = next
-	if list == nil {
-		list = []Quarantined{}
-	}
-	d.status.Quarantined = list
-	d.status.Strays = nil
-	for _, p := range sel.Strays {
-		d.status.Strays = append(d.status.Strays, p.Error())
-	}
-	// Publish leaves an excluded fragment out only while it is unchanged:
-	// an exclusion it did not apply (the fragment changed or left) is over
-	for name := range d.exclude {
-		if !slices.Contains(excluded, name) {
-			delete(d.exclude, name)
-		}
-	}
-}
-
-// reconcile publishes what is on disk and brings HAProxy to it: through
-// the runtime API when it serves the config already (only the host map
-// changed), else by a reload. since is when the change was first seen. It
-// reports whether it reloaded.
-func (d *Daemon) reconcile(ctx context.Context, since time.Time) bool {
-	if ctx.Err() != nil {
-		return false
-	}
-	pub, err := d.publish(ctx)
-	if err != nil {
-		d.status.LastError = err.Error()
-		d.setBehind(err.Error())
-		d.Log.Error("reconcile failed: retrying", "err", err)
-		d.change(retryKey, false) // again once WaitMin has passed
-		return false
-	}
-	d.status.LastError = ""
-	g := pub.Generation
-	// the marker is a digest of the config: HAProxy serves it already, and
-	// the host map (written to the live file by publish) goes in at runtime
-	if (g.Marker != "" && d.forceReload == "" && d.servedMarker(ctx) == g.Marker && d.applyMapAtRuntime(ctx, g, since)) ||
-		(g.Marker == "" && d.forceReload == "" && !pub.Changed && d.lastGood != nil && d.lastGood.Number == g.Number) {
-		d.status.Behind = nil
-		if d.status.Live == nil {
-			// a restarted HAProxy serves the generation it served before
-			d.setLive(g)
-		}
-		return false
-	}
-	d.reconcileReload(ctx, pub)
-	return true
-}
-
-// reconcileReload reloads onto pub's generation and verifies it; on
-// failure it puts the last good generation back and holds back the
-// fragments that changed.
-func (d *Daemon) reconcileReload(ctx context.Context, pub *reconcile.Published) {
-	g := pub.Generation
-	start := time.Now()
-	err := d.reloadVerified(ctx, g.Marker)
-	if err != nil && ctx.Err() != nil {
-		return // stopping: neither a success nor HAProxy's failure
-	}
-	res := &ReloadResult{Generation: g.Number, At: start.UTC(), OK: err == nil, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
-	d.status.LastReload = res
-	if err == nil {
-		d.status.Counts.Reloads++
-		d.forceReload = ""
-		d.checkMapAfter(ctx, "the reload")
-		d.setLive(g)
-		d.Log.Info("reloaded", "generation", g.Number, "fragments", len(g.Fragments), "duration_ms", res.DurationMS)
-		return
-	}
-	d.status.Counts.ReloadsFailed++
-	res.Error = err.Error()
-	output := ""
-	if d.managed != nil {
-		output = d.managed.Since(start)
-	}
-	d.Log.Error("reload failed", "generation", g.Number, "err", err)
-	// only HAProxy refusing the configuration, or a new worker that does
-	// not serve it, is a tenant's doing; a socket, bus or command failure
-	// is retried as it is once WaitMin has passed
-	if !errors.Is(err, reload.ErrReloadFailed) && !errors.Is(err, errNotServing) {
-		d.change(retryKey, false)
-		d.setBehind(res.Error)
-	} else if pub.Selection != nil && d.holdBack(g, err.Error(), output, pub) {
-		d.markRescan() // publish again without what was held back
-	} else {
-		d.setBehind(res.Error) // no fragment to blame: the base, or HAProxy itself
-	}
-	if d.lastGood == nil || d.lastGood.Number == g.Number {
-		return
-	}
-	if _, rerr := d.eng.Restore(ctx, d.lastGood.Number); rerr != nil {
-		d.Log.Error("put the last good generation back", "generation", d.lastGood.Number, "err", rerr)
-		return
-	}
-	d.status.Counts.Rollbacks++
-	res.RolledBackTo = d.lastGood.Number
-	// a refused reload leaves the old worker serving; anything else gets
-	// the last good generation reloaded
-	if d.lastGood.Marker != "" && d.servedMarker(ctx) == d.lastGood.Marker {
-		d.checkMapAfter(ctx, "the refused reload")
-		return
-	}
-	// the rollback reload is a reload like any other: it waits its turn
-	if rerr := d.limiter.Wait(ctx); rerr != nil {
-		return
-	}
-	if rerr := d.reloadVerified(ctx, d.lastGood.Marker); rerr != nil {
-		d.Log.Error("reload of the last good generation failed", "generation", d.lastGood.Number, "err", rerr)
-		return
-	}
-	d.checkMapAfter(ctx, "the rollback")
-}
-
-// holdBack excludes the fragments that changed since the last good
-// generation after HAProxy failed to load g. Those HAProxy's output names
-// are quarantined with its message; when it names none, one suspect is
-// quarantined and the others are retried one at a time. It reports whether
-// it held anything back: without suspects, the failure is not a tenant's.
-func (d *Daemon) holdBack(g *reconcile.Generation, reason, output string, pub *reconcile.Published) bool {
-	if d.lastGood == nil {
-		return false // nothing known good to tell the changes from
-	}
-	var suspects []string
-	for name, sum := range g.Fragments {
-		if d.lastGood.Fragments[name] != sum {
-			suspects = append(suspects, name)
-		}
-	}
-	slices.Sort(suspects)
-	if len(suspects) == 0 {
-		return false
-	}
-	blamed := map[string]assemble.Problems{}
-	if pub.Selection != nil && output != "" {
-		errs, _ := reload.Explain(pub.Selection.Verdict.Output.Source, d.s.OutputConfig, d.s.OutputMap, reload.ParseMessages(output), nil)
-		for _, p := range errs {
-			if p.Fragment != "" && slices.Contains(suspects, p.Fragment) {
-				blamed[p.Fragment] = append(blamed[p.Fragment], p)
-			}
-		}
-	}
-	if len(blamed) == 0 {
-		// nobody named: the first suspect takes the blame if it is alone,
-		// else everyone waits and is retried alone
-		if len(suspects) == 1 {
-			blamed[suspects[0]] = nil
-		} else {
-			d.probe = append(d.probe, suspects...)
-		}
-	}
-	for _, name := range suspects {
-		ps, isBlamed := blamed[name]
-		if !isBlamed && len(blamed) > 0 {
-			continue // HAProxy named someone else
-		}
-		at := assemble.Location{Fragment: name}
-		if pub.Selection != nil && pub.Selection.Parsed[name] != nil {
-			at.File = pub.Selection.Parsed[name].ConfFile
-		}
-		if !isBlamed {
-			ps = assemble.Problems{{Location: at, Msg: "held back: HAProxy failed to load it together with other changes; retrying it alone"}}
-		} else if len(ps) == 0 {
-			ps = assemble.Problems{{Location: at, Msg: "HAProxy failed to load the configuration with this fragment: " + reason + alerts(output)}}
-		}
-		d.exclude[name] = reconcile.Exclusion{Checksum: g.Fragments[name], Problems: ps}
-	}
-	return true
-}
-
-// alerts is ": " and HAProxy's ALERT lines in output, "" without any.
-func alerts(output string) string {
-	var texts []string
-	for _, m := range reload.ParseMessages(output) {
-		if m.Level == "ALERT" {
-			texts = append(texts, m.Text)
-		}
-	}
-	if len(texts) == 0 {
-		return ""
-	}
-	return ": " + strings.Join(texts, "; ")
-}
-
-// nextProbe lets the first held-back fragment go live again on its own.
-func (d *Daemon) nextProbe() {
-	if len(d.probe) == 0 {
-		return
-	}
-	name := d.probe[0]
-	d.probe = d.probe[1:]
-	ex, ok := d.exclude[name]
-	if !ok {
-		return
-	}
-	delete(d.exclude, name)
-	d.Log.Info("retrying a held-back fragment alone", "fragment", name, "checksum", ex.Checksum)
-}
-
-// reloadVerified asks for a reload and waits until the master has a new
-// worker (when the master socket is known) and the status endpoint serves
-// the marker (when the base config has one).
-func (d *Daemon) reloadVerified(ctx context.Context, marker string) error {
-	// a runtime update must reach the worker that will serve: not one
-	// that is being replaced
-	d.runtimeMu.Lock()
-	defer d.runtimeMu.Unlock()
-	d.rtEntries = nil // the new worker loads the map file
-	ctx, cancel := context.WithTimeout(ctx, d.s.VerifyTimeout)
-	defer cancel()
-	var before *reload.Procs
-	if d.cli != nil {
-		var err error
-		if before, err = d.cli.ShowProc(ctx); err != nil {
-			return err
-		}
-	}
-	if err := d.reloader.Reload(ctx); err != nil {
-		return err
-	}
-	if before != nil {
-		procs, err := d.cli.WaitReloaded(ctx, before)
-		d.status.HAProxy = procs
-		if err != nil {
-			return err
-		}
-	}
-	return d.verifyMarker(ctx, marker)
-}
-
-// errNotServing: the reload went through but the marker never showed.
-var errNotServing = errors.New("the new generation is not serving")
-
-// verifyMarker waits until the status endpoint serves marker.
-func (d *Daemon) verifyMarker(ctx context.Context, marker string) error {
-	if marker == "" {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, d.s.VerifyTimeout)
-	defer cancel()
-	got := ""
-	for {
-		if got = d.servedMarker(ctx); got == marker {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w after %s: the status endpoint %s answers %q", errNotServing, d.s.VerifyTimeout, d.s.StatusAddr, got)
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-}
-
 // servedMarker asks the status endpoint which generation serves.
 func (d *Daemon) servedMarker(ctx context.Context) string {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.s.StatusAddr+"/", nil)
@@ -1025,18 +647,124 @@ func (d *Daemon) servedMarker(ctx context.Context) string {
 // setBehind records that what the store holds cannot go live, keeping the
 // time it first could not.
 func (d *Daemon) setBehind(reason string) {
+	d.setBehindAt(reason, time.Now())
+}
+
+// setBehindAt is setBehind for a reason found at the time at.
+func (d *Daemon) setBehindAt(reason string, at time.Time) {
 	if d.status.Behind == nil {
-		d.status.Behind = &Behind{Since: time.Now().UTC()}
+		d.status.Behind = &Behind{Since: at.UTC()}
 	}
 	d.status.Behind.Reason = reason
 }
 
-func (d *Daemon) setLive(g *reconcile.Generation) {
-	d.lastGood = g
-	d.status.Behind = nil
-	if err := d.eng.MarkServing(g.Number); err != nil {
-		d.Log.Error("record the serving generation", "err", err)
+// reconcile publishes what is on disk and brings HAProxy to it (see
+// rollout.reconcile). since is when the change was first seen. It reports
+// whether it reloaded.
+func (d *Daemon) reconcile(ctx context.Context, since time.Time) bool {
+	out := d.ro.reconcile(ctx, since, d.status.Live != nil)
+	d.fold(out)
+	return out.reloaded
+}
+
+// fold records what the rollout did in the status, and gathers what it
+// asks for again into the burst.
+func (d *Daemon) fold(out *outcome) {
+	if out.readHold {
+		d.status.Held = out.held
 	}
+	if !out.reconciledAt.IsZero() {
+		d.status.ReconciledAt = out.reconciledAt
+	}
+	if out.published != nil {
+		d.quarantine(out.published.Selection, out.published.Excluded, out.probing)
+		d.noteStored(out.published.Selection)
+	}
+	d.status.Counts.add(out.counts)
+	if out.reload != nil {
+		d.status.LastReload = out.reload
+	}
+	if out.runtime != nil {
+		d.status.LastRuntime = out.runtime
+	}
+	if out.procsKnown {
+		d.status.HAProxy = out.procs
+	}
+	switch {
+	case out.err != nil:
+		d.status.LastError = out.err.Error()
+	case out.clearErr:
+		d.status.LastError = ""
+	}
+	if out.behind != "" {
+		d.setBehindAt(out.behind, out.behindAt)
+	}
+	if out.caughtUp {
+		d.status.Behind = nil
+	}
+	if out.live != nil {
+		d.setLive(out.live)
+	}
+	if !out.retryAt.IsZero() {
+		d.changeAt(retryKey, false, out.retryAt) // again once WaitMin has passed
+	}
+	if !out.rescanAt.IsZero() {
+		d.markRescanAt(out.rescanAt)
+	}
+}
+
+// quarantine reports the fragments left out; probing are those being
+// retried alone.
+func (d *Daemon) quarantine(sel *reconcile.Selection, excluded, probing []string) {
+	now := time.Now().UTC()
+	var list []Quarantined
+	for _, name := range sel.RejectedNames() {
+		q := Quarantined{Name: name, Errors: []string{}, LastGood: sel.FellBack[name]}
+		switch f := sel.Parsed[name]; {
+		case q.LastGood != "":
+			q.Checksum = sel.Superseded[name]
+		case f != nil:
+			q.Checksum = f.Checksum
+		default:
+			if ex, ok := d.ro.exclude[name]; ok && slices.Contains(excluded, name) {
+				q.Checksum = ex.Checksum
+			}
+		}
+		for _, p := range sel.Rejected[name] {
+			q.Errors = append(q.Errors, p.Error())
+		}
+		since, seen := d.quarSince[name]
+		if !seen {
+			since = now
+			d.Log.Warn("fragment quarantined", "fragment", name, "errors", strings.Join(q.Errors, "; "))
+		}
+		q.Since = since
+		q.Retrying = slices.Contains(probing, name)
+		list = append(list, q)
+	}
+	next := map[string]time.Time{}
+	for _, q := range list {
+		next[q.Name] = q.Since
+	}
+	for name := range d.quarSince {
+		if _, still := next[name]; !still {
+			d.Log.Info("fragment no longer quarantined", "fragment", name)
+		}
+	}
+	d.quarSince = next
+	if list == nil {
+		list = []Quarantined{}
+	}
+	d.status.Quarantined = list
+	d.status.Strays = nil
+	for _, p := range sel.Strays {
+		d.status.Strays = append(d.status.Strays, p.Error())
+	}
+}
+
+// setLive reports g, which the rollout saw serving, live.
+func (d *Daemon) setLive(g *reconcile.Generation) {
+	d.status.Behind = nil
 	d.status.Live = &Live{Generation: g.Number, Since: time.Now().UTC(), Marker: g.Marker, Fragments: len(g.Fragments)}
 	d.setCertDomains()
 	if d.cli != nil {
@@ -1047,10 +775,10 @@ func (d *Daemon) setLive(g *reconcile.Generation) {
 }
 
 func (d *Daemon) liveGeneration() int {
-	if d.lastGood == nil {
+	if d.ro.lastGood == nil {
 		return 0
 	}
-	return d.lastGood.Number
+	return d.ro.lastGood.Number
 }
 
 func (d *Daemon) writeStatus() {

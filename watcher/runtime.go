@@ -8,9 +8,7 @@ import (
 	"maps"
 	"os"
 	"strings"
-	"time"
 
-	"haproxy-config/reconcile"
 	"haproxy-config/reload"
 )
 
@@ -119,59 +117,4 @@ func (d *Daemon) updateMap(ctx context.Context) (changed bool, entries int, err 
 	}
 	d.rtEntries = want
 	return true, len(want), nil
-}
-
-// applyMapAtRuntime makes generation g, whose config HAProxy serves
-// already, live by updating the host map through the runtime API. since
-// is when the change was first seen. It reports false when the runtime API
-// failed for a new generation, which then needs a reload.
-func (d *Daemon) applyMapAtRuntime(ctx context.Context, g *reconcile.Generation, since time.Time) bool {
-	fresh := d.lastGood == nil || d.lastGood.Number != g.Number
-	// a new generation changes the keys it changes; a rescan (nothing
-	// new) compares the whole map and repairs drift
-	sync := d.syncMap
-	if fresh {
-		sync = d.updateMap
-	}
-	changed, n, err := sync(ctx)
-	switch {
-	case err != nil && fresh:
-		d.status.Counts.RuntimeFallbacks++
-		d.Log.Warn("runtime api failed: reloading instead", "generation", g.Number, "socket", d.rt.Path, "err", err)
-		return false
-	case err != nil:
-		// nothing new to apply: HAProxy serves this generation since it
-		// was verified; the next reconcile checks again
-		d.Log.Warn("cannot check the runtime host map", "socket", d.rt.Path, "err", err)
-		return true
-	case changed && fresh:
-		d.status.Counts.RuntimeUpdates++
-		d.status.LastRuntime = &RuntimeResult{Generation: g.Number, At: time.Now().UTC(), Entries: n,
-			DurationMS: float64(time.Since(since).Microseconds()) / 1000}
-		d.Log.Info("host map updated at runtime", "generation", g.Number, "entries", n, "duration_ms", d.status.LastRuntime.DurationMS)
-	case changed:
-		d.repaired("no change was due")
-	}
-	if fresh {
-		d.setLive(g)
-	}
-	return true
-}
-
-// checkMapAfter compares the runtime host map with the live map file
-// after HAProxy (re)loaded the files, and repairs a difference, so an
-// entry written to the file while the reload was in flight is not lost.
-func (d *Daemon) checkMapAfter(ctx context.Context, what string) {
-	changed, _, err := d.syncMap(ctx)
-	switch {
-	case err != nil:
-		d.Log.Warn("cannot check the runtime host map after "+what, "socket", d.rt.Path, "err", err)
-	case changed:
-		d.repaired("after " + what)
-	}
-}
-
-func (d *Daemon) repaired(when string) {
-	d.status.Counts.DriftRepairs++
-	d.Log.Warn("runtime host map differed from the live map file: repaired", "when", when, "map", d.s.OutputMap)
 }

@@ -215,3 +215,15 @@ func writeStatus(stateDir string, st *Status) error {
 	}
 	return os.Rename(tmp, filepath.Join(stateDir, StatusFile))
 }
+
+// add adds the counts in o.
+func (c *Counts) add(o Counts) {
+	c.Reconciles += o.Reconciles
+	c.Reloads += o.Reloads
+	c.ReloadsFailed += o.ReloadsFailed
+	c.Rollbacks += o.Rollbacks
+	c.Restarts += o.Restarts
+	c.RuntimeUpdates += o.RuntimeUpdates
+	c.DriftRepairs += o.DriftRepairs
+	c.RuntimeFallbacks += o.RuntimeFallbacks
+}
