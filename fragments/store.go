@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -240,14 +241,26 @@ func readAtMost(r io.Reader, size, maxBytes int64) ([]byte, error) {
 	if maxBytes > 0 {
 		r = io.LimitReader(r, maxBytes+1)
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
-	if _, err := buf.ReadFrom(r); err != nil {
-		return nil, err
+	// room for the size fstat gave and one byte to see the end: a whole
+	// store stays in memory, so no read buffer's slack is kept with it
+	buf := make([]byte, 0, size+1)
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, max(len(buf), 512)) // it grew while read
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	if maxBytes > 0 && int64(buf.Len()) > maxBytes {
+	if maxBytes > 0 && int64(len(buf)) > maxBytes {
 		return nil, fmt.Errorf("file grew past the limit of %d bytes while being read", maxBytes)
 	}
-	return buf.Bytes(), nil
+	return buf, nil
 }
 
 // notRegular refuses a fragment part that is not a regular file.

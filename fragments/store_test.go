@@ -724,6 +724,10 @@ func TestReadAtMost(t *testing.T) {
 		if err != nil || string(got) != tc.data {
 			t.Errorf("%s: readAtMost = %q, %v; want %q", tc.name, got, err, tc.data)
 		}
+		// the whole store is kept in memory: no read buffer's slack with it
+		if int64(len(got)) <= tc.size && int64(cap(got)) > tc.size+1 {
+			t.Errorf("%s: %d bytes read into a buffer of %d", tc.name, len(got), cap(got))
+		}
 	}
 
 	// A file growing past the limit while read is refused, and read no

@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -38,16 +39,39 @@ type Engine struct {
 	// Resolve looks up the host names of new fragments' servers.
 	Resolve fragments.Resolver
 
-	// parsed keeps each fragment's last parse with the bytes and the policy
-	// it came from, so a long-lived engine (the daemon's) parses only what
-	// changed.
-	parsed map[string]parsedFragment
+	// Parses keeps each fragment's last parse, so a long-lived engine (the
+	// daemon's) parses only what changed; engines may share one.
+	Parses *ParseCache
 	// hostsOK are the checksums of fragments whose host names resolved to
 	// allowed addresses.
 	hostsOK map[string]bool
 	// credential is whom haproxy -c runs as, found at the first check.
 	credential *syscall.Credential
 	credFound  bool
+}
+
+// ParseCache holds each fragment's last parse with the bytes and the
+// policy it came from. The daemon's loop and its API writer share one, so
+// a store is parsed, and held in memory, once. Its maps are replaced
+// whole, never changed, so a map read stays valid without the lock.
+type ParseCache struct {
+	mu sync.Mutex
+	m  map[string]parsedFragment
+}
+
+// NewParseCache returns an empty cache.
+func NewParseCache() *ParseCache { return &ParseCache{} }
+
+func (c *ParseCache) get() map[string]parsedFragment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m
+}
+
+func (c *ParseCache) set(m map[string]parsedFragment) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = m
 }
 
 type parsedFragment struct {
@@ -66,6 +90,7 @@ func New(s *settings.Settings) *Engine {
 		Validator: &reload.Validator{Haproxy: s.Haproxy, Timeout: s.CheckTimeout},
 		LockWait:  2 * time.Minute,
 		Resolve:   resolve,
+		Parses:    NewParseCache(),
 		hostsOK:   map[string]bool{},
 	}
 }
@@ -441,8 +466,9 @@ func (e *Engine) load() (*Selection, error) {
 	problems := make([]assemble.Problems, len(stored))
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
+	cached := e.Parses.get()
 	for i, st := range stored {
-		if c, ok := e.parsed[st.Name]; ok && c.confPath == st.ConfPath && c.mapPath == st.MapPath && c.policy == fp &&
+		if c, ok := cached[st.Name]; ok && c.confPath == st.ConfPath && c.mapPath == st.MapPath && c.policy == fp &&
 			bytes.Equal(c.conf, st.Conf) && bytes.Equal(c.hostMap, st.Map) {
 			parsed[i], problems[i] = c.frag, slices.Clip(c.problems)
 			continue
@@ -458,7 +484,7 @@ func (e *Engine) load() (*Selection, error) {
 		next[st.Name] = parsedFragment{confPath: st.ConfPath, mapPath: st.MapPath, conf: st.Conf, hostMap: st.Map,
 			policy: fp, frag: parsed[i], problems: problems[i]}
 	}
-	e.parsed = next
+	e.Parses.set(next)
 	for i, st := range stored {
 		sel.Stored[st.Name] = st
 		if len(problems[i]) > 0 {

@@ -44,7 +44,8 @@ type apiServer struct {
 	gid      int // apiGroup's, -1 when there is no such group
 	settings atomic.Pointer[settings.Settings]
 	queue    chan *apiCall
-	certs    *certRenewal // nil when ACME is off
+	certs    *certRenewal          // nil when ACME is off
+	parses   *reconcile.ParseCache // shared with the daemon's loop
 
 	mu        sync.Mutex
 	committed []string      // burst keys committed (fragments, holdKey), not yet taken by the loop
@@ -269,7 +270,7 @@ func (a *apiServer) write(ctx context.Context) {
 			continue
 		}
 		if s := a.settings.Load(); s != engFor {
-			eng, engFor = newEngine(s), s
+			eng, engFor = newEngine(s, a.parses), s
 		}
 		for len(calls) > 0 {
 			if c := calls[0]; c.alone != nil {

@@ -1,7 +1,6 @@
 package watcher
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -243,14 +242,12 @@ func (d *Daemon) noteStored(sel *reconcile.Selection) {
 // readMapFile it takes any line, as a stored fragment may be invalid.
 func mapKeys(data []byte) []string {
 	var keys []string
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+	for line := range bytes.Lines(data) {
+		f := bytes.Fields(line)
+		if len(f) == 0 || f[0][0] == '#' {
 			continue
 		}
-		keys = append(keys, strings.ToLower(f[0]))
+		keys = append(keys, strings.ToLower(string(f[0])))
 	}
 	return keys
 }

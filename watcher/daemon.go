@@ -43,9 +43,10 @@ type Daemon struct {
 	eng      *reconcile.Engine
 	reloader reload.Reloader
 	managed  *reload.Managed
-	cli      *reload.MasterCLI // nil when no master socket is known
-	rt       *reload.Runtime   // the stats socket: host map updates without a reload
-	api      *apiServer        // the API socket: the CLI's changes
+	cli      *reload.MasterCLI     // nil when no master socket is known
+	rt       *reload.Runtime       // the stats socket: host map updates without a reload
+	api      *apiServer            // the API socket: the CLI's changes
+	parses   *reconcile.ParseCache // the fragments' parses, shared by the loop's engine and the API's
 	limiter  *rate.Limiter
 	fsw      *fsnotify.Watcher
 
@@ -163,7 +164,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	if d.api, err = listenAPI(d.s, d.Log); err != nil {
 		return &reload.EnvError{Err: err}
 	}
-	d.api.certs = d.certRenewal()
+	d.api.certs, d.api.parses = d.certRenewal(), d.parses
 	defer d.api.serve(ctx)()
 	d.status.State = "ready"
 	d.writeStatus()
@@ -312,7 +313,8 @@ func monotonicUsec() int64 {
 
 // configure builds the engine, the reloader and the limiter.
 func (d *Daemon) configure(s *settings.Settings) error {
-	d.s, d.eng = s, newEngine(s)
+	d.parses = reconcile.NewParseCache()
+	d.s, d.eng = s, newEngine(s, d.parses)
 	d.limiter = rate.NewLimiter(rate.Every(s.ReloadInterval), s.ReloadBurst)
 	bin, err := d.eng.Validator.Binary()
 	if err != nil {
@@ -348,10 +350,14 @@ func (d *Daemon) configure(s *settings.Settings) error {
 }
 
 // newEngine is the daemon's engine: it polls for the store lock every
-// millisecond, ahead of CLI writers polling every 5.
-func newEngine(s *settings.Settings) *reconcile.Engine {
+// millisecond, ahead of CLI writers polling every 5, and parses into the
+// cache the daemon's engines share.
+func newEngine(s *settings.Settings, parses *reconcile.ParseCache) *reconcile.Engine {
 	e := reconcile.New(s)
 	e.Store.LockPoll = time.Millisecond
+	if parses != nil {
+		e.Parses = parses
+	}
 	return e
 }
 
@@ -373,7 +379,7 @@ func (d *Daemon) rereadSettings() {
 		d.Log.Warn("this setting changes only when the daemon restarts: keeping the current value",
 			"setting", ig.Key.Env(), "current", current, "ignored", ignored)
 	}
-	d.s, d.eng = s, newEngine(s)
+	d.s, d.eng = s, newEngine(s, d.parses)
 	d.ro.s = s
 	// whatever the cause of a failed reload was, it may be gone: retry
 	d.ro.forget()
