@@ -117,3 +117,30 @@ func (e *Engine) onlyMapDiffers(sel *Selection, out *assemble.Output) bool {
 	hostMap, err2 := os.ReadFile(mapPath)
 	return err1 == nil && err2 == nil && bytes.Equal(cfg, out.Config) && !bytes.Equal(hostMap, out.Map)
 }
+
+// rejectedByDeferral reports whether the selection rejected a fragment
+// that passed its own checks (rejectedBefore lists those that did not)
+// and that the rules between fragments accept among the stored versions:
+// one that takes a domain, or with cross-references a backend, that a
+// deferred change frees. Publishing would report it quarantined, and its
+// apply --wait fail, for a change the next reload makes live: its map
+// change waits for that reload instead.
+func (e *Engine) rejectedByDeferral(sel *Selection, rejectedBefore map[string]bool, stored []*assemble.Fragment) bool {
+	var fresh []string
+	for name := range sel.Rejected {
+		if !rejectedBefore[name] {
+			fresh = append(fresh, name)
+		}
+	}
+	if len(fresh) == 0 {
+		return false
+	}
+	candidates := slices.DeleteFunc(slices.Clone(stored), func(f *assemble.Fragment) bool { return rejectedBefore[f.Name] })
+	blamed := assemble.Check(sel.Base, candidates, e.options()).Fragments()
+	for _, name := range fresh {
+		if !slices.Contains(blamed, name) {
+			return true
+		}
+	}
+	return false
+}

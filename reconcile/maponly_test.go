@@ -207,3 +207,53 @@ func TestApplyBatchMapOnly(t *testing.T) {
 		t.Error("a group with a config change ran no haproxy -c")
 	}
 }
+
+// TestPublishMapOnlyDomainFreedByDeferredChange: a fragment whose config
+// change waits for a reload gives up a domain that another fragment takes
+// with a map-only change (both accepted by apply, in that order). The
+// served version of the first still maps the domain, so publishing the map
+// changes meanwhile must not report the second quarantined (its apply
+// --wait would exit 4 for a change the next reload makes live): the map
+// changes wait for the reload instead, and nothing is written.
+func TestPublishMapOnlyDomainFreedByDeferredChange(t *testing.T) {
+	ctx := context.Background()
+	e := newEngine(t, nil)
+	const (
+		alphaV1 = "backend alpha_web\n    http-request return status 200 content-type text/plain string a1\n"
+		alphaV2 = "backend alpha_web\n    http-request return status 200 content-type text/plain string a2\n"
+		betaC   = "backend beta_web\n    http-request return status 200 content-type text/plain string b\n"
+		gammaC  = "backend gamma_web\n    http-request return status 200 content-type text/plain string g\n"
+	)
+	mustApply(t, e, "alpha", alphaV1, "moving.example.org alpha_web\nalpha.example.org alpha_web\n")
+	mustApply(t, e, "beta", betaC, "beta.example.org beta_web\n")
+	mustApply(t, e, "gamma", gammaC, "gamma.example.org gamma_web\n")
+	served := publish(t, e).Generation
+	if err := e.MarkServing(served.Number); err != nil {
+		t.Fatal(err)
+	}
+
+	mustApply(t, e, "alpha", alphaV2, "alpha.example.org alpha_web\n")
+	mustApply(t, e, "beta", betaC, "beta.example.org beta_web\nmoving.example.org beta_web\n")
+	mustApply(t, e, "gamma", gammaC, "gamma.example.org gamma_web\nwww.gamma.example.org gamma_web\n")
+	snap := snapshot(t, e)
+	pub, err := e.PublishMapOnly(ctx, nil)
+	switch {
+	case errors.Is(err, ErrNeedsReload):
+		if !maps.Equal(snap, snapshot(t, e)) {
+			t.Error("a refused PublishMapOnly wrote files")
+		}
+	case err != nil:
+		t.Fatal(err)
+	default:
+		if ps, ok := pub.Selection.Rejected["beta"]; ok {
+			t.Errorf("beta's accepted map change is reported rejected while alpha's change waits: %v", ps)
+		}
+	}
+	full := publish(t, e)
+	if len(full.Selection.Rejected) != 0 {
+		t.Errorf("the full publish rejects %v", full.Selection.Rejected)
+	}
+	if _, hostMap := liveFiles(t, e); !strings.Contains(hostMap, "moving.example.org beta_web") {
+		t.Errorf("the full publish does not route moving.example.org to beta:\n%s", hostMap)
+	}
+}

@@ -275,14 +275,23 @@ func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapO
 		}
 	}
 	var deferred []string
+	var stored []*assemble.Fragment // with mapOnly, the candidates before the deferral
 	if mapOnly {
+		stored = sel.candidates()
 		if deferred, err = e.deferConfigChanges(sel); err != nil {
 			return nil, err
 		}
 	}
 	e.checkHosts(ctx, sel)
+	rejectedBefore := make(map[string]bool, len(sel.Rejected))
+	for name := range sel.Rejected {
+		rejectedBefore[name] = true
+	}
 	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		return nil, err
+	}
+	if mapOnly && e.rejectedByDeferral(sel, rejectedBefore, stored) {
+		return nil, ErrNeedsReload
 	}
 	if err := e.pinDomains(ctx, sel); err != nil {
 		return nil, err
