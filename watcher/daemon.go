@@ -683,7 +683,7 @@ func (d *Daemon) fold(out *outcome) {
 		d.status.ReconciledAt = out.reconciledAt
 	}
 	if out.published != nil {
-		d.quarantine(out.published.Selection, out.published.Excluded, out.probing)
+		d.quarantine(out.published.Selection, out.published.Excluded, out.probing, out.published.Deferred)
 		d.noteStored(out.published.Selection)
 	}
 	d.status.Counts.add(out.counts)
@@ -720,8 +720,10 @@ func (d *Daemon) fold(out *outcome) {
 }
 
 // quarantine reports the fragments left out; probing are those being
-// retried alone.
-func (d *Daemon) quarantine(sel *reconcile.Selection, excluded, probing []string) {
+// retried alone. deferred are those a map-only publish kept at their
+// served version without judging the stored one: a quarantine of theirs
+// stands until a publish judges them.
+func (d *Daemon) quarantine(sel *reconcile.Selection, excluded, probing, deferred []string) {
 	now := time.Now().UTC()
 	var list []Quarantined
 	for _, name := range sel.RejectedNames() {
@@ -748,6 +750,12 @@ func (d *Daemon) quarantine(sel *reconcile.Selection, excluded, probing []string
 		q.Retrying = slices.Contains(probing, name)
 		list = append(list, q)
 	}
+	for _, q := range d.status.Quarantined {
+		if slices.Contains(deferred, q.Name) && !slices.ContainsFunc(list, func(l Quarantined) bool { return l.Name == q.Name }) {
+			list = append(list, q)
+		}
+	}
+	slices.SortFunc(list, func(a, b Quarantined) int { return strings.Compare(a.Name, b.Name) })
 	next := map[string]time.Time{}
 	for _, q := range list {
 		next[q.Name] = q.Since

@@ -685,3 +685,35 @@ func wantExcluded(t *testing.T, r *rollout, names ...string) {
 		t.Errorf("excluded %q, want %q", got, names)
 	}
 }
+
+// TestFoldMapOnlyKeepsQuarantine: a map-only publish keeps a fragment
+// whose stored version is quarantined at its served version (Deferred)
+// without judging that stored version: its quarantine stands, with the
+// time it began, instead of vanishing until the reload's publish brings
+// it back (status, list and the metrics flapping).
+func TestFoldMapOnlyKeepsQuarantine(t *testing.T) {
+	d := burstDaemon(t)
+	d.quarSince = map[string]time.Time{}
+	d.ro = &rollout{exclude: map[string]reconcile.Exclusion{}}
+	full := &reconcile.Selection{
+		Rejected:   map[string]assemble.Problems{"shop": {{Msg: "haproxy -c: unknown keyword"}}},
+		Parsed:     map[string]*assemble.Fragment{"shop": {Name: "shop", Checksum: "v1"}},
+		FellBack:   map[string]string{"shop": "v1"},
+		Superseded: map[string]string{"shop": "v2"},
+	}
+	d.fold(&outcome{published: &reconcile.Published{Generation: gen3, Selection: full}})
+	if len(d.status.Quarantined) != 1 {
+		t.Fatalf("quarantined %+v after the full publish, want shop", d.status.Quarantined)
+	}
+	since := d.status.Quarantined[0].Since
+	mapOnly := &reconcile.Selection{Rejected: map[string]assemble.Problems{},
+		Parsed: map[string]*assemble.Fragment{"shop": {Name: "shop", Checksum: "v1"}}}
+	d.fold(&outcome{published: &reconcile.Published{Generation: gen3, Selection: mapOnly, Deferred: []string{"shop"}}})
+	if q := d.status.Quarantine("shop"); q == nil || q.Checksum != "v2" || q.LastGood != "v1" || !q.Since.Equal(since) {
+		t.Errorf("after a map-only publish deferring shop: quarantined %+v, want shop at v2 since %v", d.status.Quarantined, since)
+	}
+	d.fold(&outcome{published: &reconcile.Published{Generation: gen3, Selection: mapOnly}})
+	if len(d.status.Quarantined) != 0 {
+		t.Errorf("a publish that judged shop and took it: quarantined %+v, want none", d.status.Quarantined)
+	}
+}
