@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"golang.org/x/time/rate"
 
 	"haproxy-config/reconcile"
 	"haproxy-config/settings"
@@ -503,4 +504,42 @@ func TestEventHistory(t *testing.T) {
 	writeHistory(t, d, historyLine("shop"))
 	d.event(fsnotify.Event{Name: filepath.Join(d.s.StateDir, historyFile), Op: fsnotify.Write})
 	expectDirty(t, d, map[string]bool{"shop": true})
+}
+
+// TestSIGHUPMovesWatchdogLimit: SIGHUP applies a longer VERIFY_TIMEOUT,
+// so the watchdog must allow the longer steps that come with it, or
+// systemd kills a daemon busy verifying a slow reload.
+func TestSIGHUPMovesWatchdogLimit(t *testing.T) {
+	d := burstDaemon(t)
+	withWatcher(t, d)
+	root := filepath.Dir(filepath.Dir(filepath.Dir(d.s.FragmentsDir)))
+	verify := "30s"
+	d.Load = func() (*settings.Settings, error) {
+		return settings.Load(settings.Source{Getenv: func(k string) (string, bool) {
+			switch k {
+			case "HAPROXY_CONFIG_ROOT":
+				return root, true
+			case "HAPROXY_CONFIG_VERIFY_TIMEOUT":
+				return verify, true
+			}
+			return "", false
+		}})
+	}
+	s, err := d.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.s, d.eng = s, newEngine(s, nil)
+	d.limiter = rate.NewLimiter(rate.Every(s.ReloadInterval), s.ReloadBurst)
+	d.ro = &rollout{exclude: map[string]reconcile.Exclusion{}}
+	d.stuckLimit()
+	before := time.Duration(d.stuckAt.Load())
+	verify = "10m"
+	d.rereadSettings()
+	if d.s.VerifyTimeout != 10*time.Minute {
+		t.Fatalf("VERIFY_TIMEOUT after SIGHUP: %v, want 10m", d.s.VerifyTimeout)
+	}
+	if after := time.Duration(d.stuckAt.Load()); after < 3*10*time.Minute || after <= before {
+		t.Errorf("watchdog limit %v after VERIFY_TIMEOUT went to 10m (was %v): three verified reloads no longer fit", after, before)
+	}
 }

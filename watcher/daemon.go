@@ -71,6 +71,7 @@ type Daemon struct {
 	status    Status
 	metrics   metrics
 	busySince atomic.Int64 // unix ns when the current step began, 0 when idle
+	stuckAt   atomic.Int64 // ns one step may take before the watchdog stops pinging (see stuckLimit)
 	http      *http.Client
 
 	// the last status write failed (a full disk): it is retried every
@@ -270,13 +271,17 @@ func (d *Daemon) restart(ctx context.Context) error {
 	return err
 }
 
+// stuckLimit is the longest a healthy step takes (two waits for the store
+// lock, three verified reloads, checks), for the current settings: SIGHUP
+// may change VERIFY_TIMEOUT.
+func (d *Daemon) stuckLimit() {
+	d.stuckAt.Store(int64(2*d.eng.LockWait + 3*d.s.VerifyTimeout + 2*time.Minute))
+}
+
 // watchdog pings systemd every interval from its own goroutine while the
-// loop is responsive: idle, or busy with one step for less than the
-// longest a healthy step takes (two waits for the store lock, three
-// verified reloads, checks). A loop stuck beyond that stops the pings, and
-// systemd acts.
+// loop is responsive: idle, or busy with one step for less than
+// stuckLimit. A loop stuck beyond that stops the pings, and systemd acts.
 func (d *Daemon) watchdog(every time.Duration) (stop func()) {
-	limit := 2*d.eng.LockWait + 3*d.s.VerifyTimeout + 2*time.Minute
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	d.Notify("WATCHDOG=1")
@@ -289,7 +294,7 @@ func (d *Daemon) watchdog(every time.Duration) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				if busy := d.busySince.Load(); busy == 0 || time.Since(time.Unix(0, busy)) < limit {
+				if busy := d.busySince.Load(); busy == 0 || time.Since(time.Unix(0, busy)) < time.Duration(d.stuckAt.Load()) {
 					d.Notify("WATCHDOG=1")
 				}
 			}
@@ -346,6 +351,7 @@ func (d *Daemon) configure(s *settings.Settings) error {
 		}
 	}
 	d.ro = d.newRollout()
+	d.stuckLimit()
 	return nil
 }
 
@@ -381,6 +387,7 @@ func (d *Daemon) rereadSettings() {
 	}
 	d.s, d.eng = s, newEngine(s, d.parses)
 	d.ro.s = s
+	d.stuckLimit()
 	// whatever the cause of a failed reload was, it may be gone: retry
 	d.ro.forget()
 	d.limiter.SetLimit(rate.Every(s.ReloadInterval))
