@@ -343,7 +343,8 @@ func rankOf(frags []*assemble.Fragment) func(string) int {
 
 // validKey identifies an assembled output's config together with the
 // haproxy binary that judged it and the certificate files it loads, for
-// the known-valid cache. The host map is not part of it (see build).
+// the known-valid cache. The host map is part of it only when the config
+// reads it otherwise than as plain strings (mapReadAsStrings).
 func (e *Engine) validKey(out *assemble.Output) (string, error) {
 	bin, err := e.Validator.Binary()
 	if err != nil {
@@ -361,6 +362,11 @@ func (e *Engine) validKey(out *assemble.Output) (string, error) {
 		}
 	}
 	h.Write(out.Config)
+	if !e.mapReadAsStrings(out.Config) {
+		// haproxy -c judges the map's lines too (maponly.go)
+		h.Write([]byte{0})
+		h.Write(out.Map)
+	}
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }
 

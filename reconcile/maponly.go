@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strings"
 
 	"haproxy-config/assemble"
 )
@@ -32,11 +33,56 @@ func (e *Engine) validateChange(ctx context.Context, sel *Selection, frags []*as
 	if ps := assemble.Check(sel.Base, frags, e.options()); len(ps) > 0 {
 		return &Verdict{Errors: ps}, false, nil
 	}
-	if sel.Verdict != nil && len(sel.Verdict.Errors) == 0 && sameConfig(sel.Live, frags) {
+	if sel.Verdict != nil && len(sel.Verdict.Errors) == 0 && sameConfig(sel.Live, frags) && e.mapReadAsStrings(sel.Base.Text) {
 		return &Verdict{Warnings: sel.Verdict.Warnings}, true, nil
 	}
 	v, err = e.build(ctx, sel.Base, frags, false)
 	return v, false, err
+}
+
+// mapReadAsStrings reports whether every use of the host map in config
+// is a map converter that matches its keys and returns its values as plain
+// strings (map, map_str, map_dom, map_beg, ... with string output). HAProxy
+// then loads any line, so haproxy -c judges nothing in the map that our own
+// checks do not cover. A base that reads it otherwise (map_reg, map_ip,
+// map_int, an ACL's -f) makes every map change go through haproxy -c.
+func (e *Engine) mapReadAsStrings(config []byte) bool {
+	ref, err := e.MapRef()
+	if err != nil {
+		return false
+	}
+	text := string(config)
+	found := false
+	for i := strings.Index(text, ref); i >= 0; {
+		before, after := text[:i], text[i+len(ref):]
+		open := strings.LastIndexFunc(before, func(r rune) bool { return !(r == '_' || r == '(' || 'a' <= r && r <= 'z') })
+		call := before[open+1:]
+		if !strings.HasSuffix(call, "(") || !stringConverter(strings.TrimSuffix(call, "(")) ||
+			!strings.HasPrefix(after, ")") && !strings.HasPrefix(after, ",") {
+			return false
+		}
+		found = true
+		next := strings.Index(after, ref)
+		if next < 0 {
+			break
+		}
+		i += len(ref) + next
+	}
+	return found
+}
+
+// stringConverter tells whether name is map_<match>[_<output>] with a
+// match on strings and string output.
+func stringConverter(name string) bool {
+	if name == "map" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(name, "map_")
+	if !ok {
+		return false
+	}
+	match, output, _ := strings.Cut(rest, "_")
+	return slices.Contains([]string{"str", "beg", "sub", "dir", "dom", "end"}, match) && (output == "" || output == "str")
 }
 
 // sameConfig reports whether two sets assemble to the same config: the

@@ -257,3 +257,38 @@ func TestPublishMapOnlyDomainFreedByDeferredChange(t *testing.T) {
 		t.Errorf("the full publish does not route moving.example.org to beta:\n%s", hostMap)
 	}
 }
+
+// TestMapReadAsStrings: the fast path holds only while every use of the
+// host map takes its lines as plain strings.
+func TestMapReadAsStrings(t *testing.T) {
+	e := newEngine(t, nil)
+	base, err := e.Base()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.mapReadAsStrings(base.Text) {
+		t.Error("the embedded base reads the host map as strings, but the fast path is off")
+	}
+	ref, err := e.MapRef()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for use, want := range map[string]bool{
+		"lower,map(" + ref + ")":                    true,
+		"lower,map_dom(" + ref + ",default)":        true,
+		"lower,map_str_str(" + ref + ")":            true,
+		"lower,map_reg(" + ref + ")":                false,
+		"lower,map_ip(" + ref + ")":                 false,
+		"lower,map_str_int(" + ref + ")":            false,
+		"hdr(host) -m str -f " + ref:                false,
+		"lower,map(" + ref + ") map_beg(" + ref:     false,
+		"lower,map(other/" + ref + ")":              false,
+		"no host map here":                          false,
+		"map(" + ref + ") and map_end(" + ref + ")": true,
+	} {
+		cfg := "frontend f\n    http-request set-var(txn.b) req.hdr(host)," + use + "\n"
+		if got := e.mapReadAsStrings([]byte(cfg)); got != want {
+			t.Errorf("%q: read as strings %v, want %v", use, got, want)
+		}
+	}
+}
