@@ -301,9 +301,10 @@ func TestDNSExecProviderAndCrash(t *testing.T) {
 	dm := in.startDaemon(t, "HAPROXY_CONFIG_ACME_DNS_RESOLVERS=127.0.0.1:"+freePort(t))
 	logOnFailure(t, dm, k)
 	in.applyDomains(t, "hook", "hook", "*.hook.example.test")
-	eventually(t, 20*time.Second, "the hook's first present", func() error {
-		if c := readCalls(); c[0] == "" {
-			return fmt.Errorf("calls %v", c)
+	// the hook logs its call before its update reaches the zone: wait for both
+	eventually(t, 20*time.Second, "the hook's first present, in the zone", func() error {
+		if c, z := readCalls(), k.txt(t, "_acme-challenge.hook.example.test"); c[0] == "" || len(z) == 0 {
+			return fmt.Errorf("calls %v, zone %v", c, z)
 		}
 		return nil
 	})
