@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -48,6 +49,79 @@ type Store struct {
 	// 0 means no limit. It has the meaning of Policy.MaxBytes
 	// (MAX_FRAGMENT_BYTES), which Parse applies to what was read.
 	MaxBytes int64
+	// Files, when set, keeps the parts read before, so that ReadAll reads
+	// again only the files that changed (the daemon's stores share one).
+	Files *FileCache
+}
+
+// FileCache holds fragment parts as they were read, with what lstat says
+// identifies that version of the file: device, inode, size, modification
+// and change times. A part whose change time is within racyWindow of when
+// it was read is not trusted (a write in the same clock tick would leave
+// its times as they were): it is read again until it has been quiet that
+// long.
+type FileCache struct {
+	mu sync.Mutex
+	m  map[string]cachedPart
+}
+
+// NewFileCache returns an empty cache.
+func NewFileCache() *FileCache { return &FileCache{m: map[string]cachedPart{}} }
+
+const racyWindow = time.Second
+
+type cachedPart struct {
+	id      fileID
+	readAt  time.Time
+	data    []byte
+	modTime time.Time
+}
+
+type fileID struct {
+	dev, ino           uint64
+	size, mtime, ctime int64
+}
+
+func idOf(fi fs.FileInfo) (fileID, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || !fi.Mode().IsRegular() || st.Nlink != 1 {
+		return fileID{}, false
+	}
+	return fileID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
+}
+
+// lookup returns the cached bytes of path when the file there is still the
+// version that was read.
+func (c *FileCache) lookup(path string) (cachedPart, bool) {
+	c.mu.Lock()
+	cp, ok := c.m[path]
+	c.mu.Unlock()
+	if !ok || time.Unix(0, cp.id.ctime).Add(racyWindow).After(cp.readAt) {
+		return cachedPart{}, false
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return cachedPart{}, false
+	}
+	id, ok := idOf(fi)
+	return cp, ok && id == cp.id
+}
+
+func (c *FileCache) store(path string, cp cachedPart) {
+	c.mu.Lock()
+	c.m[path] = cp
+	c.mu.Unlock()
+}
+
+// keep forgets every part not in paths.
+func (c *FileCache) keep(paths map[string]bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for path := range c.m {
+		if !paths[path] {
+			delete(c.m, path)
+		}
+	}
 }
 
 // Lock takes the store's exclusive lock, waiting until ctx is done, and
@@ -152,9 +226,16 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	var g errgroup.Group
 	g.SetLimit(readers)
 	for _, p := range parts {
-		g.Go(func() error { p.err = p.read(s.MaxBytes); return nil })
+		g.Go(func() error { p.err = p.read(s.MaxBytes, s.Files); return nil })
 	}
 	_ = g.Wait() // errors are per part, below
+	if s.Files != nil {
+		listed := make(map[string]bool, len(parts))
+		for _, p := range parts {
+			listed[p.path] = true
+		}
+		s.Files.keep(listed)
+	}
 	unreadable := map[string]bool{}
 	for _, p := range parts {
 		if p.err != nil {
@@ -200,7 +281,17 @@ const openFlags = os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK | syscal
 // put in the store, so only a regular file with a single link and at most
 // maxBytes bytes (when maxBytes > 0) is read. A file removed since the
 // directory was listed is simply not found.
-func (p *part) read(maxBytes int64) error {
+//
+// With a cache, a file still the version read before (see FileCache) is
+// not opened again; what that read checked holds for it still.
+func (p *part) read(maxBytes int64, cache *FileCache) error {
+	if cache != nil {
+		if cp, ok := cache.lookup(p.path); ok && (maxBytes <= 0 || cp.id.size <= maxBytes) {
+			p.data, p.modTime, p.found = cp.data, cp.modTime, true
+			return nil
+		}
+	}
+	readAt := time.Now()
 	f, err := os.OpenFile(p.path, openFlags, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -231,6 +322,14 @@ func (p *part) read(maxBytes int64) error {
 		return fmt.Errorf("read fragment %s: %w", p.path, err)
 	}
 	p.modTime, p.found = fi.ModTime(), true
+	if cache != nil {
+		// the descriptor's fstat after the read: a write during it shows
+		if after, err := f.Stat(); err == nil {
+			if id, ok := idOf(after); ok && id.size == int64(len(p.data)) {
+				cache.store(p.path, cachedPart{id: id, readAt: readAt, data: p.data, modTime: p.modTime})
+			}
+		}
+	}
 	return nil
 }
 
@@ -305,7 +404,7 @@ func (s *Store) Read(name string) (*Stored, error) {
 	st := &Stored{Name: name}
 	for _, conf := range []bool{true, false} {
 		p := &part{st: st, path: s.path(name, conf), conf: conf}
-		if err := p.read(s.MaxBytes); err != nil {
+		if err := p.read(s.MaxBytes, nil); err != nil {
 			return nil, err
 		}
 		st.set(p)

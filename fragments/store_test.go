@@ -763,3 +763,71 @@ func TestStoreWriteModes(t *testing.T) {
 		}
 	}
 }
+
+// TestFileCache: with a cache, ReadAll opens again only what changed, and
+// never trusts a file changed within racyWindow of its read.
+func TestFileCache(t *testing.T) {
+	s := newStore(t)
+	s.Files = NewFileCache()
+	for _, name := range []string{"a", "b", "c"} {
+		if err := s.Write(mustParse(t, name, "backend "+name+"\n", name+".example.com "+name+"\n"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readConf := func(name string) string {
+		t.Helper()
+		all, ps, err := s.ReadAll()
+		if err != nil || len(ps) > 0 {
+			t.Fatal(err, ps)
+		}
+		for _, st := range all {
+			if st.Name == name {
+				return string(st.Conf)
+			}
+		}
+		return ""
+	}
+	// mark marks what the cache holds: a cache hit returns the mark
+	mark := func(age time.Duration) {
+		s.Files.mu.Lock()
+		defer s.Files.mu.Unlock()
+		for path, cp := range s.Files.m {
+			cp.readAt = cp.readAt.Add(age)
+			cp.data = []byte("cached " + filepath.Base(path))
+			s.Files.m[path] = cp
+		}
+	}
+	readConf("a")
+	mark(0)
+	if got := readConf("a"); got != "backend a\n" {
+		t.Errorf("a file changed just before it was read was trusted: %q", got)
+	}
+	mark(2 * racyWindow)
+	if got := readConf("a"); got != "cached a.cfg" {
+		t.Errorf("an unchanged file was read again: %q", got)
+	}
+	// the same size, written in place: other times
+	if err := os.WriteFile(filepath.Join(s.Dir, "b.cfg"), []byte("backend B\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := readConf("b"); got != "backend B\n" {
+		t.Errorf("a file written in place came from the cache: %q", got)
+	}
+	// replaced by rename, as Write and Ansible do: another inode
+	if err := s.Write(mustParse(t, "c", "backend C\n", "c.example.com C\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := readConf("c"); got != "backend C\n" {
+		t.Errorf("a replaced file came from the cache: %q", got)
+	}
+	if err := s.Delete("a", nil); err != nil {
+		t.Fatal(err)
+	}
+	readConf("b")
+	s.Files.mu.Lock()
+	_, kept := s.Files.m[filepath.Join(s.Dir, "a.cfg")]
+	s.Files.mu.Unlock()
+	if kept {
+		t.Error("the cache keeps a removed file")
+	}
+}

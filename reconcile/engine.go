@@ -55,12 +55,16 @@ type Engine struct {
 // a store is parsed, and held in memory, once. Its maps are replaced
 // whole, never changed, so a map read stays valid without the lock.
 type ParseCache struct {
+	// Files is for the stores of the engines sharing the cache, so that a
+	// store reads again only the files that changed.
+	Files *fragments.FileCache
+
 	mu sync.Mutex
 	m  map[string]parsedFragment
 }
 
-// NewParseCache returns an empty cache.
-func NewParseCache() *ParseCache { return &ParseCache{} }
+// NewParseCache returns an empty cache, with an empty file cache.
+func NewParseCache() *ParseCache { return &ParseCache{Files: fragments.NewFileCache()} }
 
 func (c *ParseCache) get() map[string]parsedFragment {
 	c.mu.Lock()
@@ -90,7 +94,7 @@ func New(s *settings.Settings) *Engine {
 		Validator: &reload.Validator{Haproxy: s.Haproxy, Timeout: s.CheckTimeout},
 		LockWait:  2 * time.Minute,
 		Resolve:   resolve,
-		Parses:    NewParseCache(),
+		Parses:    &ParseCache{},
 		hostsOK:   map[string]bool{},
 	}
 }

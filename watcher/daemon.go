@@ -362,7 +362,7 @@ func newEngine(s *settings.Settings, parses *reconcile.ParseCache) *reconcile.En
 	e := reconcile.New(s)
 	e.Store.LockPoll = time.Millisecond
 	if parses != nil {
-		e.Parses = parses
+		e.Parses, e.Store.Files = parses, parses.Files
 	}
 	return e
 }
