@@ -14,7 +14,8 @@ import (
 
 // BenchmarkAPIApply measures one apply (config change, no --wait) with
 // benchFragments tenants stored: its round trip over the daemon's API
-// socket from this process (connect, request, the accepted answer), the
+// socket from this process (connect, request, the accepted answer: stored
+// and fsynced), the same for map-only changes, the
 // CLI process that sends it there, and the CLI doing the work itself with
 // no daemon (today's path). Each iteration is 50 applies of each; the
 // metrics are medians and p99s. Run: go test -run '^$' -bench APIApply
@@ -49,23 +50,34 @@ func BenchmarkAPIApply(b *testing.B) {
 		for i := range applies {
 			viaCLI = append(viaCLI, cli(applies+i))
 		}
-		for i := range applies {
-			req := &watcher.Request{Op: watcher.OpApply, Name: "bench", ConfFile: "bench.cfg",
-				Conf: []byte(backendConf("bench_web", fmt.Sprint("w", i))), MapFile: "bench.map", Map: []byte("bench.example.com bench_web\n")}
+		send := func(req *watcher.Request) time.Duration {
 			start := time.Now()
 			c, err := watcher.Dial(in.apiSocket())
 			if err != nil {
 				b.Fatal(err)
 			}
+			defer c.Close()
 			if _, err := c.Send(context.Background(), req); err != nil {
 				b.Fatal(err)
 			}
-			viaSocket = append(viaSocket, time.Since(start))
-			c.Close()
+			return time.Since(start)
+		}
+		for i := range applies {
+			viaSocket = append(viaSocket, send(&watcher.Request{Op: watcher.OpApply, Name: "bench", ConfFile: "bench.cfg",
+				Conf: []byte(backendConf("bench_web", fmt.Sprint("w", i))), MapFile: "bench.map", Map: []byte("bench.example.com bench_web\n")}))
+		}
+		// the same config part each time, one more domain: map-only
+		var mapOnly []time.Duration
+		conf := []byte(backendConf("bench_web", "w-map"))
+		send(&watcher.Request{Op: watcher.OpApply, Name: "bench", ConfFile: "bench.cfg", Conf: conf, MapFile: "bench.map", Map: []byte("bench.example.com bench_web\n")})
+		for i := range applies {
+			mapOnly = append(mapOnly, send(&watcher.Request{Op: watcher.OpApply, Name: "bench", ConfFile: "bench.cfg", Conf: conf,
+				MapFile: "bench.map", Map: fmt.Appendf(nil, "bench.example.com bench_web\nm%d.example.com bench_web\n", i)}))
 		}
 		d.stop(b)
 		report(local, "cli-no-daemon")
 		report(viaCLI, "cli-via-daemon")
 		report(viaSocket, "socket-round-trip")
+		report(mapOnly, "socket-map-only")
 	}
 }
