@@ -11,7 +11,6 @@ import (
 	"log"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,7 +23,6 @@ import (
 	"github.com/go-acme/lego/v4/lego"
 	legolog "github.com/go-acme/lego/v4/log"
 	"github.com/go-acme/lego/v4/registration"
-	"github.com/google/renameio/v2"
 )
 
 // Issued is a certificate fresh from the CA.
@@ -57,7 +55,7 @@ type ACMEConfig struct {
 	Profile   string
 	EABKeyID  string
 	EABHMAC   string
-	StateDir  string // the account lives under StateDir/acme/<CA host>/
+	Storage   Storage // where the account is kept (Keys.Account)
 }
 
 var keyTypes = map[string]certcrypto.KeyType{
@@ -84,15 +82,6 @@ type ACME struct {
 	profile string
 }
 
-// AccountDir is where the account for directory is kept.
-func AccountDir(stateDir, directory string) string {
-	host := "ca"
-	if u, err := url.Parse(directory); err == nil && u.Host != "" {
-		host = strings.NewReplacer(":", "_", "/", "_").Replace(u.Host)
-	}
-	return filepath.Join(stateDir, "acme", host)
-}
-
 // NewACME loads the account (creating and registering it the first time)
 // and returns a client whose requests end when ctx does. The challenge
 // provider answers HTTP-01 challenges; dns, when set, DNS-01 ones.
@@ -106,8 +95,7 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, dns *DNS
 			}
 		}
 	}
-	dir := AccountDir(cfg.StateDir, cfg.Directory)
-	acct, err := loadAccount(dir, cfg.Email)
+	acct, err := loadAccount(ctx, cfg.Storage, cfg.Directory, cfg.Email)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +123,7 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, dns *DNS
 		if err != nil {
 			return nil, fmt.Errorf("register acme account at %s: %w", cfg.Directory, err)
 		}
-		if err := saveAccount(dir, acct); err != nil {
+		if err := saveAccount(ctx, cfg.Storage, cfg.Directory, acct); err != nil {
 			return nil, err
 		}
 		logger.Info("acme account registered", "directory", cfg.Directory, "account", acct.Registration.URI)
@@ -204,19 +192,16 @@ func retryAfter(err error) time.Duration {
 	return d
 }
 
-func loadAccount(dir, email string) (*account, error) {
-	keyPath := filepath.Join(dir, "account.key")
+func loadAccount(ctx context.Context, s Storage, directory, email string) (*account, error) {
+	keyKey := Keys.AccountKey(directory)
 	acct := &account{Email: email}
-	keyPEM, err := os.ReadFile(keyPath)
+	keyPEM, err := s.Load(ctx, keyKey)
 	if errors.Is(err, fs.ErrNotExist) {
 		key, err := certcrypto.GeneratePrivateKey(certcrypto.EC256)
 		if err != nil {
 			return nil, fmt.Errorf("acme account key: %w", err)
 		}
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("acme account directory: %w", err)
-		}
-		if err := renameio.WriteFile(keyPath, certcrypto.PEMEncode(key), 0o600); err != nil {
+		if err := s.Store(ctx, keyKey, certcrypto.PEMEncode(key)); err != nil {
 			return nil, fmt.Errorf("write acme account key: %w", err)
 		}
 		acct.key = key
@@ -226,9 +211,10 @@ func loadAccount(dir, email string) (*account, error) {
 		return nil, fmt.Errorf("acme account key: %w", err)
 	}
 	if acct.key, err = certcrypto.ParsePEMPrivateKey(keyPEM); err != nil {
-		return nil, fmt.Errorf("acme account key %s: %w", keyPath, err)
+		return nil, fmt.Errorf("acme account key %s: %w", location(s, keyKey), err)
 	}
-	data, err := os.ReadFile(filepath.Join(dir, "account.json"))
+	regKey := Keys.AccountRegistration(directory)
+	data, err := s.Load(ctx, regKey)
 	if errors.Is(err, fs.ErrNotExist) {
 		return acct, nil // key made, registration not finished: register again
 	}
@@ -236,7 +222,7 @@ func loadAccount(dir, email string) (*account, error) {
 		return nil, fmt.Errorf("acme account: %w", err)
 	}
 	if err := json.Unmarshal(data, acct); err != nil {
-		return nil, fmt.Errorf("acme account %s: %w", filepath.Join(dir, "account.json"), err)
+		return nil, fmt.Errorf("acme account %s: %w", location(s, regKey), err)
 	}
 	if email != "" {
 		acct.Email = email
@@ -244,12 +230,12 @@ func loadAccount(dir, email string) (*account, error) {
 	return acct, nil
 }
 
-func saveAccount(dir string, acct *account) error {
+func saveAccount(ctx context.Context, s Storage, directory string, acct *account) error {
 	data, err := json.MarshalIndent(acct, "", "  ")
 	if err != nil {
 		return fmt.Errorf("acme account: %w", err)
 	}
-	if err := renameio.WriteFile(filepath.Join(dir, "account.json"), append(data, '\n'), 0o600); err != nil {
+	if err := s.Store(ctx, Keys.AccountRegistration(directory), append(data, '\n')); err != nil {
 		return fmt.Errorf("write acme account: %w", err)
 	}
 	return nil

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -18,33 +18,32 @@ const ChallengePath = "/.well-known/acme-challenge/"
 
 // Challenges answers HTTP-01 challenges of the orders in flight. It is a
 // lego challenge.Provider (Present adds a token, CleanUp removes it) and an
-// http.Handler; one long-lived listener serves every order.
+// http.Handler; one long-lived listener serves every order. The tokens are
+// kept in a Tokens: shared ones let any balancer answer any order's.
 type Challenges struct {
-	mu     sync.Mutex
-	tokens map[string]challenge // token -> what to answer
+	tokens Tokens
 }
 
-type challenge struct {
-	domain  string
-	keyAuth string
-}
+// NewChallenges returns a handler that keeps its tokens in memory and
+// knows none yet.
+func NewChallenges() *Challenges { return ChallengesIn(newMemTokens()) }
 
-// NewChallenges returns a handler that knows no token yet.
-func NewChallenges() *Challenges { return &Challenges{tokens: map[string]challenge{}} }
+// ChallengesIn returns a handler that keeps its tokens in t.
+func ChallengesIn(t Tokens) *Challenges { return &Challenges{tokens: t} }
 
 // Present makes the handler answer token with keyAuth for domain.
 func (c *Challenges) Present(domain, token, keyAuth string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.tokens[token] = challenge{domain: strings.ToLower(domain), keyAuth: keyAuth}
+	if err := c.tokens.PutToken(context.Background(), token, Token{Domain: strings.ToLower(domain), KeyAuth: keyAuth}); err != nil {
+		return fmt.Errorf("http-01 token for %s: %w", domain, err)
+	}
 	return nil
 }
 
 // CleanUp forgets token once its authorization is decided.
-func (c *Challenges) CleanUp(_, token, _ string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.tokens, token)
+func (c *Challenges) CleanUp(domain, token, _ string) error {
+	if err := c.tokens.DeleteToken(context.Background(), token); err != nil {
+		return fmt.Errorf("http-01 token for %s: %w", domain, err)
+	}
 	return nil
 }
 
@@ -60,15 +59,17 @@ func (c *Challenges) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	c.mu.Lock()
-	ch, known := c.tokens[token]
-	c.mu.Unlock()
-	if !known || !strings.EqualFold(strings.TrimSuffix(host, "."), ch.domain) {
+	ch, err := c.tokens.GetToken(r.Context(), token)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		http.Error(w, "challenge tokens unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	if err != nil || !strings.EqualFold(strings.TrimSuffix(host, "."), ch.Domain) {
 		http.NotFound(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	_, _ = w.Write([]byte(ch.keyAuth))
+	_, _ = w.Write([]byte(ch.KeyAuth))
 }
 
 // Serve listens on addr and answers challenges; the returned function

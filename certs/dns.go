@@ -11,7 +11,6 @@ import (
 	"maps"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -23,7 +22,6 @@ import (
 	"github.com/go-acme/lego/v4/challenge/dns01"
 	"github.com/go-acme/lego/v4/providers/dns/exec"
 	"github.com/go-acme/lego/v4/providers/dns/rfc2136"
-	"github.com/google/renameio/v2"
 	"github.com/miekg/dns"
 )
 
@@ -32,11 +30,6 @@ const (
 	HTTP01 = "http-01"
 	DNS01  = "dns-01"
 )
-
-// DNSRecordsFile lists the TXT records added and not yet removed, under
-// the state directory: what a crashed daemon left is removed at the next
-// start.
-const DNSRecordsFile = "acme/dns-records.json"
 
 // DNSConfig is the DNS-01 provider and how its records are checked.
 type DNSConfig struct {
@@ -178,7 +171,7 @@ type DNS struct {
 	name     string
 	provider legochallenge.Provider
 	cfg      DNSConfig
-	journal  string
+	store    Storage // holds the journal (Keys.DNSJournal)
 	log      *slog.Logger
 	ctx      context.Context // ends the propagation wait when the daemon stops
 
@@ -196,8 +189,8 @@ type txtRecord struct {
 	Added   time.Time `json:"added"`
 }
 
-// NewDNS builds the provider cfg names; its journal is under stateDir.
-func NewDNS(cfg DNSConfig, stateDir string, log *slog.Logger) (*DNS, error) {
+// NewDNS builds the provider cfg names; its journal is kept in store.
+func NewDNS(cfg DNSConfig, store Storage, log *slog.Logger) (*DNS, error) {
 	mk, ok := dnsProviders[cfg.Provider]
 	if !ok {
 		return nil, fmt.Errorf("no dns-01 provider %q (built in: %s)", cfg.Provider, strings.Join(DNSProviders(), ", "))
@@ -206,11 +199,11 @@ func NewDNS(cfg DNSConfig, stateDir string, log *slog.Logger) (*DNS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dns-01 provider %s: %w", cfg.Provider, err)
 	}
-	return newDNS(cfg, p, stateDir, log), nil
+	return newDNS(cfg, p, store, log), nil
 }
 
-func newDNS(cfg DNSConfig, p legochallenge.Provider, stateDir string, log *slog.Logger) *DNS {
-	return &DNS{name: cfg.Provider, provider: p, cfg: cfg, journal: filepath.Join(stateDir, DNSRecordsFile),
+func newDNS(cfg DNSConfig, p legochallenge.Provider, store Storage, log *slog.Logger) *DNS {
+	return &DNS{name: cfg.Provider, provider: p, cfg: cfg, store: store,
 		log: log, ctx: context.Background(), presented: map[string]time.Time{}}
 }
 
@@ -351,17 +344,14 @@ func (d *DNS) edit(change func([]txtRecord) []txtRecord) error {
 	if err != nil {
 		return fmt.Errorf("dns-01 record journal: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(d.journal), 0o750); err != nil {
-		return fmt.Errorf("dns-01 record journal: %w", err)
-	}
-	if err := renameio.WriteFile(d.journal, append(data, '\n'), 0o600); err != nil {
+	if err := d.store.Store(context.Background(), Keys.DNSJournal(), append(data, '\n')); err != nil {
 		return fmt.Errorf("write dns-01 record journal: %w", err)
 	}
 	return nil
 }
 
 func (d *DNS) read() ([]txtRecord, error) {
-	data, err := os.ReadFile(d.journal)
+	data, err := d.store.Load(context.Background(), Keys.DNSJournal())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -370,7 +360,7 @@ func (d *DNS) read() ([]txtRecord, error) {
 	}
 	var recs []txtRecord
 	if err := json.Unmarshal(data, &recs); err != nil {
-		return nil, fmt.Errorf("dns-01 record journal %s: %w", d.journal, err)
+		return nil, fmt.Errorf("dns-01 record journal %s: %w", location(d.store, Keys.DNSJournal()), err)
 	}
 	return recs, nil
 }

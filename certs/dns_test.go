@@ -41,7 +41,7 @@ func (z *fakeZone) CleanUp(domain, _, keyAuth string) error {
 
 func newTestDNS(t *testing.T, dir string, z *fakeZone) *DNS {
 	t.Helper()
-	return newDNS(DNSConfig{Provider: "fake", TTL: time.Second}, z, dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return newDNS(DNSConfig{Provider: "fake", TTL: time.Second}, z, NewFileStorage(dir, ""), slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 func journalLen(t *testing.T, d *DNS) int {

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,10 +20,6 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 )
-
-// RenewDir holds renewal requests ("certs renew"): one empty file per
-// domain, or AllDomains. The manager takes and deletes them.
-const RenewDir = "acme/renew"
 
 // AllDomains is the renewal request for every domain.
 const AllDomains = "_all"
@@ -45,6 +42,9 @@ type Manager struct {
 	CertsDir string // the PEM files
 	CrtList  string // the crt-list HAProxy loads
 	StateDir string
+	// Storage keeps what the manager persists (see Storage); nil: a
+	// FileStorage on StateDir and CertsDir
+	Storage Storage
 	// Issuer connects to the CA; it is called again after a failure, so
 	// a CA unreachable at start does not stop the daemon.
 	Issuer func(ctx context.Context) (Issuer, error)
@@ -68,6 +68,7 @@ type Manager struct {
 	Now    func() time.Time
 	Jitter Jitter
 
+	store     Storage
 	mu        sync.Mutex
 	st        *State
 	wanted    map[string]want
@@ -96,6 +97,7 @@ type result struct {
 	names     []string // what the order asks for
 	challenge string
 	reserved  time.Time // the order budget entry, given back when no order was made
+	lease     Lease     // the order's lock, released once its outcome is stored
 	ordered   bool      // the order reached the CA
 	issued    *Issued
 	ari       *ariAdvice
@@ -117,7 +119,11 @@ func (m *Manager) Init() error {
 	if m.Jitter == nil {
 		m.Jitter = func(n time.Duration) time.Duration { return rand.N(n) }
 	}
-	st, err := ReadState(m.StateDir)
+	m.store = m.Storage
+	if m.store == nil {
+		m.store = NewFileStorage(m.StateDir, m.CertsDir)
+	}
+	st, err := LoadState(context.Background(), m.store)
 	if err != nil {
 		return err
 	}
@@ -221,17 +227,17 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.Log.Warn("dns-01 records left by an earlier run not all removed", "removed", n, "err", err)
 		}
 	}
-	renewDir := filepath.Join(m.StateDir, RenewDir)
-	if err := os.MkdirAll(renewDir, 0o750); err != nil {
-		return fmt.Errorf("renewal requests: %w", err)
-	}
-	fsw, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("watch renewal requests: %w", err)
-	}
-	defer fsw.Close()
-	if err := fsw.Add(renewDir); err != nil {
-		return fmt.Errorf("watch renewal requests: %w", err)
+	var requests <-chan fsnotify.Event
+	var watchErrs <-chan error
+	if files, ok := m.store.(*FileStorage); ok {
+		// renewal requests are files another process writes: watched;
+		// elsewhere they are taken at each look
+		fsw, err := watchRequests(files)
+		if err != nil {
+			return err
+		}
+		defer fsw.Close()
+		requests, watchErrs = fsw.Events, fsw.Errors
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -258,8 +264,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		case <-m.wake:
 		case <-timer.C:
-		case <-fsw.Events:
-		case err := <-fsw.Errors:
+		case <-requests:
+		case err := <-watchErrs:
 			m.Log.Warn("watching renewal requests", "err", err)
 		case r := <-m.results:
 			m.finish(ctx, r)
@@ -392,7 +398,9 @@ func (m *Manager) launch(ctx context.Context, r result, d *Domain) {
 		defer m.jobs.Done()
 		switch r.kind {
 		case orderJob:
-			m.order(ctx, iss, &r, file)
+			if r.lease, r.err = m.store.Lock(ctx, Keys.OrderLock(r.domain)); r.err == nil {
+				m.order(ctx, iss, &r, file)
+			}
 		case ariJob:
 			m.checkARI(iss, &r, file)
 		}
@@ -474,6 +482,13 @@ func (m *Manager) checkDNS(ctx context.Context, domain string) error {
 
 // finish records a job's outcome.
 func (m *Manager) finish(ctx context.Context, r result) {
+	if r.lease != nil {
+		defer func() {
+			if err := r.lease.Unlock(context.WithoutCancel(ctx)); err != nil {
+				m.Log.Warn("release order lock", "domain", r.domain, "err", err)
+			}
+		}()
+	}
 	now := m.Now()
 	m.mu.Lock()
 	delete(m.running, r.domain)
@@ -508,7 +523,8 @@ func (m *Manager) finish(ctx context.Context, r result) {
 	}
 	path := filepath.Join(m.CertsDir, fileName(d.Name))
 	pemBytes := bundle(r.issued)
-	if err := writeSecret(path, pemBytes); err != nil {
+	// stored even when the daemon stops: the order was made
+	if err := m.keep(context.WithoutCancel(ctx), d.Name, path, pemBytes); err != nil {
 		d.Failures++
 		d.LastError, d.LastErrorAt = err.Error(), now.UTC()
 		d.NextAttempt = now.Add(m.Policy.backoff(d.Failures, m.Jitter))
@@ -591,35 +607,70 @@ func (m *Manager) remove(ctx context.Context, d *Domain) {
 		m.Log.Warn("runtime certificate removal failed: reloading instead", "domain", d.Name, "err", err)
 		m.Reload("certificate removed for " + d.Name)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := m.drop(ctx, d.Name, path); err != nil {
 		m.Log.Warn("remove certificate file", "path", path, "err", err)
 	}
 }
 
+// keep stores the certificate of domain and writes the local file HAProxy
+// loads, path, when the storage does not keep it in that very file.
+func (m *Manager) keep(ctx context.Context, domain, path string, pemBytes []byte) error {
+	if err := m.store.Store(ctx, Keys.Certificate(domain), pemBytes); err != nil {
+		return err
+	}
+	if m.isLocal(domain, path) {
+		return nil
+	}
+	return writeSecret(path, pemBytes)
+}
+
+// drop deletes the certificate of domain from the storage and its local
+// file, path.
+func (m *Manager) drop(ctx context.Context, domain, path string) error {
+	err := m.store.Delete(ctx, Keys.Certificate(domain))
+	if !m.isLocal(domain, path) {
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
+// isLocal reports whether the storage keeps domain's certificate in the
+// local file path.
+func (m *Manager) isLocal(domain, path string) bool {
+	files, ok := m.store.(*FileStorage)
+	if !ok {
+		return false
+	}
+	p, err := files.Path(Keys.Certificate(domain))
+	return err == nil && p == path
+}
+
 // takeRequests marks the domains named in the renewal requests.
 func (m *Manager) takeRequests(now time.Time) {
-	dir := filepath.Join(m.StateDir, RenewDir)
-	entries, err := os.ReadDir(dir)
-	if err != nil || len(entries) == 0 {
+	ctx := context.Background()
+	keys, err := m.store.List(ctx, Keys.RenewRequests())
+	if err != nil || len(keys) == 0 {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, e := range entries {
-		name := e.Name()
+	for _, key := range keys {
+		name := path.Base(key)
 		for _, d := range m.st.Domains {
 			if (name == AllDomains || name == d.Name) && d.RemovedAt.IsZero() {
 				d.Forced, d.NextAttempt, d.Failures = true, time.Time{}, 0
 				m.Log.Info("certificate renewal requested", "domain", d.Name)
 			}
 		}
-		_ = os.Remove(filepath.Join(dir, name))
+		_ = m.store.Delete(ctx, key)
 	}
 	m.saveLocked()
 }
 
 func (m *Manager) saveLocked() error {
-	if err := m.st.write(m.StateDir); err != nil {
+	if err := m.st.save(context.Background(), m.store); err != nil {
 		m.Log.Error("save certificate state", "err", err)
 		return err
 	}
@@ -627,10 +678,10 @@ func (m *Manager) saveLocked() error {
 }
 
 // Renew asks this manager to renew domains now (all of them when none are
-// named): the request is recorded as RequestRenewal records it, so that
-// it outlives a stop, and the manager takes it at once.
+// named): the request is stored as RequestRenewal stores it, so that it
+// outlives a stop, and the manager takes it at once.
 func (m *Manager) Renew(domains []string) error {
-	if err := RequestRenewal(m.StateDir, domains); err != nil {
+	if err := requestRenewal(context.Background(), m.store, domains); err != nil {
 		return err
 	}
 	m.poke()
@@ -640,10 +691,10 @@ func (m *Manager) Renew(domains []string) error {
 // RequestRenewal asks a running manager to renew domains now (all of them
 // when none are named).
 func RequestRenewal(stateDir string, domains []string) error {
-	dir := filepath.Join(stateDir, RenewDir)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("renewal request: %w", err)
-	}
+	return requestRenewal(context.Background(), NewFileStorage(stateDir, ""), domains)
+}
+
+func requestRenewal(ctx context.Context, s Storage, domains []string) error {
 	if len(domains) == 0 {
 		domains = []string{AllDomains}
 	}
@@ -651,11 +702,31 @@ func RequestRenewal(stateDir string, domains []string) error {
 		if name != AllDomains && !ValidDomain(name) {
 			return fmt.Errorf("%q is not a domain name", name)
 		}
-		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o640); err != nil {
+		if err := s.Store(ctx, Keys.RenewRequest(name), nil); err != nil {
 			return fmt.Errorf("renewal request: %w", err)
 		}
 	}
 	return nil
+}
+
+// watchRequests watches the directory of the renewal requests.
+func watchRequests(files *FileStorage) (*fsnotify.Watcher, error) {
+	dir, err := files.Path(Keys.RenewRequests())
+	if err != nil {
+		return nil, fmt.Errorf("renewal requests: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("renewal requests: %w", err)
+	}
+	fsw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("watch renewal requests: %w", err)
+	}
+	if err := fsw.Add(dir); err != nil {
+		fsw.Close()
+		return nil, fmt.Errorf("watch renewal requests: %w", err)
+	}
+	return fsw, nil
 }
 
 // readLeaf parses the first certificate of a PEM file.

@@ -1,22 +1,14 @@
 package certs
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
-
-	"github.com/google/renameio/v2"
 )
-
-// StateFile is the certificate manager's persisted state, under the
-// daemon's state directory. The manager writes it before every order, so a
-// daemon restarted in a loop never orders again what it just ordered.
-const StateFile = "acme/state.json"
 
 // Domain is what the manager knows of one domain.
 type Domain struct {
@@ -65,8 +57,13 @@ type State struct {
 // ReadState reads the state under stateDir; a missing file is an empty
 // state.
 func ReadState(stateDir string) (*State, error) {
+	return LoadState(context.Background(), NewFileStorage(stateDir, ""))
+}
+
+// LoadState reads the state from s; none stored is an empty state.
+func LoadState(ctx context.Context, s Storage) (*State, error) {
 	st := &State{Domains: map[string]*Domain{}}
-	data, err := os.ReadFile(filepath.Join(stateDir, StateFile))
+	data, err := s.Load(ctx, Keys.State())
 	if errors.Is(err, fs.ErrNotExist) {
 		return st, nil
 	}
@@ -74,7 +71,7 @@ func ReadState(stateDir string) (*State, error) {
 		return nil, fmt.Errorf("certificate state: %w", err)
 	}
 	if err := json.Unmarshal(data, st); err != nil {
-		return nil, fmt.Errorf("certificate state %s: %w", filepath.Join(stateDir, StateFile), err)
+		return nil, fmt.Errorf("certificate state %s: %w", location(s, Keys.State()), err)
 	}
 	if st.Domains == nil {
 		st.Domains = map[string]*Domain{}
@@ -85,16 +82,12 @@ func ReadState(stateDir string) (*State, error) {
 	return st, nil
 }
 
-func (st *State) write(stateDir string) error {
-	path := filepath.Join(stateDir, StateFile)
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return fmt.Errorf("certificate state: %w", err)
-	}
+func (st *State) save(ctx context.Context, s Storage) error {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("certificate state: %w", err)
 	}
-	if err := renameio.WriteFile(path, append(data, '\n'), 0o640); err != nil {
+	if err := s.Store(ctx, Keys.State(), append(data, '\n')); err != nil {
 		return fmt.Errorf("write certificate state: %w", err)
 	}
 	return nil

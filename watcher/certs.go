@@ -70,7 +70,7 @@ func (d *Daemon) newCertManager(s *settings.Settings, ch *certs.Challenges) (*ce
 		Log:       d.Log.With("component", "certs"),
 		Issuer: func(ctx context.Context) (certs.Issuer, error) {
 			return certs.NewACME(ctx, certs.ACMEConfig{Directory: a.Directory, Email: a.Email, KeyType: a.KeyType,
-				Profile: a.Profile, EABKeyID: a.EABKeyID, EABHMAC: a.EABHMAC, StateDir: s.StateDir}, ch, dns, d.Log.With("component", "acme"))
+				Profile: a.Profile, EABKeyID: a.EABKeyID, EABHMAC: a.EABHMAC, Storage: certs.NewFileStorage(s.StateDir, s.CertsDir)}, ch, dns, d.Log.With("component", "acme"))
 		},
 		Reload:  func(reason string) { d.certEvent(reason) },
 		Changed: func() { d.certEvent("") },
@@ -101,7 +101,7 @@ func newDNS(s *settings.Settings, log *slog.Logger) (*certs.DNS, error) {
 			return nil, &reconcile.UsageError{Err: fmt.Errorf("setting %sACME_DNS_TSIG_SECRET_FILE: %w", settings.EnvPrefix, err)}
 		}
 	}
-	dns, err := certs.NewDNS(cfg, s.StateDir, log)
+	dns, err := certs.NewDNS(cfg, certs.NewFileStorage(s.StateDir, s.CertsDir), log)
 	if err != nil {
 		return nil, &reconcile.UsageError{Err: fmt.Errorf("setting %sACME_DNS_PROVIDER: %w", settings.EnvPrefix, err)}
 	}
