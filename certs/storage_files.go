@@ -17,8 +17,10 @@ import (
 // FileStorage is the Storage of one balancer: every value a file under
 // the state directory at its key, but the certificates, which are the
 // files HAProxy loads in the certificate directory; tokens in memory;
-// locks held by this process (one manager per state directory). Each
-// write is a temp file in the same directory, fsync, rename.
+// locks in memory too, among the users of this FileStorage value (the
+// daemon runs one manager per state directory, and a lock dies with its
+// process). Each write is a temp file in the same directory, fsync,
+// rename.
 type FileStorage struct {
 	*memTokens
 	stateDir, certsDir string
@@ -123,8 +125,7 @@ func (s *FileStorage) List(_ context.Context, prefix string) ([]string, error) {
 	return keys, nil
 }
 
-// Lock takes a lock of this FileStorage: the daemon is the one manager of
-// its state directory, and a lock dies with its process.
+// Lock takes a lock among the users of this FileStorage value.
 func (s *FileStorage) Lock(ctx context.Context, name string) (Lease, error) {
 	s.mu.Lock()
 	held, ok := s.locks[name]

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -180,5 +181,33 @@ func TestManagerPersistsThroughItsStorage(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(m.CertsDir, "a.example.com.pem")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("local certificate after removal: %v", err)
+	}
+}
+
+// TestChallengesAnswerFromTheirStorage: a token another balancer put in
+// the storage is answered, and one presented here is in the storage.
+func TestChallengesAnswerFromTheirStorage(t *testing.T) {
+	s := NewFileStorage(t.TempDir(), "")
+	c := ChallengesIn(s)
+	ctx := context.Background()
+	if err := s.PutToken(ctx, "elsewhere", Token{Domain: "x.example.com", KeyAuth: "elsewhere.k"}); err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	c.ServeHTTP(w, httptest.NewRequest("GET", "http://x.example.com"+ChallengePath+"elsewhere", nil))
+	if w.Code != 200 || w.Body.String() != "elsewhere.k" {
+		t.Errorf("a stored token: %d %q", w.Code, w.Body.String())
+	}
+	if err := c.Present("Y.example.com", "here", "here.k"); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := s.GetToken(ctx, "here"); err != nil || tok != (Token{Domain: "y.example.com", KeyAuth: "here.k"}) {
+		t.Errorf("presented token in the storage: %+v, %v", tok, err)
+	}
+	if err := c.CleanUp("y.example.com", "here", "here.k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetToken(ctx, "here"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("token after CleanUp: %v", err)
 	}
 }
