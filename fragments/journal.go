@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"haproxy-config/statedir"
 )
 
 // Txn is a change to several files that must happen whole: a fragment's
@@ -68,7 +70,7 @@ func (t *Txn) Discard() {
 	}
 }
 
-func (s *Store) journalPath() string { return filepath.Join(s.StateDir, "journal.json") }
+func (s *Store) journalPath() string { return statedir.Layout(s.StateDir).Journal() }
 
 // Commit carries out t. The caller holds the lock.
 func (s *Store) Commit(t *Txn) error {

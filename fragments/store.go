@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"haproxy-config/assemble"
+	"haproxy-config/statedir"
 )
 
 // ErrNotFound is returned for a fragment that is not in the store.
@@ -130,7 +131,7 @@ func (s *Store) Lock(ctx context.Context) (func(), error) {
 	if err := MkdirAll(s.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
 	}
-	path := filepath.Join(s.StateDir, "store.lock")
+	path := statedir.Layout(s.StateDir).StoreLock()
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("open store lock: %w", err)
@@ -503,7 +504,6 @@ type Event struct {
 }
 
 const (
-	historyFile = "history.jsonl"
 	historyMax  = 8 << 20 // trim the history file past this size
 	historyKeep = 10000   // events kept when trimming
 )
@@ -511,7 +511,7 @@ const (
 // Record appends an event to the history and fsyncs it. The caller holds
 // the lock. A crash can at worst leave a torn last line, which History skips.
 func (s *Store) Record(e Event) error {
-	path := filepath.Join(s.StateDir, historyFile)
+	path := statedir.Layout(s.StateDir).History()
 	line, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -563,7 +563,7 @@ func (s *Store) trimHistory(path string) error {
 
 // openHistory opens the history for reading; nil, nil when there is none.
 func (s *Store) openHistory() (*os.File, error) {
-	f, err := os.Open(filepath.Join(s.StateDir, historyFile))
+	f, err := os.Open(statedir.Layout(s.StateDir).History())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

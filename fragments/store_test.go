@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"haproxy-config/assemble"
+	"haproxy-config/statedir"
 )
 
 func newStore(t *testing.T) *Store {
@@ -290,7 +291,7 @@ func TestStoreHistory(t *testing.T) {
 	}
 
 	// A crash mid-write leaves a torn last line: History skips it.
-	path := filepath.Join(s.StateDir, "history.jsonl")
+	path := statedir.Layout(s.StateDir).History()
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +328,7 @@ func TestStoreTrimHistory(t *testing.T) {
 	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(s.StateDir, "history.jsonl")
+	path := statedir.Layout(s.StateDir).History()
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +355,7 @@ func TestStoreTrimHistory(t *testing.T) {
 	if !events[0].Time.Equal(t0.Add(7*time.Second)) || !events[len(events)-1].Time.Equal(t0.Add((n-1)*time.Second)) {
 		t.Errorf("kept %v .. %v, want the newest", events[0].Time, events[len(events)-1].Time)
 	}
-	if got := dirNames(t, s.StateDir); !reflect.DeepEqual(got, []string{"history.jsonl"}) {
+	if got := dirNames(t, s.StateDir); !reflect.DeepEqual(got, []string{statedir.History}) {
 		t.Errorf("state directory holds %q", got)
 	}
 }
@@ -378,7 +379,7 @@ func TestStoreLock(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first Lock: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(s.StateDir, "store.lock")); err != nil {
+	if _, err := os.Stat(statedir.Layout(s.StateDir).StoreLock()); err != nil {
 		t.Errorf("lock file: %v", err)
 	}
 

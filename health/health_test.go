@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"haproxy-config/reload"
+	"haproxy-config/statedir"
 	"haproxy-config/watcher"
 )
 
@@ -184,10 +184,10 @@ func TestRead(t *testing.T) {
 	if r := Read(dir, th); !r.Drained {
 		t.Errorf("the drain record is not read: %+v", r)
 	}
-	if err := os.WriteFile(filepath.Join(dir, watcher.DrainFile), []byte("{not json"), 0o644); err != nil {
+	if err := os.WriteFile(statedir.Layout(dir).Drained(), []byte("{not json"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if r := Read(dir, th); r.Code != Unknown || !strings.Contains(r.Problems[0], watcher.DrainFile) {
+	if r := Read(dir, th); r.Code != Unknown || !strings.Contains(r.Problems[0], statedir.Drained) {
 		t.Errorf("an unreadable drain record: %v %q, want UNKNOWN naming the file", r.Code, r.Problems)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"haproxy-config/fragments"
 	"haproxy-config/reload"
 	"haproxy-config/settings"
+	"haproxy-config/statedir"
 )
 
 // Engine runs changes against one installation.
@@ -131,10 +132,10 @@ func (e *Engine) lock(ctx context.Context) (func(), error) {
 // has finished any journaled change: scratch candidates, half-written
 // generations, live files staged but never committed.
 func (e *Engine) clearLeftovers() error {
-	if err := os.RemoveAll(e.candidatesDir()); err != nil {
+	if err := os.RemoveAll(e.state().Candidates()); err != nil {
 		return err
 	}
-	partial, err := filepath.Glob(filepath.Join(e.generationsDir(), ".new-*"))
+	partial, err := filepath.Glob(filepath.Join(e.state().Generations(), statedir.PartialPrefix+"*"))
 	if err != nil {
 		return err
 	}
@@ -151,7 +152,8 @@ func (e *Engine) clearLeftovers() error {
 	return nil
 }
 
-func (e *Engine) candidatesDir() string { return filepath.Join(e.S.StateDir, "candidates") }
+// state is the state directory's layout.
+func (e *Engine) state() statedir.Layout { return statedir.Layout(e.S.StateDir) }
 
 // MapRef is the host map's path as the generated config names it: relative
 // to the config's directory, resolved by HAProxy through "default-path
@@ -285,10 +287,10 @@ func (e *Engine) build(ctx context.Context, base *assemble.Base, frags []*assemb
 
 // candidateDir makes a scratch directory for one candidate.
 func (e *Engine) candidateDir() (string, error) {
-	if err := fragments.MkdirAll(e.candidatesDir(), 0o750); err != nil {
+	if err := fragments.MkdirAll(e.state().Candidates(), 0o750); err != nil {
 		return "", &reload.EnvError{Err: fmt.Errorf("create candidates directory: %w", err)}
 	}
-	dir, err := os.MkdirTemp(e.candidatesDir(), "candidate-")
+	dir, err := os.MkdirTemp(e.state().Candidates(), statedir.CandidatePrefix)
 	if err != nil {
 		return "", &reload.EnvError{Err: err}
 	}
@@ -307,7 +309,7 @@ func (e *Engine) check(ctx context.Context, dir, cfg string) (*reload.Result, er
 		e.credential, e.credFound = cred, true
 	}
 	if cred := e.credential; cred != nil {
-		for _, d := range []string{e.S.StateDir, e.candidatesDir(), e.S.CertsDir} {
+		for _, d := range []string{e.S.StateDir, e.state().Candidates(), e.S.CertsDir} {
 			if err := reachable(d, cred); err != nil {
 				return nil, &reload.EnvError{Err: err}
 			}
@@ -400,7 +402,7 @@ func (e *Engine) knownValid(key string) bool {
 }
 
 func (e *Engine) validKeys() []string {
-	data, err := os.ReadFile(filepath.Join(e.S.StateDir, "validated"))
+	data, err := os.ReadFile(e.state().Validated())
 	if err != nil {
 		return nil
 	}
@@ -412,7 +414,7 @@ func (e *Engine) validKeys() []string {
 func (e *Engine) rememberValid(key string) {
 	keys := append([]string{key}, slices.DeleteFunc(e.validKeys(), func(k string) bool { return k == key })...)
 	keys = keys[:min(len(keys), keepValid)]
-	_ = fragments.WriteFile(filepath.Join(e.S.StateDir, "validated"), []byte(strings.Join(keys, "\n")+"\n"), 0o640)
+	_ = fragments.WriteFile(e.state().Validated(), []byte(strings.Join(keys, "\n")+"\n"), 0o640)
 }
 
 // Selection is the largest valid set found among the stored fragments.

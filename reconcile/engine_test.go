@@ -17,6 +17,7 @@ import (
 	"haproxy-config/fragments"
 	"haproxy-config/reload"
 	"haproxy-config/settings"
+	"haproxy-config/statedir"
 )
 
 // newEngine returns an engine rooted in a fresh directory. Tests here run
@@ -82,7 +83,7 @@ func snapshot(t *testing.T, e *Engine) map[string]string {
 	files := map[string]string{}
 	for _, dir := range []string{e.S.FragmentsDir, e.S.StateDir} {
 		filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() || strings.Contains(path, "/candidates/") || filepath.Base(path) == "validated" {
+			if err != nil || d.IsDir() || strings.Contains(path, "/"+statedir.Candidates+"/") || filepath.Base(path) == statedir.Validated {
 				return nil
 			}
 			data, _ := os.ReadFile(path)
@@ -161,7 +162,7 @@ func TestApplyRejections(t *testing.T) {
 			if !strings.Contains(p.Error(), tc.msg) {
 				t.Errorf("message %q does not contain %q", p.Error(), tc.msg)
 			}
-			if strings.Contains(err.Error(), "/candidates/") {
+			if strings.Contains(err.Error(), "/"+statedir.Candidates+"/") {
 				t.Errorf("message leaks the candidate path: %v", err)
 			}
 			after := snapshot(t, e)

@@ -114,7 +114,7 @@ func TestPinnedWhenNoVersionPasses(t *testing.T) {
 	writeRaw(t, e, "shop", shopV1, shopMap)
 	publish(t, e)
 	// the kept versions gone (an upgrade from a release without them)
-	if err := os.RemoveAll(e.versionsDir()); err != nil {
+	if err := os.RemoveAll(e.state().Versions()); err != nil {
 		t.Fatal(err)
 	}
 	writeRaw(t, e, "shop", "backend shop_web\n    balance bogus\n", shopMap)
@@ -155,7 +155,7 @@ func TestVersionsPruned(t *testing.T) {
 		writeRaw(t, e, "shop", conf, shopMap)
 		publish(t, e)
 	}
-	entries, err := os.ReadDir(e.versionsDir())
+	entries, err := os.ReadDir(e.state().Versions())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,7 +46,7 @@ func (e *Engine) NewestGeneration() (int, error) {
 // Generation returns one kept generation, fragments.ErrNotFound when it
 // was pruned or never existed.
 func (e *Engine) Generation(n int) (*Generation, error) {
-	if _, err := os.Stat(e.generationDir(n)); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(e.state().Generation(n)); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("generation %d: %w (see haproxy-config history)", n, fragments.ErrNotFound)
 	}
 	return e.readGeneration(n)
@@ -162,24 +161,15 @@ type Hold struct {
 	Actor      string    `json:"actor"`
 }
 
-// HoldFile is where a hold is recorded, in the state directory; the daemon
-// watches for it.
-const HoldFile = "hold.json"
-
-func (e *Engine) holdPath() string { return filepath.Join(e.S.StateDir, HoldFile) }
-
-// servingFile names the generation HAProxy was last seen serving.
-const servingFile = "serving"
-
 // MarkServing records that HAProxy serves generation n, which prune then
 // keeps: it is the last good one a failed reload goes back to.
 func (e *Engine) MarkServing(n int) error {
-	return fragments.WriteFile(filepath.Join(e.S.StateDir, servingFile), []byte(strconv.Itoa(n)+"\n"), 0o640)
+	return fragments.WriteFile(e.state().Serving(), []byte(strconv.Itoa(n)+"\n"), 0o640)
 }
 
 // Serving is the generation last marked serving, 0 if none.
 func (e *Engine) Serving() int {
-	data, err := os.ReadFile(filepath.Join(e.S.StateDir, servingFile))
+	data, err := os.ReadFile(e.state().Serving())
 	if err != nil {
 		return 0
 	}
@@ -207,7 +197,7 @@ func (e *Engine) SetHold(ctx context.Context, n int, actor string) (*Hold, error
 	if err := fragments.MkdirAll(e.S.StateDir, 0o750); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	if err := fragments.WriteFile(e.holdPath(), append(data, '\n'), 0o640); err != nil {
+	if err := fragments.WriteFile(e.state().Hold(), append(data, '\n'), 0o640); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
 	return h, nil
@@ -215,7 +205,7 @@ func (e *Engine) SetHold(ctx context.Context, n int, actor string) (*Hold, error
 
 // ReleaseHold removes the hold; false when there was none.
 func (e *Engine) ReleaseHold() (bool, error) {
-	err := os.Remove(e.holdPath())
+	err := os.Remove(e.state().Hold())
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -227,7 +217,7 @@ func (e *Engine) ReleaseHold() (bool, error) {
 
 // CurrentHold returns the hold in force, or nil.
 func (e *Engine) CurrentHold() (*Hold, error) {
-	data, err := os.ReadFile(e.holdPath())
+	data, err := os.ReadFile(e.state().Hold())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -236,7 +226,7 @@ func (e *Engine) CurrentHold() (*Hold, error) {
 	}
 	h := &Hold{}
 	if err := json.Unmarshal(data, h); err != nil {
-		return nil, &reload.EnvError{Err: fmt.Errorf("%s: %w", e.holdPath(), err)}
+		return nil, &reload.EnvError{Err: fmt.Errorf("%s: %w", e.state().Hold(), err)}
 	}
 	return h, nil
 }

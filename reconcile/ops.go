@@ -10,12 +10,12 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"time"
 
 	"haproxy-config/assemble"
 	"haproxy-config/fragments"
 	"haproxy-config/reload"
+	"haproxy-config/statedir"
 )
 
 // Change describes a fragment handed in by a tenant.
@@ -211,8 +211,6 @@ type Published struct {
 	// serves (or left out, when new) because their config part changed.
 	Deferred []string
 }
-
-func (e *Engine) generationsDir() string { return filepath.Join(e.S.StateDir, "generations") }
 
 // Exclusion keeps one version of a fragment out of what Publish selects:
 // the daemon's way to quarantine a fragment HAProxy failed to load even
@@ -417,10 +415,10 @@ func (e *Engine) generationEquals(g *Generation, out *assemble.Output) bool {
 // writeGeneration writes the generation into a hidden directory and renames
 // it into place, so a listed generation is always complete.
 func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
-	if err := fragments.MkdirAll(e.generationsDir(), 0o750); err != nil {
+	if err := fragments.MkdirAll(e.state().Generations(), 0o750); err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp(e.generationsDir(), ".new-")
+	tmp, err := os.MkdirTemp(e.state().Generations(), statedir.PartialPrefix)
 	if err != nil {
 		return err
 	}
@@ -433,7 +431,7 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 	if err != nil {
 		return err
 	}
-	metaPath := filepath.Join(tmp, "meta.json")
+	metaPath := filepath.Join(tmp, statedir.Meta)
 	if err := os.WriteFile(metaPath, append(meta, '\n'), 0o640); err != nil {
 		return err
 	}
@@ -442,17 +440,17 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 			return err
 		}
 	}
-	g.Dir = e.generationDir(g.Number)
+	g.Dir = e.state().Generation(g.Number)
 	if err := os.Rename(tmp, g.Dir); err != nil {
 		return err
 	}
-	return fragments.Sync(e.generationsDir())
+	return fragments.Sync(e.state().Generations())
 }
 
 // generationNumbers lists the kept generations' numbers, ascending, from
 // the directory names alone.
 func (e *Engine) generationNumbers() ([]int, error) {
-	entries, err := os.ReadDir(e.generationsDir())
+	entries, err := os.ReadDir(e.state().Generations())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -461,7 +459,7 @@ func (e *Engine) generationNumbers() ([]int, error) {
 	}
 	var nums []int
 	for _, ent := range entries {
-		if n, err := strconv.Atoi(ent.Name()); err == nil && ent.IsDir() {
+		if n, ok := statedir.ParseGeneration(ent.Name()); ok && ent.IsDir() {
 			nums = append(nums, n)
 		}
 	}
@@ -469,14 +467,10 @@ func (e *Engine) generationNumbers() ([]int, error) {
 	return nums, nil
 }
 
-func (e *Engine) generationDir(n int) string {
-	return filepath.Join(e.generationsDir(), fmt.Sprintf("%06d", n))
-}
-
 // readGeneration loads one generation's metadata.
 func (e *Engine) readGeneration(n int) (*Generation, error) {
-	dir := e.generationDir(n)
-	data, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+	dir := e.state().Generation(n)
+	data, err := os.ReadFile(filepath.Join(dir, statedir.Meta))
 	if err != nil {
 		return nil, &reload.EnvError{Err: fmt.Errorf("generation %d: %w", n, err)}
 	}
@@ -513,7 +507,7 @@ func (e *Engine) prune() error {
 		if hold != nil && hold.Generation == n || n == serving {
 			continue // the daemon serves it or must be able to go back to it
 		}
-		if err := os.RemoveAll(e.generationDir(n)); err != nil {
+		if err := os.RemoveAll(e.state().Generation(n)); err != nil {
 			return err
 		}
 	}

@@ -22,14 +22,12 @@ import (
 // offline, and its domains do not fall through to another tenant's
 // wildcard entry.
 
-func (e *Engine) versionsDir() string { return filepath.Join(e.S.StateDir, "versions") }
-
 func (e *Engine) versionPaths(checksum string) (conf, hostMap string, ok bool) {
 	hex, found := strings.CutPrefix(checksum, "sha256:")
 	if !found || hex == "" || strings.ContainsAny(hex, "/.") {
 		return "", "", false
 	}
-	return filepath.Join(e.versionsDir(), hex+fragments.ConfSuffix), filepath.Join(e.versionsDir(), hex+fragments.MapSuffix), true
+	return filepath.Join(e.state().Versions(), hex+fragments.ConfSuffix), filepath.Join(e.state().Versions(), hex+fragments.MapSuffix), true
 }
 
 // findFallbacks finds, for each stored fragment that changed since the
@@ -79,7 +77,7 @@ func (e *Engine) readVersion(name, checksum string, pol fragments.Policy) *assem
 
 // saveVersions keeps a copy of each fragment about to go live.
 func (e *Engine) saveVersions(frags []*assemble.Fragment) error {
-	if err := fragments.MkdirAll(e.versionsDir(), 0o750); err != nil {
+	if err := fragments.MkdirAll(e.state().Versions(), 0o750); err != nil {
 		return err
 	}
 	for _, f := range frags {
@@ -113,7 +111,7 @@ func (e *Engine) pruneVersions(keep ...map[string]string) error {
 			}
 		}
 	}
-	entries, err := os.ReadDir(e.versionsDir())
+	entries, err := os.ReadDir(e.state().Versions())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -122,7 +120,7 @@ func (e *Engine) pruneVersions(keep ...map[string]string) error {
 	}
 	for _, ent := range entries {
 		if !wanted[ent.Name()] {
-			if err := os.Remove(filepath.Join(e.versionsDir(), ent.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := os.Remove(filepath.Join(e.state().Versions(), ent.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
 		}

@@ -27,6 +27,7 @@ import (
 	"haproxy-config/assemble"
 	"haproxy-config/certs"
 	"haproxy-config/fragments"
+	"haproxy-config/statedir"
 )
 
 // EnvPrefix starts every environment variable and defaults-file key.
@@ -288,7 +289,7 @@ var Keys = []Key{
 	{"RUNTIME_SOCKET", "runtime-socket", "HAProxy stats socket `PATH` (level admin) the base config opens",
 		under("/run/haproxy-config/admin.sock"), path(func(s *Settings) *string { return &s.RuntimeSocket })},
 	{"API_SOCKET", "api-socket", "unix socket `PATH` where the daemon takes apply and remove (root and the haproxy-config group); in the state directory, which that group may enter",
-		under("/var/lib/haproxy-config/api.sock"), path(func(s *Settings) *string { return &s.APISocket })},
+		under(filepath.Join("/var/lib/haproxy-config", statedir.APISocket)), path(func(s *Settings) *string { return &s.APISocket })},
 	{"HTTP_ADDR", "http-addr", "`HOST:PORT` the HTTP frontend binds",
 		fixed(":80"), addr(func(s *Settings) *string { return &s.HTTPAddr })},
 	{"HTTPS_ADDR", "https-addr", "`HOST:PORT` the HTTPS frontend binds",

@@ -108,7 +108,7 @@ func (in *install) liveChecksums(tb testing.TB) map[string]string {
 	if st.Live == nil {
 		return nil
 	}
-	data, err := os.ReadFile(filepath.Join(in.stateDir(), "generations", fmt.Sprintf("%06d", st.Live.Generation), "meta.json"))
+	data, err := os.ReadFile(in.state().GenerationMeta(st.Live.Generation))
 	if err != nil {
 		return nil // pruned between the two reads: ask again
 	}

@@ -18,7 +18,7 @@ import (
 )
 
 // apiSocket is where the daemon of an installation listens.
-func (in *install) apiSocket() string { return filepath.Join(in.stateDir(), "api.sock") }
+func (in *install) apiSocket() string { return in.state().APISocket() }
 
 // apiBatches are the sizes of the batches the daemon's API writer ran.
 func apiBatches(d *daemon) []int {
@@ -391,7 +391,7 @@ func TestAPIRollbackWithoutDaemon(t *testing.T) {
 	if out := mustRun(t, env, "", "rollback", "1"); !strings.Contains(out, "holding generation 1") {
 		t.Errorf("rollback 1 printed %q", out)
 	}
-	data, err := os.ReadFile(filepath.Join(in.stateDir(), "hold.json"))
+	data, err := os.ReadFile(in.state().Hold())
 	if err != nil || !strings.Contains(string(data), `"generation": 1`) || !strings.Contains(string(data), `"actor": "ops-ann"`) {
 		t.Errorf("hold.json: %s, %v; want generation 1 held by ops-ann", data, err)
 	}
@@ -404,7 +404,7 @@ func TestAPIRollbackWithoutDaemon(t *testing.T) {
 	if out := mustRun(t, in.env, "", "resume"); !strings.Contains(out, "hold released") {
 		t.Errorf("resume printed %q", out)
 	}
-	if _, err := os.Stat(filepath.Join(in.stateDir(), "hold.json")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(in.state().Hold()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("hold.json after resume: %v", err)
 	}
 	if out := mustRun(t, in.env, "", "resume"); out != "no hold in force\n" {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"haproxy-config/statedir"
 )
 
 // stressName, stressHost, stressConf and stressMap describe tenant n's
@@ -31,7 +33,7 @@ var stressChecksumRE = regexp.MustCompile(`\((sha256:[0-9a-f]{64})\)`)
 // stressLiveFragments reads the fragments (name -> checksum) of the
 // generation the daemon reports live, from its meta.json.
 func stressLiveFragments(in *install, gen int) (map[string]string, error) {
-	data, err := os.ReadFile(filepath.Join(in.stateDir(), "generations", fmt.Sprintf("%06d", gen), "meta.json"))
+	data, err := os.ReadFile(in.state().GenerationMeta(gen))
 	if err != nil {
 		return nil, err
 	}
@@ -57,8 +59,8 @@ func stressLeftovers(root string) ([]string, error) {
 			return err
 		}
 		name := d.Name()
-		if strings.Contains(name, ".hc-staged-") || strings.HasPrefix(name, "candidate-") ||
-			(strings.HasPrefix(name, ".new-") && filepath.Base(filepath.Dir(path)) == "generations") {
+		if strings.Contains(name, ".hc-staged-") || strings.HasPrefix(name, statedir.CandidatePrefix) ||
+			(strings.HasPrefix(name, statedir.PartialPrefix) && filepath.Base(filepath.Dir(path)) == statedir.Generations) {
 			found = append(found, path)
 		}
 		return nil

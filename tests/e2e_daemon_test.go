@@ -120,7 +120,7 @@ func (d *daemon) stop(t testing.TB) {
 
 // haproxyPID is the managed HAProxy master the PID file names, 0 if none.
 func (in *install) haproxyPID() int {
-	data, err := os.ReadFile(filepath.Join(in.stateDir(), "haproxy.pid"))
+	data, err := os.ReadFile(in.state().HAProxyPID())
 	if err != nil {
 		return 0
 	}

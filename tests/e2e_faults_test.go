@@ -33,7 +33,7 @@ func (in *install) liveFiles(t *testing.T) (cfg, hostMap string) {
 // generations lists the kept generations' directories.
 func (in *install) generations(t *testing.T) string {
 	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(in.stateDir(), "generations"))
+	entries, err := os.ReadDir(in.state().Generations())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"haproxy-config/statedir"
 )
 
 // binary is the haproxy-config executable TestMain builds.
@@ -139,7 +141,10 @@ func (in *install) fragmentsDir() string {
 
 func (in *install) stateDir() string { return filepath.Join(in.root, "var/lib/haproxy-config") }
 
-func (in *install) historyFile() string { return filepath.Join(in.stateDir(), "history.jsonl") }
+// state is the state directory's layout.
+func (in *install) state() statedir.Layout { return statedir.Layout(in.stateDir()) }
+
+func (in *install) historyFile() string { return in.state().History() }
 
 func (in *install) liveConfig() string { return filepath.Join(in.stateDir(), "live/haproxy.cfg") }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"haproxy-config/statedir"
 )
 
 // The tenant policy end to end: every hostile case of the corpus refused
@@ -103,7 +105,7 @@ func storeState(t *testing.T, in *install) map[string]string {
 			continue
 		}
 		for rel, data := range snapshot(t, dir) {
-			if !strings.HasPrefix(rel, "candidates/") && rel != "validated" && rel != "store.lock" {
+			if !strings.HasPrefix(rel, statedir.Candidates+"/") && rel != statedir.Validated && rel != statedir.StoreLock {
 				files[filepath.Join(dir, rel)] = data
 			}
 		}

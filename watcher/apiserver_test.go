@@ -9,15 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"haproxy-config/reconcile"
 	"haproxy-config/settings"
+	"haproxy-config/statedir"
 )
 
 // testAPI listens on an API socket in a fresh state directory and serves
@@ -208,7 +207,7 @@ func TestAPIHoldRequests(t *testing.T) {
 	if _, err := ask(t, a.path, &Request{Op: OpRollback, Generation: 7}); KindOf(err).ExitCode() != 6 {
 		t.Errorf("rollback to a generation never kept: %v (exit %d), want exit 6", err, KindOf(err).ExitCode())
 	}
-	if _, err := os.Stat(filepath.Join(s.StateDir, reconcile.HoldFile)); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(statedir.Layout(s.StateDir).Hold()); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("a refused rollback left a hold: %v", err)
 	}
 
@@ -222,13 +221,13 @@ func TestAPIHoldRequests(t *testing.T) {
 	default:
 	}
 
-	if err := os.WriteFile(filepath.Join(s.StateDir, reconcile.HoldFile), []byte(`{"generation": 3, "actor": "ann"}`), 0o640); err != nil {
+	if err := os.WriteFile(statedir.Layout(s.StateDir).Hold(), []byte(`{"generation": 3, "actor": "ann"}`), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	if ans, err := ask(t, a.path, &Request{Op: OpResume}); err != nil || !ans.Released {
 		t.Fatalf("resume with a hold: %+v, %v; want it released", ans, err)
 	}
-	if _, err := os.Stat(filepath.Join(s.StateDir, reconcile.HoldFile)); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(statedir.Layout(s.StateDir).Hold()); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the hold file is still there after resume: %v", err)
 	}
 	select {

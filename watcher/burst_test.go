@@ -16,6 +16,7 @@ import (
 
 	"haproxy-config/reconcile"
 	"haproxy-config/settings"
+	"haproxy-config/statedir"
 )
 
 const (
@@ -239,8 +240,8 @@ func TestEventSorting(t *testing.T) {
 		{"base config replaced", func(d *Daemon) string { return d.s.BaseConfig }, fsnotify.Create, map[string]bool{baseKey: false}, false},
 		{"base config chmod", func(d *Daemon) string { return d.s.BaseConfig }, fsnotify.Chmod, map[string]bool{}, false},
 		{"other file beside the base", func(d *Daemon) string { return filepath.Join(filepath.Dir(d.s.BaseConfig), "other.cfg") }, fsnotify.Write, map[string]bool{}, false},
-		{"hold file", func(d *Daemon) string { return filepath.Join(d.s.StateDir, reconcile.HoldFile) }, fsnotify.Create, map[string]bool{}, true},
-		{"status file", func(d *Daemon) string { return filepath.Join(d.s.StateDir, StatusFile) }, fsnotify.Create, map[string]bool{}, false},
+		{"hold file", func(d *Daemon) string { return statedir.Layout(d.s.StateDir).Hold() }, fsnotify.Create, map[string]bool{}, true},
+		{"status file", func(d *Daemon) string { return statedir.Layout(d.s.StateDir).Status() }, fsnotify.Create, map[string]bool{}, false},
 		{"store removed", func(d *Daemon) string { return d.s.FragmentsDir }, fsnotify.Remove, map[string]bool{storeKey: false}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -337,14 +338,14 @@ func writeHistory(t *testing.T, d *Daemon, data string) {
 	if err := os.MkdirAll(d.s.StateDir, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(d.s.StateDir, historyFile), []byte(data), 0o640); err != nil {
+	if err := os.WriteFile(statedir.Layout(d.s.StateDir).History(), []byte(data), 0o640); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func appendHistory(t *testing.T, d *Daemon, data string) {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(d.s.StateDir, historyFile), os.O_APPEND|os.O_WRONLY, 0)
+	f, err := os.OpenFile(statedir.Layout(d.s.StateDir).History(), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +357,7 @@ func appendHistory(t *testing.T, d *Daemon, data string) {
 
 func historyLen(t *testing.T, d *Daemon) int64 {
 	t.Helper()
-	fi, err := os.Stat(filepath.Join(d.s.StateDir, historyFile))
+	fi, err := os.Stat(statedir.Layout(d.s.StateDir).History())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,7 +503,7 @@ func TestEventHistory(t *testing.T) {
 	d := burstDaemon(t)
 	withWatcher(t, d)
 	writeHistory(t, d, historyLine("shop"))
-	d.event(fsnotify.Event{Name: filepath.Join(d.s.StateDir, historyFile), Op: fsnotify.Write})
+	d.event(fsnotify.Event{Name: statedir.Layout(d.s.StateDir).History(), Op: fsnotify.Write})
 	expectDirty(t, d, map[string]bool{"shop": true})
 }
 

@@ -29,6 +29,7 @@ import (
 	"haproxy-config/reconcile"
 	"haproxy-config/reload"
 	"haproxy-config/settings"
+	"haproxy-config/statedir"
 )
 
 // Daemon is one running watcher.
@@ -332,7 +333,7 @@ func (d *Daemon) configure(s *settings.Settings) error {
 	switch {
 	case s.Reload == "managed":
 		d.managed = &reload.Managed{Haproxy: bin, Config: s.OutputConfig, CLI: d.cli,
-			PIDFile: filepath.Join(s.StateDir, "haproxy.pid"), Log: d.Log}
+			PIDFile: statedir.Layout(s.StateDir).HAProxyPID(), Log: d.Log}
 		d.reloader = d.managed
 	case s.Reload == "master-socket":
 		d.reloader = &reload.MasterSocket{CLI: d.cli}
@@ -441,14 +442,12 @@ func (d *Daemon) event(ev fsnotify.Event) {
 		d.change(storeKey, false)
 	case ev.Name == d.s.BaseConfig:
 		d.change(baseKey, false)
-	case dir == d.s.StateDir && file == historyFile:
+	case dir == d.s.StateDir && file == statedir.History:
 		d.readHistory()
-	case dir == d.s.StateDir && file == reconcile.HoldFile:
+	case dir == d.s.StateDir && file == statedir.Hold:
 		d.markRescan()
 	}
 }
-
-const historyFile = "history.jsonl"
 
 // change records a changed fragment (or the base). vouched means a CLI
 // change committed it whole, so there is nothing to let settle.
@@ -482,7 +481,7 @@ func (d *Daemon) markRescanAt(now time.Time) {
 }
 
 func (d *Daemon) historySize() int64 {
-	fi, err := os.Stat(filepath.Join(d.s.StateDir, historyFile))
+	fi, err := os.Stat(statedir.Layout(d.s.StateDir).History())
 	if err != nil {
 		return 0
 	}
@@ -494,7 +493,7 @@ func (d *Daemon) historySize() int64 {
 // event was written, so the fragment need not settle. A history that was
 // trimmed (rewritten shorter) vouches for nothing this time.
 func (d *Daemon) readHistory() {
-	f, err := os.Open(filepath.Join(d.s.StateDir, historyFile))
+	f, err := os.Open(statedir.Layout(d.s.StateDir).History())
 	if err != nil {
 		return
 	}

@@ -6,20 +6,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/google/renameio/v2"
 
 	"haproxy-config/reload"
-)
-
-// The files in the state directory that the health commands share: drain
-// and undrain write DrainFile, announce writes AnnounceFile, and status,
-// status --check, announce and the metrics read them.
-const (
-	DrainFile    = "drained.json"
-	AnnounceFile = "announce.json"
+	"haproxy-config/statedir"
 )
 
 // Drained says this node is out of service for maintenance. It lasts,
@@ -65,7 +57,7 @@ func Drain(stateDir, by, reason string) (*Drained, error) {
 		d = &Drained{Since: time.Now().UTC()}
 	}
 	d.By, d.Reason = by, reason
-	if err := writeJSON(filepath.Join(stateDir, DrainFile), d); err != nil {
+	if err := writeJSON(statedir.Layout(stateDir).Drained(), d); err != nil {
 		return nil, &reload.EnvError{Err: fmt.Errorf("drain: %w", err)}
 	}
 	return d, nil
@@ -73,7 +65,7 @@ func Drain(stateDir, by, reason string) (*Drained, error) {
 
 // Undrain puts the node back in service. It reports whether it was drained.
 func Undrain(stateDir string) (bool, error) {
-	err := os.Remove(filepath.Join(stateDir, DrainFile))
+	err := os.Remove(statedir.Layout(stateDir).Drained())
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -86,7 +78,7 @@ func Undrain(stateDir string) (bool, error) {
 // ReadDrained returns the drain record, or nil when the node is in service.
 func ReadDrained(stateDir string) (*Drained, error) {
 	d := &Drained{}
-	ok, err := readJSON(filepath.Join(stateDir, DrainFile), d)
+	ok, err := readJSON(statedir.Layout(stateDir).Drained(), d)
 	if !ok {
 		return nil, err
 	}
@@ -95,14 +87,14 @@ func ReadDrained(stateDir string) (*Drained, error) {
 
 // WriteAnnounced replaces the announce report.
 func WriteAnnounced(stateDir string, a *Announced) error {
-	return writeJSON(filepath.Join(stateDir, AnnounceFile), a)
+	return writeJSON(statedir.Layout(stateDir).Announced(), a)
 }
 
 // ReadAnnounced returns the announce report, or nil when announce never
 // ran here.
 func ReadAnnounced(stateDir string) (*Announced, error) {
 	a := &Announced{}
-	ok, err := readJSON(filepath.Join(stateDir, AnnounceFile), a)
+	ok, err := readJSON(statedir.Layout(stateDir).Announced(), a)
 	if !ok {
 		return nil, err
 	}

@@ -17,6 +17,7 @@ import (
 
 	"haproxy-config/reload"
 	"haproxy-config/settings"
+	"haproxy-config/statedir"
 )
 
 // freeAddr returns a loopback address whose port was free a moment ago.
@@ -204,7 +205,7 @@ func TestNotifyProtocol(t *testing.T) {
 	if s.StateDir != stateDir {
 		t.Fatalf("state directory %s, want the default layout under the root (%s)", s.StateDir, stateDir)
 	}
-	pidFile := filepath.Join(stateDir, "haproxy.pid")
+	pidFile := statedir.Layout(stateDir).HAProxyPID()
 
 	logBuf := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logBuf, nil))

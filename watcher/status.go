@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -13,11 +12,8 @@ import (
 
 	"haproxy-config/reconcile"
 	"haproxy-config/reload"
+	"haproxy-config/statedir"
 )
-
-// StatusFile is the daemon's report, in the state directory. The daemon
-// replaces it atomically; the CLI reads it without talking to the daemon.
-const StatusFile = "status.json"
 
 // Status is what the daemon reports.
 type Status struct {
@@ -128,9 +124,9 @@ func ReadStatus(stateDir string) (*Status, error) {
 // ReadDaemonStatus reads the daemon's last report alone.
 func ReadDaemonStatus(stateDir string) (*Status, error) {
 	st := &Status{}
-	ok, err := readJSON(filepath.Join(stateDir, StatusFile), st)
+	ok, err := readJSON(statedir.Layout(stateDir).Status(), st)
 	if !ok && err == nil {
-		return nil, fmt.Errorf("%w (no %s in %s)", ErrNoDaemon, StatusFile, stateDir)
+		return nil, fmt.Errorf("%w (no %s in %s)", ErrNoDaemon, statedir.Status, stateDir)
 	}
 	if err != nil {
 		return nil, err
@@ -208,12 +204,12 @@ func writeStatus(stateDir string, st *Status) error {
 	}
 	// a status lost in a power cut is rewritten by the next reconcile, so
 	// this write does not pay for an fsync
-	tmp := filepath.Join(stateDir, ".status.json.tmp")
+	tmp := statedir.Layout(stateDir).StatusTemp()
 	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
 		os.Remove(tmp) // a part written to a full disk takes space
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(stateDir, StatusFile))
+	return os.Rename(tmp, statedir.Layout(stateDir).Status())
 }
 
 // add adds the counts in o.
