@@ -143,17 +143,7 @@ func (e *Engine) servedDomains(dir string) map[string][]string {
 	if err != nil {
 		return out
 	}
-	frag := ""
-	for line := range strings.Lines(string(data)) {
-		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "# fragment "); ok {
-			frag = strings.Trim(name, "\"")
-			continue
-		}
-		if f := strings.Fields(line); len(f) == 2 && !strings.HasPrefix(f[0], "#") && frag != "" {
-			out[frag] = append(out[frag], f[0])
-		}
-	}
-	return out
+	return assemble.HostMapFragments(data)
 }
 
 // UnavailableBackend is the base config's backend for the domains of a

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"haproxy-config/assemble"
 )
 
 // Runtime is HAProxy's runtime API: the stats socket opened at "level
@@ -244,14 +246,14 @@ func (r *Runtime) ReplaceMap(ctx context.Context, ref string, entries map[string
 	}
 	slices.Sort(keys)
 	add := "add map @" + ver + " " + ref
-	var chunk strings.Builder
+	var chunk []byte
 	for i, k := range keys {
-		chunk.WriteString(k + " " + entries[k] + "\n")
-		if i == len(keys)-1 || chunk.Len()+len(keys[i+1])+len(entries[keys[i+1]])+2 > maxPayload {
-			if _, err := r.expect(ctx, add, []byte(chunk.String()), ""); err != nil {
+		chunk = assemble.AppendHostMapLine(chunk, k, entries[k])
+		if i == len(keys)-1 || len(chunk)+len(keys[i+1])+len(entries[keys[i+1]])+2 > maxPayload {
+			if _, err := r.expect(ctx, add, chunk, ""); err != nil {
 				return err
 			}
-			chunk.Reset()
+			chunk = chunk[:0]
 		}
 	}
 	got, dups, err := r.showMap(ctx, "show map @"+ver+" "+ref)

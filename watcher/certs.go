@@ -1,7 +1,6 @@
 package watcher
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"haproxy-config/assemble"
 	"haproxy-config/certs"
 	"haproxy-config/reconcile"
 	"haproxy-config/reload"
@@ -224,7 +224,7 @@ func (d *Daemon) noteStored(sel *reconcile.Selection) {
 	var names []string
 	d.domainOwner = map[string]string{}
 	for _, st := range sel.Stored {
-		keys := mapKeys(st.Map)
+		keys := assemble.HostMapKeys(st.Map)
 		names = append(names, keys...)
 		for _, k := range keys {
 			if o, seen := d.domainOwner[k]; seen && o != st.Name {
@@ -236,20 +236,6 @@ func (d *Daemon) noteStored(sel *reconcile.Selection) {
 	}
 	slices.Sort(names)
 	d.storedDomains = slices.Compact(names)
-}
-
-// mapKeys returns the keys of map lines ("key value"), lower-cased; unlike
-// readMapFile it takes any line, as a stored fragment may be invalid.
-func mapKeys(data []byte) []string {
-	var keys []string
-	for line := range bytes.Lines(data) {
-		f := bytes.Fields(line)
-		if len(f) == 0 || f[0][0] == '#' {
-			continue
-		}
-		keys = append(keys, strings.ToLower(string(f[0])))
-	}
-	return keys
 }
 
 // certSummary summarises the manager's state for the status.

@@ -1,14 +1,12 @@
 package watcher
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"os"
-	"strings"
 
+	"haproxy-config/assemble"
 	"haproxy-config/reload"
 )
 
@@ -19,22 +17,7 @@ func readMapFile(path string) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("host map: %w", err)
 	}
-	entries := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			return nil, fmt.Errorf("host map %s:%d: want \"domain backend\", got %q", path, n, line)
-		}
-		if _, dup := entries[f[0]]; !dup {
-			entries[f[0]] = f[1]
-		}
-	}
-	return entries, sc.Err()
+	return assemble.ParseHostMap(path, data)
 }
 
 // syncMap brings HAProxy's runtime host map to the live map file in one
