@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"haproxy-config/assemble"
+	"haproxy-config/internal/testkit"
 )
 
 // testBalancer is a balancer like the tests' installations: the default
@@ -491,12 +492,7 @@ func haproxyKeywords(t *testing.T, class string) string {
 	if testing.Short() {
 		t.Skip("needs haproxy")
 	}
-	bin, err := exec.LookPath("haproxy")
-	if err != nil {
-		if bin, err = exec.LookPath("/usr/sbin/haproxy"); err != nil {
-			t.Skip("SKIPPING: haproxy not installed: run tests/install-deps.sh")
-		}
-	}
+	bin := testkit.RequireHaproxy(t)
 	// it lists the keywords, then fails to find a configuration: the exit
 	// status says nothing
 	out, _ := exec.Command(bin, "-dK"+class, "-q", "-c", "-f", "/dev/null").CombinedOutput()

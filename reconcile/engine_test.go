@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -15,6 +14,7 @@ import (
 
 	"haproxy-config/assemble"
 	"haproxy-config/fragments"
+	"haproxy-config/internal/testkit"
 	"haproxy-config/reload"
 	"haproxy-config/settings"
 	"haproxy-config/statedir"
@@ -24,12 +24,8 @@ import (
 // the real haproxy -c; without haproxy they cannot say anything.
 func newEngine(t testing.TB, env map[string]string) *Engine {
 	t.Helper()
-	if _, err := exec.LookPath("haproxy"); err != nil {
-		if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
-			t.Skip("SKIPPING: haproxy is not installed; run tests/install-deps.sh (CI installs it)")
-		}
-	}
-	root := openTempDir(t)
+	testkit.RequireHaproxy(t)
+	root := testkit.OpenTempDir(t)
 	vars := map[string]string{
 		"HAPROXY_CONFIG_ROOT":       root,
 		"HAPROXY_CONFIG_HTTP_ADDR":  "127.0.0.1:18080",
@@ -45,19 +41,6 @@ func newEngine(t testing.TB, env map[string]string) *Engine {
 		t.Fatal(err)
 	}
 	return New(s)
-}
-
-// openTempDir is a temporary directory that haproxy -c, which runs as the
-// unprivileged check user when the tests run as root, can reach.
-func openTempDir(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
 }
 
 // inPlace validates the live files where they are, as this process (the
@@ -460,7 +443,7 @@ func TestGenerationsKeptAndLiveIsWhatWasValidated(t *testing.T) {
 }
 
 func TestMapOutsideConfigDirectory(t *testing.T) {
-	root := openTempDir(t)
+	root := testkit.OpenTempDir(t)
 	e := newEngine(t, map[string]string{
 		"HAPROXY_CONFIG_OUTPUT": filepath.Join(root, "etc/live/haproxy.cfg"),
 		"HAPROXY_CONFIG_MAP":    filepath.Join(root, "maps/hosts.map"),

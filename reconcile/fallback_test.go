@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"haproxy-config/assemble"
+	"haproxy-config/internal/testkit"
 )
 
 const (
@@ -174,11 +175,8 @@ func TestVersionsPruned(t *testing.T) {
 // past its timeout is refused by apply and quarantined by publish, while
 // the fragments HAProxy serves stay live.
 func TestCheckTimeoutBlamesTheNewcomer(t *testing.T) {
-	dir := openTempDir(t)
-	real := "/usr/sbin/haproxy"
-	if _, err := os.Stat(real); err != nil {
-		t.Skip("SKIPPING: haproxy is not at /usr/sbin/haproxy; run tests/install-deps.sh")
-	}
+	dir := testkit.OpenTempDir(t)
+	real := testkit.RequireHaproxy(t)
 	// stands in for a configuration haproxy -c cannot finish reading (a
 	// FIFO, a name that never resolves): the policy refuses every way we
 	// know to make the real one hang

@@ -4,45 +4,19 @@ import (
 	"context"
 	"errors"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"haproxy-config/assemble"
+	"haproxy-config/internal/testkit"
 )
 
-// countingHaproxy puts a wrapper around haproxy that counts its runs,
-// and returns the count so far. The check user must be able to run it and
-// to write the count.
+// countingHaproxy is a counting haproxy wrapper, as the setting naming it.
 func countingHaproxy(t *testing.T) (env map[string]string, runs func() int) {
 	t.Helper()
-	real := "/usr/sbin/haproxy"
-	if _, err := os.Stat(real); err != nil {
-		t.Skip("SKIPPING: haproxy is not installed at /usr/sbin; run tests/install-deps.sh (CI installs it)")
-	}
-	dir := openTempDir(t)
-	count := filepath.Join(dir, "runs")
-	if err := os.WriteFile(count, nil, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(count, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	wrapper := filepath.Join(dir, "haproxy")
-	script := "#!/bin/sh\necho run >> " + count + "\nexec " + real + " \"$@\"\n"
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return map[string]string{"HAPROXY_CONFIG_HAPROXY": wrapper}, func() int {
-		t.Helper()
-		data, err := os.ReadFile(count)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.Count(string(data), "run\n")
-	}
+	wrapper, runs := testkit.CountingHaproxy(t, testkit.OpenTempDir(t))
+	return map[string]string{"HAPROXY_CONFIG_HAPROXY": wrapper}, runs
 }
 
 // TestMapOnlyApplySkipsHaproxyCheck: an apply whose config part is the

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"haproxy-config/assemble"
+	"haproxy-config/internal/testkit"
 	"haproxy-config/reload"
 )
 
@@ -22,7 +23,7 @@ func TestCheckRunsUnprivileged(t *testing.T) {
 	if _, err := user.Lookup("haproxy"); err != nil {
 		t.Skip("SKIPPING: no haproxy user: install haproxy (tests/install-deps.sh)")
 	}
-	dir := openTempDir(t)
+	dir := testkit.OpenTempDir(t)
 	secret := filepath.Join(dir, "secret.http")
 	if err := os.WriteFile(secret, []byte("HTTP/1.0 503 Service Unavailable\r\n\r\nroot only\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,34 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
-
-// haproxyPath finds the haproxy binary or skips the test.
-func haproxyPath(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		return p
-	}
-	if p, err := exec.LookPath("/usr/sbin/haproxy"); err == nil {
-		return p
-	}
-	t.Skipf("SKIPPED: no haproxy binary in PATH or /usr/sbin: the managed HAProxy is NOT tested (apt-get install haproxy)")
-	return ""
-}
-
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		t.Fatalf("close: %v", err)
-	}
-	return port
-}
 
 // writeConfig writes a master-worker config whose frontend binds the ports
 // and answers body.
@@ -87,7 +61,7 @@ func newManagedLog(t *testing.T, dir, config string, w io.Writer) *Managed {
 		t.Fatalf("socket path %s is too long for a unix socket", sock)
 	}
 	return &Managed{
-		Haproxy: haproxyPath(t),
+		Haproxy: testkit.RequireHaproxy(t),
 		Config:  config,
 		CLI:     &MasterCLI{Path: sock},
 		PIDFile: filepath.Join(dir, "haproxy.pid"),
@@ -122,8 +96,7 @@ func stopManaged(t *testing.T, m *Managed) {
 		return
 	}
 	t.Errorf("haproxy %d still runs after Stop: killing it", pid)
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	_ = syscall.Kill(pid, syscall.SIGKILL)
+	testkit.KillGroup(pid)
 }
 
 var httpClient = &http.Client{
@@ -185,7 +158,7 @@ func managedServingLog(t *testing.T, w io.Writer) (m *Managed, cfg string, port 
 	t.Helper()
 	dir := t.TempDir()
 	cfg = filepath.Join(dir, "haproxy.cfg")
-	port = freePort(t)
+	port = testkit.FreePort(t)
 	writeConfig(t, cfg, "one", port)
 	m = newManagedLog(t, dir, cfg, w)
 	startManaged(t, m)

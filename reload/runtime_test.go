@@ -22,6 +22,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // runtimeHAProxy is an HAProxy started for a test with a stats socket at
@@ -40,7 +42,7 @@ func startRuntimeHAProxy(t *testing.T, mapText string) *runtimeHAProxy {
 	t.Helper()
 	dir := t.TempDir()
 	h := &runtimeHAProxy{rt: &Runtime{Path: filepath.Join(dir, "admin.sock")}, dir: dir,
-		httpPort: freePort(t), httpsPort: freePort(t),
+		httpPort: testkit.FreePort(t), httpsPort: testkit.FreePort(t),
 		crtList: filepath.Join(dir, "certs.list"), fallback: filepath.Join(dir, "fallback.pem")}
 	if err := os.WriteFile(filepath.Join(dir, "hosts.map"), []byte(mapText), 0o600); err != nil {
 		t.Fatal(err)

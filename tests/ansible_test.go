@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // The Ansible tests run packaging/ansible's playbooks with Debian's
@@ -93,7 +95,7 @@ func example(t *testing.T, file string) string {
 
 func TestAnsibleApplyRollout(t *testing.T) {
 	requireAnsible(t)
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	inventory, lbs := balancers(t)
 	shop := [3]string{"shop", example(t, "shop.cfg"), example(t, "shop.map")}
 	blog := [3]string{"blog", example(t, "blog.cfg"), example(t, "blog.map")}
@@ -140,7 +142,7 @@ func TestAnsibleApplyRollout(t *testing.T) {
 
 func TestAnsibleCopyIntoWatchedDirectory(t *testing.T) {
 	requireAnsible(t)
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	inventory, lbs := balancers(t)
 	out, code, elapsed := playbook(t, inventory, "copy.yml", [3]string{"blog", example(t, "blog.cfg"), example(t, "blog.map")})
 	if code != 0 {

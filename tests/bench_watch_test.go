@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"haproxy-config/internal/testkit"
 	"haproxy-config/reload"
 )
 
@@ -96,7 +97,7 @@ func BenchmarkApplyToLive(b *testing.B) {
 // master CLI, seen done by show proc and the status endpoint.
 func (in *install) floor(b *testing.B) time.Duration {
 	b.Helper()
-	haproxy, err := haproxyBinary()
+	haproxy, err := testkit.HaproxyBinary()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // Concurrent writers: writerCount tenants change their own fragment
@@ -46,33 +48,6 @@ func seedDomains(tb testing.TB, in *install, n, perFragment int) {
 		if err := os.WriteFile(filepath.Join(dir, name+".map"), []byte(hosts.String()), 0o644); err != nil {
 			tb.Fatal(err)
 		}
-	}
-}
-
-// countingHaproxy puts a wrapper in front of haproxy that appends a line
-// to a file for every haproxy -c, and returns the setting naming it and a
-// function counting the runs so far.
-func countingHaproxy(tb testing.TB, in *install) (setting string, checks func() int) {
-	tb.Helper()
-	real := requireHaproxy(tb)
-	count := filepath.Join(in.root, "haproxy-checks")
-	wrapper := writeFile(tb, filepath.Join(in.root, "haproxy-counting"), fmt.Sprintf(
-		"#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -c ] && echo >>%s; done\nexec %s \"$@\"\n", count, real))
-	if err := os.Chmod(wrapper, 0o755); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.WriteFile(count, nil, 0o666); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Chmod(count, 0o666); err != nil { // the check user appends too
-		tb.Fatal(err)
-	}
-	return "HAPROXY_CONFIG_HAPROXY=" + wrapper, func() int {
-		data, err := os.ReadFile(count)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		return len(data)
 	}
 }
 
@@ -157,9 +132,9 @@ func BenchmarkWriters(b *testing.B) {
 			in := newInstall(b)
 			in.startWait = 5 * time.Minute // 10,000 fragments on a busy machine
 			seedDomains(b, in, n, 5)
-			haproxySetting, checks := countingHaproxy(b, in)
-			in.env = in.with(haproxySetting, "HAPROXY_CONFIG_RELOAD_INTERVAL=100ms")
-			dir := openTempDir(b)
+			wrapper, checks := testkit.CountingHaproxy(b, in.root)
+			in.env = in.with("HAPROXY_CONFIG_HAPROXY="+wrapper, "HAPROXY_CONFIG_RELOAD_INTERVAL=100ms")
+			dir := testkit.OpenTempDir(b)
 			names := make([]string, writerCount)
 			for w := range names {
 				names[w] = fmt.Sprintf("writer%02d", w)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"haproxy-config/internal/testkit"
 	"haproxy-config/settings"
 )
 
@@ -110,7 +111,7 @@ var packagedFiles = []string{
 
 func TestDebPackage(t *testing.T) {
 	requireDebTools(t)
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	start := time.Now()
 	deb := buildDeb(t, "")
 	t.Logf("built %s (%d bytes) in %s", filepath.Base(deb), fileSize(t, deb), time.Since(start).Round(time.Millisecond))
@@ -402,7 +403,7 @@ func (c *chroot) tree(t *testing.T) map[string]bool {
 
 func TestDebInstallUpgradeRemovePurge(t *testing.T) {
 	requireDebTools(t)
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	v1 := buildDeb(t, "1.0.0-1")
 	v2 := buildDeb(t, "1.0.1-1")
 	c := newChroot(t)

@@ -6,12 +6,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"haproxy-config/assemble"
+	"haproxy-config/internal/testkit"
 	"haproxy-config/watcher"
 )
 
@@ -42,7 +44,7 @@ func requireBGP(t *testing.T) {
 func startBird(t *testing.T) *bgpLab {
 	t.Helper()
 	requireBGP(t)
-	lab := &bgpLab{dir: t.TempDir(), port: freePort(t),
+	lab := &bgpLab{dir: t.TempDir(), port: strconv.Itoa(testkit.FreePort(t)),
 		netns: newNetns(t, []string{"addr", "add", "192.0.2.10/32", "dev", "lo"},
 			[]string{"addr", "add", "192.0.2.11/32", "dev", "lo"},
 			[]string{"addr", "add", "192.0.2.12/32", "dev", "lo"})}
@@ -117,10 +119,10 @@ http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Monitor).serve_forever()
 }
 
 // start runs name in the lab's namespace in the background, stopped by
-// the test's cleanup (startProc).
+// the test's cleanup (testkit.StartProc).
 func (lab *bgpLab) start(t *testing.T, logName, name string, args ...string) {
 	t.Helper()
-	startProc(t, filepath.Join(lab.dir, logName), nil, "ip", append([]string{"netns", "exec", lab.netns, name}, args...)...)
+	testkit.StartProc(t, filepath.Join(lab.dir, logName), nil, "ip", append([]string{"netns", "exec", lab.netns, name}, args...)...)
 }
 
 // routes lists the prefixes in bird's table.
@@ -268,7 +270,7 @@ func TestAnnounceMonitorFlapAndDrain(t *testing.T) {
 	lab := startBird(t)
 	in := newInstall(t)
 	in.netns = lab.netns
-	checkPort := freePort(t)
+	checkPort := strconv.Itoa(testkit.FreePort(t))
 	writeFile(t, filepath.Join(in.root, "etc/haproxy-config/base.cfg"), announceBase(checkPort))
 	in.startDaemon(t)
 	// the third address is a server standing in for a frontend whose

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // apiSocket is where the daemon of an installation listens.
@@ -38,7 +40,7 @@ func apiBatches(d *daemon) []int {
 // still running, by PID.
 func (in *install) slowCheck(t *testing.T, hold time.Duration) (on func(bool)) {
 	t.Helper()
-	real := requireHaproxy(t)
+	real := testkit.RequireHaproxy(t)
 	flag, fifo := filepath.Join(in.root, "slow"), filepath.Join(in.root, "slow.fifo")
 	if err := syscall.Mkfifo(fifo, 0o666); err != nil {
 		t.Fatal(err)
@@ -89,7 +91,7 @@ func checksRunning(wrapper string) []int {
 func TestAPIConcurrent50(t *testing.T) {
 	in := newInstall(t)
 	d := in.startDaemon(t)
-	src := openTempDir(t)
+	src := testkit.OpenTempDir(t)
 	const n = 50
 	procs := make([]*proc, n)
 	for i := range n {
@@ -131,7 +133,7 @@ func TestAPIGroupWithOneBad(t *testing.T) {
 	in := newInstall(t)
 	slow := in.slowCheck(t, 2*time.Second)
 	d := in.startDaemon(t)
-	src := openTempDir(t)
+	src := testkit.OpenTempDir(t)
 	slow(true)
 	blocker := start(t, in.env, "", "apply", "blocker",
 		writeFile(t, filepath.Join(src, "blocker.cfg"), backendConf("blocker_web", "blocker")),
@@ -198,7 +200,7 @@ func TestAPIDaemonKilledMidRequest(t *testing.T) {
 	in := newInstall(t)
 	slow := in.slowCheck(t, 3*time.Second)
 	d := in.startDaemon(t)
-	src := openTempDir(t)
+	src := testkit.OpenTempDir(t)
 	conf := writeFile(t, filepath.Join(src, "shop.cfg"), backendConf("shop_web", "shop"))
 	hosts := writeFile(t, filepath.Join(src, "shop.map"), "shop.example.com shop_web\n")
 	slow(true)
@@ -256,7 +258,7 @@ func TestAPIRefusesOthers(t *testing.T) {
 	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
 		t.Errorf("API socket mode %v, want a socket with 0660", fi.Mode())
 	}
-	pub := openTempDir(t)
+	pub := testkit.OpenTempDir(t)
 	bin := filepath.Join(pub, "haproxy-config")
 	copyFile(t, binary, bin, 0o755)
 	conf := writeFile(t, filepath.Join(pub, "shop.cfg"), backendConf("shop_web", "shop"))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"haproxy-config/certs"
+	"haproxy-config/internal/testkit"
 )
 
 // certState reads the certificate manager's persisted state.
@@ -60,7 +61,7 @@ func (in *install) waitServed(t *testing.T, host string, roots *x509.CertPool, s
 func TestCertsIssuedThroughHAProxy(t *testing.T) {
 	in := newInstall(t)
 	p := startPebble(t, pebbleOptions{httpPort: in.httpPort})
-	metricsAddr := "127.0.0.1:" + freePort(t)
+	metricsAddr := testkit.FreeAddr(t)
 	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default", "HAPROXY_CONFIG_METRICS_ADDR="+metricsAddr)...)
 	in.startDaemon(t)
 	in.applyDomains(t, "shop", "shop", "a.example.com", "b.example.com")

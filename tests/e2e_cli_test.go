@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"haproxy-config/internal/testkit"
 )
 
 // listed is the part of "list --json" the tests look at.
@@ -34,7 +36,7 @@ func listJSON(t *testing.T, env []string) []listed {
 }
 
 func TestConcurrentApply50(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	in := newInstall(t)
 	src := t.TempDir()
 	const n = 50
@@ -218,7 +220,7 @@ func TestExitCodes(t *testing.T) {
 }
 
 func TestApplyFromStdin(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	in := newInstall(t)
 	src := t.TempDir()
 	conf := backendConf("be_stdin", "from stdin")
@@ -266,7 +268,7 @@ func TestApplyFromStdin(t *testing.T) {
 }
 
 func TestRejectedLeavesEverythingAsItWas(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	in := newInstall(t)
 	src := t.TempDir()
 	goodConf := backendConf("be_web", "good version")
@@ -328,7 +330,7 @@ func mapsEqual(a, b map[string]string) bool {
 }
 
 func TestDefaultsFile(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	in := newInstall(t)
 	src := t.TempDir()
 	custom := filepath.Join(in.root, "custom-frags")

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"haproxy-config/internal/testkit"
 	"haproxy-config/watcher"
 )
 
@@ -36,7 +37,7 @@ type daemon struct {
 // of the installation it left, by PID.
 func (in *install) startDaemon(t testing.TB, extra ...string) *daemon {
 	t.Helper()
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	d := &daemon{in: in, exited: make(chan struct{}),
 		log: filepath.Join(in.root, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
 	logFile, err := os.Create(d.log)

@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"haproxy-config/certs"
+	"haproxy-config/internal/testkit"
 )
 
 // dnsCertRow is what the DNS-01 tests read from "certs --json".
@@ -156,7 +158,7 @@ func TestDNSSuffixPlainName(t *testing.T) {
 	k := startKnot(t)
 	// Pebble's HTTP-01 requests go to a port nothing listens on: only
 	// DNS-01 can prove the name
-	p := startPebble(t, pebbleOptions{httpPort: freePort(t), dnsServer: k.addr})
+	p := startPebble(t, pebbleOptions{httpPort: strconv.Itoa(testkit.FreePort(t)), dnsServer: k.addr})
 	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default")...)
 	in.env = append(in.env, k.env(t, k.secret, "HAPROXY_CONFIG_ACME_DNS_SUFFIXES=internal.example.test")...)
 	logOnFailure(t, in.startDaemon(t), k)
@@ -298,7 +300,7 @@ func TestDNSExecProviderAndCrash(t *testing.T) {
 
 	// first run: the propagation check asks a server that does not answer,
 	// and the daemon dies during the order, its record in the zone
-	dm := in.startDaemon(t, "HAPROXY_CONFIG_ACME_DNS_RESOLVERS=127.0.0.1:"+freePort(t))
+	dm := in.startDaemon(t, "HAPROXY_CONFIG_ACME_DNS_RESOLVERS=127.0.0.1:"+strconv.Itoa(testkit.FreePort(t)))
 	logOnFailure(t, dm, k)
 	in.applyDomains(t, "hook", "hook", "*.hook.example.test")
 	// the hook logs its call before its update reaches the zone: wait for both

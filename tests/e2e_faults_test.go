@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"haproxy-config/internal/testkit"
 	"haproxy-config/watcher"
 )
 
@@ -48,7 +49,7 @@ func (in *install) generations(t *testing.T) string {
 // or during a hold, exits 5 and leaves the live config and map byte for
 // byte as they were (no daemon runs: the engine itself refuses).
 func TestAssembleRefusals(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	in := newInstall(t)
 	dir := t.TempDir()
 	for _, name := range []string{"one", "two"} {
@@ -274,7 +275,7 @@ func TestStatusOfAStoppedDaemon(t *testing.T) {
 // TestCheckCountsStrays: a misnamed file in the fragment directory makes
 // check and assemble exit 4, and their summaries say why.
 func TestCheckCountsStrays(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	in := newInstall(t)
 	dir := t.TempDir()
 	conf := writeFile(t, filepath.Join(dir, "shop.cfg"), backendConf("shop_web", "shop"))
@@ -325,7 +326,7 @@ func fillDisk(t *testing.T, dir string) string {
 // writes it without any change happening, so status sees it running and
 // apply --wait returns once the change is live.
 func TestDaemonStartedOnFullDisk(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	if os.Geteuid() != 0 {
 		t.Skip("SKIPPING: mounting the small file system that fills up needs root; run make test as root")
 	}

@@ -9,14 +9,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"haproxy-config/internal/testkit"
 	"haproxy-config/statedir"
 )
 
@@ -57,39 +58,6 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-// haproxyBinary finds haproxy the way the CLI does: PATH, then /usr/sbin.
-func haproxyBinary() (string, error) {
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		return p, nil
-	}
-	return exec.LookPath("/usr/sbin/haproxy")
-}
-
-// requireHaproxy skips a test that cannot run without haproxy.
-func requireHaproxy(t testing.TB) string {
-	t.Helper()
-	p, err := haproxyBinary()
-	if err != nil {
-		t.Skipf("SKIPPING: haproxy not installed: run tests/install-deps.sh (%v)", err)
-	}
-	return p
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer l.Close()
-	_, port, err := net.SplitHostPort(l.Addr().String())
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	return port
-}
-
 // install is one private haproxy-config installation.
 type install struct {
 	root       string
@@ -104,7 +72,7 @@ type install struct {
 
 func newInstall(t testing.TB) *install {
 	t.Helper()
-	in := &install{root: openTempDir(t), httpPort: freePort(t), httpsPort: freePort(t), statusPort: freePort(t)}
+	in := &install{root: testkit.OpenTempDir(t), httpPort: strconv.Itoa(testkit.FreePort(t)), httpsPort: strconv.Itoa(testkit.FreePort(t)), statusPort: strconv.Itoa(testkit.FreePort(t))}
 	in.env = []string{
 		"HAPROXY_CONFIG_ROOT=" + in.root,
 		// the tests' tenant servers are on loopback ports
@@ -112,22 +80,9 @@ func newInstall(t testing.TB) *install {
 		"HAPROXY_CONFIG_HTTP_ADDR=127.0.0.1:" + in.httpPort,
 		"HAPROXY_CONFIG_HTTPS_ADDR=127.0.0.1:" + in.httpsPort,
 		"HAPROXY_CONFIG_STATUS_ADDR=127.0.0.1:" + in.statusPort,
-		"HAPROXY_CONFIG_CHALLENGE_ADDR=127.0.0.1:" + freePort(t),
+		"HAPROXY_CONFIG_CHALLENGE_ADDR=127.0.0.1:" + strconv.Itoa(testkit.FreePort(t)),
 	}
 	return in
-}
-
-// openTempDir is a temporary directory that haproxy -c, which runs as the
-// unprivileged check user (haproxy) when the tests run as root, can reach.
-func openTempDir(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatalf("open %s to the check user: %v", d, err)
-		}
-	}
-	return dir
 }
 
 // with returns the installation's environment plus extra variables.

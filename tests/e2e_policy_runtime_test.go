@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // attack is a hostile fragment whose harm shows in what a client gets.
@@ -54,7 +56,7 @@ func randomHex(t *testing.T) string {
 // with the same base, which serves every secret: the attacks are real and
 // the requests would show them.
 func TestHostileFragmentsHaveNoEffect(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	control := newInstall(t)
 	attacks := runtimeAttacks(t, control)
 	plainHAProxy(t, control, attacks)
@@ -129,7 +131,7 @@ func plainHAProxy(t *testing.T, in *install, attacks []attack) {
 	if err := os.MkdirAll(filepath.Join(in.root, "run/haproxy-config"), 0o750); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, requireHaproxy(t), "-db", "-f", in.liveConfig())
+	cmd := exec.CommandContext(ctx, testkit.RequireHaproxy(t), "-db", "-f", in.liveConfig())
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HC_SECRET=" + envSecret}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out := &strings.Builder{}

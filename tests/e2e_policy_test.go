@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"haproxy-config/internal/testkit"
 	"haproxy-config/statedir"
 )
 
@@ -114,7 +115,7 @@ func storeState(t *testing.T, in *install) map[string]string {
 }
 
 func TestHostileCorpusRefusedByApply(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	cases := loadPolicyCorpus(t, hostileDir)
 	in := newInstall(t)
 	// an incumbent tenant whose objects the hostile cases reach for
@@ -148,7 +149,7 @@ func TestHostileCorpusRefusedByApply(t *testing.T) {
 }
 
 func TestHostileCorpusQuarantinedByWatch(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	cases := slices.DeleteFunc(loadPolicyCorpus(t, hostileDir), func(c policyCase) bool { return !mergeable(c) })
 	in := newInstall(t)
 	in.env = policyEnv(in, unionSettings(cases))
@@ -198,7 +199,7 @@ func TestHostileCorpusQuarantinedByWatch(t *testing.T) {
 }
 
 func TestBenignCorpusAccepted(t *testing.T) {
-	requireHaproxy(t)
+	testkit.RequireHaproxy(t)
 	cases := loadPolicyCorpus(t, benignDir)
 	in := newInstall(t)
 	in.env = policyEnv(in, unionSettings(cases))

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // haproxyProc is a haproxy master process started by a test.
@@ -124,7 +126,7 @@ func get(c *http.Client, url, host string) (reply, error) {
 const unknownHostPage = "no site is configured"
 
 func TestRoutingThroughHaproxy(t *testing.T) {
-	bin := requireHaproxy(t)
+	bin := testkit.RequireHaproxy(t)
 	in := newInstall(t)
 	env := in.env
 	sockDir := filepath.Join(in.root, "run/haproxy-config")

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"haproxy-config/assemble"
+	"haproxy-config/internal/testkit"
 	"haproxy-config/reload"
 	"haproxy-config/watcher"
 )
@@ -242,7 +243,7 @@ func stormControlOldStyle(t *testing.T) {
 		enoughLost = 3
 		pace       = 50 * time.Millisecond
 	)
-	haproxy := requireHaproxy(t)
+	haproxy := testkit.RequireHaproxy(t)
 	in, target := stormInstall(t)
 	mustRun(t, in.env, "", "assemble")
 	// the generated configuration, minus master-worker: daemon mode the

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // TestWatchApplyRemove drives the daemon through the CLI: apply --wait
@@ -122,7 +124,7 @@ func TestWatchCopiedFiles(t *testing.T) {
 // changing live, and fixing the file lets it go live by itself.
 func TestWatchQuarantine(t *testing.T) {
 	in := newInstall(t)
-	metricsAddr := "127.0.0.1:" + freePort(t)
+	metricsAddr := testkit.FreeAddr(t)
 	in.startDaemon(t, "HAPROXY_CONFIG_WAIT_MIN=50ms", "HAPROXY_CONFIG_METRICS_ADDR="+metricsAddr)
 	dir := t.TempDir()
 	conf := writeFile(t, filepath.Join(dir, "good.cfg"), backendConf("good_web", "good v1"))

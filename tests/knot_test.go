@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // knot is a running Knot DNS (Debian's knotd), authoritative for
@@ -57,7 +60,7 @@ func knotBinaries(t testing.TB) (knotd, kdig, knsupdate string) {
 func startKnot(t testing.TB) *knot {
 	t.Helper()
 	knotd, _, _ := knotBinaries(t)
-	k := &knot{dir: t.TempDir(), port: freePort(t), key: "hc-test-key."}
+	k := &knot{dir: t.TempDir(), port: strconv.Itoa(testkit.FreePort(t)), key: "hc-test-key."}
 	k.addr = "127.0.0.1:" + k.port
 	k.log = filepath.Join(k.dir, "knot.log")
 	k.secret = randomSecret(t)
@@ -89,7 +92,7 @@ zone:
     acl: update
 `, k.dir, k.port, k.key, k.secret)
 	confFile := writeFile(t, filepath.Join(k.dir, "knot.conf"), conf)
-	startProc(t, k.log, nil, knotd, "-c", confFile)
+	testkit.StartProc(t, k.log, nil, knotd, "-c", confFile)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		out, err := k.query(t, "SOA", "example.test")

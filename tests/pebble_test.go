@@ -16,12 +16,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"haproxy-config/internal/testkit"
 )
 
 // pebbleVersion is the Pebble the certificate tests need: ARI and
@@ -78,13 +79,13 @@ func startPebble(t testing.TB, opt pebbleOptions) *pebble {
 	writeSelfSigned(t, certFile, keyFile)
 	p.caFile = certFile
 
-	acmePort, mgmtPort := freePort(t), freePort(t)
+	acmePort, mgmtPort := strconv.Itoa(testkit.FreePort(t)), strconv.Itoa(testkit.FreePort(t))
 	dnsServer := opt.dnsServer
 	if dnsServer == "" {
-		dnsPort, dnsMgmtPort := freePort(t), freePort(t)
+		dnsPort, dnsMgmtPort := strconv.Itoa(testkit.FreePort(t)), strconv.Itoa(testkit.FreePort(t))
 		dnsServer = "127.0.0.1:" + dnsPort
 		p.dnsMgmt = "http://127.0.0.1:" + dnsMgmtPort
-		startProc(t, filepath.Join(p.dir, "dns.log"), nil, challBin,
+		testkit.StartProc(t, filepath.Join(p.dir, "dns.log"), nil, challBin,
 			"-dnsserver", dnsServer, "-management", "127.0.0.1:"+dnsMgmtPort,
 			"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
 			"-defaultIPv4", "127.0.0.1", "-defaultIPv6", "")
@@ -100,7 +101,7 @@ func startPebble(t testing.TB, opt pebbleOptions) *pebble {
 		"certificate":                    certFile,
 		"privateKey":                     keyFile,
 		"httpPort":                       mustAtoi(t, opt.httpPort),
-		"tlsPort":                        mustAtoi(t, freePort(t)),
+		"tlsPort":                        testkit.FreePort(t),
 		"ocspResponderURL":               "",
 		"externalAccountBindingRequired": false,
 		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
@@ -112,7 +113,7 @@ func startPebble(t testing.TB, opt pebbleOptions) *pebble {
 	if opt.alwaysValid {
 		env = append(env, "PEBBLE_VA_ALWAYS_VALID=1")
 	}
-	startProc(t, p.log, env, pebbleBin, "-config", cfgFile, "-dnsserver", dnsServer)
+	testkit.StartProc(t, p.log, env, pebbleBin, "-config", cfgFile, "-dnsserver", dnsServer)
 
 	pool := x509.NewCertPool()
 	pemBytes, _ := os.ReadFile(certFile)
@@ -201,39 +202,6 @@ func (p *pebble) replacements(t testing.TB) int {
 	t.Helper()
 	data, _ := os.ReadFile(p.log)
 	return strings.Count(string(data), "is a replacement of")
-}
-
-// startProc starts a helper process with its output in logFile and makes
-// the test stop it (SIGTERM, then SIGKILL) by its PID.
-func startProc(t testing.TB, logFile string, env []string, bin string, args ...string) *exec.Cmd {
-	t.Helper()
-	out, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		out.Close()
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		out.Close()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	return cmd
 }
 
 // writeSelfSigned writes a certificate for 127.0.0.1 and localhost.

@@ -23,6 +23,7 @@ import (
 
 	"haproxy-config/assemble"
 	"haproxy-config/certs"
+	"haproxy-config/internal/testkit"
 )
 
 // policyCase is one corpus case: NNN-slug.cfg, with NNN-slug.map when the
@@ -212,17 +213,17 @@ func corpusBase(t *testing.T) (string, []byte) {
 	if err := certs.EnsureFiles(fallback, crtList); err != nil {
 		t.Fatal(err)
 	}
-	httpsPort := freePort(t)
+	httpsPort := strconv.Itoa(testkit.FreePort(t))
 	base, err := assemble.RenderBase("base.cfg", assemble.DefaultBase, assemble.Vars{
-		HTTPAddr:      "127.0.0.1:" + freePort(t),
+		HTTPAddr:      testkit.FreeAddr(t),
 		HTTPSAddr:     "127.0.0.1:" + httpsPort,
 		HTTPSPort:     ":" + httpsPort,
 		MapFile:       "hosts.map",
 		CrtList:       crtList,
 		FallbackCert:  fallback,
 		RuntimeSocket: filepath.Join(root, "run/admin.sock"),
-		ChallengeAddr: "127.0.0.1:" + freePort(t),
-		StatusAddr:    "127.0.0.1:" + freePort(t),
+		ChallengeAddr: testkit.FreeAddr(t),
+		StatusAddr:    testkit.FreeAddr(t),
 		Marker:        assemble.MarkerPlaceholder,
 	})
 	if err != nil {
@@ -292,7 +293,7 @@ func requireCorpusHaproxy(t *testing.T) string {
 	if testing.Short() {
 		t.Skip("runs haproxy -c on every corpus case")
 	}
-	return requireHaproxy(t)
+	return testkit.RequireHaproxy(t)
 }
 
 // TestHostileCorpusIsRealHAProxy: haproxy accepts every hostile case

@@ -15,21 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"haproxy-config/internal/testkit"
 	"haproxy-config/reload"
 	"haproxy-config/settings"
 	"haproxy-config/statedir"
 )
-
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // notifications reads sd_notify datagrams until the socket is closed.
 func notifications(conn *net.UnixConn) <-chan string {
@@ -186,10 +176,10 @@ func TestNotifyProtocol(t *testing.T) {
 	}
 	env := map[string]string{
 		"HAPROXY_CONFIG_ROOT":           root,
-		"HAPROXY_CONFIG_HTTP_ADDR":      freeAddr(t),
-		"HAPROXY_CONFIG_HTTPS_ADDR":     freeAddr(t),
-		"HAPROXY_CONFIG_STATUS_ADDR":    freeAddr(t),
-		"HAPROXY_CONFIG_CHALLENGE_ADDR": freeAddr(t),
+		"HAPROXY_CONFIG_HTTP_ADDR":      testkit.FreeAddr(t),
+		"HAPROXY_CONFIG_HTTPS_ADDR":     testkit.FreeAddr(t),
+		"HAPROXY_CONFIG_STATUS_ADDR":    testkit.FreeAddr(t),
+		"HAPROXY_CONFIG_CHALLENGE_ADDR": testkit.FreeAddr(t),
 	}
 	load := func() (*settings.Settings, error) {
 		return settings.Load(settings.Source{Getenv: func(k string) (string, bool) {
@@ -226,8 +216,7 @@ func TestNotifyProtocol(t *testing.T) {
 			t.Errorf("Run did not return within 30s of the cancel")
 		}
 		if pid, err := readPIDFile(pidFile); err == nil && pid > 1 && pidAlive(pid) && isHaproxy(pid) {
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+			testkit.KillGroup(pid)
 		}
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", logBuf.String())

@@ -1,0 +1,136 @@
+// Package testkit holds the helpers the tests of every package share:
+// loopback ports, finding haproxy, directories the check user can reach,
+// and processes started and stopped by their PID.
+package testkit
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// FreeAddr is FreePort as a "127.0.0.1:PORT" address.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	return fmt.Sprintf("127.0.0.1:%d", FreePort(tb))
+}
+
+// HaproxyBinary finds haproxy the way the CLI does: PATH, then /usr/sbin.
+func HaproxyBinary() (string, error) {
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		return p, nil
+	}
+	return exec.LookPath("/usr/sbin/haproxy")
+}
+
+// RequireHaproxy returns haproxy's path, or skips a test that cannot run
+// without it.
+func RequireHaproxy(tb testing.TB) string {
+	tb.Helper()
+	p, err := HaproxyBinary()
+	if err != nil {
+		tb.Skipf("SKIPPING: haproxy not installed: run tests/install-deps.sh (%v)", err)
+	}
+	return p
+}
+
+// OpenTempDir is a temporary directory that haproxy -c, which runs as the
+// unprivileged check user when the tests run as root, can reach.
+func OpenTempDir(tb testing.TB) string {
+	tb.Helper()
+	dir := tb.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			tb.Fatalf("open %s to the check user: %v", d, err)
+		}
+	}
+	return dir
+}
+
+// CountingHaproxy writes into dir (one OpenTempDir gave, so that the check
+// user may run it) a wrapper in front of haproxy that counts every
+// haproxy -c, and returns the wrapper's path and a function counting the
+// runs so far. It skips the test without haproxy.
+func CountingHaproxy(tb testing.TB, dir string) (wrapper string, checks func() int) {
+	tb.Helper()
+	real := RequireHaproxy(tb)
+	count := filepath.Join(dir, "haproxy-checks")
+	wrapper = filepath.Join(dir, "haproxy-counting")
+	script := fmt.Sprintf("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -c ] && echo >>%s; done\nexec %s \"$@\"\n", count, real)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Chmod(wrapper, 0o755); err != nil { // whatever the umask
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(count, nil, 0o666); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Chmod(count, 0o666); err != nil { // the check user appends too
+		tb.Fatal(err)
+	}
+	return wrapper, func() int {
+		tb.Helper()
+		data, err := os.ReadFile(count)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return len(data)
+	}
+}
+
+// StartProc starts a helper process with its output in logFile and makes
+// the test stop it (SIGTERM, then SIGKILL) by its PID.
+func StartProc(tb testing.TB, logFile string, env []string, bin string, args ...string) *exec.Cmd {
+	tb.Helper()
+	out, err := os.Create(logFile)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		tb.Fatalf("start %s: %v", bin, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		out.Close()
+		close(exited)
+	}()
+	tb.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	return cmd
+}
+
+// KillGroup kills pid and its process group with SIGKILL: what a test does
+// with a HAProxy master its code under test failed to stop.
+func KillGroup(pid int) {
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
