@@ -24,7 +24,7 @@ const (
 	writerChanges = 50
 	// writerBudget bounds one burst: a writer that has not finished by then
 	// stops, and the rates count the changes made.
-	writerBudget = 40 * time.Second
+	writerBudget = 25 * time.Second
 )
 
 // seedDomains writes n fragments straight into the store, each one backend
