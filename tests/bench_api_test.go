@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
@@ -35,11 +34,6 @@ func BenchmarkAPIApply(b *testing.B) {
 			b.Fatalf("apply: %v\n%s", err, out)
 		}
 		return time.Since(start)
-	}
-	report := func(lat []time.Duration, name string) {
-		slices.Sort(lat)
-		b.ReportMetric(ms(percentile(lat, 0.5)), name+"-p50-ms")
-		b.ReportMetric(ms(percentile(lat, 0.99)), name+"-p99-ms")
 	}
 	for b.Loop() {
 		var local, viaCLI, viaSocket []time.Duration
@@ -75,9 +69,9 @@ func BenchmarkAPIApply(b *testing.B) {
 				MapFile: "bench.map", Map: fmt.Appendf(nil, "bench.example.com bench_web\nm%d.example.com bench_web\n", i)}))
 		}
 		d.stop(b)
-		report(local, "cli-no-daemon")
-		report(viaCLI, "cli-via-daemon")
-		report(viaSocket, "socket-round-trip")
-		report(mapOnly, "socket-map-only")
+		reportLatencies(b, "cli-no-daemon", local)
+		reportLatencies(b, "cli-via-daemon", viaCLI)
+		reportLatencies(b, "socket-round-trip", viaSocket)
+		reportLatencies(b, "socket-map-only", mapOnly)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 )
@@ -55,12 +54,8 @@ func benchMapOnly(b *testing.B, tenants, changes int) {
 		if n := in.status(b).Counts.Reloads - reloads; n != 1 {
 			b.Fatalf("%d reloads for one config change and %d map-only changes, want 1", n, changes-1)
 		}
-		slices.Sort(cli)
-		slices.Sort(internal)
-		b.ReportMetric(ms(percentile(cli, 0.5)), "cli-p50-ms")
-		b.ReportMetric(ms(percentile(cli, 0.99)), "cli-p99-ms")
-		b.ReportMetric(ms(percentile(internal, 0.5)), "daemon-p50-ms")
-		b.ReportMetric(ms(percentile(internal, 0.99)), "daemon-p99-ms")
+		reportLatencies(b, "cli", cli)
+		reportLatencies(b, "daemon", internal)
 		fmt.Printf("map-only change, %d changes, %d other tenants\n%-34s %8s %8s\n", len(cli), tenants, "", "p50 ms", "p99 ms")
 		fmt.Printf("%-34s %8.2f %8.2f\n", "apply --wait (CLI, end to end)", ms(percentile(cli, 0.5)), ms(percentile(cli, 0.99)))
 		fmt.Printf("%-34s %8.2f %8.2f\n", "daemon: change seen -> map verified", ms(percentile(internal, 0.5)), ms(percentile(internal, 0.99)))
@@ -105,12 +100,8 @@ func BenchmarkMapOnlyInterleaved(b *testing.B) {
 			}
 		}
 		n := in.status(b).Counts.Reloads - reloads
-		slices.Sort(cfg)
-		slices.Sort(mapOnly)
-		b.ReportMetric(ms(percentile(cfg, 0.5)), "config-p50-ms")
-		b.ReportMetric(ms(percentile(cfg, 0.99)), "config-p99-ms")
-		b.ReportMetric(ms(percentile(mapOnly, 0.5)), "maponly-p50-ms")
-		b.ReportMetric(ms(percentile(mapOnly, 0.99)), "maponly-p99-ms")
+		reportLatencies(b, "config", cfg)
+		reportLatencies(b, "maponly", mapOnly)
 		b.ReportMetric(float64(n)/rounds, "reloads/config-change")
 		fmt.Printf("interleaved: %d config changes and %d map-only changes in turn, 100 other tenants, %d reloads\n%-34s %8s %8s\n",
 			len(cfg), len(mapOnly), n, "apply --wait (CLI, end to end)", "p50 ms", "p99 ms")

@@ -49,6 +49,14 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// reportLatencies sorts lat and reports its median and p99 as NAME-p50-ms
+// and NAME-p99-ms.
+func reportLatencies(b *testing.B, name string, lat []time.Duration) {
+	slices.Sort(lat)
+	b.ReportMetric(ms(percentile(lat, 0.5)), name+"-p50-ms")
+	b.ReportMetric(ms(percentile(lat, 0.99)), name+"-p99-ms")
+}
+
 // BenchmarkApplyToLive measures apply --wait on an idle daemon with a
 // managed HAProxy and benchFragments tenants, and with 10,000, against
 // the floor: haproxy -c of the same configuration plus one verified
@@ -81,12 +89,8 @@ func BenchmarkApplyToLive(b *testing.B) {
 					lat = append(lat, time.Since(start))
 					floor = append(floor, in.floor(b))
 				}
-				slices.Sort(lat)
-				slices.Sort(floor)
-				b.ReportMetric(ms(percentile(lat, 0.5)), "apply-live-p50-ms")
-				b.ReportMetric(ms(percentile(lat, 0.99)), "apply-live-p99-ms")
-				b.ReportMetric(ms(percentile(floor, 0.5)), "floor-p50-ms")
-				b.ReportMetric(ms(percentile(floor, 0.99)), "floor-p99-ms")
+				reportLatencies(b, "apply-live", lat)
+				reportLatencies(b, "floor", floor)
 				b.ReportMetric(float64(percentile(lat, 0.5))/float64(percentile(floor, 0.5)), "ratio-p50")
 			}
 		})

@@ -20,16 +20,21 @@ func readMapFile(path string) (map[string]string, error) {
 	return assemble.ParseHostMap(path, data)
 }
 
+// liveMap reads the live map file, and the name the config gives it.
+func (d *Daemon) liveMap() (entries map[string]string, name string, err error) {
+	if entries, err = readMapFile(d.s.OutputMap); err != nil {
+		return nil, "", err
+	}
+	name, err = d.eng.MapRef()
+	return entries, name, err
+}
+
 // syncMap brings HAProxy's runtime host map to the live map file in one
 // atomic swap, then reads it back. It reports whether the runtime map had
 // to change, and the number of entries.
 func (d *Daemon) syncMap(ctx context.Context) (changed bool, entries int, err error) {
 	d.rtEntries = nil
-	want, err := readMapFile(d.s.OutputMap)
-	if err != nil {
-		return false, 0, err
-	}
-	name, err := d.eng.MapRef()
+	want, name, err := d.liveMap()
 	if err != nil {
 		return false, 0, err
 	}
@@ -72,11 +77,7 @@ func (d *Daemon) updateMap(ctx context.Context) (changed bool, entries int, err 
 		return d.syncMap(ctx)
 	}
 	d.rtEntries = nil
-	want, err := readMapFile(d.s.OutputMap)
-	if err != nil {
-		return false, 0, err
-	}
-	name, err := d.eng.MapRef()
+	want, name, err := d.liveMap()
 	if err != nil {
 		return false, 0, err
 	}
