@@ -4,7 +4,8 @@
 # mmdebstrap and systemd (systemd-analyze) for the package tests; ansible-core
 # for the Ansible tests; exabgp, bird2, iproute2, python3 and keepalived for
 # the route announcement and health tests; Knot (knotd, and kdig/knsupdate
-# from knot-dnsutils), the authoritative DNS server of the DNS-01 tests, all
+# from knot-dnsutils), the authoritative DNS server of the DNS-01 tests;
+# etcd-server (/usr/bin/etcd), the etcd of the fleet storage tests, all
 # from Debian; and Pebble v2.10.1 with
 # pebble-challtestsrv (Let's Encrypt's test CA, newer than Debian's 2.4.0:
 # ARI and profiles) from the Go module proxy into /usr/local/bin.
@@ -40,6 +41,9 @@ command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || missing+
 # started here (the tests run their own knotd on a loopback port)
 command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ] || missing+=(knot)
 command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
+# the fleet storage tests (certs/etcdstorage) run their own 3-member etcd
+# on loopback ports; the package's etcd.service is disabled below
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -50,3 +54,9 @@ echo "install-deps: installing ${missing[*]}" >&2
 $sudo apt-get update -qq
 # policy-rc.d style guard: never start Debian's haproxy.service from here
 DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# etcd-server's postinst enables (and, under systemd, starts) a system etcd
+# on 2379/2380: the tests do not want it
+if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+  $sudo systemctl disable etcd.service >/dev/null 2>&1 || true
+  if [ -d /run/systemd/system ]; then $sudo systemctl stop etcd.service || true; fi
+fi
