@@ -3,9 +3,12 @@ package etcdstorage
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -282,6 +285,74 @@ func TestDeadHolderReleasedWithinTTL(t *testing.T) {
 		_ = l2.Unlock(context.Background())
 		t.Error("the dead holder's late Unlock released the new holder's lock")
 	}
+	if err := l.Unlock(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+// holderEnv makes the test binary a lock holder: TestMain runs holdLock.
+const holderEnv = "ETCDSTORAGE_TEST_HOLDER"
+
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv(holderEnv); cfg != "" {
+		os.Exit(holdLock(cfg))
+	}
+	os.Exit(m.Run())
+}
+
+// holdLock takes orders/a.example.com with the Config in JSON, says
+// "locked" and waits to be killed.
+func holdLock(cfgJSON string) int {
+	var cfg Config
+	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	s, err := Open(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer s.Close()
+	if _, _, err := lockWithin(s, "orders/a.example.com", 10*time.Second); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Println("locked")
+	time.Sleep(time.Minute)
+	return 1
+}
+
+func TestKilledHolderReleasedWithinTTL(t *testing.T) {
+	c := cluster(t)
+	cfg := fleet(t, c)
+	other := open(t, cfg)
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(t.TempDir(), "holder.log")
+	holder := testkit.StartProc(t, log, []string{holderEnv + "=" + string(cfgJSON)}, os.Args[0], "-test.run=^$")
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if out, _ := os.ReadFile(log); strings.Contains(string(out), "locked") {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the holder process did not lock: %s", out)
+		}
+	}
+	if l, _, err := lockWithin(other, "orders/a.example.com", 200*time.Millisecond); err == nil {
+		_ = l.Unlock(context.Background())
+		t.Fatal("a lock held by another process granted")
+	}
+	if err := holder.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	l, _, err := lockWithin(other, "orders/a.example.com", testTTL+5*time.Second)
+	if err != nil {
+		t.Fatalf("the lock of a holder killed with -9 is not released within its TTL %v and 5 s: %v", testTTL, err)
+	}
+	t.Logf("the lock of a holder killed with -9 granted to another %v after the kill (TTL %v)", time.Since(killed).Round(time.Millisecond), testTTL)
 	if err := l.Unlock(context.Background()); err != nil {
 		t.Error(err)
 	}
