@@ -324,6 +324,9 @@ func (p *part) read(maxBytes int64, cache *FileCache) error {
 	}
 	p.modTime, p.found = fi.ModTime(), true
 	if cache != nil {
+		// every reader of a cached part gets these very bytes: without
+		// room to spare, an append (Normalize's last newline) copies them
+		p.data = slices.Clip(p.data)
 		// the descriptor's fstat after the read: a write during it shows
 		if after, err := f.Stat(); err == nil {
 			if id, ok := idOf(after); ok && id.size == int64(len(p.data)) {

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -830,5 +831,53 @@ func TestFileCache(t *testing.T) {
 	s.Files.mu.Unlock()
 	if kept {
 		t.Error("the cache keeps a removed file")
+	}
+}
+
+// TestFileCacheSharedBytesStayPrivate: the daemon's two engines share one
+// FileCache, so the bytes a cache hit hands out are handed to both. What
+// one does with its fragment (Normalize appends the missing last newline)
+// must not write into memory the other holds.
+func TestFileCacheSharedBytesStayPrivate(t *testing.T) {
+	loop := newStore(t)
+	loop.Files = NewFileCache()
+	api := &Store{Dir: loop.Dir, StateDir: loop.StateDir, Files: loop.Files}
+	writeRaw(t, loop.Dir, "a.cfg", "backend a") // no last newline
+	writeRaw(t, loop.Dir, "a.map", "a.example.com a")
+	if _, _, err := loop.ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	loop.Files.mu.Lock()
+	for path, cp := range loop.Files.m { // read long after its last change
+		cp.readAt = cp.readAt.Add(2 * racyWindow)
+		loop.Files.m[path] = cp
+	}
+	loop.Files.mu.Unlock()
+	readA := func(s *Store) *Stored {
+		t.Helper()
+		all, ps, err := s.ReadAll()
+		if err != nil || len(ps) > 0 || len(all) != 1 {
+			t.Fatal(all, ps, err)
+		}
+		return all[0]
+	}
+	a, b := readA(loop), readA(api)
+	if &a.Conf[0] != &b.Conf[0] {
+		t.Fatal("the second read did not come from the cache")
+	}
+	var wg sync.WaitGroup
+	for _, st := range []*Stored{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, ps := st.Parse(Policy{}); len(ps) > 0 {
+				t.Error(ps)
+			}
+		}()
+	}
+	wg.Wait()
+	mine := append(a.Conf, '#')
+	if n := len(b.Conf); cap(b.Conf) > n && b.Conf[:n+1][n] == mine[n] {
+		t.Errorf("appending to one reader's bytes wrote into the other's (cap %d, len %d)", cap(b.Conf), n)
 	}
 }
