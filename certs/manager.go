@@ -664,9 +664,15 @@ func (m *Manager) takeRequests(now time.Time) {
 				m.Log.Info("certificate renewal requested", "domain", d.Name)
 			}
 		}
+	}
+	// a request is deleted once the state recording it is saved: a
+	// failed save leaves it to be taken again
+	if m.saveLocked() != nil {
+		return
+	}
+	for _, key := range keys {
 		_ = m.store.Delete(ctx, key)
 	}
-	m.saveLocked()
 }
 
 func (m *Manager) saveLocked() error {

@@ -211,3 +211,38 @@ func TestChallengesAnswerFromTheirStorage(t *testing.T) {
 		t.Errorf("token after CleanUp: %v", err)
 	}
 }
+
+// stateFailing fails every Store of the state once fail is set.
+type stateFailing struct {
+	*FileStorage
+	fail *bool
+}
+
+func (s stateFailing) Store(ctx context.Context, key string, value []byte) error {
+	if *s.fail && key == Keys.State() {
+		return errors.New("disk full")
+	}
+	return s.FileStorage.Store(ctx, key, value)
+}
+
+// TestRenewalRequestKeptUntilStateSaved: a renewal request is deleted only
+// once the state that records it is saved, so a failed save loses none.
+func TestRenewalRequestKeptUntilStateSaved(t *testing.T) {
+	r := newRig(t, policy(), "")
+	files := NewFileStorage(filepath.Join(r.dir, "store"), filepath.Join(r.dir, "store-certs"))
+	m := r.m
+	fail := false
+	m.Storage = stateFailing{files, &fail}
+	if err := m.Init(); err != nil {
+		t.Fatal(err)
+	}
+	m.st.Domains["a.example.com"] = &Domain{Name: "a.example.com"}
+	if err := m.Renew([]string{"a.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	fail = true
+	m.takeRequests(r.now)
+	if keys, err := files.List(context.Background(), Keys.RenewRequests()); err != nil || len(keys) != 1 {
+		t.Errorf("renewal requests after a failed state save: %q, %v; want the request kept", keys, err)
+	}
+}
