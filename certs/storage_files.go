@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"github.com/google/renameio/v2"
+
+	"haproxy-config/fragments"
 )
 
 // FileStorage is the Storage of one balancer: every value a file under
@@ -80,13 +82,20 @@ func (s *FileStorage) Store(_ context.Context, key string, value []byte) error {
 		return err
 	}
 	if strings.HasPrefix(key, certificatesPrefix+"/") {
-		return writeSecret(p, value)
+		if err := writeSecret(p, value); err != nil {
+			return err
+		}
+		return fragments.Sync(filepath.Dir(p))
 	}
 	mode, dirMode := fileModes(key)
 	if err := os.MkdirAll(filepath.Dir(p), dirMode); err != nil {
 		return err
 	}
-	return renameio.WriteFile(p, value, mode)
+	if err := renameio.WriteFile(p, value, mode); err != nil {
+		return err
+	}
+	// the rename is durable once the directory is: Store promises that
+	return fragments.Sync(filepath.Dir(p))
 }
 
 // Delete removes key.

@@ -327,9 +327,11 @@ func (p *part) read(maxBytes int64, cache *FileCache) error {
 		// every reader of a cached part gets these very bytes: without
 		// room to spare, an append (Normalize's last newline) copies them
 		p.data = slices.Clip(p.data)
-		// the descriptor's fstat after the read: a write during it shows
+		// the descriptor's fstat before and after the read agree unless a
+		// write came in between, whatever the clock did meanwhile
+		before, _ := idOf(fi)
 		if after, err := f.Stat(); err == nil {
-			if id, ok := idOf(after); ok && id.size == int64(len(p.data)) {
+			if id, ok := idOf(after); ok && id == before && id.size == int64(len(p.data)) {
 				cache.store(p.path, cachedPart{id: id, readAt: readAt, data: p.data, modTime: p.modTime})
 			}
 		}
