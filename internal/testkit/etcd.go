@@ -14,22 +14,13 @@ import (
 )
 
 // EtcdBinary finds etcd: PATH, then Debian's /usr/bin/etcd.
-func EtcdBinary() (string, error) {
-	if p, err := exec.LookPath("etcd"); err == nil {
-		return p, nil
-	}
-	return exec.LookPath("/usr/bin/etcd")
-}
+func EtcdBinary() (string, error) { return findBinary("etcd", "/usr/bin/etcd") }
 
 // RequireEtcd returns etcd's path, or skips a test that cannot run
 // without it.
 func RequireEtcd(tb testing.TB) string {
 	tb.Helper()
-	p, err := EtcdBinary()
-	if err != nil {
-		tb.Skipf("SKIPPING: etcd not installed: run tests/install-deps.sh (Debian's etcd-server) (%v)", err)
-	}
-	return p
+	return require(tb, EtcdBinary, "etcd", "etcd-server")
 }
 
 // EtcdCluster is an etcd cluster on loopback ports, each member a process

@@ -32,20 +32,36 @@ func FreeAddr(tb testing.TB) string {
 }
 
 // HaproxyBinary finds haproxy the way the CLI does: PATH, then /usr/sbin.
-func HaproxyBinary() (string, error) {
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		return p, nil
-	}
-	return exec.LookPath("/usr/sbin/haproxy")
-}
+func HaproxyBinary() (string, error) { return findBinary("haproxy", "/usr/sbin/haproxy") }
 
 // RequireHaproxy returns haproxy's path, or skips a test that cannot run
 // without it.
 func RequireHaproxy(tb testing.TB) string {
 	tb.Helper()
-	p, err := HaproxyBinary()
+	return require(tb, HaproxyBinary, "haproxy", "")
+}
+
+// findBinary looks name up in PATH, then at the path a Debian package
+// installs it to.
+func findBinary(name, debian string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return exec.LookPath(debian)
+}
+
+// require returns what find finds, or skips the test with a loud reason:
+// name is not installed, and tests/install-deps.sh installs it (from the
+// Debian package pkg, when that is another name).
+func require(tb testing.TB, find func() (string, error), name, pkg string) string {
+	tb.Helper()
+	p, err := find()
 	if err != nil {
-		tb.Skipf("SKIPPING: haproxy not installed: run tests/install-deps.sh (%v)", err)
+		from := ""
+		if pkg != "" {
+			from = " (Debian's " + pkg + ")"
+		}
+		tb.Skipf("SKIPPING: %s not installed: run tests/install-deps.sh%s (%v)", name, from, err)
 	}
 	return p
 }
