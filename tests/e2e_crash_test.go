@@ -312,6 +312,10 @@ func TestWatchCrash(t *testing.T) {
 					victimDone <- "completed"
 				case errors.As(waitErr, &exit) && exit.ExitCode() < 0:
 					victimDone <- "killed"
+				case errors.As(waitErr, &exit) && exit.ExitCode() == 5 && strings.Contains(p.stderr.String(), "the daemon did not answer"):
+					// the daemon was killed first, after it took the request:
+					// stored whole or not at all, as a killed apply
+					victimDone <- "unanswered"
 				default:
 					victimDone <- fmt.Sprintf("failed: %v\nstderr: %s", waitErr, p.stderr.String())
 				}
