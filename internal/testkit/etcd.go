@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -112,23 +111,6 @@ func (c *EtcdCluster) start(m *EtcdMember) {
 	}()
 	m.cmd, m.exited = cmd, exited
 	c.tb.Cleanup(func() { stopProc(cmd, exited) })
-}
-
-// stopProc stops a process by its PID, SIGTERM then SIGKILL, and waits
-// for it; nothing when it has exited.
-func stopProc(cmd *exec.Cmd, exited chan struct{}) {
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		_ = cmd.Process.Kill()
-		<-exited
-	}
 }
 
 // Stop stops member i and waits until it has exited.

@@ -132,16 +132,25 @@ func StartProc(tb testing.TB, logFile string, env []string, bin string, args ...
 		out.Close()
 		close(exited)
 	}()
-	tb.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
+	tb.Cleanup(func() { stopProc(cmd, exited) })
 	return cmd
+}
+
+// stopProc stops a process by its PID, SIGTERM then SIGKILL, and waits
+// for it; nothing when it has exited.
+func stopProc(cmd *exec.Cmd, exited chan struct{}) {
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
 }
 
 // KillGroup kills pid and its process group with SIGKILL: what a test does
