@@ -45,6 +45,14 @@ type Manager struct {
 	// Storage keeps what the manager persists (see Storage); nil: a
 	// FileStorage on StateDir and CertsDir
 	Storage Storage
+	// Shared, when set, is the storage a fleet of balancers shares (see
+	// Fleet mode in fleet.go): the ACME account, the certificates, the
+	// order locks, the fleet's order budget and each domain's failure
+	// state are kept there; the manager's own state, the renewal
+	// requests and the DNS-01 journal stay in Storage, this node's.
+	Shared Storage
+	// Node names this balancer in the fleet (locks, heartbeats).
+	Node string
 	// Issuer connects to the CA; it is called again after a failure, so
 	// a CA unreachable at start does not stop the daemon.
 	Issuer func(ctx context.Context) (Issuer, error)

@@ -145,3 +145,41 @@ func (KeyBuilder) Certificate(domain string) string {
 
 // OrderLock is the lock held while ordering the certificate of domain.
 func (KeyBuilder) OrderLock(domain string) string { return path.Join("orders", domain) }
+
+// What only a fleet's shared storage holds (Manager.Shared).
+
+// Schedule is the fleet's failure state of domain's orders (JSON): the
+// backoff every node honours after one node's failed order.
+func (KeyBuilder) Schedule(domain string) string {
+	return path.Join("schedule", strings.TrimSuffix(fileName(domain), ".pem")+".json")
+}
+
+// Budget is the fleet's order budget: when each order of the current
+// window started (JSON), changed only under BudgetLock.
+func (KeyBuilder) Budget() string { return "acme/budget.json" }
+
+// BudgetLock is the lock held while the budget is read and changed.
+func (KeyBuilder) BudgetLock() string { return "budget" }
+
+// AccountLock is the lock held while the ACME account is created and
+// registered, so that a fleet starting at once registers one account.
+func (KeyBuilder) AccountLock() string { return "account" }
+
+// Nodes is the prefix of the nodes' heartbeats.
+func (KeyBuilder) Nodes() string { return "nodes" }
+
+// Node is the heartbeat of the node name (JSON).
+func (KeyBuilder) Node(name string) string { return path.Join("nodes", name) }
+
+// Watcher is a Storage that tells of the changes others make to it.
+type Watcher interface {
+	// Watch sends the key of every value stored or deleted under prefix
+	// (at any depth) until ctx ends, then closes the channel. It sends
+	// "" when changes may have been missed (the watch broke and was made
+	// again, or the storage was out of reach): everything under prefix is
+	// to be read again.
+	Watch(ctx context.Context, prefix string) <-chan string
+}
+
+// CertificatesPrefix is the prefix of every certificate's key.
+func (KeyBuilder) CertificatesPrefix() string { return certificatesPrefix }
