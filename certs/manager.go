@@ -53,6 +53,12 @@ type Manager struct {
 	Shared Storage
 	// Node names this balancer in the fleet (locks, heartbeats).
 	Node string
+	// LockWait bounds the wait for a lock in Shared (DefaultLockWait);
+	// FleetRetry is when an order put off for want of the shared storage
+	// or of the fleet's budget is tried again (DefaultFleetRetry); Resync
+	// is how often every certificate is compared with the fleet's
+	// (DefaultResync), besides the changes Shared reports as a Watcher.
+	LockWait, FleetRetry, Resync time.Duration
 	// Issuer connects to the CA; it is called again after a failure, so
 	// a CA unreachable at start does not stop the daemon.
 	Issuer func(ctx context.Context) (Issuer, error)
@@ -97,6 +103,7 @@ type jobKind int
 const (
 	orderJob jobKind = iota
 	ariJob
+	adoptJob // fleet mode: install another node's certificate (pem)
 )
 
 type result struct {
@@ -110,6 +117,18 @@ type result struct {
 	issued    *Issued
 	ari       *ariAdvice
 	err       error
+
+	// fleet mode
+	have     serving // what this node served when the job started
+	failures int     // this node's failures then
+	forced   bool    // a renewal was asked for here
+	pem      []byte  // the fleet's certificate to install instead of ordering
+	// the fleet's failure state: honoured, or the one this order left
+	schedule *schedule
+	// why the order was put off without a failure (no lock, no budget),
+	// and until when at least
+	deferred   string
+	deferUntil time.Time
 }
 
 type ariAdvice struct {
@@ -234,6 +253,13 @@ func (m *Manager) Run(ctx context.Context) error {
 		if err != nil {
 			m.Log.Warn("dns-01 records left by an earlier run not all removed", "removed", n, "err", err)
 		}
+	}
+	if m.Shared != nil {
+		m.jobs.Add(1)
+		go func() {
+			defer m.jobs.Done()
+			m.runFleetSync(ctx)
+		}()
 	}
 	var requests <-chan fsnotify.Event
 	var watchErrs <-chan error
@@ -396,6 +422,7 @@ func (m *Manager) startJobs(ctx context.Context, now time.Time) {
 // launch runs one job; its result comes back to the Run loop.
 func (m *Manager) launch(ctx context.Context, r result, d *Domain) {
 	m.running[d.Name] = true
+	r.have, r.failures, r.forced = servingOf(d), d.Failures, d.Forced
 	iss := m.issuer
 	file := ""
 	if d.File != "" {
@@ -406,7 +433,9 @@ func (m *Manager) launch(ctx context.Context, r result, d *Domain) {
 		defer m.jobs.Done()
 		switch r.kind {
 		case orderJob:
-			if r.lease, r.err = m.store.Lock(ctx, Keys.OrderLock(r.domain)); r.err == nil {
+			if m.Shared != nil {
+				m.orderInFleet(ctx, iss, &r, file)
+			} else if r.lease, r.err = m.store.Lock(ctx, Keys.OrderLock(r.domain)); r.err == nil {
 				m.order(ctx, iss, &r, file)
 			}
 		case ariJob:
@@ -426,6 +455,12 @@ func (m *Manager) order(ctx context.Context, iss Issuer, r *result, current stri
 			return
 		}
 	}
+	m.obtain(iss, r, current)
+}
+
+// obtain orders the certificate, naming the one it replaces when the CA
+// offers renewal information.
+func (m *Manager) obtain(iss Issuer, r *result, current string) {
 	replaces := ""
 	if m.ARI && current != "" {
 		if leaf, err := readLeaf(current); err == nil {
@@ -499,7 +534,9 @@ func (m *Manager) finish(ctx context.Context, r result) {
 	}
 	now := m.Now()
 	m.mu.Lock()
-	delete(m.running, r.domain)
+	if r.kind != adoptJob {
+		delete(m.running, r.domain)
+	}
 	d := m.st.Domains[r.domain]
 	if d == nil { // removed while the job ran
 		m.mu.Unlock()
@@ -511,7 +548,7 @@ func (m *Manager) finish(ctx context.Context, r result) {
 		m.mu.Unlock()
 		return
 	}
-	if !r.ordered {
+	if !r.ordered && r.kind == orderJob {
 		// no order reached the CA: its budget entry is given back
 		if i := slices.IndexFunc(m.st.Orders, func(t time.Time) bool { return t.Equal(r.reserved) }); i >= 0 {
 			m.st.Orders = slices.Delete(m.st.Orders, i, i+1)
@@ -519,10 +556,31 @@ func (m *Manager) finish(ctx context.Context, r result) {
 		}
 		d.Started = max(d.Started-1, 0)
 	}
-	if r.err != nil {
+	switch {
+	case r.deferred != "":
+		d.NextAttempt = maxTime(r.deferUntil, now.Add(m.fleetRetry()))
+		m.Log.Warn("certificate order put off", "domain", d.Name, "why", r.deferred,
+			"next_attempt", d.NextAttempt.UTC().Format(time.RFC3339))
+		m.saveLocked()
+		m.mu.Unlock()
+		return
+	case r.err != nil && r.schedule != nil: // the fleet's count, which includes this node's
+		d.Failures, d.NextAttempt = r.schedule.Failures, r.schedule.NextAttempt
+		d.LastError, d.LastErrorAt = r.schedule.LastError, r.schedule.LastErrorAt
+	case r.err != nil:
 		d.Failures++
 		d.LastError, d.LastErrorAt = r.err.Error(), now.UTC()
 		d.NextAttempt = now.Add(max(m.Policy.backoff(max(d.Failures, d.Started), m.Jitter), retryAfter(r.err)))
+	case r.schedule != nil: // another node failed: its backoff holds here too
+		d.Failures, d.NextAttempt = r.schedule.Failures, r.schedule.NextAttempt
+		d.LastError, d.LastErrorAt = r.schedule.LastError, r.schedule.LastErrorAt
+		m.Log.Info("certificate order put off: another node's order failed", "domain", d.Name,
+			"next_attempt", d.NextAttempt.UTC().Format(time.RFC3339), "err", d.LastError)
+		m.saveLocked()
+		m.mu.Unlock()
+		return
+	}
+	if r.err != nil {
 		m.Log.Warn("certificate order failed", "domain", d.Name, "failures", d.Failures,
 			"next_attempt", d.NextAttempt.UTC().Format(time.RFC3339), "err", r.err)
 		m.saveLocked()
@@ -530,7 +588,16 @@ func (m *Manager) finish(ctx context.Context, r result) {
 		return
 	}
 	path := filepath.Join(m.CertsDir, fileName(d.Name))
-	pemBytes := bundle(r.issued)
+	pemBytes, leaf := r.pem, (*x509.Certificate)(nil)
+	if r.issued != nil {
+		pemBytes, leaf = bundle(r.issued), r.issued.Leaf
+	} else if l, err := readLeafPEM(pemBytes); err == nil && better(l, servingOf(d), d.names(), now) {
+		leaf = l
+	}
+	if leaf == nil { // the fleet's certificate is no better than this node's by now
+		m.mu.Unlock()
+		return
+	}
 	// stored even when the daemon stops: the order was made
 	if err := m.keep(context.WithoutCancel(ctx), d.Name, path, pemBytes); err != nil {
 		d.Failures++
@@ -542,7 +609,6 @@ func (m *Manager) finish(ctx context.Context, r result) {
 		return
 	}
 	renewed := d.File != ""
-	leaf := r.issued.Leaf
 	d.File, d.Covers = fileName(d.Name), leaf.DNSNames
 	d.Issuer, d.Serial = leaf.Issuer.CommonName, leaf.SerialNumber.Text(16)
 	d.NotBefore, d.NotAfter = leaf.NotBefore, leaf.NotAfter
@@ -556,7 +622,11 @@ func (m *Manager) finish(ctx context.Context, r result) {
 	m.saveLocked()
 	m.mu.Unlock()
 	served := d.served()
-	m.Log.Info("certificate obtained", "domain", d.Name, "names", strings.Join(leaf.DNSNames, ","), "challenge", r.challenge,
+	how := "certificate obtained"
+	if r.issued == nil {
+		how = "certificate installed from the fleet"
+	}
+	m.Log.Info(how, "domain", d.Name, "names", strings.Join(leaf.DNSNames, ","), "challenge", r.challenge,
 		"renewal", renewed, "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
 	if listErr != nil {
 		m.Log.Error("write crt-list", "err", listErr)
@@ -749,11 +819,20 @@ func readLeaf(path string) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	leaf, err := readLeafPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return leaf, nil
+}
+
+// readLeafPEM parses the first certificate of a PEM bundle.
+func readLeafPEM(data []byte) (*x509.Certificate, error) {
 	for {
 		var b *pem.Block
 		b, data = pem.Decode(data)
 		if b == nil {
-			return nil, fmt.Errorf("%s holds no certificate", path)
+			return nil, errors.New("no certificate in the bundle")
 		}
 		if b.Type == "CERTIFICATE" {
 			return x509.ParseCertificate(b.Bytes)

@@ -597,13 +597,6 @@ func minTime(a, b time.Time) time.Time {
 	return b
 }
 
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
 func TestRestartDropsMissingFiles(t *testing.T) {
 	r := newRig(t, policy(), "")
 	r.m.SetDomains([]string{"a.example.com", "b.example.com"}, nil, nil)
