@@ -161,16 +161,6 @@ func (KeyBuilder) Budget() string { return "acme/budget.json" }
 // BudgetLock is the lock held while the budget is read and changed.
 func (KeyBuilder) BudgetLock() string { return "budget" }
 
-// AccountLock is the lock held while the ACME account is created and
-// registered, so that a fleet starting at once registers one account.
-func (KeyBuilder) AccountLock() string { return "account" }
-
-// Nodes is the prefix of the nodes' heartbeats.
-func (KeyBuilder) Nodes() string { return "nodes" }
-
-// Node is the heartbeat of the node name (JSON).
-func (KeyBuilder) Node(name string) string { return path.Join("nodes", name) }
-
 // Watcher is a Storage that tells of the changes others make to it.
 type Watcher interface {
 	// Watch sends the key of every value stored or deleted under prefix
