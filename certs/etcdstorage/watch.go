@@ -17,9 +17,10 @@ var _ certs.Watcher = (*Storage)(nil)
 // read them yet.
 const watchBuffer = 256
 
-// A Watch pauses watchRetryMin after its etcd watch broke, twice as long
-// after each break that follows before a watch could be made again, up
-// to watchRetryMax.
+// A Watch pauses watchRetryMin after its etcd watch broke, and twice as
+// long after each watch that broke within watchRetryMax, up to
+// watchRetryMax: a watch that the cluster refuses or cancels at once is
+// not made again more often than that.
 const (
 	watchRetryMin = 100 * time.Millisecond
 	watchRetryMax = 3 * time.Second
@@ -42,9 +43,10 @@ const (
 //     keys are held): those keys are dropped, a single "" is sent once
 //     there is room, and keys are sent again after it.
 //
-// A cluster that none of the endpoints reach does not break the watch:
-// the etcd client connects again and resumes from the revision after the
-// last one it saw, so no change is missed (Ping tells of the outage).
+// While none of the endpoints is reached, the etcd client tries to
+// connect again and, once it does, resumes from the revision after the
+// last one it saw: no change is missed, though no "" may be sent either
+// (Ping tells of the outage).
 //
 // A prefix that is not a key (see Keys) watches nothing: the channel is
 // closed at once.
@@ -74,12 +76,13 @@ func (w *watch) run(ctx context.Context) {
 	defer close(w.out)
 	pause := watchRetryMin
 	for {
-		made := w.follow(ctx)
+		started := time.Now()
+		w.follow(ctx)
 		if ctx.Err() != nil || w.s.cli.Ctx().Err() != nil {
 			return
 		}
 		w.owed = true
-		if made {
+		if time.Since(started) >= watchRetryMax {
 			pause = watchRetryMin
 		}
 		if !w.wait(ctx, pause) {
@@ -89,10 +92,9 @@ func (w *watch) run(ctx context.Context) {
 	}
 }
 
-// follow makes one etcd watch and sends its keys until it ends, and
-// returns whether it was made. It returns once the etcd client is done
-// with the watch.
-func (w *watch) follow(ctx context.Context) (made bool) {
+// follow makes one etcd watch and sends its keys until it ends. It
+// returns once the etcd client is done with the watch.
+func (w *watch) follow(ctx context.Context) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCreatedNotify()}
 	if w.next > 0 {
@@ -107,19 +109,20 @@ func (w *watch) follow(ctx context.Context) (made bool) {
 	for {
 		select {
 		case <-ctx.Done():
-			return made
+			return
 		case w.resync() <- "":
 			w.owed = false
 		case wr, ok := <-events:
 			switch {
 			case !ok:
-				return made
+				return
 			case wr.CompactRevision != 0:
-				return made
+				w.next = 0
+				return
 			case wr.Err() != nil:
-				return made
+				return
 			case wr.Created:
-				made, w.owed = true, true
+				w.owed = true
 				if w.next == 0 {
 					// an event of this very revision may come after
 					// the header was read: resume at it, as the etcd

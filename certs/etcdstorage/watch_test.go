@@ -233,7 +233,8 @@ func waitGoroutines(t *testing.T, want int) {
 
 func TestWatchEndsWithCtx(t *testing.T) {
 	c := cluster(t)
-	s := open(t, fleet(t, c))
+	cfg := fleet(t, c)
+	s := open(t, cfg)
 	waitGoroutines(t, 0)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -262,6 +263,26 @@ func TestWatchEndsWithCtx(t *testing.T) {
 	if _, ok := <-s.Watch(ctx, "../certificates"); ok {
 		t.Error("a watch of a prefix that is not a key sent something")
 	}
+
+	// closing the Storage ends its watches too
+	closed, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := closed.Watch(context.Background(), "certificates")
+	made(t, ch)
+	if err := closed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case key, ok := <-ch:
+		if ok {
+			t.Errorf("sent %q after the Storage was closed, want the channel closed", key)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the channel is not closed 5 s after the Storage was closed")
+	}
+	waitGoroutines(t, 0)
 }
 
 func TestPing(t *testing.T) {
@@ -351,7 +372,10 @@ func TestWatchResumes(t *testing.T) {
 	}
 	// the "" of the break, then the one of the watch made again (or one
 	// for both), nothing else
-	for quiet := false; !quiet; {
+	for deadline, quiet := time.Now().Add(10*time.Second), false; !quiet; {
+		if time.Now().After(deadline) {
+			t.Fatal("a watch from a compacted revision still breaks after 10 s")
+		}
 		select {
 		case key := <-ch:
 			if key != "" {
