@@ -204,9 +204,12 @@ func TestRestartAfterLiveDirectoryDeleted(t *testing.T) {
 	gen, master := st.Live.Generation, st.HAProxy.Master.PID
 	cfg, hostMap := in.liveFiles(t)
 
-	if err := os.RemoveAll(filepath.Dir(in.liveConfig())); err != nil {
-		t.Fatal(err)
-	}
+	// the daemon may still be writing next to the live files (a pass
+	// after the apply's own): RemoveAll fails while a file appears in
+	// the directory it empties
+	eventually(t, 5*time.Second, "the live directory deleted", func() error {
+		return os.RemoveAll(filepath.Dir(in.liveConfig()))
+	})
 	killPID(t, master, syscall.SIGKILL)
 	in.servingAgain(t, gen, master)
 	in.expectBody(t, "shop.example.com", "shop")
