@@ -191,6 +191,56 @@ func TestAPIGroupWithOneBad(t *testing.T) {
 	}
 }
 
+// TestAPIReplacedInTheSameGroup queues two versions of one fragment behind
+// a slow validation, so that one group stores both: the daemon serves the
+// later one, and the caller waiting for the other is told at once that a
+// later change replaced it (exit 7), instead of waiting out its timeout.
+func TestAPIReplacedInTheSameGroup(t *testing.T) {
+	in := newInstall(t)
+	slow := in.slowCheck(t, 2*time.Second)
+	in.startDaemon(t)
+	src := testkit.OpenTempDir(t)
+	slow(true)
+	blocker := start(t, in.env, "", "apply", "blocker",
+		writeFile(t, filepath.Join(src, "blocker.cfg"), backendConf("blocker_web", "blocker")),
+		writeFile(t, filepath.Join(src, "blocker.map"), "blocker.example.com blocker_web\n"))
+	eventually(t, 10*time.Second, "the blocker's haproxy -c running", func() error {
+		if len(checksRunning(filepath.Join(in.root, "haproxy-slow"))) == 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	hostMap := writeFile(t, filepath.Join(src, "shop.map"), "shop.example.com shop_web\n")
+	versions := []string{"shop v1", "shop v2"}
+	procs := make([]*proc, len(versions))
+	for i, body := range versions {
+		conf := writeFile(t, filepath.Join(src, fmt.Sprintf("shop%d.cfg", i)), backendConf("shop_web", body))
+		procs[i] = start(t, in.env, "", "apply", "--wait", "--timeout", "90s", "shop", conf, hostMap)
+	}
+	if _, stderr, code := blocker.wait(t); code != 0 {
+		t.Fatalf("apply blocker: exit %d\n%s", code, stderr)
+	}
+	slow(false)
+	winner := -1
+	for i, p := range procs {
+		stdout, stderr, code := p.wait(t)
+		switch {
+		case code == 0 && strings.HasSuffix(stdout, "live\n"):
+			if winner >= 0 {
+				t.Errorf("both versions reported live")
+			}
+			winner = i
+		case code == 7 && strings.Contains(stderr, `a later change of fragment "shop" stored sha256:`):
+		default:
+			t.Errorf("apply --wait of %q: exit %d; want 0 and live, or 7 saying a later change replaced it\nstdout:\n%s\nstderr:\n%s", versions[i], code, stdout, stderr)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("neither version reported live")
+	}
+	in.expectBody(t, "shop.example.com", versions[winner])
+}
+
 // TestAPIDaemonKilledMidRequest kills the daemon with SIGKILL while it
 // validates a request: the client says so and exits 5, nothing of the
 // fragment is stored, without a daemon the CLI works alone (the socket

@@ -48,9 +48,13 @@ type apiServer struct {
 	parses   *reconcile.ParseCache // shared with the daemon's loop
 
 	mu        sync.Mutex
-	committed []string      // burst keys committed (fragments, holdKey), not yet taken by the loop
-	kick      chan struct{} // holds a token while committed is not empty
-	status    chan struct{} // closed and replaced when the daemon writes its status
+	committed []string // burst keys committed (fragments, holdKey), not yet taken by the loop
+	// stored is the checksum of the version of each fragment the API
+	// stored last ("" once removed): a waiter whose version was replaced
+	// is told so, rather than waiting for a version that never goes live
+	stored map[string]string
+	kick   chan struct{} // holds a token while committed is not empty
+	status chan struct{} // closed and replaced when the daemon writes its status
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -88,7 +92,7 @@ const (
 // A socket left by a killed daemon is replaced; one another daemon
 // listens on is an error.
 func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
-	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024),
+	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]string{},
 		kick: make(chan struct{}, 1), status: make(chan struct{})}
 	a.settings.Store(s)
 	if g, err := user.LookupGroup(apiGroup); err == nil {
@@ -302,11 +306,19 @@ func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*
 	start := time.Now()
 	results := eng.ApplyBatch(ctx, ops)
 	var names []string
+	a.mu.Lock()
 	for i, r := range results {
 		if r.Err == nil {
 			names = append(names, ops[i].Name)
+			// a fragment named twice is stored in index order: the
+			// later op's version is the one the store keeps
+			a.stored[ops[i].Name] = ""
+			if r.Apply != nil {
+				a.stored[ops[i].Name] = r.Apply.Fragment.Checksum
+			}
 		}
 	}
+	a.mu.Unlock()
 	a.addCommitted(names)
 	for i, c := range calls {
 		c.answer <- callResult{OpResult: results[i]}
@@ -439,9 +451,29 @@ func (a *apiServer) serveRequest(ctx context.Context, req *Request, actor string
 	}
 	return ans, func(ctx context.Context) error {
 		return waitUntil(ctx, eng, false, a.statusChanged, func(st *Status, g *reconcile.Generation) (bool, error) {
-			return liveOrQuarantined(st, g, req.Name, checksum, committed)
+			if ok, err := liveOrQuarantined(st, g, req.Name, checksum, committed); ok || err != nil {
+				return ok, err
+			}
+			return false, a.replaced(req.Name, checksum)
 		})
 	}
+}
+
+// replaced is a NotLiveError when the API stored another version of
+// fragment name after the one with checksum ("" for its removal): that
+// version is what the daemon serves next, never the awaited one.
+func (a *apiServer) replaced(name, checksum string) error {
+	a.mu.Lock()
+	now, known := a.stored[name]
+	a.mu.Unlock()
+	if !known || now == checksum {
+		return nil
+	}
+	what := "removed it"
+	if now != "" {
+		what = "stored " + now
+	}
+	return &NotLiveError{Why: fmt.Sprintf("a later change of fragment %q %s before this one went live", name, what)}
 }
 
 // call queues c for the writer and returns its result; false when the

@@ -36,7 +36,7 @@ const exitCodesHelp = `EXIT CODES:
    5  environment problem: haproxy missing, no permission, lock not obtained in time,
       the fragment directory missing or a hold in force ("assemble"), no daemon running ("status")
    6  no such fragment (or generation)
-   7  --wait: the change is stored but not live: no daemon runs, a hold is in force, or not in time (see "status")
+   7  --wait: the change is stored but not live: no daemon runs, a hold is in force, a later change replaced it, or not in time (see "status")
    status --check exits as a monitoring plugin instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN`
 
 var version = "dev"
