@@ -56,9 +56,18 @@ type apiServer struct {
 	kick   chan struct{} // holds a token while committed is not empty
 	status chan struct{} // closed and replaced when the daemon writes its status
 
+	// slots bounds the connections served at once (maxAPIConnections): a
+	// runaway script does not take the daemon's file descriptors
+	slots chan struct{}
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
+
+// maxAPIConnections bounds the API connections open at once; a --wait
+// holds its connection until the change is live. One more is answered
+// that the daemon is busy (exit 5), and closed.
+const maxAPIConnections = 256
 
 // holdKey is the burst key of a hold set or released through the API.
 const holdKey = "(hold)"
@@ -93,7 +102,8 @@ const (
 // listens on is an error.
 func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
 	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]string{},
-		kick: make(chan struct{}, 1), status: make(chan struct{})}
+		slots: make(chan struct{}, maxAPIConnections),
+		kick:  make(chan struct{}, 1), status: make(chan struct{})}
 	a.settings.Store(s)
 	if g, err := user.LookupGroup(apiGroup); err == nil {
 		if a.gid, err = strconv.Atoi(g.Gid); err != nil {
@@ -191,9 +201,16 @@ func (a *apiServer) accept(ctx context.Context) {
 			continue
 		}
 		pause = 0
+		select {
+		case a.slots <- struct{}{}:
+		default:
+			a.busy(conn)
+			continue
+		}
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			defer func() { <-a.slots }()
 			a.handle(ctx, conn)
 		}()
 	}
@@ -390,6 +407,16 @@ func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
 		err = &NotLiveError{Why: "the daemon is stopping"}
 	}
 	_ = writeLine(conn, &Answer{Error: toWire(err)})
+}
+
+// busy answers a connection beyond maxAPIConnections and closes it. The
+// answer is one short line, which the socket's buffer takes whole: the
+// deadline only guards the accepting goroutine against the unexpected.
+func (a *apiServer) busy(conn *net.UnixConn) {
+	defer conn.Close()
+	a.log.Warn("API socket: too many connections; one refused", "limit", cap(a.slots))
+	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = writeLine(conn, &Answer{Error: toWire(&reload.EnvError{Err: fmt.Errorf("the daemon serves %d API connections already: try again", cap(a.slots))})})
 }
 
 // serveRequest does what req asks and returns the first answer (nil when

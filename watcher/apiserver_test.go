@@ -23,6 +23,12 @@ import (
 // it; the returned stop is also run at cleanup.
 func testAPI(t *testing.T) (*apiServer, func()) {
 	t.Helper()
+	return testAPIWith(t, func(*apiServer) {})
+}
+
+// testAPIWith is testAPI with the server changed by tweak before it serves.
+func testAPIWith(t *testing.T, tweak func(*apiServer)) (*apiServer, func()) {
+	t.Helper()
 	root := t.TempDir()
 	s, err := settings.Load(settings.Source{Getenv: func(k string) (string, bool) {
 		if k == "HAPROXY_CONFIG_ROOT" {
@@ -37,6 +43,7 @@ func testAPI(t *testing.T) (*apiServer, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tweak(a)
 	stopped := make(chan struct{})
 	stop := a.serve(t.Context())
 	var once bool
@@ -149,6 +156,45 @@ func TestAPIAcceptSurvivesFDLimit(t *testing.T) {
 	restore()
 	if kind, err := askUnknown(t, a.path); err != nil || kind != KindUsage {
 		t.Fatalf("after the descriptors ran out for a moment: kind %q, %v; want the daemon's answer %q", kind, err, KindUsage)
+	}
+}
+
+// TestAPIConnectionLimit: beyond the limit a connection is answered that
+// the daemon is busy (exit 5) and closed; once a connection ends, the
+// next is served again.
+func TestAPIConnectionLimit(t *testing.T) {
+	a, _ := testAPIWith(t, func(a *apiServer) { a.slots = make(chan struct{}, 2) })
+	var idle []net.Conn
+	for range 2 {
+		c, err := net.Dial("unix", a.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	// the two idle connections hold both slots once accepted
+	deadline := time.Now().Add(10 * time.Second)
+	for len(a.slots) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 2 idle connections accepted", len(a.slots))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	kind, err := askUnknown(t, a.path)
+	if err != nil || kind != KindEnv || kind.ExitCode() != 5 {
+		t.Fatalf("a third connection: kind %q, %v; want %q (exit 5)", kind, err, KindEnv)
+	}
+	idle[0].Close()
+	for {
+		kind, err := askUnknown(t, a.path)
+		if err == nil && kind == KindUsage {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after one idle connection closed: kind %q, %v; want the request served (%q)", kind, err, KindUsage)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
