@@ -5,24 +5,97 @@ package testkit
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback port, free for TCP and UDP a moment ago,
+// that no other test process on this machine is handed while this one
+// runs. It is taken below the kernel's ephemeral range, so that no
+// outgoing connection takes it before the test's server binds it, and
+// reserved by an flock on a file named after it, which the kernel
+// releases when the process ends however it ends.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	ports.mu.Lock()
+	defer ports.mu.Unlock()
+	if err := os.MkdirAll(portLocks, 0o1777); err != nil {
 		tb.Fatalf("find a free port: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	_ = os.Chmod(portLocks, 0o1777) // past the umask: every user's tests share it
+	lo, hi := portRange()
+	for range 1000 {
+		port := lo + rand.IntN(hi-lo)
+		if ports.held[port] != nil {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(portLocks, strconv.Itoa(port)), os.O_RDWR|os.O_CREATE, 0o666)
+		if err != nil {
+			tb.Fatalf("find a free port: %v", err)
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !bindable(port) {
+			f.Close()
+			continue
+		}
+		if ports.held == nil {
+			ports.held = map[int]*os.File{}
+		}
+		ports.held[port] = f // held, and locked, until the process ends
+		return port
+	}
+	tb.Fatalf("find a free port: none free in %d-%d after 1000 tries", lo, hi)
+	return 0
+}
+
+// portLocks holds a lock file for each port FreePort handed out.
+var portLocks = filepath.Join(os.TempDir(), "haproxy-config-test-ports")
+
+// ports are the ports this process holds.
+var ports struct {
+	mu   sync.Mutex
+	held map[int]*os.File
+}
+
+// portRange is where FreePort picks: from 10000 up to the start of the
+// ephemeral range (net.ipv4.ip_local_port_range), or 32768 when that
+// cannot be read.
+func portRange() (lo, hi int) {
+	lo, hi = 10000, 32768
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	if f := strings.Fields(string(data)); len(f) == 2 {
+		if n, err := strconv.Atoi(f[0]); err == nil && n > lo+1000 {
+			hi = n
+		}
+	}
+	return lo, hi
+}
+
+// bindable tells whether port is free on 127.0.0.1 for TCP and for UDP.
+func bindable(port int) bool {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	c, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // FreeAddr is FreePort as a "127.0.0.1:PORT" address.
