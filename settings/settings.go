@@ -16,6 +16,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -77,6 +78,7 @@ type Settings struct {
 
 	Health Health
 	ACME   ACME
+	Fleet  Fleet
 
 	// Raw is each setting's value as given (or its default), by Key.Name.
 	Raw map[string]string
@@ -115,6 +117,46 @@ type ACME struct {
 	BackoffMax   time.Duration
 	RemoveGrace  time.Duration
 	DNS          DNS
+}
+
+// Fleet are the settings of fleet mode: balancers sharing their
+// certificates, ACME account, challenges and order locks through etcd.
+type Fleet struct {
+	Endpoints []string // etcd client URLs; none: fleet mode is off
+	Prefix    string   // the fleet's key prefix in etcd
+	CAFile    string   // TLS to etcd: the CA that signs the members' certificates
+	CertFile  string   // ... the client certificate, with KeyFile
+	KeyFile   string
+	SealKey   string // the key file the values are sealed with (FLEET_KEY_FILE)
+	Node      string // this balancer's name in the fleet
+	LockTTL   time.Duration
+	Heartbeat time.Duration
+}
+
+// Enabled reports whether fleet mode is on.
+func (f Fleet) Enabled() bool { return len(f.Endpoints) > 0 }
+
+// ValidNodeName reports whether name can name a node: letters, digits and
+// ".-_", not "." or "..", at most 253 characters.
+func ValidNodeName(name string) bool {
+	if name == "" || name == "." || name == ".." || len(name) > 253 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// hostName is the default node name: the host name, "localhost" when the
+// system does not tell.
+func hostName(string) string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "localhost"
 }
 
 // DNS are the DNS-01 settings.
@@ -159,6 +201,15 @@ type Key struct {
 	set     func(s *Settings, v string) error
 }
 
+// DefaultText is the default as help shows it: the value, or what it is
+// made of where it depends on the machine (the host name).
+func (k Key) DefaultText(root string) string {
+	if k.Name == "NODE_NAME" {
+		return "the host name"
+	}
+	return k.Default(root)
+}
+
 // Env is the setting's environment variable and defaults-file key.
 func (k Key) Env() string { return EnvPrefix + k.Name }
 
@@ -167,7 +218,7 @@ func (k Key) Env() string { return EnvPrefix + k.Name }
 // addresses, the reload strategy) and what the daemon opened at start
 // (sockets, listeners, the certificate manager). SIGHUP applies the rest.
 func (k Key) NeedsRestart() bool {
-	return restartOnly[k.Name] || strings.HasPrefix(k.Name, "ACME")
+	return restartOnly[k.Name] || strings.HasPrefix(k.Name, "ACME") || strings.HasPrefix(k.Name, "ETCD") || strings.HasPrefix(k.Name, "FLEET")
 }
 
 // Secret tells whether the value must not be shown (in logs, in errors).
@@ -176,7 +227,7 @@ func (k Key) Secret() bool { return k.Name == "ACME_EAB_HMAC" }
 var restartOnly = map[string]bool{
 	"OUTPUT": true, "MAP": true, "STATE": true, "CERTS": true, "HAPROXY": true, "RUNTIME_SOCKET": true,
 	"CHALLENGE_ADDR": true, "STATUS_ADDR": true, "MASTER_SOCKET": true, "RELOAD": true,
-	"RELOAD_COMMAND": true, "RELOAD_UNIT": true, "METRICS_ADDR": true, "API_SOCKET": true,
+	"RELOAD_COMMAND": true, "RELOAD_UNIT": true, "METRICS_ADDR": true, "API_SOCKET": true, "NODE_NAME": true,
 }
 
 // Ignored is a setting that changed but needs a restart, and the value
@@ -613,6 +664,65 @@ var Keys = []Key{
 			s.ACME.DNS.TTL = d
 			return nil
 		}},
+	{"ETCD_ENDPOINTS", "etcd-endpoints", "fleet mode: etcd client `URLS` (comma-separated http:// or https://); empty: fleet mode is off (README: Fleet)",
+		fixed(""), func(s *Settings, v string) error {
+			s.Fleet.Endpoints = nil
+			for _, f := range splitList(v) {
+				u, err := url.Parse(f)
+				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+					return fmt.Errorf("%q is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)", f)
+				}
+				s.Fleet.Endpoints = append(s.Fleet.Endpoints, f)
+			}
+			return nil
+		}},
+	{"ETCD_PREFIX", "etcd-prefix", "the fleet's key `PREFIX` in etcd (several fleets may share one etcd)",
+		fixed("/haproxy-config/default"), func(s *Settings, v string) error {
+			p := strings.TrimRight(v, "/")
+			if !strings.HasPrefix(p, "/") || p == "" || strings.ContainsAny(p, " \t\r\n") || strings.Contains(p, "//") {
+				return fmt.Errorf("%q is not a key prefix (such as /haproxy-config/edge-eu)", v)
+			}
+			s.Fleet.Prefix = p
+			return nil
+		}},
+	{"ETCD_CA_FILE", "etcd-ca-file", "TLS to etcd: the CA `FILE` (PEM) that signs the members' certificates (empty: plain connections, or the system's CAs for https://)",
+		fixed(""), path(func(s *Settings) *string { return &s.Fleet.CAFile })},
+	{"ETCD_CERT_FILE", "etcd-cert-file", "TLS to etcd: this node's client certificate `FILE` (PEM), with ETCD_KEY_FILE",
+		fixed(""), path(func(s *Settings) *string { return &s.Fleet.CertFile })},
+	{"ETCD_KEY_FILE", "etcd-key-file", "TLS to etcd: the client certificate's key `FILE` (PEM)",
+		fixed(""), path(func(s *Settings) *string { return &s.Fleet.KeyFile })},
+	{"FLEET_KEY_FILE", "fleet-key-file", "`FILE` of the key the fleet's values in etcd are sealed with: the same on every node, mode 0600 (haproxy-config fleet key makes one)",
+		under("/etc/haproxy-config/fleet.key"), path(func(s *Settings) *string { return &s.Fleet.SealKey })},
+	{"NODE_NAME", "node-name", "this balancer's `NAME` in the fleet (letters, digits, .-_; default: the host name)",
+		hostName, func(s *Settings, v string) error {
+			if !ValidNodeName(v) {
+				return fmt.Errorf("%q is not a node name (letters, digits, '.', '-' and '_')", v)
+			}
+			s.Fleet.Node = v
+			return nil
+		}},
+	{"ETCD_LOCK_TTL", "etcd-lock-ttl", "how long (`DURATION`, at least 2s) a node that died or lost etcd keeps its order locks",
+		fixed("15s"), func(s *Settings, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 2*time.Second {
+				return fmt.Errorf("%q is not a duration of at least 2s", v)
+			}
+			s.Fleet.LockTTL = d
+			return nil
+		}},
+	{"FLEET_HEARTBEAT", "fleet-heartbeat", "how often (`DURATION`) the daemon checks etcd and stores its heartbeat for haproxy-config fleet",
+		fixed("10s"), duration(func(s *Settings) *time.Duration { return &s.Fleet.Heartbeat })},
+}
+
+// checkFleet refuses fleet settings that do not go together.
+func checkFleet(f Fleet, origin map[string]string) error {
+	switch {
+	case f.CertFile != "" && f.KeyFile == "":
+		return fmt.Errorf("setting %s: a client certificate needs its key: set %sETCD_KEY_FILE", origin["ETCD_CERT_FILE"], EnvPrefix)
+	case f.KeyFile != "" && f.CertFile == "":
+		return fmt.Errorf("setting %s: a client key needs its certificate: set %sETCD_CERT_FILE", origin["ETCD_KEY_FILE"], EnvPrefix)
+	}
+	return nil
 }
 
 // hostPort adds port to an address without one; "" stays "".
@@ -775,6 +885,9 @@ func Load(src Source) (*Settings, error) {
 		origins[k.Name] = origin
 	}
 	if err := checkDNS(s.ACME.DNS, origins); err != nil {
+		return nil, err
+	}
+	if err := checkFleet(s.Fleet, origins); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -54,6 +54,12 @@ var acmeDefaults = ACME{
 var healthDefaults = Health{CertWarning: 14 * 24 * time.Hour, CertCritical: 7 * 24 * time.Hour, Pending: 5 * time.Minute,
 	CheckPort: 80, Interval: time.Second, Rise: 3, Fall: 3}
 
+// fleetDefaults are the built-in fleet settings under root: fleet mode off.
+func fleetDefaults(root string) Fleet {
+	return Fleet{Prefix: "/haproxy-config/default", SealKey: filepath.Join(root, "etc/haproxy-config/fleet.key"),
+		Node: hostName(""), LockTTL: 15 * time.Second, Heartbeat: 10 * time.Second}
+}
+
 // builtIn are the settings with every built-in default under root.
 func builtIn(root, defaultsFile string) *Settings {
 	return &Settings{
@@ -89,6 +95,7 @@ func builtIn(root, defaultsFile string) *Settings {
 		CheckTimeout:     time.Minute,
 		Health:           healthDefaults,
 		ACME:             acmeDefaults,
+		Fleet:            fleetDefaults(root),
 		Raw:              rawDefaults(root),
 	}
 }
@@ -159,6 +166,7 @@ func TestLoadBuiltInDefaults(t *testing.T) {
 		CheckTimeout:     time.Minute,
 		Health:           healthDefaults,
 		ACME:             acmeDefaults,
+		Fleet:            fleetDefaults("/"),
 		Raw:              rawDefaults("/"),
 	}
 	if !reflect.DeepEqual(s, want) {
@@ -894,5 +902,77 @@ func TestKeepRestartOnly(t *testing.T) {
 	})
 	if !slices.ContainsFunc(Keys, func(k Key) bool { return k.Secret() && k.NeedsRestart() }) {
 		t.Error("no secret setting among those that need a restart: the daemon's log would not need to hide one")
+	}
+}
+
+func TestFleetSettings(t *testing.T) {
+	empty := writeFile(t, "")
+	load := func(vars map[string]string) (*Settings, error) {
+		vars["HAPROXY_CONFIG_DEFAULTS"] = empty
+		return Load(Source{Getenv: env(vars)})
+	}
+	s, err := load(map[string]string{
+		"HAPROXY_CONFIG_ETCD_ENDPOINTS":  "https://10.0.0.1:2379, https://10.0.0.2:2379",
+		"HAPROXY_CONFIG_ETCD_PREFIX":     "/haproxy-config/edge-eu/",
+		"HAPROXY_CONFIG_ETCD_CA_FILE":    "/etc/etcd/ca.pem",
+		"HAPROXY_CONFIG_ETCD_CERT_FILE":  "/etc/etcd/lb1.pem",
+		"HAPROXY_CONFIG_ETCD_KEY_FILE":   "/etc/etcd/lb1-key.pem",
+		"HAPROXY_CONFIG_FLEET_KEY_FILE":  "/etc/haproxy-config/edge.key",
+		"HAPROXY_CONFIG_NODE_NAME":       "lb-1.eu_west",
+		"HAPROXY_CONFIG_ETCD_LOCK_TTL":   "30s",
+		"HAPROXY_CONFIG_FLEET_HEARTBEAT": "5s",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Fleet{Endpoints: []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379"}, Prefix: "/haproxy-config/edge-eu",
+		CAFile: "/etc/etcd/ca.pem", CertFile: "/etc/etcd/lb1.pem", KeyFile: "/etc/etcd/lb1-key.pem", SealKey: "/etc/haproxy-config/edge.key",
+		Node: "lb-1.eu_west", LockTTL: 30 * time.Second, Heartbeat: 5 * time.Second}
+	if !reflect.DeepEqual(s.Fleet, want) || !s.Fleet.Enabled() {
+		t.Errorf("fleet settings\n got %+v\nwant %+v", s.Fleet, want)
+	}
+	if s, err := load(map[string]string{"HAPROXY_CONFIG_ETCD_CA_FILE": "/etc/etcd/ca.pem"}); err != nil || s.Fleet.Enabled() {
+		t.Errorf("a CA alone, no endpoints: err %v, fleet mode on %v; want no error and off", err, s != nil && s.Fleet.Enabled())
+	}
+	for _, key := range []string{"ETCD_ENDPOINTS", "ETCD_PREFIX", "ETCD_CERT_FILE", "ETCD_KEY_FILE", "FLEET_KEY_FILE", "NODE_NAME", "ETCD_LOCK_TTL", "FLEET_HEARTBEAT"} {
+		if k := Keys[slices.IndexFunc(Keys, func(k Key) bool { return k.Name == key })]; !k.NeedsRestart() {
+			t.Errorf("%s applies on SIGHUP: the daemon opened etcd with it", key)
+		}
+	}
+
+	bad := []struct{ key, value, msg string }{
+		{"ETCD_ENDPOINTS", "10.0.0.1:2379", "is not an etcd client URL"},
+		{"ETCD_ENDPOINTS", "https://10.0.0.1:2379,unix:///run/etcd.sock", `"unix:///run/etcd.sock" is not an etcd client URL`},
+		{"ETCD_ENDPOINTS", "https://10.0.0.1", "is not an etcd client URL"},
+		{"ETCD_PREFIX", "haproxy-config", "is not a key prefix"},
+		{"ETCD_PREFIX", "/", "is not a key prefix"},
+		{"NODE_NAME", "lb 1", `"lb 1" is not a node name`},
+		{"NODE_NAME", "lb/1", `"lb/1" is not a node name`},
+		{"NODE_NAME", "..", `".." is not a node name`},
+		{"NODE_NAME", "", `"" is not a node name`},
+		{"ETCD_LOCK_TTL", "1s", "at least 2s"},
+		{"FLEET_HEARTBEAT", "0s", "is not a positive duration"},
+	}
+	for _, tt := range bad {
+		_, err := load(map[string]string{"HAPROXY_CONFIG_" + tt.key: tt.value})
+		if err == nil || !strings.Contains(err.Error(), "HAPROXY_CONFIG_"+tt.key) || !strings.Contains(err.Error(), tt.msg) {
+			t.Errorf("%s=%q: err %v, want one naming the setting and %q", tt.key, tt.value, err, tt.msg)
+		}
+	}
+	// a certificate and its key go together
+	for key, missing := range map[string]string{"ETCD_CERT_FILE": "ETCD_KEY_FILE", "ETCD_KEY_FILE": "ETCD_CERT_FILE"} {
+		_, err := load(map[string]string{"HAPROXY_CONFIG_ETCD_ENDPOINTS": "https://127.0.0.1:2379", "HAPROXY_CONFIG_" + key: "/etc/etcd/x.pem"})
+		if err == nil || !strings.Contains(err.Error(), "HAPROXY_CONFIG_"+key) || !strings.Contains(err.Error(), "HAPROXY_CONFIG_"+missing) {
+			t.Errorf("%s alone: err %v, want one naming it and %s", key, err, missing)
+		}
+	}
+}
+
+func TestValidNodeName(t *testing.T) {
+	for name, want := range map[string]bool{"lb1": true, "lb-1.example.com": true, "LB_2": true, ".": false, "..": false, "": false,
+		"lb 1": false, "lb/1": false, "lb:1": false, "lb1é": false, strings.Repeat("a", 254): false} {
+		if got := ValidNodeName(name); got != want {
+			t.Errorf("ValidNodeName(%q) = %v, want %v", name, got, want)
+		}
 	}
 }

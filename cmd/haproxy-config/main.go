@@ -97,7 +97,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		&cli.StringFlag{Name: "defaults-file", Usage: "KEY=VALUE settings `FILE` (default ROOT/etc/default/haproxy-config) [$HAPROXY_CONFIG_DEFAULTS]"},
 	}
 	for _, k := range settings.Keys {
-		flags = append(flags, &cli.StringFlag{Name: k.Flag, Usage: fmt.Sprintf("%s (default %q) [$%s]", k.Usage, k.Default("/"), k.Env())})
+		flags = append(flags, &cli.StringFlag{Name: k.Flag, Usage: fmt.Sprintf("%s (default %q) [$%s]", k.Usage, k.DefaultText("/"), k.Env())})
 	}
 	app := &cli.App{
 		Name:      "haproxy-config",
