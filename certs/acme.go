@@ -95,6 +95,23 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, dns *DNS
 			}
 		}
 	}
+	complete, err := accountComplete(ctx, cfg.Storage, cfg.Directory)
+	if err != nil {
+		return nil, err
+	}
+	if !complete {
+		// made and registered under the lock, the account read again once
+		// it is held: nodes of a fleet starting together register one
+		lease, err := lockAccount(ctx, cfg.Storage)
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err := lease.Unlock(context.WithoutCancel(ctx)); err != nil {
+				logger.Warn("release the acme account lock", "err", err)
+			}
+		}()
+	}
 	acct, err := loadAccount(ctx, cfg.Storage, cfg.Directory, cfg.Email)
 	if err != nil {
 		return nil, err
@@ -190,6 +207,90 @@ func retryAfter(err error) time.Duration {
 		return 0
 	}
 	return d
+}
+
+// accountComplete reports whether s holds the account's key and its
+// registration.
+func accountComplete(ctx context.Context, s Storage, directory string) (bool, error) {
+	for _, key := range []string{Keys.AccountKey(directory), Keys.AccountRegistration(directory)} {
+		_, err := s.Load(ctx, key)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("acme account: %w", err)
+		}
+	}
+	return true, nil
+}
+
+// lockAccount takes Keys.AccountLock in s, waiting DefaultLockWait at most.
+func lockAccount(ctx context.Context, s Storage) (Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, DefaultLockWait)
+	defer cancel()
+	lease, err := s.Lock(ctx, Keys.AccountLock())
+	if err != nil {
+		return nil, fmt.Errorf("acme account lock: %w", err)
+	}
+	return lease, nil
+}
+
+// MigrateAccount copies the ACME account at directory, its key and its
+// registration, from one storage to another that holds none: a node
+// switched to fleet mode brings its account (from its FileStorage) to the
+// fleet's storage instead of registering another. An account to holds
+// already is never overwritten, and one never registered is not copied.
+// It reports whether it copied; the copy is made under to's
+// Keys.AccountLock, as registrations are.
+func MigrateAccount(ctx context.Context, from, to Storage, directory string) (bool, error) {
+	keyKey, regKey := Keys.AccountKey(directory), Keys.AccountRegistration(directory)
+	key, err := from.Load(ctx, keyKey)
+	if err == nil {
+		var reg []byte
+		if reg, err = from.Load(ctx, regKey); err == nil {
+			return copyAccount(ctx, to, directory, key, reg)
+		}
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return false, fmt.Errorf("acme account to migrate: %w", err)
+}
+
+// copyAccount stores key and reg as the account at directory in to unless
+// to holds a key of its own there.
+func copyAccount(ctx context.Context, to Storage, directory string, key, reg []byte) (bool, error) {
+	keyKey, regKey := Keys.AccountKey(directory), Keys.AccountRegistration(directory)
+	held := func() (bool, error) {
+		_, err := to.Load(ctx, keyKey)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("the fleet's acme account: %w", err)
+		}
+		return true, nil
+	}
+	if has, err := held(); has || err != nil {
+		return false, err
+	}
+	lease, err := lockAccount(ctx, to)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = lease.Unlock(context.WithoutCancel(ctx)) }()
+	if has, err := held(); has || err != nil { // made by another node meanwhile
+		return false, err
+	}
+	// the key first: a key without its registration is registered again
+	// (the CA answers with the account the key has), never replaced
+	if err := to.Store(ctx, keyKey, key); err != nil {
+		return false, fmt.Errorf("copy the acme account key: %w", err)
+	}
+	if err := to.Store(ctx, regKey, reg); err != nil {
+		return false, fmt.Errorf("copy the acme account: %w", err)
+	}
+	return true, nil
 }
 
 func loadAccount(ctx context.Context, s Storage, directory, email string) (*account, error) {

@@ -56,6 +56,12 @@ type schedule struct {
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
+// ErrSharedUnavailable marks an error of the fleet's shared storage, as
+// opposed to one of the CA: the Manager's Issuer func wraps it (errors.Is)
+// when the storage did not answer, and the manager tries again after
+// FleetRetry without counting a failure to reach the CA.
+var ErrSharedUnavailable = errors.New("the fleet's shared storage is unreachable")
+
 // errUnusable marks a shared certificate that cannot be served.
 var errUnusable = errors.New("unusable certificate")
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -288,4 +289,125 @@ func TestFleetTakesOverASingleNodesCertificates(t *testing.T) {
 			t.Errorf("the node that joined serves %s for %s (%s), want the first node's", d.Serial, name, d.Condition(joined.now))
 		}
 	}
+}
+
+func TestSharedStorageDownIsRetriedWithoutBackoff(t *testing.T) {
+	r := newRig(t, policy(), "")
+	r.join(&flaky{Storage: NewFileStorage(t.TempDir(), t.TempDir())}, "node-1")
+	answers := []error{fmt.Errorf("acme account: %w: %w", ErrSharedUnavailable, errDown), fmt.Errorf("%w: %w", ErrSharedUnavailable, errDown),
+		errors.New("connection refused"), nil}
+	r.m.Issuer = func(context.Context) (Issuer, error) {
+		err := answers[0]
+		answers = answers[1:]
+		if err != nil {
+			return nil, err
+		}
+		return r.iss, nil
+	}
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
+	for i, want := range []time.Duration{30 * time.Second, 30 * time.Second, 5 * time.Minute} {
+		next := r.step()
+		if got := next.Sub(r.now); got != want {
+			t.Fatalf("connect %d: next try in %v, want %v", i+1, got, want)
+		}
+		r.now = next
+	}
+	// the CA's failure was the first: the storage's counted none
+	if r.m.issuerFailures != 1 {
+		t.Errorf("failures to reach the CA = %d, want 1", r.m.issuerFailures)
+	}
+	r.step()
+	if r.iss.count() != 1 || r.m.IssuerError() != "" {
+		t.Errorf("orders %d, error %q once the storage and the CA answer", r.iss.count(), r.m.IssuerError())
+	}
+}
+
+func TestMigrateAccount(t *testing.T) {
+	ctx := context.Background()
+	const dir = "https://ca.example.net/directory"
+	files := func(t *testing.T) *FileStorage { return NewFileStorage(t.TempDir(), t.TempDir()) }
+	store := func(t *testing.T, s Storage, key, reg string) {
+		t.Helper()
+		if err := s.Store(ctx, Keys.AccountKey(dir), []byte(key)); err != nil {
+			t.Fatal(err)
+		}
+		if reg != "" {
+			if err := s.Store(ctx, Keys.AccountRegistration(dir), []byte(reg)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	load := func(t *testing.T, s Storage, key string) string {
+		t.Helper()
+		data, err := s.Load(ctx, key)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "(none)"
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+
+	t.Run("copied to a storage without one", func(t *testing.T) {
+		from, to := files(t), files(t)
+		store(t, from, "node key", `{"email":"a@example.com"}`)
+		copied, err := MigrateAccount(ctx, from, to, dir)
+		if err != nil || !copied {
+			t.Fatalf("MigrateAccount = %v, %v; want true, nil", copied, err)
+		}
+		if k, r := load(t, to, Keys.AccountKey(dir)), load(t, to, Keys.AccountRegistration(dir)); k != "node key" || r != `{"email":"a@example.com"}` {
+			t.Errorf("the fleet's account: key %q, registration %q", k, r)
+		}
+		if copied, err := MigrateAccount(ctx, from, to, dir); err != nil || copied {
+			t.Errorf("second MigrateAccount = %v, %v; want false, nil", copied, err)
+		}
+	})
+	t.Run("the fleet's is never overwritten", func(t *testing.T) {
+		from, to := files(t), files(t)
+		store(t, from, "node key", "node registration")
+		store(t, to, "fleet key", "fleet registration")
+		if copied, err := MigrateAccount(ctx, from, to, dir); err != nil || copied {
+			t.Fatalf("MigrateAccount = %v, %v; want false, nil", copied, err)
+		}
+		if k, r := load(t, to, Keys.AccountKey(dir)), load(t, to, Keys.AccountRegistration(dir)); k != "fleet key" || r != "fleet registration" {
+			t.Errorf("the fleet's account became key %q, registration %q", k, r)
+		}
+	})
+	t.Run("a key the fleet holds without registration stays", func(t *testing.T) {
+		from, to := files(t), files(t)
+		store(t, from, "node key", "node registration")
+		store(t, to, "fleet key", "")
+		if copied, err := MigrateAccount(ctx, from, to, dir); err != nil || copied {
+			t.Fatalf("MigrateAccount = %v, %v; want false, nil", copied, err)
+		}
+		if k, r := load(t, to, Keys.AccountKey(dir)), load(t, to, Keys.AccountRegistration(dir)); k != "fleet key" || r != "(none)" {
+			t.Errorf("the fleet's account became key %q, registration %q", k, r)
+		}
+	})
+	t.Run("none registered here: nothing copied", func(t *testing.T) {
+		from, to := files(t), files(t)
+		store(t, from, "node key", "")
+		if copied, err := MigrateAccount(ctx, from, to, dir); err != nil || copied {
+			t.Fatalf("MigrateAccount = %v, %v; want false, nil", copied, err)
+		}
+		if copied, err := MigrateAccount(ctx, files(t), to, dir); err != nil || copied {
+			t.Fatalf("MigrateAccount from an empty storage = %v, %v; want false, nil", copied, err)
+		}
+		if k := load(t, to, Keys.AccountKey(dir)); k != "(none)" {
+			t.Errorf("the fleet got key %q", k)
+		}
+	})
+	t.Run("the fleet's storage down", func(t *testing.T) {
+		from, to := files(t), &flaky{Storage: files(t)}
+		store(t, from, "node key", "node registration")
+		to.down.Store(true)
+		if copied, err := MigrateAccount(ctx, from, to, dir); !errors.Is(err, errDown) || copied {
+			t.Fatalf("MigrateAccount = %v, %v; want false, %v", copied, err, errDown)
+		}
+		to.down.Store(false)
+		if copied, err := MigrateAccount(ctx, from, to, dir); err != nil || !copied {
+			t.Fatalf("MigrateAccount once it is back = %v, %v; want true, nil", copied, err)
+		}
+	})
 }

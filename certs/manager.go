@@ -60,7 +60,9 @@ type Manager struct {
 	// (DefaultResync), besides the changes Shared reports as a Watcher.
 	LockWait, FleetRetry, Resync time.Duration
 	// Issuer connects to the CA; it is called again after a failure, so
-	// a CA unreachable at start does not stop the daemon.
+	// a CA unreachable at start does not stop the daemon. An error
+	// wrapping ErrSharedUnavailable (the account is in an unreachable
+	// shared storage) is tried again after FleetRetry, not backed off.
 	Issuer func(ctx context.Context) (Issuer, error)
 	Loader Loader // nil: files only, every change needs a reload
 	// Reload asks the daemon for a reload: the fallback when Loader fails
@@ -332,13 +334,22 @@ func (m *Manager) tick(ctx context.Context) time.Time {
 		// outside the lock: status must not wait for the network
 		iss, err := m.Issuer(ctx)
 		if err != nil {
+			shared := errors.Is(err, ErrSharedUnavailable)
 			if m.IssuerError() != err.Error() {
-				m.Log.Error("cannot reach the acme directory: retrying", "err", err)
+				if shared {
+					m.Log.Error("the fleet's storage is unreachable: no order starts until it answers", "retry", m.fleetRetry(), "err", err)
+				} else {
+					m.Log.Error("cannot reach the acme directory: retrying", "err", err)
+				}
 			}
 			m.mu.Lock()
 			m.issuerErr = err.Error()
-			m.issuerFailures++
-			wait := max(m.Policy.backoff(m.issuerFailures, m.Jitter), retryAfter(err))
+			// the storage is not the CA: no backoff, and tried again soon
+			wait := m.fleetRetry()
+			if !shared {
+				m.issuerFailures++
+				wait = max(m.Policy.backoff(m.issuerFailures, m.Jitter), retryAfter(err))
+			}
 			m.mu.Unlock()
 			return now.Add(wait)
 		}

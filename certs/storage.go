@@ -161,6 +161,21 @@ func (KeyBuilder) Budget() string { return "acme/budget.json" }
 // BudgetLock is the lock held while the budget is read and changed.
 func (KeyBuilder) BudgetLock() string { return "budget" }
 
+// AccountLock is the lock held while the ACME account is made and
+// registered, or copied into the fleet's storage: two nodes starting
+// together register one account.
+func (KeyBuilder) AccountLock() string { return "account" }
+
+// nodesPrefix is the prefix of the heartbeats.
+const nodesPrefix = "nodes"
+
+// Node is the heartbeat of the fleet's node name (JSON, written by the
+// daemon).
+func (KeyBuilder) Node(name string) string { return path.Join(nodesPrefix, name) }
+
+// Nodes is the prefix of every node's heartbeat.
+func (KeyBuilder) Nodes() string { return nodesPrefix }
+
 // Watcher is a Storage that tells of the changes others make to it.
 type Watcher interface {
 	// Watch sends the key of every value stored or deleted under prefix
