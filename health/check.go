@@ -117,6 +117,9 @@ func Check(st *watcher.Status, drained *watcher.Drained, now time.Time, th Thres
 			}
 		}
 	}
+	if f := fleetProblem(st, now); f != "" {
+		warn = append(warn, f)
+	}
 	if drained != nil {
 		msg := "drained since " + drained.Since.Local().Format(time.RFC3339)
 		if drained.Reason != "" {
@@ -138,6 +141,22 @@ func Check(st *watcher.Status, drained *watcher.Drained, now time.Time, th Thres
 		}
 	}
 	return r
+}
+
+// fleetProblem is the warning of a node of a fleet whose etcd has not
+// answered for longer than watcher.StaleAfter heartbeats, "" otherwise.
+// It serves what it has meanwhile, but orders nothing.
+func fleetProblem(st *watcher.Status, now time.Time) string {
+	if st == nil || st.Fleet == nil || st.Fleet.UnreachableSince == nil {
+		return ""
+	}
+	f := st.Fleet
+	limit := time.Duration(watcher.StaleAfter * f.HeartbeatSeconds * float64(time.Second))
+	if now.Sub(*f.UnreachableSince) <= limit {
+		return ""
+	}
+	return fmt.Sprintf("etcd unreachable since %s (for %s): no certificate is ordered or renewed: %s",
+		f.UnreachableSince.Local().Format(time.RFC3339), age(now, *f.UnreachableSince), f.LastError)
 }
 
 // haproxyDown names HAProxy processes the report lists that are gone. Only

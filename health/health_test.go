@@ -97,6 +97,20 @@ func TestCheck(t *testing.T) {
 			st.Certs.NextExpiry.At = now.Add(-time.Hour)
 			return st
 		}, nil, nil, Critical, "the certificate of shop.example.com has expired", true},
+		{"etcd reachable", func(st *watcher.Status) *watcher.Status {
+			st.Fleet = &watcher.FleetStatus{Node: "lb1", Reachable: true, HeartbeatSeconds: 10}
+			return st
+		}, nil, nil, OK, "generation 7 live", true},
+		{"etcd unreachable for 3 heartbeats", func(st *watcher.Status) *watcher.Status {
+			since := now.Add(-30 * time.Second)
+			st.Fleet = &watcher.FleetStatus{Node: "lb1", UnreachableSince: &since, LastError: "no quorum", HeartbeatSeconds: 10}
+			return st
+		}, nil, nil, OK, "generation 7 live", true},
+		{"etcd unreachable for longer", func(st *watcher.Status) *watcher.Status {
+			since := now.Add(-31 * time.Second)
+			st.Fleet = &watcher.FleetStatus{Node: "lb1", UnreachableSince: &since, LastError: "no quorum", HeartbeatSeconds: 10}
+			return st
+		}, nil, nil, Warning, "etcd unreachable since", true},
 		{"drained", nil, &watcher.Drained{Since: now.Add(-time.Hour), Reason: "kernel update"}, nil, Warning, "drained since", false},
 		{"critical before warning", func(st *watcher.Status) *watcher.Status {
 			st.Quarantined = []watcher.Quarantined{{Name: "shop"}}

@@ -69,12 +69,15 @@ func (d *Daemon) newCertManager(s *settings.Settings, ch *certs.Challenges) (*ce
 		DNS:       dns,
 		Log:       d.Log.With("component", "certs"),
 		Issuer: func(ctx context.Context) (certs.Issuer, error) {
-			return certs.NewACME(ctx, certs.ACMEConfig{Directory: a.Directory, Email: a.Email, KeyType: a.KeyType,
-				Profile: a.Profile, EABKeyID: a.EABKeyID, EABHMAC: a.EABHMAC, Storage: certs.NewFileStorage(s.StateDir, s.CertsDir)}, ch, dns, d.Log.With("component", "acme"))
+			return d.connectCA(ctx, certs.ACMEConfig{Directory: a.Directory, Email: a.Email, KeyType: a.KeyType,
+				Profile: a.Profile, EABKeyID: a.EABKeyID, EABHMAC: a.EABHMAC, Storage: certs.NewFileStorage(s.StateDir, s.CertsDir)}, ch, dns)
 		},
 		Reload:  func(reason string) { d.certEvent(reason) },
 		Changed: func() { d.certEvent("") },
 		Loader:  runtimeCerts{rt: d.rt, list: s.CrtList(), mu: &d.runtimeMu},
+	}
+	if d.fleetStore != nil {
+		m.Shared, m.Node = d.fleetStore, s.Fleet.Node
 	}
 	if a.CheckDNS {
 		addrs, err := balancerAddresses(a.Addresses)
@@ -85,6 +88,72 @@ func (d *Daemon) newCertManager(s *settings.Settings, ch *certs.Challenges) (*ce
 		m.Resolve = net.DefaultResolver.LookupIPAddr
 	}
 	return m, m.Init()
+}
+
+// connectCA makes the ACME client. In fleet mode the account is the
+// fleet's, in etcd: etcd must answer first (and this node's own account
+// is copied there if the fleet has none), and a failure while etcd does
+// not answer wraps certs.ErrSharedUnavailable, so the manager tries again
+// soon rather than backing off as from the CA.
+func (d *Daemon) connectCA(ctx context.Context, cfg certs.ACMEConfig, ch *certs.Challenges, dns *certs.DNS) (certs.Issuer, error) {
+	if d.fleet != nil {
+		if err := d.fleet.ready(ctx); err != nil {
+			return nil, err
+		}
+		cfg.Storage = d.fleetStore
+	}
+	iss, err := certs.NewACME(ctx, cfg, ch, dns, d.Log.With("component", "acme"))
+	if err != nil {
+		if d.fleet != nil {
+			if perr := d.fleetStore.Ping(ctx); perr != nil {
+				return nil, fmt.Errorf("%w: %w (%v)", certs.ErrSharedUnavailable, perr, err)
+			}
+		}
+		return nil, err
+	}
+	return iss, nil
+}
+
+// openFleet opens the fleet's storage in fleet mode; the returned
+// function closes it. etcd is not waited for: the heartbeat tells when it
+// answers.
+func (d *Daemon) openFleet() (closeFleet func(), err error) {
+	st, err := OpenFleet(d.s)
+	if err != nil || st == nil {
+		return func() {}, err
+	}
+	s := d.s
+	d.fleetStore = st
+	f := newFleetNode(st, s.Fleet, d.Log.With("component", "fleet"))
+	f.version, f.health = d.Version, d.Health
+	f.changed = func() { d.certEvent("") } // a status refresh
+	f.served = func() int {
+		if d.certs == nil {
+			return 0
+		}
+		n := 0
+		for _, dom := range d.certs.Snapshot().Domains {
+			if dom.File != "" {
+				n++
+			}
+		}
+		return n
+	}
+	local := certs.NewFileStorage(s.StateDir, s.CertsDir)
+	f.migrate = func(ctx context.Context) error {
+		copied, err := certs.MigrateAccount(ctx, local, st, s.ACME.Directory)
+		if copied {
+			f.log.Info("acme account copied to the fleet: the fleet registers none", "directory", s.ACME.Directory)
+		}
+		return err
+	}
+	d.fleet = f
+	d.Log.Info("fleet mode", "node", s.Fleet.Node, "prefix", s.Fleet.Prefix, "endpoints", strings.Join(s.Fleet.Endpoints, ","))
+	return func() {
+		if err := st.Close(); err != nil {
+			d.Log.Warn("close the etcd client", "err", err)
+		}
+	}, nil
 }
 
 // newDNS builds the DNS-01 provider the settings name, nil for none. The
@@ -138,6 +207,9 @@ func (d *Daemon) initCerts() error {
 		return nil
 	}
 	d.challenges = certs.NewChallenges()
+	if d.fleetStore != nil {
+		d.challenges = certs.ChallengesIn(d.fleetStore) // any node answers any token
+	}
 	m, err := d.newCertManager(d.s, d.challenges)
 	if err != nil {
 		return err

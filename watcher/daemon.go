@@ -25,6 +25,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"haproxy-config/certs"
+	"haproxy-config/certs/etcdstorage"
 	"haproxy-config/fragments"
 	"haproxy-config/reconcile"
 	"haproxy-config/reload"
@@ -39,6 +40,11 @@ type Daemon struct {
 	// Notify sends a systemd notification (sd_notify); see Notifier.
 	Notify func(state string)
 	Log    *slog.Logger
+	// Version is the daemon's, for the fleet's heartbeats.
+	Version string
+	// Health, when set, is status --check's level now (OK, WARNING,
+	// CRITICAL), for the fleet's heartbeats.
+	Health func() string
 
 	s        *settings.Settings
 	eng      *reconcile.Engine
@@ -89,6 +95,11 @@ type Daemon struct {
 	certReload    string            // a reload the manager asked for, not yet taken
 	storedDomains []string          // every domain a stored fragment names
 	domainOwner   map[string]string // each of them to the fragment naming it, "" when several do
+
+	// fleet mode (nil when off): the shared storage, and this node's
+	// heartbeat and view of etcd
+	fleetStore *etcdstorage.Storage
+	fleet      *fleetNode
 }
 
 // Notifier sends sd_notify messages when the daemon runs under systemd
@@ -118,6 +129,9 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	if err := d.configure(s); err != nil {
 		return err
+	}
+	if s.Fleet.Enabled() && !s.ACME.Enabled {
+		return &reconcile.UsageError{Err: fmt.Errorf("setting %sETCD_ENDPOINTS: fleet mode shares certificates: it needs %sACME=true", settings.EnvPrefix, settings.EnvPrefix)}
 	}
 	d.dirty, d.quarSince = map[string]bool{}, map[string]time.Time{}
 	d.http = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
@@ -151,6 +165,12 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 
 	d.certEvents = make(chan struct{}, 1)
+	closeFleet, err := d.openFleet()
+	if err != nil {
+		return err
+	}
+	// after the certificate manager stopped (deferred later, run earlier)
+	defer closeFleet()
 	if err := d.initCerts(); err != nil {
 		return &reload.EnvError{Err: fmt.Errorf("certificates: %w", err)}
 	}
@@ -163,6 +183,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		return &reload.EnvError{Err: err}
 	}
 	defer stopCerts()
+	defer d.runFleet(ctx)()
 	if d.api, err = listenAPI(d.s, d.Log); err != nil {
 		return &reload.EnvError{Err: err}
 	}
@@ -804,6 +825,14 @@ func (d *Daemon) liveGeneration() int {
 func (d *Daemon) writeStatus() {
 	d.status.Updated = time.Now().UTC()
 	d.status.Certs = d.certSummary()
+	if d.fleet != nil {
+		var live *reconcile.Generation
+		if g := d.ro.lastGood; g != nil && d.status.Live != nil && d.status.Live.Generation == g.Number {
+			live = g
+		}
+		d.fleet.setLive(live, d.s.BaseConfig, d.s.BaseIsDefault)
+		d.status.Fleet = d.fleet.snapshot()
+	}
 	d.metrics.set(&d.status)
 	err := writeStatus(d.s.StateDir, &d.status)
 	switch {

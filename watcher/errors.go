@@ -25,6 +25,7 @@ const (
 	KindEnv         Kind = "env"         // 5
 	KindNotFound    Kind = "not_found"   // 6
 	KindNotLive     Kind = "not_live"    // 7
+	KindFlagged     Kind = "flagged"     // 8
 )
 
 // Exit codes besides the kinds'. 3 is left out: urfave/cli uses it for
@@ -47,6 +48,8 @@ func (k Kind) ExitCode() int {
 		return 6
 	case KindNotLive:
 		return 7
+	case KindFlagged:
+		return 8
 	}
 	return 1
 }
@@ -58,7 +61,10 @@ func KindOf(err error) Kind {
 	var env *reload.EnvError
 	var quarantined *QuarantinedError
 	var notLive *NotLiveError
+	var flagged *FlaggedError
 	switch {
+	case errors.As(err, &flagged):
+		return KindFlagged
 	case errors.As(err, &usage):
 		return KindUsage
 	case errors.As(err, &quarantined):

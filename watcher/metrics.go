@@ -54,13 +54,16 @@ var (
 	descLastRuntime = prometheus.NewDesc("haproxy_config_last_runtime_update_seconds", "From the change seen to the runtime host map verified, for the last runtime update.", nil, nil)
 	descBehind      = prometheus.NewDesc("haproxy_config_behind", "1 while what the store holds cannot go live (HAProxy serves an older generation).", nil, nil)
 	descDrained     = prometheus.NewDesc("haproxy_config_drained", "1 while this node is drained for maintenance.", nil, nil)
+	descEtcdUp      = prometheus.NewDesc("haproxy_config_etcd_up", "Fleet mode: 1 while etcd answers this node's checks, 0 while it does not.", nil, nil)
+	descEtcdSince   = prometheus.NewDesc("haproxy_config_etcd_unreachable_since_seconds", "Fleet mode: since when (unix time) etcd has not answered, 0 while it does.", nil, nil)
 	descAnnounced   = prometheus.NewDesc("haproxy_config_route_announced", "1 for each service address whose route announce has announced, 0 while withdrawn.", []string{"address"}, nil)
 )
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReloads, descRollbacks, descRestarts, descReconciles, descGeneration,
 		descLiveFrags, descPending, descHeld, descQuarantined, descLastReload, descLastOK, descRuntime, descDrift,
-		descFallbacks, descLastRuntime, descCerts, descCertExpiry, descOrders, descBehind, descDrained, descAnnounced} {
+		descFallbacks, descLastRuntime, descCerts, descCertExpiry, descOrders, descBehind, descDrained, descAnnounced,
+		descEtcdUp, descEtcdSince} {
 		ch <- d
 	}
 }
@@ -70,6 +73,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	st, stateDir := m.last, m.stateDir
 	m.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descBehind, prometheus.GaugeValue, one(st.Behind != nil))
+	if f := st.Fleet; f != nil {
+		since := 0.0
+		if f.UnreachableSince != nil {
+			since = float64(f.UnreachableSince.Unix())
+		}
+		ch <- prometheus.MustNewConstMetric(descEtcdUp, prometheus.GaugeValue, one(f.Reachable))
+		ch <- prometheus.MustNewConstMetric(descEtcdSince, prometheus.GaugeValue, since)
+	}
 	// a file that cannot be read leaves its metric out of this scrape
 	if d, err := ReadDrained(stateDir); err == nil {
 		ch <- prometheus.MustNewConstMetric(descDrained, prometheus.GaugeValue, one(d != nil))

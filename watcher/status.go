@@ -37,6 +37,7 @@ type Status struct {
 	HAProxy      *reload.Procs   `json:"haproxy,omitempty"`
 	Certs        *CertSummary    `json:"certs,omitempty"`
 	Behind       *Behind         `json:"behind,omitempty"`
+	Fleet        *FleetStatus    `json:"fleet,omitempty"`
 	// read from their own files by ReadStatus, not written by the daemon
 	Drained  *Drained   `json:"drained,omitempty"`
 	Announce *Announced `json:"announce,omitempty"`
