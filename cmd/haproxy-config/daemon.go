@@ -19,6 +19,7 @@ import (
 
 	"haproxy-config/certs"
 	"haproxy-config/fragments"
+	"haproxy-config/health"
 	"haproxy-config/reconcile"
 	"haproxy-config/settings"
 	"haproxy-config/watcher"
@@ -30,9 +31,14 @@ func watch(c *cli.Context, _ *reconcile.Engine) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	d := &watcher.Daemon{
-		Load:   func() (*settings.Settings, error) { return loadSettings(c) },
-		Notify: watcher.Notifier(log),
-		Log:    log,
+		Load:    func() (*settings.Settings, error) { return loadSettings(c) },
+		Notify:  watcher.Notifier(log),
+		Log:     log,
+		Version: version,
+	}
+	if s, err := loadSettings(c); err == nil {
+		// the level status --check reports, for the fleet's heartbeats
+		d.Health = func() string { return health.Read(s.StateDir, thresholds(s)).Code.String() }
 	}
 	return d.Run(c.Context, hup)
 }
@@ -126,6 +132,9 @@ func printStatus(w io.Writer, st *watcher.Status) {
 	}
 	if st.LastError != "" {
 		fmt.Fprintf(w, "last error:  %s\n", st.LastError)
+	}
+	if f := st.Fleet; f != nil {
+		printFleetStatus(w, f)
 	}
 	if b := st.Behind; b != nil {
 		fmt.Fprintf(w, "behind:      since %s the stored configuration cannot go live: %s\n", when(b.Since), b.Reason)

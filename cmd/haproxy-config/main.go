@@ -37,6 +37,7 @@ const exitCodesHelp = `EXIT CODES:
       the fragment directory missing or a hold in force ("assemble"), no daemon running ("status")
    6  no such fragment (or generation)
    7  --wait: the change is stored but not live: no daemon runs, a hold is in force, a later change replaced it, or not in time (see "status")
+   8  fleet: a node is flagged (its fragments differ from the fleet's, or it is stale)
    status --check exits as a monitoring plugin instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN`
 
 var version = "dev"
@@ -201,6 +202,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				Action: withEngine(resume),
 			},
 			certsCommand,
+			fleetCommand,
 			{
 				Name:   "list",
 				Usage:  "list stored fragments: name, domains, backends, size, when applied",
