@@ -232,6 +232,7 @@ func (f *fleetNode) run(ctx context.Context) {
 // beat pings etcd, stores the heartbeat and, once etcd answers, brings
 // this node's ACME account to the fleet.
 func (f *fleetNode) beat(ctx context.Context) {
+	at := time.Now()
 	err := f.st.Ping(ctx)
 	if err == nil {
 		err = f.store(ctx)
@@ -239,7 +240,7 @@ func (f *fleetNode) beat(ctx context.Context) {
 	if ctx.Err() != nil {
 		return // stopping: not etcd's fault
 	}
-	f.reached(err)
+	f.reached(err, at)
 	if err == nil {
 		if err := f.migrateOnce(ctx); err != nil {
 			f.log.Warn("acme account not copied to the fleet: tried again at the next heartbeat", "err", err)
@@ -293,10 +294,11 @@ func baseDigest(path string, isDefault bool) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-// reached records the outcome of a check of etcd: nil, it answered. The
-// log tells of each change, once.
-func (f *fleetNode) reached(err error) {
+// reached records the outcome of a check of etcd begun at the time at:
+// nil, it answered. The log tells of each change, once.
+func (f *fleetNode) reached(err error, at time.Time) {
 	now := time.Now().UTC()
+	at = at.UTC()
 	f.mu.Lock()
 	first, was := !f.checked, f.status.Reachable
 	f.checked = true
@@ -306,7 +308,7 @@ func (f *fleetNode) reached(err error) {
 		changed = changed || st.LastError != err.Error()
 		st.LastError, st.LastErrorAt = err.Error(), now
 		if was || first {
-			st.UnreachableSince = &now
+			st.UnreachableSince = &at
 		}
 	}
 	since := st.UnreachableSince

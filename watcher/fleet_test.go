@@ -93,16 +93,16 @@ func TestReachabilityIsLoggedOnChange(t *testing.T) {
 	if st := f.snapshot(); st.Reachable || st.UnreachableSince != nil {
 		t.Fatalf("before the first check: %+v", st)
 	}
-	f.reached(nil)
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	f.reached(nil, t0)
 	down := context.DeadlineExceeded
-	f.reached(down)
-	since := f.snapshot().UnreachableSince
-	f.reached(down)
+	f.reached(down, t0.Add(10*time.Second))
+	f.reached(down, t0.Add(20*time.Second))
 	st := f.snapshot()
-	if st.Reachable || since == nil || st.UnreachableSince == nil || !st.UnreachableSince.Equal(*since) || st.LastError != down.Error() {
-		t.Fatalf("after two failed checks: %+v, since %v", st, since)
+	if st.Reachable || st.UnreachableSince == nil || !st.UnreachableSince.Equal(t0.Add(10*time.Second)) || st.LastError != down.Error() {
+		t.Fatalf("after two failed checks: %+v, want unreachable since the first began", st)
 	}
-	f.reached(nil)
+	f.reached(nil, t0.Add(30*time.Second))
 	st = f.snapshot()
 	if !st.Reachable || st.UnreachableSince != nil || st.LastError == "" {
 		t.Errorf("back: %+v", st)
