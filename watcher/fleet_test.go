@@ -193,3 +193,56 @@ func TestHeartbeatStoredInEtcd(t *testing.T) {
 		t.Errorf("load the heartbeat: %v", err)
 	}
 }
+
+func TestOpenFleetNamesTheSetting(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "fleet.key")
+	if err := os.WriteFile(keyFile, bytes.Repeat([]byte{7}, etcdstorage.KeySize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	loose := filepath.Join(dir, "loose.key")
+	if err := os.WriteFile(loose, bytes.Repeat([]byte{7}, etcdstorage.KeySize), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fleet := func(edit func(*settings.Fleet)) *settings.Settings {
+		f := settings.Fleet{Endpoints: []string{"https://127.0.0.1:2379"}, Prefix: "/p", SealKey: keyFile, Node: "lb1", Heartbeat: time.Second}
+		edit(&f)
+		return &settings.Settings{Fleet: f}
+	}
+	tests := []struct {
+		name    string
+		edit    func(*settings.Fleet)
+		setting string
+	}{
+		{"no key file", func(f *settings.Fleet) { f.SealKey = filepath.Join(dir, "missing.key") }, "FLEET_KEY_FILE"},
+		{"a key file others may read", func(f *settings.Fleet) { f.SealKey = loose }, "FLEET_KEY_FILE"},
+		{"no CA file", func(f *settings.Fleet) { f.CAFile = filepath.Join(dir, "missing.pem") }, "ETCD_CA_FILE"},
+		{"a CA file without a certificate", func(f *settings.Fleet) { f.CAFile = notPEM }, "ETCD_CA_FILE"},
+		{"no client certificate", func(f *settings.Fleet) {
+			f.CertFile, f.KeyFile = filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+		}, "ETCD_CERT_FILE"},
+		{"TLS files with http endpoints", func(f *settings.Fleet) { f.Endpoints, f.CAFile = []string{"http://127.0.0.1:2379"}, notPEM }, "ETCD_CA_FILE"},
+		{"http and https mixed", func(f *settings.Fleet) { f.Endpoints = []string{"http://127.0.0.1:2379", "https://127.0.0.1:2380"} }, "ETCD_ENDPOINTS"},
+	}
+	for _, tt := range tests {
+		st, err := OpenFleet(fleet(tt.edit))
+		if st != nil {
+			_ = st.Close()
+		}
+		if KindOf(err) != KindUsage || !strings.Contains(err.Error(), "HAPROXY_CONFIG_"+tt.setting) {
+			t.Errorf("%s: err %v, want a usage error naming %s", tt.name, err, tt.setting)
+		}
+	}
+	st, err := OpenFleet(fleet(func(*settings.Fleet) {}))
+	if err != nil {
+		t.Fatalf("good settings: %v", err)
+	}
+	_ = st.Close()
+	if st, err := OpenFleet(&settings.Settings{}); st != nil || err != nil {
+		t.Errorf("fleet mode off: %v, %v; want nil, nil", st, err)
+	}
+}
