@@ -80,6 +80,10 @@ type ACME struct {
 	http    *lego.Client
 	dns     *lego.Client // nil without a DNS-01 provider
 	profile string
+	// the CA's newOrder URL: a refusal there is of the order's request,
+	// made before any challenge
+	newOrder string
+	log      *slog.Logger
 }
 
 // NewACME loads the account (creating and registering it the first time)
@@ -145,7 +149,13 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, dns *DNS
 		}
 		logger.Info("acme account registered", "directory", cfg.Directory, "account", acct.Registration.URI)
 	}
-	a := &ACME{http: client, profile: cfg.Profile}
+	a := &ACME{http: client, profile: cfg.Profile, log: logger}
+	// lego keeps the directory to itself: read it once more for newOrder
+	core, err := api.New(lc.HTTPClient, lc.UserAgent, cfg.Directory, "", acct.key)
+	if err != nil {
+		return nil, fmt.Errorf("acme directory %s: %w", cfg.Directory, err)
+	}
+	a.newOrder = core.GetDirectory().NewOrderURL
 	if dns != nil {
 		// made after the registration: the client takes the account's ID
 		if a.dns, err = lego.NewClient(lc); err != nil {
@@ -166,8 +176,16 @@ func (a *ACME) Obtain(names []string, challenge, replaces string) (*Issued, erro
 			return nil, errors.New("no dns-01 provider is configured")
 		}
 	}
-	res, err := client.Certificate.Obtain(certificate.ObtainRequest{
-		Domains: names, Bundle: true, Profile: a.profile, ReplacesCertID: replaces})
+	req := certificate.ObtainRequest{Domains: names, Bundle: true, Profile: a.profile, ReplacesCertID: replaces}
+	res, err := client.Certificate.Obtain(req)
+	if err != nil && replaces != "" && a.refusedReplaces(err) {
+		// the certificate is not the account's to replace (another node's
+		// account ordered it before the fleet shared one), or the CA cannot
+		// match it: order without "replaces" rather than fail every time
+		a.log.Warn("the CA refused the order naming the certificate it replaces: ordering without", "domains", strings.Join(names, ","), "err", err)
+		req.ReplacesCertID = ""
+		res, err = client.Certificate.Obtain(req)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -179,6 +197,22 @@ func (a *ACME) Obtain(names []string, challenge, replaces string) (*Issued, erro
 		return nil, errors.New("the CA sent no certificate")
 	}
 	return &Issued{Chain: res.Certificate, Key: res.PrivateKey, Leaf: certs[0]}, nil
+}
+
+// refusedReplaces tells whether err is the CA refusing a new order (a
+// problem answered to the newOrder request, so no challenge was tried)
+// for another reason than its rate limits or a nonce: with "replaces" set,
+// the field it checks beyond a plain order. Boulder answers 403 "requester
+// account did not request the certificate being replaced by this order"
+// for a certificate another account ordered, and 400 for a CertID it
+// cannot parse or whose names do not overlap; Pebble 403 and 404. lego
+// itself orders again only after "alreadyReplaced" (RFC 9773 section 5).
+func (a *ACME) refusedReplaces(err error) bool {
+	var p *acme.ProblemDetails
+	if !errors.As(err, &p) || a.newOrder == "" || p.URL != a.newOrder {
+		return false
+	}
+	return p.HTTPStatus >= 400 && p.HTTPStatus < 500 && p.Type != acme.RateLimitedErr && p.Type != acme.BadNonceErr
 }
 
 // RenewalInfo asks the CA's renewal information for cert.

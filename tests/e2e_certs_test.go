@@ -379,3 +379,45 @@ func TestCertsMissingFileAtRestart(t *testing.T) {
 		t.Errorf("Pebble saw %d orders, want 3 (the lost one ordered again)", got)
 	}
 }
+
+// TestCertsRenewedByAnotherAccount: a certificate another ACME account
+// ordered (a node's own before its fleet shared one, say) is renewed: the
+// CA refuses the order naming it in "replaces" (Pebble, like Let's
+// Encrypt: 403, "requester account did not request the certificate being
+// replaced"), and the daemon orders again without, instead of failing
+// every renewal.
+func TestCertsRenewedByAnotherAccount(t *testing.T) {
+	in := newInstall(t)
+	p := startPebble(t, pebbleOptions{httpPort: in.httpPort})
+	in.env = append(in.env, p.env("HAPROXY_CONFIG_ACME_PROFILE=default", "HAPROXY_CONFIG_ACME_ARI=true")...)
+	dm := in.startDaemon(t)
+	in.applyDomains(t, "r", "renewed", "r.example.com")
+	roots := p.roots(t)
+	first := in.waitServed(t, "r.example.com", roots, "", 60*time.Second)
+	dm.stop(t)
+
+	account, err := filepath.Glob(filepath.Join(in.stateDir(), "acme/*/account.*"))
+	if err != nil || len(account) != 2 {
+		t.Fatalf("the ACME account's files: %v %v, want its key and its registration", account, err)
+	}
+	for _, f := range account {
+		if err := os.Remove(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dm = in.startDaemon(t)
+	stdout, stderr, code := run(t, in.env, "", "certs", "renew", "--wait", "--timeout", "60s", "r.example.com")
+	if code != 0 {
+		t.Fatalf("certs renew --wait with another account: exit %d\nstdout:\n%s\nstderr:\n%s\ndaemon:\n%s", code, stdout, stderr, dm.output())
+	}
+	in.waitServed(t, "r.example.com", roots, first.SerialNumber.Text(16), 10*time.Second)
+	if got := p.accounts(t); got != 2 {
+		t.Errorf("Pebble registered %d accounts, want 2 (the first one's files were deleted)", got)
+	}
+	if !strings.Contains(dm.output(), "the CA refused the order naming the certificate it replaces") {
+		t.Errorf("the renewal did not go through the CA's refusal of replaces (not sent?):\n%s", dm.output())
+	}
+	if got := p.orders(t); got != 2 {
+		t.Errorf("Pebble saw %d orders, want 2: the first and the renewal (the refused one is no order)", got)
+	}
+}

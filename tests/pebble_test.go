@@ -197,6 +197,16 @@ func (p *pebble) orders(t testing.TB) int {
 	return strings.Count(string(data), "Added order")
 }
 
+// accounts counts the ACME accounts Pebble registered, from its log.
+func (p *pebble) accounts(t testing.TB) int {
+	t.Helper()
+	data, err := os.ReadFile(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(data), "accounts in memory")
+}
+
 // replacements counts orders Pebble recorded as ARI replacements.
 func (p *pebble) replacements(t testing.TB) int {
 	t.Helper()
