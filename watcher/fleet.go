@@ -113,9 +113,7 @@ func OpenFleet(s *settings.Settings) (*etcdstorage.Storage, error) {
 	st, err := etcdstorage.Open(etcdstorage.Config{Endpoints: f.Endpoints, TLS: tlsConf, Prefix: f.Prefix,
 		KeyFile: f.SealKey, Owner: f.Node, LockTTL: f.LockTTL})
 	if err != nil {
-		// the endpoints and the prefix are checked with the settings: the
-		// key file is the rest that can fail
-		if strings.Contains(err.Error(), "seal key") {
+		if kf := (*etcdstorage.KeyFileError)(nil); errors.As(err, &kf) {
 			return nil, bad("FLEET_KEY_FILE", err)
 		}
 		return nil, bad("ETCD_ENDPOINTS", err)

@@ -77,6 +77,13 @@ const (
 	DefaultTokenTTL       = 30 * time.Minute
 )
 
+// KeyFileError is Open's error when the key file cannot be used: missing,
+// unreadable, open to the group or others, or not KeySize bytes.
+type KeyFileError struct{ Err error }
+
+func (e *KeyFileError) Error() string { return e.Err.Error() }
+func (e *KeyFileError) Unwrap() error { return e.Err }
+
 // Storage is a certs.Storage in etcd. Close it.
 type Storage struct {
 	cli            *clientv3.Client
@@ -106,7 +113,7 @@ func Open(cfg Config) (*Storage, error) {
 	}
 	key, err := readKeyFile(cfg.KeyFile)
 	if err != nil {
-		return nil, err
+		return nil, &KeyFileError{Err: err}
 	}
 	seal, err := newSealer(key)
 	if err != nil {
