@@ -365,9 +365,17 @@ func (m *Manager) tick(ctx context.Context) time.Time {
 	return m.st.nextWake(now, m.Policy, m.running, m.protected, m.ARI)
 }
 
+// fleetNode is this node's name in fleet mode, "" otherwise.
+func (m *Manager) fleetNode() string {
+	if m.Shared == nil {
+		return ""
+	}
+	return m.Node
+}
+
 // needsIssuer reports whether anything due needs the CA.
 func (m *Manager) needsIssuer(now time.Time) bool {
-	if len(m.st.due(now, m.running)) > 0 {
+	if len(m.st.due(now, m.running, m.fleetNode())) > 0 {
 		return true
 	}
 	for _, d := range m.st.Domains {
@@ -396,7 +404,7 @@ func (m *Manager) startJobs(ctx context.Context, now time.Time) {
 		}
 	}
 	var orders []*Domain
-	for _, d := range m.st.due(now, m.running) {
+	for _, d := range m.st.due(now, m.running, m.fleetNode()) {
 		if len(m.running)+len(orders) >= m.Policy.InFlight {
 			break
 		}

@@ -2,6 +2,7 @@ package certs
 
 import (
 	"cmp"
+	"hash/fnv"
 	"slices"
 	"time"
 )
@@ -53,8 +54,9 @@ func (d *Domain) wants(now time.Time) bool {
 }
 
 // due returns the domains whose order may start now, most urgent first:
-// domains without a certificate, then by expiry.
-func (st *State) due(now time.Time, running map[string]bool) []*Domain {
+// domains without a certificate, then by expiry; among equals, in an
+// order of node's own in fleet mode (spread), by name otherwise.
+func (st *State) due(now time.Time, running map[string]bool, node string) []*Domain {
 	var out []*Domain
 	for _, d := range st.Domains {
 		if d.wants(now) && !now.Before(d.NextAttempt) && !running[d.Name] {
@@ -71,9 +73,26 @@ func (st *State) due(now time.Time, running map[string]bool) []*Domain {
 		if c := a.NotAfter.Compare(b.NotAfter); c != 0 {
 			return c
 		}
+		if node != "" {
+			if c := cmp.Compare(spread(node, a.Name), spread(node, b.Name)); c != 0 {
+				return c
+			}
+		}
 		return cmp.Compare(a.Name, b.Name)
 	})
 	return out
+}
+
+// spread ranks domain for node: the nodes of a fleet given the same new
+// domains start their orders with different ones, where in name order
+// they would all wait on the same few order locks while the others wait
+// for a free slot.
+func spread(node, domain string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(node))
+	h.Write([]byte{0})
+	h.Write([]byte(domain))
+	return h.Sum64()
 }
 
 // budget drops orders older than the window and reports whether a new
