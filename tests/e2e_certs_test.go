@@ -27,7 +27,7 @@ func (in *install) certState(t testing.TB) *certs.State {
 }
 
 // applyDomains stores a fragment routing hosts to a backend answering body.
-func (in *install) applyDomains(t *testing.T, name, body string, hosts ...string) {
+func (in *install) applyDomains(t testing.TB, name, body string, hosts ...string) {
 	t.Helper()
 	dir := t.TempDir()
 	conf := writeFile(t, filepath.Join(dir, name+".cfg"), backendConf("b_"+name, body))
@@ -41,7 +41,7 @@ func (in *install) applyDomains(t *testing.T, name, body string, hosts ...string
 
 // waitServed waits until HAProxy serves host a certificate that verifies
 // against roots, other than the one with serial skip, and returns it.
-func (in *install) waitServed(t *testing.T, host string, roots *x509.CertPool, skip string, timeout time.Duration) *x509.Certificate {
+func (in *install) waitServed(t testing.TB, host string, roots *x509.CertPool, skip string, timeout time.Duration) *x509.Certificate {
 	t.Helper()
 	var leaf *x509.Certificate
 	eventually(t, timeout, "a verified certificate served for "+host, func() error {

@@ -213,7 +213,7 @@ func (in *install) expectUnknown(t *testing.T, host string) {
 }
 
 // eventually polls cond every 20 ms until it returns nil or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

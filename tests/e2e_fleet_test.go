@@ -64,7 +64,14 @@ type fleetNode struct {
 // newFleet makes n installations behind an anycast front, starts etcd and
 // Pebble (validating through the front) and makes the seal key; it starts
 // no daemon (see start). extra are settings for every node.
-func newFleet(t *testing.T, n int, extra ...string) *testFleet {
+func newFleet(t testing.TB, n int, extra ...string) *testFleet {
+	t.Helper()
+	return newFleetWith(t, n, pebbleOptions{}, extra...)
+}
+
+// newFleetWith is newFleet with Pebble started with opt (its HTTP port
+// is the front's).
+func newFleetWith(t testing.TB, n int, opt pebbleOptions, extra ...string) *testFleet {
 	t.Helper()
 	testkit.RequireHaproxy(t)
 	pebbleBinaries(t)
@@ -76,7 +83,8 @@ func newFleet(t *testing.T, n int, extra ...string) *testFleet {
 		ports = append(ports, nd.in.httpPort)
 	}
 	f.front = startFront(t, ports)
-	f.pebble = startPebble(t, pebbleOptions{httpPort: f.front.port})
+	opt.httpPort = f.front.port
+	f.pebble = startPebble(t, opt)
 	f.keyFile = filepath.Join(t.TempDir(), "fleet.key")
 	mustRun(t, f.nodes[0].in.env, "", "fleet", "key", f.keyFile)
 	if fi, err := os.Stat(f.keyFile); err != nil || fi.Mode().Perm() != 0o600 || fi.Size() != 32 {
@@ -86,7 +94,7 @@ func newFleet(t *testing.T, n int, extra ...string) *testFleet {
 }
 
 // newNode makes an installation (not started, not behind the front).
-func (f *testFleet) newNode(t *testing.T, name string) *fleetNode {
+func (f *testFleet) newNode(t testing.TB, name string) *fleetNode {
 	t.Helper()
 	return &fleetNode{name: name, in: newInstall(t)}
 }
@@ -105,7 +113,7 @@ func (f *testFleet) fleetEnv(name string) []string {
 // start starts nd's daemon with ACME on Pebble, in fleet mode or not. A
 // node started in fleet mode keeps its fleet settings for the commands
 // run on it.
-func (f *testFleet) start(t *testing.T, nd *fleetNode, fleet bool) {
+func (f *testFleet) start(t testing.TB, nd *fleetNode, fleet bool) {
 	t.Helper()
 	if !slices.Contains(nd.in.env, "HAPROXY_CONFIG_ACME=true") {
 		nd.in.env = append(nd.in.env, f.pebble.env("HAPROXY_CONFIG_ACME_PROFILE=default")...)
@@ -117,7 +125,7 @@ func (f *testFleet) start(t *testing.T, nd *fleetNode, fleet bool) {
 }
 
 // startAll starts every node behind the front in fleet mode.
-func (f *testFleet) startAll(t *testing.T) {
+func (f *testFleet) startAll(t testing.TB) {
 	t.Helper()
 	for _, nd := range f.nodes {
 		f.start(t, nd, true)
@@ -125,7 +133,7 @@ func (f *testFleet) startAll(t *testing.T) {
 }
 
 // applyAll applies one fragment routing hosts to every node in nodes.
-func applyAll(t *testing.T, nodes []*fleetNode, name string, hosts ...string) {
+func applyAll(t testing.TB, nodes []*fleetNode, name string, hosts ...string) {
 	t.Helper()
 	for _, nd := range nodes {
 		nd.in.applyDomains(t, name, name, hosts...)
@@ -136,7 +144,7 @@ func applyAll(t *testing.T, nodes []*fleetNode, name string, hosts ...string) {
 // certificate that chains to Pebble's root, through the node's own HTTPS
 // port with SNI, and the same certificate on every node (one order per
 // domain); it returns each host's serial.
-func (f *testFleet) waitServedEverywhere(t *testing.T, nodes []*fleetNode, hosts []string, timeout time.Duration) map[string]string {
+func (f *testFleet) waitServedEverywhere(t testing.TB, nodes []*fleetNode, hosts []string, timeout time.Duration) map[string]string {
 	t.Helper()
 	roots := f.pebble.roots(t)
 	deadline := time.Now().Add(timeout)
@@ -258,7 +266,7 @@ type anycastFront struct {
 	runtime *reload.Runtime
 }
 
-func startFront(t *testing.T, httpPorts []string) *anycastFront {
+func startFront(t testing.TB, httpPorts []string) *anycastFront {
 	t.Helper()
 	dir := t.TempDir()
 	a := &anycastFront{port: fmt.Sprint(testkit.FreePort(t)), heldACL: filepath.Join(dir, "held.acl")}
@@ -320,7 +328,7 @@ func (a *anycastFront) release(t *testing.T) {
 }
 
 // sharedStorage opens the fleet's etcd storage as a reader of the test.
-func (f *testFleet) sharedStorage(t *testing.T) *etcdstorage.Storage {
+func (f *testFleet) sharedStorage(t testing.TB) *etcdstorage.Storage {
 	t.Helper()
 	st, err := etcdstorage.Open(etcdstorage.Config{Endpoints: f.etcd.Endpoints(), Prefix: fleetPrefix, KeyFile: f.keyFile, Owner: "e2e-test"})
 	if err != nil {

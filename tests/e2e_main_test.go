@@ -124,7 +124,7 @@ type proc struct {
 }
 
 // start starts haproxy-config with args; stdin "" means no input.
-func start(t *testing.T, env []string, stdin string, args ...string) *proc {
+func start(t testing.TB, env []string, stdin string, args ...string) *proc {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	p := &proc{cancel: cancel, args: args}
@@ -143,7 +143,7 @@ func start(t *testing.T, env []string, stdin string, args ...string) *proc {
 }
 
 // wait waits for the child and returns its output and exit code.
-func (p *proc) wait(t *testing.T) (stdout, stderr string, code int) {
+func (p *proc) wait(t testing.TB) (stdout, stderr string, code int) {
 	t.Helper()
 	defer p.cancel()
 	err := p.cmd.Wait()
@@ -160,13 +160,13 @@ func (p *proc) wait(t *testing.T) (stdout, stderr string, code int) {
 
 // run runs haproxy-config to completion. env holds HAPROXY_CONFIG_*
 // settings; stdin "" means no input.
-func run(t *testing.T, env []string, stdin string, args ...string) (stdout, stderr string, code int) {
+func run(t testing.TB, env []string, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	return start(t, env, stdin, args...).wait(t)
 }
 
 // mustRun runs haproxy-config and fails the test unless it exits 0.
-func mustRun(t *testing.T, env []string, stdin string, args ...string) string {
+func mustRun(t testing.TB, env []string, stdin string, args ...string) string {
 	t.Helper()
 	stdout, stderr, code := run(t, env, stdin, args...)
 	if code != 0 {
