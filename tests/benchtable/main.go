@@ -1,6 +1,6 @@
 // Command benchtable turns the output of make bench's go test runs into
 // one table: every metric each benchmark reported, side by side with the
-// goal issue #12 sets for it, and writes the same rows as JSON.
+// goal issues #12 and #13 set for it, and writes the same rows as JSON.
 //
 //	go run ./tests/benchtable -json bench.json bench.out...
 //
@@ -54,7 +54,7 @@ func (g Goal) met(v float64) bool {
 	return v >= g.Bound
 }
 
-// Goals are issue #12's, per row of its table. The assembly row is
+// Goals are issue #12's, per row of its table, and issue #13's. The assembly row is
 // derived: Assemble's time over HaproxyCheck's at the same size.
 var Goals = []Goal{
 	{regexp.MustCompile(`^APIApply$`), "socket-map-only-p50-ms", true, 2},
@@ -66,6 +66,8 @@ var Goals = []Goal{
 	{regexp.MustCompile(`^Writers/fragments=10000/`), "idle-rss-MB", true, 150},
 	{regexp.MustCompile(`^Writers/fragments=10000/`), "burst-peak-rss-MB", true, 150},
 	{regexp.MustCompile(`^AssembleVsCheck/`), "ratio", true, 0.10},
+	// issue #13: one order per domain, however many nodes
+	{regexp.MustCompile(`^Fleet100/`), "orders", true, 100},
 }
 
 var gomaxprocs = regexp.MustCompile(`-\d+$`)
