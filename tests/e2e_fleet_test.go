@@ -442,14 +442,20 @@ func TestFleetEtcdMembersDown(t *testing.T) {
 	f := newFleet(t, 3)
 	f.startAll(t)
 	applyAll(t, f.nodes, "first", "first.example.com")
-	f.waitServedEverywhere(t, f.nodes, []string{"first.example.com"}, 60*time.Second)
+	first := f.waitServedEverywhere(t, f.nodes, []string{"first.example.com"}, 60*time.Second)["first.example.com"]
+	roots := f.pebble.roots(t)
 
-	// one member of three down: the quorum stands
+	// one member of three down: the quorum stands, for a new domain and
+	// for a renewal asked on one node and served by all
 	f.etcd.Stop(2)
 	applyAll(t, f.nodes, "second", "second.example.com")
 	f.waitServedEverywhere(t, f.nodes, []string{"second.example.com"}, 60*time.Second)
-	if got := f.pebble.orders(t); got != 2 {
-		t.Errorf("Pebble saw %d orders for 2 domains, want 2", got)
+	mustRun(t, f.nodes[0].in.env, "", "certs", "renew", "--wait", "--timeout", "60s", "first.example.com")
+	for _, nd := range f.nodes {
+		nd.in.waitServed(t, "first.example.com", roots, first, 30*time.Second)
+	}
+	if got := f.pebble.orders(t); got != 3 {
+		t.Errorf("Pebble saw %d orders for 2 domains and a renewal, want 3", got)
 	}
 
 	// two down: no quorum, no lock, no order; serving goes on
@@ -473,7 +479,6 @@ func TestFleetEtcdMembersDown(t *testing.T) {
 	if got := f.pebble.orders(t); got != before {
 		t.Errorf("Pebble saw %d orders within %v of the domain's mapping without an etcd quorum, want none", got-before, time.Since(mapped).Round(time.Second))
 	}
-	roots := f.pebble.roots(t)
 	for _, nd := range f.nodes {
 		for _, host := range []string{"first.example.com", "second.example.com"} {
 			if _, err := nd.in.servedCert(host, roots); err != nil {
