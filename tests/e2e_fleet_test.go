@@ -352,6 +352,9 @@ func leafSerial(t *testing.T, bundle []byte) string {
 	return leaf.SerialNumber.Text(16)
 }
 
+// TestFleetOneOrderPerDomain: a fragment with 5 new domains applied to
+// three nodes: Pebble sees exactly 5 orders, every node serves the same
+// Pebble-verified certificate for each, and no reload is counted for them.
 func TestFleetOneOrderPerDomain(t *testing.T) {
 	start := time.Now()
 	f := newFleet(t, 3)
@@ -372,6 +375,9 @@ func TestFleetOneOrderPerDomain(t *testing.T) {
 	t.Logf("5 domains served by 3 nodes %v after the start; %d orders; serials %v", time.Since(start).Round(time.Millisecond), f.pebble.orders(t), serials)
 }
 
+// TestFleetLockHolderKilled: the node holding the order locks is killed
+// with -9 while its orders wait at the front; another node orders each
+// domain once the lease expired, and every survivor serves every domain.
 func TestFleetLockHolderKilled(t *testing.T) {
 	const lockTTL = 3 * time.Second
 	f := newFleet(t, 3, "HAPROXY_CONFIG_ETCD_LOCK_TTL="+lockTTL.String())
@@ -438,6 +444,10 @@ func TestFleetLockHolderKilled(t *testing.T) {
 		took.Round(time.Millisecond), len(survivors), time.Since(killed).Round(time.Millisecond), orders, len(domains))
 }
 
+// TestFleetEtcdMembersDown: with one etcd member of three down, issuance
+// and renewal go on; with two, no order starts, serving goes on and every
+// node reports etcd unreachable; once they return, the domain put off is
+// ordered once.
 func TestFleetEtcdMembersDown(t *testing.T) {
 	f := newFleet(t, 3)
 	f.startAll(t)
@@ -508,6 +518,8 @@ func TestFleetEtcdMembersDown(t *testing.T) {
 	t.Logf("the domain put off was served everywhere %v after the members returned", time.Since(back).Round(time.Millisecond))
 }
 
+// TestFleetLateJoiner: a fourth node joining late serves every
+// certificate the fleet holds without an order or an account of its own.
 func TestFleetLateJoiner(t *testing.T) {
 	f := newFleet(t, 3)
 	f.startAll(t)
@@ -535,6 +547,9 @@ func TestFleetLateJoiner(t *testing.T) {
 	t.Logf("the late node served %d certificates %v after its start; %d orders in all", len(domains), time.Since(joined).Round(time.Millisecond), orders)
 }
 
+// TestFleetMigrateSingleNode: a node with its own account and certificates
+// switched to fleet mode orders nothing and registers nothing: its account
+// and certificates go to etcd, where a new node finds them.
 func TestFleetMigrateSingleNode(t *testing.T) {
 	f := newFleet(t, 1)
 	single := f.nodes[0]
@@ -584,6 +599,8 @@ func TestFleetMigrateSingleNode(t *testing.T) {
 	}
 }
 
+// TestFleetCommandFlagsDrift: fleet --json lists every node; a fragment
+// applied to one node only gets that node flagged, exit 8.
 func TestFleetCommandFlagsDrift(t *testing.T) {
 	f := newFleet(t, 3)
 	f.startAll(t)
