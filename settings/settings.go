@@ -695,9 +695,8 @@ var Keys = []Key{
 		under("/etc/haproxy-config/fleet.key"), path(func(s *Settings) *string { return &s.Fleet.SealKey })},
 	{"NODE_NAME", "node-name", "this balancer's `NAME` in the fleet (letters, digits, .-_; default: the host name)",
 		hostName, func(s *Settings, v string) error {
-			if !ValidNodeName(v) {
-				return fmt.Errorf("%q is not a node name (letters, digits, '.', '-' and '_')", v)
-			}
+			// checked with the fleet's settings: with fleet mode off, a
+			// host name that names no node is no error
 			s.Fleet.Node = v
 			return nil
 		}},
@@ -710,13 +709,22 @@ var Keys = []Key{
 			s.Fleet.LockTTL = d
 			return nil
 		}},
-	{"FLEET_HEARTBEAT", "fleet-heartbeat", "how often (`DURATION`) the daemon checks etcd and stores its heartbeat for haproxy-config fleet",
-		fixed("10s"), duration(func(s *Settings) *time.Duration { return &s.Fleet.Heartbeat })},
+	{"FLEET_HEARTBEAT", "fleet-heartbeat", "how often (`DURATION`, 1s to 1h) the daemon checks etcd and stores its heartbeat for haproxy-config fleet",
+		fixed("10s"), func(s *Settings, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Second || d > time.Hour {
+				return fmt.Errorf("%q is not a duration from 1s to 1h", v)
+			}
+			s.Fleet.Heartbeat = d
+			return nil
+		}},
 }
 
 // checkFleet refuses fleet settings that do not go together.
 func checkFleet(f Fleet, origin map[string]string) error {
 	switch {
+	case f.Enabled() && !ValidNodeName(f.Node):
+		return fmt.Errorf("setting %s: %q is not a node name (letters, digits, '.', '-' and '_'): set %sNODE_NAME", origin["NODE_NAME"], f.Node, EnvPrefix)
 	case f.CertFile != "" && f.KeyFile == "":
 		return fmt.Errorf("setting %s: a client certificate needs its key: set %sETCD_KEY_FILE", origin["ETCD_CERT_FILE"], EnvPrefix)
 	case f.KeyFile != "" && f.CertFile == "":

@@ -951,13 +951,20 @@ func TestFleetSettings(t *testing.T) {
 		{"NODE_NAME", "..", `".." is not a node name`},
 		{"NODE_NAME", "", `"" is not a node name`},
 		{"ETCD_LOCK_TTL", "1s", "at least 2s"},
-		{"FLEET_HEARTBEAT", "0s", "is not a positive duration"},
+		{"FLEET_HEARTBEAT", "0s", "is not a duration from 1s to 1h"},
+		{"FLEET_HEARTBEAT", "1ns", "is not a duration from 1s to 1h"},
 	}
 	for _, tt := range bad {
-		_, err := load(map[string]string{"HAPROXY_CONFIG_" + tt.key: tt.value})
+		// the node name is checked in fleet mode only
+		_, err := load(map[string]string{"HAPROXY_CONFIG_ETCD_ENDPOINTS": "https://127.0.0.1:2379", "HAPROXY_CONFIG_" + tt.key: tt.value})
 		if err == nil || !strings.Contains(err.Error(), "HAPROXY_CONFIG_"+tt.key) || !strings.Contains(err.Error(), tt.msg) {
 			t.Errorf("%s=%q: err %v, want one naming the setting and %q", tt.key, tt.value, err, tt.msg)
 		}
+	}
+	// with fleet mode off, a name that names no node (a host name of the
+	// system's, by default) is no error
+	if _, err := load(map[string]string{"HAPROXY_CONFIG_NODE_NAME": "web+1"}); err != nil {
+		t.Errorf("NODE_NAME=web+1 with fleet mode off: %v, want no error", err)
 	}
 	// a certificate and its key go together
 	for key, missing := range map[string]string{"ETCD_CERT_FILE": "ETCD_KEY_FILE", "ETCD_KEY_FILE": "ETCD_CERT_FILE"} {
