@@ -3,6 +3,7 @@ package watcher
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,15 @@ type apiServer struct {
 	stored map[string]string
 	kick   chan struct{} // holds a token while committed is not empty
 	status chan struct{} // closed and replaced when the daemon writes its status
+	// the status last written (memView), its JSON and, once a waiter
+	// asked, decoded
+	last struct {
+		data    []byte
+		decoded *Status
+	}
+	// the generation a waiter read last (memView)
+	genMu sync.Mutex
+	gen   *reconcile.Generation
 
 	// slots bounds the connections served at once (maxAPIConnections): a
 	// runaway script does not take the daemon's file descriptors
@@ -243,15 +253,59 @@ func (a *apiServer) addCommitted(names []string) {
 	}
 }
 
-// StatusWritten wakes the connections waiting for a change to go live.
-func (a *apiServer) StatusWritten() {
+// StatusWritten hands the connections waiting for a change to go live the
+// status the daemon just wrote (its JSON), and wakes them.
+func (a *apiServer) StatusWritten(data []byte) {
 	if a == nil {
 		return
 	}
 	a.mu.Lock()
+	a.last.data, a.last.decoded = data, nil
 	close(a.status)
 	a.status = make(chan struct{})
 	a.mu.Unlock()
+}
+
+// memView is the view of the waits inside the daemon: the status it last
+// wrote, decoded once for every waiter (without the drain and announce
+// records, which no wait reads), and the live generation, read once for
+// every waiter (its meta.json names every fragment: about 1 MB at 10,000).
+type memView struct {
+	a   *apiServer
+	eng *reconcile.Engine // for the generations' files
+}
+
+func (v memView) status() (*Status, error) {
+	a := v.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.last.decoded == nil {
+		if a.last.data == nil {
+			// no status written yet by this daemon: the file's, if any
+			return diskView{v.eng}.status()
+		}
+		st := &Status{}
+		if err := json.Unmarshal(a.last.data, st); err != nil {
+			return nil, fmt.Errorf("the daemon's status: %w", err)
+		}
+		a.last.decoded = st
+	}
+	return a.last.decoded, nil
+}
+
+func (v memView) generation(n int) (*reconcile.Generation, error) {
+	a := v.a
+	a.genMu.Lock()
+	defer a.genMu.Unlock()
+	if g := a.gen; g != nil && g.Number == n {
+		return g, nil
+	}
+	g, err := v.eng.Generation(n)
+	if err != nil {
+		return nil, err
+	}
+	a.gen = g
+	return g, nil
 }
 
 func (a *apiServer) statusChanged() <-chan struct{} {
@@ -461,11 +515,11 @@ func (a *apiServer) serveRequest(ctx context.Context, req *Request, actor string
 	switch req.Op {
 	case OpRollback:
 		return ans, func(ctx context.Context) error {
-			return waitUntil(ctx, eng, true, a.statusChanged, servesHeld(req.Generation))
+			return waitUntil(ctx, eng, memView{a, eng}, true, a.statusChanged, servesHeld(req.Generation))
 		}
 	case OpResume:
 		return ans, func(ctx context.Context) error {
-			return waitUntil(ctx, eng, true, a.statusChanged, servesNewest(eng))
+			return waitUntil(ctx, eng, memView{a, eng}, true, a.statusChanged, servesNewest(eng))
 		}
 	}
 	committed := time.Now()
@@ -477,7 +531,7 @@ func (a *apiServer) serveRequest(ctx context.Context, req *Request, actor string
 		ans.Applied = &Applied{Name: f.Name, Checksum: f.Checksum, Replaced: r.Replaced, Domains: len(f.Map), Backends: f.Backends()}
 	}
 	return ans, func(ctx context.Context) error {
-		return waitUntil(ctx, eng, false, a.statusChanged, func(st *Status, g *reconcile.Generation) (bool, error) {
+		return waitUntil(ctx, eng, memView{a, eng}, false, a.statusChanged, func(st *Status, g *reconcile.Generation) (bool, error) {
 			if ok, err := liveOrQuarantined(st, g, req.Name, checksum, committed); ok || err != nil {
 				return ok, err
 			}

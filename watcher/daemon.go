@@ -834,7 +834,7 @@ func (d *Daemon) writeStatus() {
 		d.status.Fleet = d.fleet.snapshot()
 	}
 	d.metrics.set(&d.status)
-	err := writeStatus(d.s.StateDir, &d.status)
+	data, err := writeStatus(d.s.StateDir, &d.status)
 	switch {
 	case err != nil && !d.statusUnwritten:
 		d.Log.Error("write status: retrying until it works", "every", statusRetry, "err", err)
@@ -842,7 +842,9 @@ func (d *Daemon) writeStatus() {
 		d.Log.Info("status written again")
 	}
 	d.statusUnwritten = err != nil
-	d.api.StatusWritten()
+	if data != nil {
+		d.api.StatusWritten(data)
+	}
 }
 
 // statusRetry paces the retries of a status write that failed.

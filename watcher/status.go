@@ -198,19 +198,21 @@ func (st *Status) MarkQuarantined(infos []reconcile.Info) {
 	}
 }
 
-func writeStatus(stateDir string, st *Status) error {
+// writeStatus writes the daemon's report and returns its JSON, also when
+// the file could not be written (the waits inside the daemon read it).
+func writeStatus(stateDir string, st *Status) ([]byte, error) {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// a status lost in a power cut is rewritten by the next reconcile, so
 	// this write does not pay for an fsync
 	tmp := statedir.Layout(stateDir).StatusTemp()
 	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
 		os.Remove(tmp) // a part written to a full disk takes space
-		return err
+		return data, err
 	}
-	return os.Rename(tmp, statedir.Layout(stateDir).Status())
+	return data, os.Rename(tmp, statedir.Layout(stateDir).Status())
 }
 
 // add adds the counts in o.

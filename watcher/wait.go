@@ -79,16 +79,45 @@ func servesNewest(eng *reconcile.Engine) func(st *Status, g *reconcile.Generatio
 	}
 }
 
+// view is what a wait reads of the daemon: its status and the generations
+// it serves. The command line reads the files (diskView); a wait inside
+// the daemon reads what the daemon holds (apiServer's).
+type view interface {
+	// status is the daemon's last report; a NotLiveError when no daemon
+	// runs. The caller must not change it.
+	status() (*Status, error)
+	// generation is kept generation n. The caller must not change it.
+	generation(n int) (*reconcile.Generation, error)
+}
+
+// diskView reads the daemon's status file and the generations' files.
+type diskView struct{ eng *reconcile.Engine }
+
+func (v diskView) status() (*Status, error) {
+	st, err := ReadStatus(v.eng.S.StateDir)
+	switch {
+	case errors.Is(err, ErrNoDaemon):
+		return nil, &NotLiveError{Why: err.Error()}
+	case err != nil:
+		return nil, err
+	case !st.Running():
+		return nil, &NotLiveError{Why: fmt.Sprintf("%v (it last reported at %s)", ErrNoDaemon, st.Updated.Format(time.RFC3339))}
+	}
+	return st, nil
+}
+
+func (v diskView) generation(n int) (*reconcile.Generation, error) { return v.eng.Generation(n) }
+
 // waitFor polls the daemon's status until done says so. g is the live
 // generation (nil before the first). A hold makes it fail unless held is
 // expected.
 func waitFor(ctx context.Context, eng *reconcile.Engine, holdOK bool, done func(st *Status, g *reconcile.Generation) (bool, error)) error {
-	return waitUntil(ctx, eng, holdOK, nil, done)
+	return waitUntil(ctx, eng, diskView{eng}, holdOK, nil, done)
 }
 
-// waitUntil is waitFor reading the status again whenever changed's channel
-// is closed (the daemon wrote it), or every waitPoll without changed.
-func waitUntil(ctx context.Context, eng *reconcile.Engine, holdOK bool, changed func() <-chan struct{},
+// waitUntil is waitFor reading v again whenever changed's channel is
+// closed (the daemon wrote its status), or every waitPoll without changed.
+func waitUntil(ctx context.Context, eng *reconcile.Engine, v view, holdOK bool, changed func() <-chan struct{},
 	done func(st *Status, g *reconcile.Generation) (bool, error)) error {
 	var live *reconcile.Generation
 	for {
@@ -96,14 +125,9 @@ func waitUntil(ctx context.Context, eng *reconcile.Engine, holdOK bool, changed 
 		if changed != nil {
 			next = changed() // before the read, so that no write is missed
 		}
-		st, err := ReadStatus(eng.S.StateDir)
-		switch {
-		case errors.Is(err, ErrNoDaemon):
-			return &NotLiveError{Why: err.Error()}
-		case err != nil:
+		st, err := v.status()
+		if err != nil {
 			return err
-		case !st.Running():
-			return &NotLiveError{Why: fmt.Sprintf("%v (it last reported at %s)", ErrNoDaemon, st.Updated.Format(time.RFC3339))}
 		}
 		// the hold file, not the status, says whether a hold is in force
 		// now: the status may predate a resume
@@ -115,7 +139,7 @@ func waitUntil(ctx context.Context, eng *reconcile.Engine, holdOK bool, changed 
 			return &NotLiveError{Why: fmt.Sprintf("the daemon holds generation %d (a rollback by %s); run haproxy-config resume", hold.Generation, hold.Actor)}
 		}
 		if st.Live != nil && (live == nil || live.Number != st.Live.Generation) {
-			if live, err = eng.Generation(st.Live.Generation); err != nil {
+			if live, err = v.generation(st.Live.Generation); err != nil {
 				return err
 			}
 		}
