@@ -340,8 +340,14 @@ func (m *Manager) domainOfKey(key string) (string, bool) {
 	return "", false
 }
 
-// syncAll syncs every domain with the fleet, until the shared storage
-// fails to answer.
+// syncGiveUp is how many domains in a row may fail to sync before a
+// resync stops: the shared storage does not answer, and each further
+// domain would wait out its own time bound.
+const syncGiveUp = 3
+
+// syncAll syncs every domain with the fleet. A domain that fails (a value
+// that does not open, a lock not taken in time) is skipped, not the
+// domains after it; syncGiveUp failures in a row end the pass.
 func (m *Manager) syncAll(ctx context.Context) []result {
 	m.mu.Lock()
 	names := make([]string, 0, len(m.st.Domains))
@@ -350,12 +356,21 @@ func (m *Manager) syncAll(ctx context.Context) []result {
 	}
 	m.mu.Unlock()
 	var out []result
+	failed := 0
 	for _, name := range names {
-		rs, err := m.sync(ctx, name)
-		if err != nil {
-			m.Log.Debug("certificates not synced with the fleet", "err", err)
+		if ctx.Err() != nil {
 			break
 		}
+		rs, err := m.sync(ctx, name)
+		if err != nil {
+			m.Log.Warn("certificate not synced with the fleet", "domain", name, "err", err)
+			if failed++; failed == syncGiveUp {
+				m.Log.Warn("the fleet's storage fails: the other certificates are synced at the next resync", "failures", failed)
+				break
+			}
+			continue
+		}
+		failed = 0
 		out = append(out, rs...)
 	}
 	return out
@@ -365,7 +380,7 @@ func (m *Manager) syncAll(ctx context.Context) []result {
 func (m *Manager) syncDomain(ctx context.Context, name string) []result {
 	rs, err := m.sync(ctx, name)
 	if err != nil {
-		m.Log.Debug("certificate not synced with the fleet", "domain", name, "err", err)
+		m.Log.Warn("certificate not synced with the fleet", "domain", name, "err", err)
 	}
 	return rs
 }

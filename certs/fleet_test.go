@@ -449,3 +449,57 @@ func TestDueSpreadsFleetNodes(t *testing.T) {
 		t.Errorf("the 3 nodes' first %d orders name %d distinct domains, want at least %d", slots, len(starts), 2*slots)
 	}
 }
+
+// unopenable is a shared storage where the values of some keys do not
+// open (another seal key, a tampered value), and every Load is counted.
+type unopenable struct {
+	Storage
+	bad   func(key string) bool
+	loads atomic.Int32
+}
+
+func (u *unopenable) Load(ctx context.Context, key string) ([]byte, error) {
+	u.loads.Add(1)
+	if u.bad(key) {
+		return nil, errors.New("the value does not open with this seal key")
+	}
+	return u.Storage.Load(ctx, key)
+}
+
+// TestFleetSyncSkipsABadValue: a value that does not open is that
+// domain's problem: the resync installs the domains after it; but a
+// storage that fails for syncGiveUp domains in a row ends the pass rather
+// than wait on every domain.
+func TestFleetSyncSkipsABadValue(t *testing.T) {
+	nodes, shared := fleetOf(t, 2, policy())
+	a, b := nodes[0], nodes[1]
+	names := []string{"a.example.com", "b.example.com", "c.example.com"}
+	a.m.SetDomains(names, nil, nil)
+	a.step()
+	bad := &unopenable{Storage: shared, bad: func(key string) bool { return key == Keys.Certificate("a.example.com") }}
+	b.join(bad, "node-2")
+	b.m.Issuer = func(context.Context) (Issuer, error) { return nil, errors.New("the CA is not asked here") }
+	b.m.SetDomains(names, nil, nil)
+	b.m.tick(context.Background())
+	b.syncNow()
+	for _, name := range names[1:] {
+		if d := b.domain(name); d.File == "" {
+			t.Errorf("%s not installed by the resync after a.example.com's bad value", name)
+		}
+	}
+
+	down := &unopenable{Storage: shared, bad: func(string) bool { return true }}
+	c := newRig(t, policy(), "")
+	c.join(down, "node-3")
+	c.m.Issuer = b.m.Issuer
+	var many []string
+	for i := range 10 {
+		many = append(many, fmt.Sprintf("d%d.example.com", i))
+	}
+	c.m.SetDomains(many, nil, nil)
+	c.m.tick(context.Background())
+	c.syncNow()
+	if got := down.loads.Load(); got != syncGiveUp {
+		t.Errorf("a storage failing every read was read %d times in one pass over %d domains, want %d", got, len(many), syncGiveUp)
+	}
+}
