@@ -391,12 +391,11 @@ type FleetNode struct {
 }
 
 // JudgeFleet flags the nodes whose fragments differ from the fleet's (the
-// digest most live nodes have; between digests as common, the one of the
-// node seen last) or that are stale at now. Stale nodes do not count in
+// digest most live nodes have; when no digest has more nodes than every
+// other, as in a pair that drifted, every node) or that are stale at now. Stale nodes do not count in
 // the majority, unless every node is stale. The nodes come back by name.
 func JudgeFleet(hbs []Heartbeat, now time.Time) []FleetNode {
 	count := map[string]int{}
-	newest := map[string]time.Time{}
 	live := 0
 	for _, h := range hbs {
 		if !h.Stale(now) {
@@ -408,14 +407,14 @@ func JudgeFleet(hbs []Heartbeat, now time.Time) []FleetNode {
 			continue
 		}
 		count[h.FragmentsDigest]++
-		if h.Seen.After(newest[h.FragmentsDigest]) {
-			newest[h.FragmentsDigest] = h.Seen
-		}
 	}
-	fleet, best := "", -1
+	fleet, best, tied := "", -1, false
 	for digest, n := range count {
-		if n > best || (n == best && newest[digest].After(newest[fleet])) {
-			fleet, best = digest, n
+		switch {
+		case n > best:
+			fleet, best, tied = digest, n, false
+		case n == best:
+			tied = true
 		}
 	}
 	out := make([]FleetNode, 0, len(hbs))
@@ -426,7 +425,13 @@ func JudgeFleet(hbs []Heartbeat, now time.Time) []FleetNode {
 		if n.Stale {
 			why = append(why, fmt.Sprintf("stale: not seen for %s (heartbeat every %s)", now.Sub(h.Seen).Truncate(time.Second), h.Interval()))
 		}
-		if len(hbs) > 1 && h.FragmentsDigest != fleet {
+		switch {
+		case len(hbs) < 2:
+		case tied:
+			// a pair that drifted: which node is right is for an operator
+			// to tell, not for the order of the heartbeats
+			why = append(why, fmt.Sprintf("the nodes' fragments differ and no version has a majority (this node's: %s)", ShortDigest(h.FragmentsDigest)))
+		case h.FragmentsDigest != fleet:
 			why = append(why, fmt.Sprintf("its fragments differ from the fleet's (%s, not %s)", ShortDigest(h.FragmentsDigest), ShortDigest(fleet)))
 		}
 		n.Flagged, n.Why = len(why) > 0, strings.Join(why, "; ")

@@ -96,14 +96,15 @@ func TestFleetCommand(t *testing.T) {
 		}
 	}
 
-	// lb-3 runs other fragments; lb-2 has stopped
+	// lb-3 runs other fragments; lb-2 has stopped: the two live nodes
+	// disagree, and neither has a majority
 	beat("lb-3", "sha256:cccc", time.Second)
 	beat("lb-2", "sha256:aaaa", time.Minute)
 	code, out, stderr = runCLI("fleet")
-	if code != 8 || !strings.Contains(stderr, "2 node(s) flagged: lb-2, lb-3") {
-		t.Fatalf("fleet with a stale node and a differing one: exit %d, %q; want 8\n%s", code, stderr, out)
+	if code != 8 || !strings.Contains(stderr, "3 node(s) flagged: lb-1, lb-2, lb-3") {
+		t.Fatalf("fleet with a stale node and two that differ: exit %d, %q; want 8\n%s", code, stderr, out)
 	}
-	for _, want := range []string{"lb-1", "FLAGGED: stale", "FLAGGED: its fragments differ from the fleet's (cccc, not aaaa)"} {
+	for _, want := range []string{"FLAGGED: stale", "no version has a majority (this node's: cccc)", "no version has a majority (this node's: aaaa)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("fleet output lacks %q:\n%s", want, out)
 		}
