@@ -262,29 +262,34 @@ func (m *Manager) reserveBudget(ctx context.Context, now time.Time) (free time.T
 	case !errors.Is(err, fs.ErrNotExist):
 		return time.Time{}, err
 	}
-	if ok, free := b.budget(now, m.Policy); !ok {
-		return free, nil
+	ok, free := b.budget(now, m.Policy)
+	var stored error
+	if ok {
+		b.Orders = append(b.Orders, now.UTC())
+		stored = m.storeJSON(ctx, Keys.Budget(), b.Orders)
 	}
-	b.Orders = append(b.Orders, now.UTC())
-	return time.Time{}, m.storeJSON(ctx, Keys.Budget(), b.Orders)
+	m.mu.Lock()
+	m.fleetOrders = append([]time.Time{}, b.Orders...)
+	m.mu.Unlock()
+	return free, stored
 }
 
-// FleetOrders is the number of orders the fleet made in the current budget
-// window, read from the shared storage.
-func (m *Manager) FleetOrders(ctx context.Context) (int, error) {
-	data, err := m.Shared.Load(ctx, Keys.Budget())
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
+// FleetOrdersInWindow is the number of orders the fleet made in the
+// current budget window, as this node last read the fleet's budget (at
+// its last order); known is false before it read it once.
+func (m *Manager) FleetOrdersInWindow() (n int, known bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fleetOrders == nil {
+		return 0, false
 	}
-	if err != nil {
-		return 0, err
+	cut := m.Now().Add(-m.Policy.Window)
+	for _, t := range m.fleetOrders {
+		if t.After(cut) {
+			n++
+		}
 	}
-	b := &State{}
-	if err := json.Unmarshal(data, &b.Orders); err != nil {
-		return 0, fmt.Errorf("the fleet's order budget: %w", err)
-	}
-	b.budget(m.Now(), m.Policy)
-	return len(b.Orders), nil
+	return n, true
 }
 
 // runFleetSync installs the certificates other nodes store and uploads

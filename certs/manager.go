@@ -95,9 +95,11 @@ type Manager struct {
 	issuerErr string
 	// failed connections to the CA in a row
 	issuerFailures int
-	results        chan result
-	wake           chan struct{}
-	jobs           sync.WaitGroup
+	// the fleet's budget as this node last read it (fleet mode)
+	fleetOrders []time.Time
+	results     chan result
+	wake        chan struct{}
+	jobs        sync.WaitGroup
 }
 
 type jobKind int

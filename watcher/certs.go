@@ -34,10 +34,13 @@ type CertSummary struct {
 	// the next renewal due
 	NextRenewal *CertWhen `json:"next_renewal,omitempty"`
 	// orders in the current budget window, of how many allowed
-	OrdersInWindow int    `json:"orders_in_window"`
-	OrderBudget    int    `json:"order_budget"`
-	InFlight       int    `json:"in_flight"`
-	CAError        string `json:"ca_error,omitempty"`
+	OrdersInWindow int `json:"orders_in_window"`
+	// fleet mode: OrdersInWindow counts the fleet's orders (as this node
+	// last read the fleet's budget), not only this node's
+	FleetOrders bool   `json:"fleet_orders,omitempty"`
+	OrderBudget int    `json:"order_budget"`
+	InFlight    int    `json:"in_flight"`
+	CAError     string `json:"ca_error,omitempty"`
 	// failing domains with their last error
 	Failing map[string]string `json:"failing,omitempty"`
 	// domains served the fallback, with why none can be ordered
@@ -323,6 +326,10 @@ func (d *Daemon) certSummary() *CertSummary {
 		if t.After(now.Add(-d.s.ACME.OrderWindow)) {
 			sum.OrdersInWindow++
 		}
+	}
+	if n, known := d.certs.FleetOrdersInWindow(); known {
+		// the budget is the fleet's: its orders, as last read
+		sum.OrdersInWindow, sum.FleetOrders = n, true
 	}
 	for _, dom := range st.Sorted() {
 		c := dom.Condition(now)

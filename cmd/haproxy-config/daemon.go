@@ -175,8 +175,12 @@ func printStatus(w io.Writer, st *watcher.Status) {
 				conds = append(conds, fmt.Sprintf("%d %s", c.Conditions[k], k))
 			}
 		}
-		fmt.Fprintf(w, "certs:       %s: %s; %d of %d orders used in the window, %d in flight\n",
-			plural(c.Domains, "domain"), dash(conds), c.OrdersInWindow, c.OrderBudget, c.InFlight)
+		whose := ""
+		if c.FleetOrders {
+			whose = " by the fleet"
+		}
+		fmt.Fprintf(w, "certs:       %s: %s; %d of %d orders used%s in the window, %d in flight\n",
+			plural(c.Domains, "domain"), dash(conds), c.OrdersInWindow, c.OrderBudget, whose, c.InFlight)
 		if c.NextExpiry != nil {
 			fmt.Fprintf(w, "  next expiry:  %s at %s\n", c.NextExpiry.Domain, when(c.NextExpiry.At))
 		}
