@@ -171,6 +171,9 @@ type fleetNode struct {
 	changed  func()        // the status changed: write it
 	migrate  func(ctx context.Context) error
 	migrated atomic.Bool
+	// run's own: a heartbeat was stored, and the last one read was
+	// another process's (two nodes with one NODE_NAME)
+	stored, twin bool
 
 	mu      sync.Mutex
 	status  FleetStatus
@@ -246,16 +249,31 @@ func (f *fleetNode) beat(ctx context.Context) {
 	}
 }
 
-// store writes this node's heartbeat.
+// store writes this node's heartbeat. Once it stored one, it reads the
+// stored heartbeat first: another process's there means two nodes share
+// NODE_NAME, which the log says (once until it stops).
 func (f *fleetNode) store(ctx context.Context) error {
+	key := certs.Keys.Node(f.cfg.Node)
+	if f.stored {
+		if data, err := f.st.Load(ctx, key); err == nil {
+			var other Heartbeat
+			twin := json.Unmarshal(data, &other) == nil && (other.PID != f.pid || !other.Started.Equal(f.started))
+			if twin && !f.twin {
+				f.log.Error("another node stores its heartbeat as this one: give each node a NODE_NAME of its own",
+					"node", f.cfg.Node, "other_pid", other.PID, "other_started", other.Started.Format(time.RFC3339))
+			}
+			f.twin = twin
+		}
+	}
 	hb := f.heartbeat(time.Now())
 	data, err := json.Marshal(hb)
 	if err != nil {
 		return err
 	}
-	if err := f.st.Store(ctx, certs.Keys.Node(f.cfg.Node), data); err != nil {
+	if err := f.st.Store(ctx, key, data); err != nil {
 		return err
 	}
+	f.stored = true
 	f.mu.Lock()
 	f.status.LastHeartbeat = hb.Seen
 	f.mu.Unlock()

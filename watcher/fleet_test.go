@@ -251,3 +251,59 @@ func TestOpenFleetNamesTheSetting(t *testing.T) {
 		t.Errorf("fleet mode off: %v, %v; want nil, nil", st, err)
 	}
 }
+
+// TestTwinNodeNameLogged: two daemons with one NODE_NAME overwrite each
+// other's heartbeat; each says so in its log, once, from its second
+// heartbeat on (its first may find its own previous run's).
+func TestTwinNodeNameLogged(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	c := testkit.StartEtcdCluster(t, 1)
+	keyFile := filepath.Join(t.TempDir(), "fleet.key")
+	if err := os.WriteFile(keyFile, bytes.Repeat([]byte{7}, etcdstorage.KeySize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := &settings.Settings{Fleet: settings.Fleet{Endpoints: c.Endpoints(), Prefix: "/haproxy-config/test", SealKey: keyFile,
+		Node: "lb-1", LockTTL: 15 * time.Second, Heartbeat: time.Second}}
+	var logs [2]bytes.Buffer
+	var nodes [2]*fleetNode
+	for i := range nodes {
+		st, err := OpenFleet(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		nodes[i] = newFleetNode(st, s.Fleet, slog.New(slog.NewTextHandler(&logs[i], nil)))
+	}
+	nodes[1].pid++ // another process
+	ctx := context.Background()
+	for range 3 {
+		for _, f := range nodes {
+			if err := f.store(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := range nodes {
+		if n := strings.Count(logs[i].String(), "another node stores its heartbeat as this one"); n != 1 {
+			t.Errorf("node %d logged the twin %d times, want once:\n%s", i, n, logs[i].String())
+		}
+	}
+	var alone bytes.Buffer
+	st, err := OpenFleet(&settings.Settings{Fleet: settings.Fleet{Endpoints: c.Endpoints(), Prefix: "/haproxy-config/alone", SealKey: keyFile,
+		Node: "lb-1", LockTTL: 15 * time.Second, Heartbeat: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	f := newFleetNode(st, s.Fleet, slog.New(slog.NewTextHandler(&alone, nil)))
+	for range 3 {
+		if err := f.store(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Contains(alone.String(), "another node") {
+		t.Errorf("a node alone under its name logged a twin:\n%s", alone.String())
+	}
+}
