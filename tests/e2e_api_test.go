@@ -85,6 +85,24 @@ func checksRunning(wrapper string) []int {
 	return pids
 }
 
+// blockWriter turns the slow check on and starts an apply whose haproxy
+// -c holds the daemon's writer, returning once that check runs: the
+// requests sent next queue behind it, to be validated as one group.
+func (in *install) blockWriter(t *testing.T, slow func(bool), src string) *proc {
+	t.Helper()
+	slow(true)
+	blocker := start(t, in.env, "", "apply", "blocker",
+		writeFile(t, filepath.Join(src, "blocker.cfg"), backendConf("blocker_web", "blocker")),
+		writeFile(t, filepath.Join(src, "blocker.map"), "blocker.example.com blocker_web\n"))
+	eventually(t, 10*time.Second, "the blocker's haproxy -c running", func() error {
+		if len(checksRunning(filepath.Join(in.root, "haproxy-slow"))) == 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	return blocker
+}
+
 // TestAPIConcurrent50 sends 50 apply --wait at once to the daemon: each
 // is answered, each is live when its client says so, and they were
 // validated in groups rather than one haproxy -c each.
@@ -134,16 +152,7 @@ func TestAPIGroupWithOneBad(t *testing.T) {
 	slow := in.slowCheck(t, 2*time.Second)
 	d := in.startDaemon(t)
 	src := testkit.OpenTempDir(t)
-	slow(true)
-	blocker := start(t, in.env, "", "apply", "blocker",
-		writeFile(t, filepath.Join(src, "blocker.cfg"), backendConf("blocker_web", "blocker")),
-		writeFile(t, filepath.Join(src, "blocker.map"), "blocker.example.com blocker_web\n"))
-	eventually(t, 10*time.Second, "the blocker's haproxy -c running", func() error {
-		if len(checksRunning(filepath.Join(in.root, "haproxy-slow"))) == 0 {
-			return errNotYet
-		}
-		return nil
-	})
+	blocker := in.blockWriter(t, slow, src)
 	const n, bad = 20, 7
 	procs := make([]*proc, n)
 	for i := range n {
@@ -200,16 +209,7 @@ func TestAPIReplacedInTheSameGroup(t *testing.T) {
 	slow := in.slowCheck(t, 2*time.Second)
 	in.startDaemon(t)
 	src := testkit.OpenTempDir(t)
-	slow(true)
-	blocker := start(t, in.env, "", "apply", "blocker",
-		writeFile(t, filepath.Join(src, "blocker.cfg"), backendConf("blocker_web", "blocker")),
-		writeFile(t, filepath.Join(src, "blocker.map"), "blocker.example.com blocker_web\n"))
-	eventually(t, 10*time.Second, "the blocker's haproxy -c running", func() error {
-		if len(checksRunning(filepath.Join(in.root, "haproxy-slow"))) == 0 {
-			return errNotYet
-		}
-		return nil
-	})
+	blocker := in.blockWriter(t, slow, src)
 	hostMap := writeFile(t, filepath.Join(src, "shop.map"), "shop.example.com shop_web\n")
 	versions := []string{"shop v1", "shop v2"}
 	procs := make([]*proc, len(versions))

@@ -129,23 +129,12 @@ func TestHeartbeatStoredInEtcd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts etcd")
 	}
-	c := testkit.StartEtcdCluster(t, 1)
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "fleet.key")
-	if err := os.WriteFile(keyFile, bytes.Repeat([]byte{7}, etcdstorage.KeySize), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	base := filepath.Join(dir, "base.cfg")
+	s := etcdFleet(t, "/haproxy-config/test")
+	base := filepath.Join(t.TempDir(), "base.cfg")
 	if err := os.WriteFile(base, []byte("global\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &settings.Settings{Fleet: settings.Fleet{Endpoints: c.Endpoints(), Prefix: "/haproxy-config/test", SealKey: keyFile,
-		Node: "lb-1", LockTTL: 15 * time.Second, Heartbeat: time.Second}}
-	st, err := OpenFleet(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
+	st := openFleet(t, s)
 	f := newFleetNode(st, s.Fleet, slog.New(slog.DiscardHandler))
 	f.version, f.health, f.served = "1.2.3", func() string { return "OK" }, func() int { return 4 }
 	f.setLive(&reconcile.Generation{Number: 9, Fragments: map[string]string{"shop": "sha256:1"}}, base, false)
@@ -259,22 +248,11 @@ func TestTwinNodeNameLogged(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts etcd")
 	}
-	c := testkit.StartEtcdCluster(t, 1)
-	keyFile := filepath.Join(t.TempDir(), "fleet.key")
-	if err := os.WriteFile(keyFile, bytes.Repeat([]byte{7}, etcdstorage.KeySize), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s := &settings.Settings{Fleet: settings.Fleet{Endpoints: c.Endpoints(), Prefix: "/haproxy-config/test", SealKey: keyFile,
-		Node: "lb-1", LockTTL: 15 * time.Second, Heartbeat: time.Second}}
+	s := etcdFleet(t, "/haproxy-config/test")
 	var logs [2]bytes.Buffer
 	var nodes [2]*fleetNode
 	for i := range nodes {
-		st, err := OpenFleet(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = st.Close() })
-		nodes[i] = newFleetNode(st, s.Fleet, slog.New(slog.NewTextHandler(&logs[i], nil)))
+		nodes[i] = newFleetNode(openFleet(t, s), s.Fleet, slog.New(slog.NewTextHandler(&logs[i], nil)))
 	}
 	nodes[1].pid++ // another process
 	ctx := context.Background()
@@ -291,13 +269,9 @@ func TestTwinNodeNameLogged(t *testing.T) {
 		}
 	}
 	var alone bytes.Buffer
-	st, err := OpenFleet(&settings.Settings{Fleet: settings.Fleet{Endpoints: c.Endpoints(), Prefix: "/haproxy-config/alone", SealKey: keyFile,
-		Node: "lb-1", LockTTL: 15 * time.Second, Heartbeat: time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	f := newFleetNode(st, s.Fleet, slog.New(slog.NewTextHandler(&alone, nil)))
+	other := *s
+	other.Fleet.Prefix = "/haproxy-config/alone"
+	f := newFleetNode(openFleet(t, &other), s.Fleet, slog.New(slog.NewTextHandler(&alone, nil)))
 	for range 3 {
 		if err := f.store(ctx); err != nil {
 			t.Fatal(err)
@@ -306,4 +280,28 @@ func TestTwinNodeNameLogged(t *testing.T) {
 	if strings.Contains(alone.String(), "another node") {
 		t.Errorf("a node alone under its name logged a twin:\n%s", alone.String())
 	}
+}
+
+// etcdFleet starts a one-member etcd and returns fleet settings for node
+// lb-1 under prefix, with a seal key file of its own.
+func etcdFleet(t *testing.T, prefix string) *settings.Settings {
+	t.Helper()
+	c := testkit.StartEtcdCluster(t, 1)
+	keyFile := filepath.Join(t.TempDir(), "fleet.key")
+	if err := os.WriteFile(keyFile, bytes.Repeat([]byte{7}, etcdstorage.KeySize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &settings.Settings{Fleet: settings.Fleet{Endpoints: c.Endpoints(), Prefix: prefix, SealKey: keyFile,
+		Node: "lb-1", LockTTL: 15 * time.Second, Heartbeat: time.Second}}
+}
+
+// openFleet opens the storage s names, closed at cleanup.
+func openFleet(t *testing.T, s *settings.Settings) *etcdstorage.Storage {
+	t.Helper()
+	st, err := OpenFleet(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
 }
