@@ -38,7 +38,25 @@ func (f *flaky) Lock(ctx context.Context, name string) (Lease, error) {
 	if f.down.Load() {
 		return nil, errDown
 	}
-	return f.Storage.Lock(ctx, name)
+	l, err := f.Storage.Lock(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return flakyLease{Lease: l, f: f}, nil
+}
+
+// flakyLease is a lease of a flaky storage: its writes fail while the
+// storage is down.
+type flakyLease struct {
+	Lease
+	f *flaky
+}
+
+func (l flakyLease) Store(ctx context.Context, key string, v []byte) error {
+	if l.f.down.Load() {
+		return errDown
+	}
+	return l.Lease.Store(ctx, key, v)
 }
 
 // fleetOf is n managers on rigs of their own that share one storage, one

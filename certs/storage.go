@@ -2,6 +2,7 @@ package certs
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"path"
 	"strings"
@@ -32,7 +33,15 @@ import (
 //   - List returns, sorted, the keys of the values directly under prefix
 //     (not those further down), and none for a prefix holding nothing;
 //   - every method is safe for concurrent use; ctx bounds the call (an
-//     implementation over the network bounds each call on its own too).
+//     implementation over the network bounds each call on its own too);
+//   - a Lease's Store and Delete are fencing writes: each is Store or
+//     Delete as above, done only if the lease still holds its lock at
+//     the instant the value changes, decided atomically with the change
+//     in the storage itself (a holder that checks Lost first still races
+//     with an expiry). A lease that was unlocked or lost, or whose lock
+//     another lease took since, changes nothing and returns an error
+//     matching ErrLockLost; any other error is the storage's own, and
+//     the value may or may not have changed.
 type Storage interface {
 	Load(ctx context.Context, key string) ([]byte, error)
 	Store(ctx context.Context, key string, value []byte) error
@@ -59,7 +68,17 @@ type Lease interface {
 	// releases a lock that another lease took since: a second Unlock, or
 	// one after the lease was lost, does nothing.
 	Unlock(ctx context.Context) error
+	// Store is the storage's Store of key, done only while this lease
+	// holds its lock (a fencing write, see Storage): a holder whose lease
+	// expired mid-work never overwrites what the next holder stored.
+	Store(ctx context.Context, key string, value []byte) error
+	// Delete is the storage's Delete of key, fenced as Store is.
+	Delete(ctx context.Context, key string) error
 }
+
+// ErrLockLost is the error (errors.Is) of a Lease's Store or Delete
+// refused because the lease no longer holds its lock.
+var ErrLockLost = errors.New("the lock is no longer held by this lease")
 
 // Tokens keeps the HTTP-01 challenges of the orders in flight, for every
 // challenge handler that may be asked (a distributed solver: on a fleet,

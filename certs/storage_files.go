@@ -145,36 +145,64 @@ func (s *FileStorage) Lock(ctx context.Context, name string) (Lease, error) {
 	s.mu.Unlock()
 	select { // a free lock is taken even when ctx has ended
 	case held <- struct{}{}:
-		return newFileLease(held), nil
+		return newFileLease(s, name, held), nil
 	default:
 	}
 	select {
 	case held <- struct{}{}:
-		return newFileLease(held), nil
+		return newFileLease(s, name, held), nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("lock %s: %w", name, ctx.Err())
 	}
 }
 
-// fileLease holds one value of its lock's channel until Unlock.
+// fileLease holds one value of its lock's channel until Unlock. Its lock
+// is lost only by Unlock: mu makes a fenced write and Unlock exclusive,
+// so that a write is done whole before the lock goes, or not at all.
 type fileLease struct {
+	s    *FileStorage
+	name string
 	held chan struct{}
+	mu   sync.Mutex
 	once sync.Once
 	lost chan struct{}
 }
 
-func newFileLease(held chan struct{}) *fileLease {
-	return &fileLease{held: held, lost: make(chan struct{})}
+func newFileLease(s *FileStorage, name string, held chan struct{}) *fileLease {
+	return &fileLease{s: s, name: name, held: held, lost: make(chan struct{})}
 }
 
 func (l *fileLease) Lost() <-chan struct{} { return l.lost }
 
 func (l *fileLease) Unlock(context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.once.Do(func() {
 		<-l.held
 		close(l.lost)
 	})
 	return nil
+}
+
+// Store stores key unless the lease was unlocked.
+func (l *fileLease) Store(ctx context.Context, key string, value []byte) error {
+	return l.fenced(func() error { return l.s.Store(ctx, key, value) }, "store "+key)
+}
+
+// Delete deletes key unless the lease was unlocked.
+func (l *fileLease) Delete(ctx context.Context, key string) error {
+	return l.fenced(func() error { return l.s.Delete(ctx, key) }, "delete "+key)
+}
+
+func (l *fileLease) fenced(write func() error, what string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.lost:
+		return fmt.Errorf("%s under lock %s: %w", what, l.name, ErrLockLost)
+	default:
+	}
+	return write()
 }
 
 // memTokens are Tokens in memory: those of this process's orders.

@@ -258,7 +258,10 @@ const retryPause = 250 * time.Millisecond
 // only while absent and attached to a lease of this call's own that the
 // client keeps alive. The lease is the owner token: Unlock revokes it,
 // which deletes the key only if it is still this lease's, and a holder
-// that dies or loses etcd loses the lock after LockTTL.
+// that dies or loses etcd loses the lock after LockTTL. The lease's Store
+// and Delete are fenced by the same token: each is one transaction that
+// changes the value only if the lock's key is still attached to this
+// lease.
 func (s *Storage) Lock(ctx context.Context, name string) (certs.Lease, error) {
 	if err := checkKey(name); err != nil {
 		return nil, err
@@ -274,10 +277,10 @@ func (s *Storage) Lock(ctx context.Context, name string) (certs.Lease, error) {
 		_ = s.revoke(context.Background(), grant.ID)
 		return nil, fmt.Errorf("etcd: lock %s: keep the lease alive: %w", name, err)
 	}
-	l := &lease{s: s, id: grant.ID, stopKeeping: stopKeeping, lost: make(chan struct{})}
+	l := &lease{s: s, name: name, key: s.locks + name, id: grant.ID, stopKeeping: stopKeeping, lost: make(chan struct{})}
 	s.keepers.Add(1)
 	go l.keep(alive)
-	if err := s.acquire(ctx, s.locks+name, l); err != nil {
+	if err := s.acquire(ctx, l.key, l); err != nil {
 		_ = l.Unlock(context.Background())
 		return nil, fmt.Errorf("etcd: lock %s: %w", name, err)
 	}
@@ -414,6 +417,7 @@ func (s *Storage) revoke(ctx context.Context, id clientv3.LeaseID) error {
 // lease is one Lock's hold: its etcd lease and the keep-alive of it.
 type lease struct {
 	s           *Storage
+	name, key   string // the lock's name, and its etcd key
 	id          clientv3.LeaseID
 	stopKeeping context.CancelFunc
 	lost        chan struct{} // closed by keep
@@ -446,6 +450,49 @@ func (l *lease) Unlock(ctx context.Context) error {
 		}
 	})
 	return l.unlockErr
+}
+
+// Store writes key as Storage.Store does, in one transaction that puts
+// the value only if the lock's key is still attached to this lease: once
+// the lease expired or was revoked, its key went with it, and a key put
+// since by another Lock carries that lock's lease.
+func (l *lease) Store(ctx context.Context, key string, value []byte) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	at := l.s.values + key
+	return l.fenced(ctx, "store "+key, clientv3.OpPut(at, string(l.s.seal.seal(at, value))))
+}
+
+// Delete removes key as Storage.Delete does, fenced as Store is.
+func (l *lease) Delete(ctx context.Context, key string) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	return l.fenced(ctx, "delete "+key, clientv3.OpDelete(l.s.values+key))
+}
+
+// fenced runs op only if the lock's key carries this lease. A lease
+// reported lost is not tried: its holder is to stop acting under it.
+func (l *lease) fenced(ctx context.Context, what string, op clientv3.Op) error {
+	select {
+	case <-l.lost:
+		return fmt.Errorf("etcd: %s under lock %s: %w", what, l.name, certs.ErrLockLost)
+	default:
+	}
+	c, cancel := l.s.call(ctx)
+	defer cancel()
+	resp, err := l.s.cli.Txn(c).
+		If(clientv3.Compare(clientv3.LeaseValue(l.key), "=", l.id)).
+		Then(op).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("etcd: %s under lock %s: %w", what, l.name, l.s.explain(ctx, err))
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("etcd: %s under lock %s: %w", what, l.name, certs.ErrLockLost)
+	}
+	return nil
 }
 
 // PutToken keeps t under an HMAC of token, on a lease of TokenTTL.

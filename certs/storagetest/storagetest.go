@@ -40,6 +40,7 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("LockExclusion", s.lockExclusion)
 	t.Run("LockRelease", s.lockRelease)
 	t.Run("UnlockOnlyOwn", s.unlockOnlyOwn)
+	t.Run("FencedWrites", s.fencedWrites)
 	t.Run("Tokens", s.tokens)
 }
 
@@ -297,6 +298,58 @@ func (s Suite) unlockOnlyOwn(t *testing.T) {
 	defer second.Unlock(context.Background())
 	_ = first.Unlock(context.Background()) // late: must not release second's
 	mustBeHeld(t, st, "orders/a.example.com", "after a released lease unlocked again")
+}
+
+// fencedWrites: a lease stores and deletes while it holds its lock; once
+// unlocked, and with the lock taken by another since, it changes nothing
+// and says ErrLockLost.
+func (s Suite) fencedWrites(t *testing.T) {
+	st := s.New(t)
+	other := s.peer(t, st)
+	ctx := context.Background()
+	const name, key, gone = "orders/a.example.com", "certificates/a.example.com.pem", "schedule/a.example.com.json"
+	first := lock(t, st, name)
+	if err := first.Store(ctx, key, []byte("first")); err != nil {
+		t.Fatalf("store under a lease held: %v", err)
+	}
+	if v := mustLoad(t, other, key); string(v) != "first" {
+		t.Errorf("load of a fenced store = %q, want %q", v, "first")
+	}
+	mustStore(t, st, gone, []byte("failures"))
+	if err := first.Delete(ctx, gone); err != nil {
+		t.Fatalf("delete under a lease held: %v", err)
+	}
+	if _, err := other.Load(ctx, gone); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("load after a fenced delete: %v, want fs.ErrNotExist", err)
+	}
+	if err := first.Store(ctx, "certificates/../up", []byte("x")); err == nil || errors.Is(err, certs.ErrLockLost) {
+		t.Errorf("fenced store of an invalid key: %v, want a refusal of the key", err)
+	}
+	if err := first.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Store(ctx, key, []byte("late")); !errors.Is(err, certs.ErrLockLost) {
+		t.Errorf("store under an unlocked lease: %v, want ErrLockLost", err)
+	}
+
+	second := lock(t, other, name)
+	defer second.Unlock(ctx)
+	if err := second.Store(ctx, key, []byte("second")); err != nil {
+		t.Fatalf("store under the next holder's lease: %v", err)
+	}
+	mustStore(t, other, gone, []byte("second's failures"))
+	if err := first.Store(ctx, key, []byte("late")); !errors.Is(err, certs.ErrLockLost) {
+		t.Errorf("store under a lease whose lock another took since: %v, want ErrLockLost", err)
+	}
+	if err := first.Delete(ctx, gone); !errors.Is(err, certs.ErrLockLost) {
+		t.Errorf("delete under a lease whose lock another took since: %v, want ErrLockLost", err)
+	}
+	if v := mustLoad(t, st, key); string(v) != "second" {
+		t.Errorf("the next holder's value became %q", v)
+	}
+	if v := mustLoad(t, st, gone); string(v) != "second's failures" {
+		t.Errorf("the next holder's other value became %q", v)
+	}
 }
 
 func (s Suite) tokens(t *testing.T) {
