@@ -357,3 +357,78 @@ func TestKilledHolderReleasedWithinTTL(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestFencedWritesAfterTheLockWent: a holder whose lease expired (etcd
+// revokes an expired lease) or whose lock key was deleted, with the lock
+// taken by another since, stores and deletes nothing through its lease.
+func TestFencedWritesAfterTheLockWent(t *testing.T) {
+	c := cluster(t)
+	raw := rawClient(t, c)
+	ctx := context.Background()
+	const name, key, sched = "orders/a.example.com", "certificates/a.example.com.pem", "schedule/a.example.com.json"
+	cases := []struct {
+		name string
+		lose func(t *testing.T, l *lease) // makes l's lock go behind its holder's back
+		// Lost stays open: the refusal is etcd's transaction's, not
+		// the lease's own check
+		stillAlive bool
+	}{
+		{"lease expired", func(t *testing.T, l *lease) {
+			if _, err := raw.Revoke(ctx, l.id); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"lock key broken", func(t *testing.T, l *lease) {
+			if _, err := raw.Delete(ctx, l.key); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := fleet(t, c)
+			holder, other := open(t, cfg), open(t, cfg)
+			l, _, err := lockWithin(holder, name, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Unlock(ctx)
+			held := l.(*lease)
+			if err := held.Store(ctx, key, []byte("first")); err != nil {
+				t.Fatalf("store under a lease held: %v", err)
+			}
+			tc.lose(t, held)
+
+			next, _, err := lockWithin(other, name, 10*time.Second)
+			if err != nil {
+				t.Fatalf("the next holder: %v", err)
+			}
+			defer next.Unlock(ctx)
+			if err := next.Store(ctx, key, []byte("second")); err != nil {
+				t.Fatalf("store by the next holder: %v", err)
+			}
+			if err := other.Store(ctx, sched, []byte("second's failures")); err != nil {
+				t.Fatal(err)
+			}
+			if tc.stillAlive {
+				select {
+				case <-held.Lost():
+					t.Fatal("the first lease is reported lost: the case is to prove etcd's refusal")
+				default:
+				}
+			}
+			if err := held.Store(ctx, key, []byte("late")); !errors.Is(err, certs.ErrLockLost) {
+				t.Errorf("store once another took the lock: %v, want ErrLockLost", err)
+			}
+			if err := held.Delete(ctx, sched); !errors.Is(err, certs.ErrLockLost) {
+				t.Errorf("delete once another took the lock: %v, want ErrLockLost", err)
+			}
+			if got, err := holder.Load(ctx, key); err != nil || string(got) != "second" {
+				t.Errorf("the next holder's value: %q, %v; want %q", got, err, "second")
+			}
+			if got, err := holder.Load(ctx, sched); err != nil || string(got) != "second's failures" {
+				t.Errorf("the next holder's other value: %q, %v", got, err)
+			}
+		})
+	}
+}
