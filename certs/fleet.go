@@ -199,18 +199,39 @@ func (m *Manager) orderInFleet(ctx context.Context, iss Issuer, r *result, curre
 		at := m.Now()
 		r.schedule = &schedule{Serial: r.have.serial, Failures: failures, LastError: r.err.Error(), LastErrorAt: at.UTC(),
 			NextAttempt: at.Add(max(m.Policy.backoff(failures, m.Jitter), retryAfter(r.err)))}
-		if err := m.storeJSON(ctx, Keys.Schedule(r.domain), r.schedule); err != nil {
+		data, err := json.Marshal(r.schedule)
+		if err == nil {
+			err = lease.Store(ctx, Keys.Schedule(r.domain), data)
+		}
+		switch {
+		case errors.Is(err, ErrLockLost):
+			m.Log.Warn("the fleet's failure state not stored: the order lock was lost during the order, the next holder's state stands",
+				"domain", r.domain, "err", err)
+		case err != nil:
 			m.Log.Warn("the fleet's failure state not stored", "domain", r.domain, "err", err)
 		}
 		return
 	}
 	r.pem = bundle(r.issued)
-	// stored under the lock, even when the daemon stops: the order was made
-	if err := m.Shared.Store(context.WithoutCancel(ctx), Keys.Certificate(r.domain), r.pem); err != nil {
+	// stored under the lock, and only while this node holds it (a lease
+	// lost mid-order must not overwrite the next holder's certificate),
+	// even when the daemon stops: the order was made. Refused or not,
+	// this node installs and serves its own new certificate.
+	err = lease.Store(context.WithoutCancel(ctx), Keys.Certificate(r.domain), r.pem)
+	switch {
+	case errors.Is(err, ErrLockLost):
+		m.Log.Warn("certificate not stored for the fleet: the order lock was lost during the order, the fleet keeps the next holder's; served here",
+			"domain", r.domain, "serial", r.issued.Leaf.SerialNumber.Text(16), "err", err)
+		return
+	case err != nil:
 		m.Log.Error("certificate not stored for the fleet: uploaded at the next resync", "domain", r.domain, "err", err)
 	}
 	if sched != nil {
-		if err := m.Shared.Delete(context.WithoutCancel(ctx), Keys.Schedule(r.domain)); err != nil {
+		err := lease.Delete(context.WithoutCancel(ctx), Keys.Schedule(r.domain))
+		switch {
+		case errors.Is(err, ErrLockLost):
+			m.Log.Warn("the fleet's failure state not cleared: the order lock was lost", "domain", r.domain, "err", err)
+		case err != nil:
 			m.Log.Warn("the fleet's failure state not cleared", "domain", r.domain, "err", err)
 		}
 	}
