@@ -27,7 +27,9 @@ import (
 //     failed order is honoured (unless a renewal was asked for here).
 //   - The order budget counts the fleet's orders (Keys.Budget, changed
 //     under Keys.BudgetLock), besides the node's own count in its state.
-//   - A certificate obtained is stored in Shared before the lock goes;
+//   - A certificate obtained is stored in Shared before the lock goes,
+//     through the lease (Lease.Store): a node whose lease lapsed mid-order
+//     overwrites nothing, and serves its own certificate;
 //     the other nodes see it through Watcher (and at each resync) and
 //     install it, hot-loaded as their own orders are.
 //   - A certificate a node serves that Shared lacks or holds older (a
@@ -253,14 +255,6 @@ func (m *Manager) loadSchedule(ctx context.Context, domain string) (*schedule, e
 	return &s, nil
 }
 
-func (m *Manager) storeJSON(ctx context.Context, key string, v any) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return m.Shared.Store(ctx, key, data)
-}
-
 // reserveBudget counts an order starting at now in the fleet's budget; it
 // returns when there is room again if there is none now.
 func (m *Manager) reserveBudget(ctx context.Context, now time.Time) (free time.Time, err error) {
@@ -287,7 +281,12 @@ func (m *Manager) reserveBudget(ctx context.Context, now time.Time) (free time.T
 	var stored error
 	if ok {
 		b.Orders = append(b.Orders, now.UTC())
-		stored = m.storeJSON(ctx, Keys.Budget(), b.Orders)
+		var data []byte
+		if data, stored = json.Marshal(b.Orders); stored == nil {
+			// fenced: a holder whose lease lapsed does not write back a
+			// budget another node has counted on since
+			stored = lease.Store(ctx, Keys.Budget(), data)
+		}
 	}
 	m.mu.Lock()
 	m.fleetOrders = append([]time.Time{}, b.Orders...)
@@ -459,7 +458,7 @@ func (m *Manager) upload(ctx context.Context, name, path string, have serving) e
 	if err != nil {
 		return err
 	}
-	if err := m.Shared.Store(ctx, Keys.Certificate(name), data); err != nil {
+	if err := lease.Store(ctx, Keys.Certificate(name), data); err != nil {
 		return err
 	}
 	m.Log.Info("certificate uploaded for the fleet", "domain", name, "serial", have.serial)
