@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -94,6 +95,7 @@ func fleetShow(c *cli.Context) error {
 	for name, err := range bad {
 		nodes = append(nodes, watcher.FleetNode{Name: name, Flagged: true, Why: "heartbeat unreadable: " + err.Error()})
 	}
+	slices.SortFunc(nodes, func(a, b watcher.FleetNode) int { return strings.Compare(a.Name, b.Name) })
 	var flagged []string
 	for _, n := range nodes {
 		if n.Flagged {
