@@ -31,10 +31,12 @@ func NewChallenges() *Challenges { return ChallengesIn(newMemTokens()) }
 // ChallengesIn returns a handler that keeps its tokens in t.
 func ChallengesIn(t Tokens) *Challenges { return &Challenges{tokens: t} }
 
-// Present makes the handler answer token with keyAuth for domain.
+// Present makes the handler answer token with keyAuth for domain. A
+// token not kept is the storage's failure, not the CA's: the error wraps
+// ErrSharedUnavailable, which lego's error from the order wraps in turn.
 func (c *Challenges) Present(domain, token, keyAuth string) error {
 	if err := c.tokens.PutToken(context.Background(), token, Token{Domain: strings.ToLower(domain), KeyAuth: keyAuth}); err != nil {
-		return fmt.Errorf("http-01 token for %s: %w", domain, err)
+		return fmt.Errorf("http-01 token for %s: %w: %w", domain, ErrSharedUnavailable, err)
 	}
 	return nil
 }

@@ -1,12 +1,24 @@
 package certs
 
 import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
+
+	"github.com/go-acme/lego/v4/acme"
+	"github.com/go-acme/lego/v4/acme/api"
+	"github.com/go-acme/lego/v4/challenge/resolver"
 )
 
 func TestChallengesAnswerOnlyTokensInFlight(t *testing.T) {
@@ -75,5 +87,71 @@ func TestChallengesServeOneListener(t *testing.T) {
 		if resp.StatusCode != 200 || string(body) != tok+".k" {
 			t.Errorf("challenge %d: %d %q", i, resp.StatusCode, body)
 		}
+	}
+}
+
+// TestPresentFailureIsTheStorages runs lego's resolver with a Challenges
+// whose storage fails: the error lego returns is the storage's.
+func TestPresentFailureIsTheStorages(t *testing.T) {
+	dir := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		base := "https://" + r.Host
+		_ = json.NewEncoder(w).Encode(map[string]string{"newNonce": base + "/nonce", "newAccount": base + "/account", "newOrder": base + "/order"})
+	}))
+	t.Cleanup(dir.Close)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, err := api.New(dir.Client(), "test", dir.URL, "", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := newWatchedTokens()
+	src.down.Store(true)
+	solvers := resolver.NewSolversManager(core)
+	if err := solvers.SetHTTP01Provider(ChallengesIn(src)); err != nil {
+		t.Fatal(err)
+	}
+	err = resolver.NewProber(solvers).Solve([]acme.Authorization{{
+		Status:     acme.StatusPending,
+		Identifier: acme.Identifier{Type: "dns", Value: "a.example.com"},
+		Challenges: []acme.Challenge{{Type: "http-01", Status: acme.StatusPending, Token: "t1", URL: dir.URL + "/chall"}},
+	}})
+	if !errors.Is(err, ErrSharedUnavailable) || !errors.Is(err, errDown) {
+		t.Errorf("lego's error %v: not the shared storage's (%v)", err, ErrSharedUnavailable)
+	}
+}
+
+// failingIssuer fails its orders with what lego returns when the
+// challenge provider failed.
+type failingIssuer struct {
+	*fakeIssuer
+	err error
+}
+
+func (f failingIssuer) Obtain([]string, string, string) (*Issued, error) {
+	f.fakeIssuer.mu.Lock()
+	f.orders = append(f.orders, "failed")
+	f.fakeIssuer.mu.Unlock()
+	return nil, f.err
+}
+
+func TestFleetPutsOffAnOrderWhoseTokenWasNotKept(t *testing.T) {
+	nodes, _ := fleetOf(t, 1, policy())
+	r := nodes[0]
+	lost := fmt.Errorf("error: one or more domains had a problem:\n[a.example.com] acme: error presenting token: %w",
+		fmt.Errorf("http-01 token for a.example.com: %w: %w", ErrSharedUnavailable, errDown))
+	r.m.Issuer = func(context.Context) (Issuer, error) { return failingIssuer{fakeIssuer: r.iss, err: lost}, nil }
+	r.m.SetDomains([]string{"a.example.com"}, nil, nil)
+	r.step()
+	if got := r.iss.count(); got != 1 {
+		t.Fatalf("orders = %d, want 1", got)
+	}
+	d := r.domain("a.example.com")
+	if d.Failures != 0 || d.LastError != "" || !d.NextAttempt.Equal(t0.Add(30*time.Second)) {
+		t.Errorf("failures %d (%q), next attempt +%v; want none, put off by FleetRetry (+30s)", d.Failures, d.LastError, d.NextAttempt.Sub(t0))
+	}
+	if sched, err := r.m.loadSchedule(context.Background(), "a.example.com"); err != nil || sched != nil {
+		t.Errorf("the fleet's failure state %+v (%v), want none", sched, err)
 	}
 }

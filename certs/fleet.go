@@ -193,6 +193,11 @@ func (m *Manager) orderInFleet(ctx context.Context, iss Issuer, r *result, curre
 	default:
 	}
 	m.obtain(iss, r, current)
+	if errors.Is(r.err, ErrSharedUnavailable) {
+		// a challenge token not kept: the storage failed, not the CA
+		r.deferred, r.err = r.err.Error(), nil
+		return
+	}
 	if r.err != nil {
 		failures := r.failures + 1
 		if sched != nil {
