@@ -211,7 +211,9 @@ func (d *Daemon) initCerts() error {
 	}
 	d.challenges = certs.NewChallenges()
 	if d.fleetStore != nil {
-		d.challenges = certs.ChallengesIn(d.fleetStore) // any node answers any token
+		// any node answers any token, from its copy of the fleet's
+		d.tokenCache = certs.NewTokenCache(d.fleetStore, certs.TokenMissRate, certs.TokenMissBurst)
+		d.challenges = certs.ChallengesIn(d.tokenCache)
 	}
 	m, err := d.newCertManager(d.s, d.challenges)
 	if err != nil {
@@ -221,8 +223,9 @@ func (d *Daemon) initCerts() error {
 	return nil
 }
 
-// runCerts serves HTTP-01 challenges and runs the certificate manager;
-// the returned function stops both and waits for them.
+// runCerts serves HTTP-01 challenges (in fleet mode from the token
+// cache, which it keeps up to date) and runs the certificate manager;
+// the returned function stops them and waits for them.
 func (d *Daemon) runCerts(ctx context.Context) (stop func(), err error) {
 	if d.certs == nil {
 		return func() {}, nil
@@ -232,6 +235,10 @@ func (d *Daemon) runCerts(ctx context.Context) (stop func(), err error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	var caching sync.WaitGroup
+	if d.tokenCache != nil {
+		caching.Go(func() { d.tokenCache.Run(ctx) })
+	}
 	d.setCertDomains()
 	done := make(chan struct{})
 	go func() {
@@ -244,6 +251,7 @@ func (d *Daemon) runCerts(ctx context.Context) (stop func(), err error) {
 		cancel()
 		<-done
 		stopHandler()
+		caching.Wait()
 	}, nil
 }
 

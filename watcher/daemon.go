@@ -89,6 +89,7 @@ type Daemon struct {
 	// certificates (nil manager when ACME is off)
 	certs         *certs.Manager
 	challenges    *certs.Challenges
+	tokenCache    *certs.TokenCache // fleet mode: the challenges' tokens
 	certEvents    chan struct{}
 	certMu        sync.Mutex
 	runtimeMu     sync.Mutex        // held by reloads and by runtime-API updates
