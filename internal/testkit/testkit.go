@@ -4,7 +4,9 @@
 package testkit
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -28,26 +30,33 @@ func FreePort(tb testing.TB) int {
 	tb.Helper()
 	ports.mu.Lock()
 	defer ports.mu.Unlock()
-	if err := os.MkdirAll(portLocks, 0o1777); err != nil {
-		tb.Fatalf("find a free port: %v", err)
+	shared := os.MkdirAll(portLocks, 0o777|os.ModeSticky) == nil
+	if shared {
+		// past the umask: every user's tests share it, and the sticky bit
+		// keeps one user from removing another's lock files
+		_ = os.Chmod(portLocks, 0o777|os.ModeSticky)
 	}
-	_ = os.Chmod(portLocks, 0o1777) // past the umask: every user's tests share it
 	lo, hi := portRange()
 	for range 1000 {
 		port := lo + rand.IntN(hi-lo)
-		if ports.held[port] != nil {
+		if _, mine := ports.held[port]; mine {
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(portLocks, strconv.Itoa(port)), os.O_RDWR|os.O_CREATE, 0o666)
+		if !shared {
+			// no lock directory: the bind check alone
+			if bindable(port) {
+				ports.held[port] = nil
+				return port
+			}
+			continue
+		}
+		f, err := lockFile(filepath.Join(portLocks, strconv.Itoa(port)))
 		if err != nil {
-			tb.Fatalf("find a free port: %v", err)
+			continue // another user's file this one may not open: taken
 		}
 		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !bindable(port) {
 			f.Close()
 			continue
-		}
-		if ports.held == nil {
-			ports.held = map[int]*os.File{}
 		}
 		ports.held[port] = f // held, and locked, until the process ends
 		return port
@@ -59,10 +68,29 @@ func FreePort(tb testing.TB) int {
 // portLocks holds a lock file for each port FreePort handed out.
 var portLocks = filepath.Join(os.TempDir(), "haproxy-config-test-ports")
 
-// ports are the ports this process holds.
-var ports struct {
+// ports are the ports this process holds, with their lock files (nil
+// without the lock directory).
+var ports = struct {
 	mu   sync.Mutex
 	held map[int]*os.File
+}{held: map[int]*os.File{}}
+
+// lockFile opens a port's lock file read-only, which is enough for an
+// flock, so that the file another user made serves this one too; a new
+// one is made readable by all, past the umask.
+func lockFile(name string) (*os.File, error) {
+	f, err := os.Open(name)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return f, err
+	}
+	f, err = os.OpenFile(name, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		return os.Open(name) // made by another process meanwhile
+	}
+	if err == nil {
+		_ = f.Chmod(0o644)
+	}
+	return f, err
 }
 
 // portRange is where FreePort picks: from 10000 up to the start of the
