@@ -53,7 +53,7 @@ type apiServer struct {
 	// stored is the checksum of the version of each fragment the API
 	// stored last ("" once removed): a waiter whose version was replaced
 	// is told so, rather than waiting for a version that never goes live
-	stored map[string]string
+	stored map[string]storedVersion
 	kick   chan struct{} // holds a token while committed is not empty
 	status chan struct{} // closed and replaced when the daemon writes its status
 	// the status last written (memView), its JSON and, once a waiter
@@ -111,7 +111,7 @@ const (
 // A socket left by a killed daemon is replaced; one another daemon
 // listens on is an error.
 func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
-	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]string{},
+	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]storedVersion{},
 		slots: make(chan struct{}, maxAPIConnections),
 		kick:  make(chan struct{}, 1), status: make(chan struct{})}
 	a.settings.Store(s)
@@ -377,16 +377,18 @@ func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*
 	start := time.Now()
 	results := eng.ApplyBatch(ctx, ops)
 	var names []string
+	committed := time.Now()
 	a.mu.Lock()
 	for i, r := range results {
 		if r.Err == nil {
 			names = append(names, ops[i].Name)
 			// a fragment named twice is stored in index order: the
 			// later op's version is the one the store keeps
-			a.stored[ops[i].Name] = ""
+			v := storedVersion{at: committed}
 			if r.Apply != nil {
-				a.stored[ops[i].Name] = r.Apply.Fragment.Checksum
+				v.checksum = r.Apply.Fragment.Checksum
 			}
+			a.stored[ops[i].Name] = v
 		}
 	}
 	a.mu.Unlock()
@@ -535,24 +537,32 @@ func (a *apiServer) serveRequest(ctx context.Context, req *Request, actor string
 			if ok, err := liveOrQuarantined(st, g, req.Name, checksum, committed); ok || err != nil {
 				return ok, err
 			}
-			return false, a.replaced(req.Name, checksum)
+			return false, a.replaced(st, req.Name, checksum)
 		})
 	}
 }
 
+// storedVersion is the version of a fragment the API stored last.
+type storedVersion struct {
+	checksum string // "" once removed
+	at       time.Time
+}
+
 // replaced is a NotLiveError when the API stored another version of
-// fragment name after the one with checksum ("" for its removal): that
-// version is what the daemon serves next, never the awaited one.
-func (a *apiServer) replaced(name, checksum string) error {
+// fragment name after the one with checksum ("" for its removal) and the
+// daemon, in st, has read the store since: what it serves next is that
+// version, never the awaited one. Before that read, a reconcile of the
+// awaited version may still be going live.
+func (a *apiServer) replaced(st *Status, name, checksum string) error {
 	a.mu.Lock()
 	now, known := a.stored[name]
 	a.mu.Unlock()
-	if !known || now == checksum {
+	if !known || now.checksum == checksum || !st.ReconciledAt.After(now.at) {
 		return nil
 	}
 	what := "removed it"
-	if now != "" {
-		what = "stored " + now
+	if now.checksum != "" {
+		what = "stored " + now.checksum
 	}
 	return &NotLiveError{Why: fmt.Sprintf("a later change of fragment %q %s before this one went live", name, what)}
 }
