@@ -23,6 +23,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"haproxy-config/fragments"
 	"haproxy-config/reconcile"
@@ -68,7 +69,8 @@ type apiServer struct {
 
 	// slots bounds the connections served at once (maxAPIConnections): a
 	// runaway script does not take the daemon's file descriptors
-	slots chan struct{}
+	slots   chan struct{}
+	busyLog rate.Sometimes // the refusals are logged, not each one
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -111,7 +113,7 @@ const (
 // A socket left by a killed daemon is replaced; one another daemon
 // listens on is an error.
 func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
-	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]storedVersion{},
+	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]storedVersion{}, busyLog: rate.Sometimes{First: 1, Interval: time.Minute},
 		slots: make(chan struct{}, maxAPIConnections),
 		kick:  make(chan struct{}, 1), status: make(chan struct{})}
 	a.settings.Store(s)
@@ -470,7 +472,9 @@ func (a *apiServer) handle(ctx context.Context, conn *net.UnixConn) {
 // deadline only guards the accepting goroutine against the unexpected.
 func (a *apiServer) busy(conn *net.UnixConn) {
 	defer conn.Close()
-	a.log.Warn("API socket: too many connections; one refused", "limit", cap(a.slots))
+	a.busyLog.Do(func() {
+		a.log.Warn("API socket: too many connections; refusing those beyond the limit (logged at most once a minute)", "limit", cap(a.slots))
+	})
 	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_ = writeLine(conn, &Answer{Error: toWire(&reload.EnvError{Err: fmt.Errorf("the daemon serves %d API connections already: try again", cap(a.slots))})})
 }
