@@ -227,7 +227,7 @@ func (m *Manager) orderInFleet(ctx context.Context, iss Issuer, r *result, curre
 	err = lease.Store(context.WithoutCancel(ctx), Keys.Certificate(r.domain), r.pem)
 	switch {
 	case errors.Is(err, ErrLockLost):
-		m.Log.Warn("certificate not stored for the fleet: the order lock was lost during the order, the fleet keeps the next holder's; served here",
+		m.Log.Warn("certificate not stored for the fleet: the order lock was lost during the order, so another node may hold it now; served here, and uploaded at a resync if the fleet's is older",
 			"domain", r.domain, "serial", r.issued.Leaf.SerialNumber.Text(16), "err", err)
 		return
 	case err != nil:
@@ -285,12 +285,15 @@ func (m *Manager) reserveBudget(ctx context.Context, now time.Time) (free time.T
 	ok, free := b.budget(now, m.Policy)
 	var stored error
 	if ok {
-		b.Orders = append(b.Orders, now.UTC())
+		orders := append(slices.Clone(b.Orders), now.UTC())
 		var data []byte
-		if data, stored = json.Marshal(b.Orders); stored == nil {
+		if data, stored = json.Marshal(orders); stored == nil {
 			// fenced: a holder whose lease lapsed does not write back a
 			// budget another node has counted on since
 			stored = lease.Store(ctx, Keys.Budget(), data)
+		}
+		if stored == nil {
+			b.Orders = orders
 		}
 	}
 	m.mu.Lock()

@@ -489,7 +489,8 @@ func (m *Manager) obtain(iss Issuer, r *result, current string) {
 		}
 	}
 	// lego orders again without "replaces" when the CA answers that the
-	// certificate was replaced already
+	// certificate was replaced already, ACME.Obtain when it refuses the
+	// field otherwise (refusedReplaces)
 	r.ordered = true
 	r.issued, r.err = iss.Obtain(r.names, r.challenge, replaces)
 }
