@@ -193,11 +193,11 @@ func (m *Manager) orderInFleet(ctx context.Context, iss Issuer, r *result, curre
 	default:
 	}
 	m.obtain(iss, r, current)
-	if errors.Is(r.err, ErrSharedUnavailable) {
-		// a challenge token not kept: the storage failed, not the CA
-		r.deferred, r.err = r.err.Error(), nil
-		return
-	}
+	// a challenge token the storage did not keep fails the order as the
+	// CA's failures do, backed off: lego made the order before it asked
+	// for the token, so an order put off and made again every FleetRetry
+	// would spend the budget while the storage half answers; its error
+	// says it was the storage (ErrSharedUnavailable)
 	if r.err != nil {
 		failures := r.failures + 1
 		if sched != nil {

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"maps"
 	"sync"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -43,9 +44,16 @@ type TokenChange struct {
 // of random tokens then costs the shared storage at most 20 reads a
 // second per node, however many requests it makes; beyond that a miss is
 // answered as an unknown token without asking the storage.
+//
+// A miss beyond the rate waits up to TokenMissWait for the watch to bring
+// the token before it is answered as unknown: during a flood, the token
+// another node put an instant ago is still answered once its change
+// arrives (within milliseconds), and each random token holds its request
+// that long, which slows a flood down rather than the storage.
 const (
 	TokenMissRate  rate.Limit = 20
 	TokenMissBurst            = 10
+	TokenMissWait             = time.Second
 )
 
 // TokenCache is a Tokens that answers GetToken from a copy of a
@@ -56,20 +64,31 @@ const (
 // DeleteToken go to the storage, and to the copy once the storage took
 // them.
 type TokenCache struct {
-	src    TokenWatcher
-	misses *rate.Limiter
+	src      TokenWatcher
+	misses   *rate.Limiter
+	missWait time.Duration
 
-	mu     sync.RWMutex
-	tokens map[string]Token // by key
+	mu      sync.RWMutex
+	tokens  map[string]Token // by key
+	updated chan struct{}    // closed and replaced at each change of tokens
 }
 
 var _ Tokens = (*TokenCache)(nil)
 
 // NewTokenCache returns a cache of src's tokens, empty until Run runs,
 // that reads a token it lacks from src at most missRate times a second
-// (missBurst at once): TokenMissRate and TokenMissBurst, but for tests.
-func NewTokenCache(src TokenWatcher, missRate rate.Limit, missBurst int) *TokenCache {
-	return &TokenCache{src: src, misses: rate.NewLimiter(missRate, missBurst), tokens: map[string]Token{}}
+// (missBurst at once), and beyond that waits missWait for the watch to
+// bring it: TokenMissRate, TokenMissBurst and TokenMissWait, but for
+// tests.
+func NewTokenCache(src TokenWatcher, missRate rate.Limit, missBurst int, missWait time.Duration) *TokenCache {
+	return &TokenCache{src: src, misses: rate.NewLimiter(missRate, missBurst), missWait: missWait,
+		tokens: map[string]Token{}, updated: make(chan struct{})}
+}
+
+// changed wakes the misses waiting for the watch; c.mu is held.
+func (c *TokenCache) changed() {
+	close(c.updated)
+	c.updated = make(chan struct{})
 }
 
 // Run keeps the copy up to date until ctx ends.
@@ -84,6 +103,7 @@ func (c *TokenCache) Run(ctx context.Context) {
 		default:
 			c.tokens[ch.Key] = ch.Token
 		}
+		c.changed()
 		c.mu.Unlock()
 	}
 }
@@ -95,24 +115,43 @@ func (c *TokenCache) PutToken(ctx context.Context, token string, t Token) error 
 	}
 	c.mu.Lock()
 	c.tokens[c.src.TokenKey(token)] = t
+	c.changed()
 	c.mu.Unlock()
 	return nil
 }
 
 // GetToken answers from the copy, or else from the storage while misses
-// are within their rate; beyond it a miss is an unknown token
-// (fs.ErrNotExist).
+// are within their rate; beyond it, from the copy if the watch brings the
+// token within the miss wait, else as an unknown token (fs.ErrNotExist).
 func (c *TokenCache) GetToken(ctx context.Context, token string) (Token, error) {
+	key := c.src.TokenKey(token)
 	c.mu.RLock()
-	t, ok := c.tokens[c.src.TokenKey(token)]
+	t, ok := c.tokens[key]
 	c.mu.RUnlock()
 	if ok {
 		return t, nil
 	}
-	if !c.misses.Allow() {
-		return Token{}, fmt.Errorf("token not cached, and more than %v misses a second are not looked up: %w", c.misses.Limit(), fs.ErrNotExist)
+	if c.misses.Allow() {
+		return c.src.GetToken(ctx, token)
 	}
-	return c.src.GetToken(ctx, token)
+	wait := time.NewTimer(c.missWait)
+	defer wait.Stop()
+	for {
+		c.mu.RLock()
+		t, ok := c.tokens[key]
+		updated := c.updated
+		c.mu.RUnlock()
+		if ok {
+			return t, nil
+		}
+		select {
+		case <-updated:
+		case <-wait.C:
+			return Token{}, fmt.Errorf("token not cached, and more than %v misses a second are not looked up: %w", c.misses.Limit(), fs.ErrNotExist)
+		case <-ctx.Done():
+			return Token{}, fmt.Errorf("token not cached: %w (%w)", fs.ErrNotExist, ctx.Err())
+		}
+	}
 }
 
 // DeleteToken removes token from the storage, then from the copy.
@@ -122,6 +161,7 @@ func (c *TokenCache) DeleteToken(ctx context.Context, token string) error {
 	}
 	c.mu.Lock()
 	delete(c.tokens, c.src.TokenKey(token))
+	c.changed()
 	c.mu.Unlock()
 	return nil
 }

@@ -110,7 +110,7 @@ func until(t *testing.T, what string, cond func() bool) {
 
 func TestTokenCacheAnswersFromItsCopy(t *testing.T) {
 	src := newWatchedTokens()
-	cache := NewTokenCache(src, 0, 0) // no miss is read: every answer is the copy's
+	cache := NewTokenCache(src, 0, 0, 0) // no miss is read: every answer is the copy's
 	runCache(t, cache)
 	c := ChallengesIn(cache)
 	another := Token{Domain: "a.example.com", KeyAuth: "t1.k"}
@@ -147,7 +147,7 @@ func TestTokenCacheAnswersFromItsCopy(t *testing.T) {
 
 func TestTokenCacheMissReadsTheStorage(t *testing.T) {
 	src := newWatchedTokens()
-	cache := NewTokenCache(src, TokenMissRate, TokenMissBurst)
+	cache := NewTokenCache(src, TokenMissRate, TokenMissBurst, TokenMissWait)
 	runCache(t, cache)
 	c := ChallengesIn(cache)
 	// put by another node an instant ago: not reported yet
@@ -162,7 +162,8 @@ func TestTokenCacheMissReadsTheStorage(t *testing.T) {
 
 func TestTokenCacheLimitsAFlood(t *testing.T) {
 	src := newWatchedTokens()
-	cache := NewTokenCache(src, TokenMissRate, TokenMissBurst)
+	// a short wait: the flood's misses beyond the rate each wait it
+	cache := NewTokenCache(src, TokenMissRate, TokenMissBurst, time.Millisecond)
 	runCache(t, cache)
 	c := ChallengesIn(cache)
 	start := time.Now()
@@ -181,5 +182,45 @@ func TestTokenCacheLimitsAFlood(t *testing.T) {
 	}
 	if requests < 10*int(most) {
 		t.Fatalf("only %d requests in %v: no flood", requests, elapsed)
+	}
+}
+
+// TestTokenCacheFloodSparesARealValidation: with the misses' rate spent
+// by a flood of random tokens, a token another node put an instant ago
+// is still answered once the watch brings it, within the miss wait, and
+// without a read of the storage.
+func TestTokenCacheFloodSparesARealValidation(t *testing.T) {
+	src := newWatchedTokens()
+	// the burst alone, never refilled: the flood below spends it for good
+	cache := NewTokenCache(src, 0, TokenMissBurst, 5*time.Second)
+	runCache(t, cache)
+	c := ChallengesIn(cache)
+	for range TokenMissBurst {
+		if code, _ := ask(c, "a.example.com", rand.Text()); code != 404 {
+			t.Fatalf("a random token: %d, want 404", code)
+		}
+	}
+	reads := src.reads.Load()
+	real := Token{Domain: "b.example.com", KeyAuth: "real.k"}
+	if err := src.PutToken(context.Background(), "real", real); err != nil {
+		t.Fatal(err)
+	}
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		time.Sleep(50 * time.Millisecond) // the watch's delay, under test
+		src.feed <- TokenChange{Key: src.TokenKey("real"), Token: real}
+	}()
+	start := time.Now()
+	code, body := ask(c, "b.example.com", "real")
+	<-delivered
+	if code != 200 || body != "real.k" {
+		t.Errorf("the real token after a flood: %d %q, want 200 %q", code, body, real.KeyAuth)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("answered after %v: not when the watch brought it", took)
+	}
+	if got := src.reads.Load(); got != reads {
+		t.Errorf("%d reads of the storage for it, want none: the rate was spent", got-reads)
 	}
 }

@@ -212,7 +212,7 @@ func (d *Daemon) initCerts() error {
 	d.challenges = certs.NewChallenges()
 	if d.fleetStore != nil {
 		// any node answers any token, from its copy of the fleet's
-		d.tokenCache = certs.NewTokenCache(d.fleetStore, certs.TokenMissRate, certs.TokenMissBurst)
+		d.tokenCache = certs.NewTokenCache(d.fleetStore, certs.TokenMissRate, certs.TokenMissBurst, certs.TokenMissWait)
 		d.challenges = certs.ChallengesIn(d.tokenCache)
 	}
 	m, err := d.newCertManager(d.s, d.challenges)

@@ -37,7 +37,7 @@ func answers(t *testing.T, h http.Handler, host, token string, code int, body st
 // cachedChallenges is a challenge handler answering from a cache of s's
 // tokens that never reads a token it lacks, run until the test ends.
 func cachedChallenges(t *testing.T, s *Storage) *certs.Challenges {
-	cache := certs.NewTokenCache(s, 0, 0)
+	cache := certs.NewTokenCache(s, 0, 0, 0)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
