@@ -103,6 +103,9 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, dns *DNS
 	if err != nil {
 		return nil, err
 	}
+	// where the account is written: the storage, or through the lock's
+	// lease, so that a holder whose lease lapsed writes nothing
+	var w writer = cfg.Storage
 	if !complete {
 		// made and registered under the lock, the account read again once
 		// it is held: nodes of a fleet starting together register one
@@ -115,8 +118,9 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, dns *DNS
 				logger.Warn("release the acme account lock", "err", err)
 			}
 		}()
+		w = lease
 	}
-	acct, err := loadAccount(ctx, cfg.Storage, cfg.Directory, cfg.Email)
+	acct, err := loadAccount(ctx, cfg.Storage, w, cfg.Directory, cfg.Email)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +148,7 @@ func NewACME(ctx context.Context, cfg ACMEConfig, provider *Challenges, dns *DNS
 		if err != nil {
 			return nil, fmt.Errorf("register acme account at %s: %w", cfg.Directory, err)
 		}
-		if err := saveAccount(ctx, cfg.Storage, cfg.Directory, acct); err != nil {
+		if err := saveAccount(ctx, w, cfg.Directory, acct); err != nil {
 			return nil, err
 		}
 		logger.Info("acme account registered", "directory", cfg.Directory, "account", acct.Registration.URI)
@@ -318,16 +322,23 @@ func copyAccount(ctx context.Context, to Storage, directory string, key, reg []b
 	}
 	// the key first: a key without its registration is registered again
 	// (the CA answers with the account the key has), never replaced
-	if err := to.Store(ctx, keyKey, key); err != nil {
+	if err := lease.Store(ctx, keyKey, key); err != nil {
 		return false, fmt.Errorf("copy the acme account key: %w", err)
 	}
-	if err := to.Store(ctx, regKey, reg); err != nil {
+	if err := lease.Store(ctx, regKey, reg); err != nil {
 		return false, fmt.Errorf("copy the acme account: %w", err)
 	}
 	return true, nil
 }
 
-func loadAccount(ctx context.Context, s Storage, directory, email string) (*account, error) {
+// writer stores values: a Storage, or a Lease (fenced).
+type writer interface {
+	Store(ctx context.Context, key string, value []byte) error
+}
+
+// loadAccount reads the account at directory from s, making its key (kept
+// through w) the first time.
+func loadAccount(ctx context.Context, s Storage, w writer, directory, email string) (*account, error) {
 	keyKey := Keys.AccountKey(directory)
 	acct := &account{Email: email}
 	keyPEM, err := s.Load(ctx, keyKey)
@@ -336,7 +347,7 @@ func loadAccount(ctx context.Context, s Storage, directory, email string) (*acco
 		if err != nil {
 			return nil, fmt.Errorf("acme account key: %w", err)
 		}
-		if err := s.Store(ctx, keyKey, certcrypto.PEMEncode(key)); err != nil {
+		if err := w.Store(ctx, keyKey, certcrypto.PEMEncode(key)); err != nil {
 			return nil, fmt.Errorf("write acme account key: %w", err)
 		}
 		acct.key = key
@@ -365,7 +376,7 @@ func loadAccount(ctx context.Context, s Storage, directory, email string) (*acco
 	return acct, nil
 }
 
-func saveAccount(ctx context.Context, s Storage, directory string, acct *account) error {
+func saveAccount(ctx context.Context, s writer, directory string, acct *account) error {
 	data, err := json.MarshalIndent(acct, "", "  ")
 	if err != nil {
 		return fmt.Errorf("acme account: %w", err)
