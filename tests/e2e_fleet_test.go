@@ -121,7 +121,19 @@ func (f *testFleet) start(t testing.TB, nd *fleetNode, fleet bool) {
 	if fleet && !slices.ContainsFunc(nd.in.env, func(kv string) bool { return strings.HasPrefix(kv, "HAPROXY_CONFIG_ETCD_ENDPOINTS=") }) {
 		nd.in.env = append(nd.in.env, f.fleetEnv(nd.name)...)
 	}
-	nd.d = nd.in.startDaemon(t)
+	d := nd.in.startDaemon(t)
+	nd.d = d
+	if i := slices.Index(f.nodes, nd); i >= 0 {
+		// the front marked the node down while it did not listen: a
+		// validation sent before its next check would find no server
+		f.front.waitUp(t, i)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			lines := strings.Split(d.output(), "\n")
+			t.Logf("%s's daemon log, the last lines:\n%s", nd.name, strings.Join(lines[max(0, len(lines)-60):], "\n"))
+		}
+	})
 }
 
 // startAll starts every node behind the front in fleet mode.
@@ -308,6 +320,28 @@ backend nodes
 		return err
 	})
 	return a
+}
+
+// waitUp waits until the front's health check finds node i up.
+func (a *anycastFront) waitUp(t testing.TB, i int) {
+	t.Helper()
+	name := fmt.Sprintf("n%d", i)
+	eventually(t, 10*time.Second, "the front's check finding "+name+" up", func() error {
+		out, err := a.runtime.Command(context.Background(), "show stat", nil)
+		if err != nil {
+			return err
+		}
+		for line := range strings.Lines(out) {
+			// CSV: proxy name, server name, ..., the status 18th
+			if f := strings.Split(line, ","); len(f) > 17 && f[0] == "nodes" && f[1] == name {
+				if f[17] != "UP" {
+					return fmt.Errorf("%s is %s", name, f[17])
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no server %s in the front's stats", name)
+	})
 }
 
 // hold makes new connections wait frontHold.
