@@ -540,12 +540,20 @@ func (s *Storage) GetToken(ctx context.Context, token string) (certs.Token, erro
 	return t, nil
 }
 
-// DeleteToken removes a token; its lease expires on its own.
+// DeleteToken removes a token and revokes its lease, which would
+// otherwise outlive it by TokenTTL: one lease per order's token.
 func (s *Storage) DeleteToken(ctx context.Context, token string) error {
 	c, cancel := s.call(ctx)
 	defer cancel()
-	if _, err := s.cli.Delete(c, s.tokens+s.seal.tokenName(token)); err != nil {
+	resp, err := s.cli.Delete(c, s.tokens+s.seal.tokenName(token), clientv3.WithPrevKV())
+	if err != nil {
 		return fmt.Errorf("etcd: delete token: %w", s.explain(ctx, err))
+	}
+	for _, kv := range resp.PrevKvs {
+		if id := clientv3.LeaseID(kv.Lease); id != clientv3.NoLease {
+			// the token is gone already: a lease left expires at its TTL
+			_ = s.revoke(c, id)
+		}
 	}
 	return nil
 }

@@ -141,3 +141,34 @@ func TestTokenCacheAcrossQuorumLoss(t *testing.T) {
 	t.Logf("the members back, a token put is answered %v after", time.Since(back).Round(time.Millisecond))
 	answers(t, h, "a.example.com", "before", 200, "before.k")
 }
+
+// TestDeleteTokenRevokesItsLease: a token's lease goes with it, rather
+// than outliving it by TokenTTL, one per order.
+func TestDeleteTokenRevokesItsLease(t *testing.T) {
+	c := cluster(t)
+	s := open(t, fleet(t, c))
+	ctx := context.Background()
+	leases := func() int {
+		resp, err := s.cli.Leases(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.Leases)
+	}
+	before := leases()
+	if err := s.PutToken(ctx, "tok", certs.Token{Domain: "a.example.com", KeyAuth: "tok.k"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := leases(); got != before+1 {
+		t.Fatalf("%d leases after a put, want %d", got, before+1)
+	}
+	if err := s.DeleteToken(ctx, "tok"); err != nil {
+		t.Fatal(err)
+	}
+	if got := leases(); got != before {
+		t.Errorf("%d leases after the delete, want %d: the token's lease outlives it", got, before)
+	}
+	if err := s.DeleteToken(ctx, "tok"); err != nil {
+		t.Errorf("a second delete: %v, want none", err)
+	}
+}
