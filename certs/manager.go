@@ -377,10 +377,11 @@ func (m *Manager) fleetNode() string {
 
 // needsIssuer reports whether anything due needs the CA.
 func (m *Manager) needsIssuer(now time.Time) bool {
-	if len(m.st.due(now, m.running, m.fleetNode())) > 0 {
-		return true
-	}
 	for _, d := range m.st.Domains {
+		// whether one is due, not which first: no sort on every tick
+		if d.dueNow(now, m.running) {
+			return true
+		}
 		if !d.ARICheckAt.IsZero() && !now.Before(d.ARICheckAt) && d.RemovedAt.IsZero() {
 			return true
 		}

@@ -59,8 +59,15 @@ func (d *Domain) wants(now time.Time) bool {
 func (st *State) due(now time.Time, running map[string]bool, node string) []*Domain {
 	var out []*Domain
 	for _, d := range st.Domains {
-		if d.wants(now) && !now.Before(d.NextAttempt) && !running[d.Name] {
+		if d.dueNow(now, running) {
 			out = append(out, d)
+		}
+	}
+	var rank map[string]uint64 // spread, hashed once per domain, not per comparison
+	if node != "" {
+		rank = make(map[string]uint64, len(out))
+		for _, d := range out {
+			rank[d.Name] = spread(node, d.Name)
 		}
 	}
 	slices.SortFunc(out, func(a, b *Domain) int {
@@ -73,14 +80,17 @@ func (st *State) due(now time.Time, running map[string]bool, node string) []*Dom
 		if c := a.NotAfter.Compare(b.NotAfter); c != 0 {
 			return c
 		}
-		if node != "" {
-			if c := cmp.Compare(spread(node, a.Name), spread(node, b.Name)); c != 0 {
-				return c
-			}
+		if c := cmp.Compare(rank[a.Name], rank[b.Name]); c != 0 {
+			return c
 		}
 		return cmp.Compare(a.Name, b.Name)
 	})
 	return out
+}
+
+// dueNow reports whether d's order may start now.
+func (d *Domain) dueNow(now time.Time, running map[string]bool) bool {
+	return d.wants(now) && !now.Before(d.NextAttempt) && !running[d.Name]
 }
 
 // spread ranks domain for node: the nodes of a fleet given the same new
