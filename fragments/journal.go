@@ -91,7 +91,19 @@ func (s *Store) Commit(t *Txn) error {
 }
 
 // finish performs a journaled transaction; running it twice is harmless.
+// A watched file cache hears of every path it touches (see Watch) as soon
+// as it is touched, not when the file watcher gets to it.
 func (s *Store) finish(t *Txn) error {
+	if s.Files != nil {
+		defer func() {
+			for _, w := range t.Writes {
+				s.Files.Changed(w.Path)
+			}
+			for _, path := range t.Removes {
+				s.Files.Changed(path)
+			}
+		}()
+	}
 	dirs := map[string]bool{}
 	for _, w := range t.Writes {
 		err := os.Rename(w.Staged, w.Path)

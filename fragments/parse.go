@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -17,7 +16,24 @@ import (
 	"haproxy-config/assemble"
 )
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+// nameChars reports whether name is [a-z0-9][a-z0-9._-]{0,63}. The store
+// checks every file's name on each read: a loop, not a regexp, because at
+// 10,000 tenants that is 20,000 names per change.
+func nameChars(name string) bool {
+	if len(name) == 0 || len(name) > 64 {
+		return false
+	}
+	for i := range len(name) {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // backupSuffixes mark names editors and package managers leave behind. A
 // fragment may not be called that, and the store ignores such files.
@@ -32,7 +48,7 @@ func ValidName(name string) error {
 	switch {
 	case name == "":
 		return fmt.Errorf("fragment name is empty")
-	case !nameRE.MatchString(name):
+	case !nameChars(name):
 		return fmt.Errorf("fragment name %q is invalid: use 1 to 64 of a-z 0-9 . _ - starting with a letter or digit", name)
 	case strings.Contains(name, ".."):
 		return fmt.Errorf("fragment name %q is invalid: it contains \"..\"", name)

@@ -64,6 +64,10 @@ type Store struct {
 type FileCache struct {
 	mu sync.Mutex
 	m  map[string]cachedPart
+
+	// listing is the directory as ReadAll last found it, kept once Watch
+	// was called; see watched.go.
+	listing listing
 }
 
 // NewFileCache returns an empty cache.
@@ -189,7 +193,7 @@ func Ignored(file string) bool {
 // bad file copied in by hand is reported rather than silently skipped, and
 // keeps only its own fragment out.
 func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
-	entries, err := os.ReadDir(s.Dir)
+	files, unchanged, err := s.list()
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
 	}
@@ -199,8 +203,7 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	byName := map[string]*Stored{}
 	var parts []*part
 	var ps assemble.Problems
-	for _, e := range entries {
-		file := e.Name()
+	for _, file := range files {
 		if Ignored(file) {
 			continue
 		}
@@ -223,10 +226,15 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 		parts = append(parts, &part{st: st, path: path, conf: conf})
 	}
 	// Reading thousands of small files is syscall-bound: spread it over a
-	// few goroutines, then fill in the fragments in one place.
+	// few goroutines, then fill in the fragments in one place. What a
+	// watched cache knows unchanged is taken from it here and now.
+	toRead := parts
+	if s.Files != nil {
+		toRead = s.Files.fill(parts, s.MaxBytes, unchanged)
+	}
 	var g errgroup.Group
 	g.SetLimit(readers)
-	for _, p := range parts {
+	for _, p := range toRead {
 		g.Go(func() error { p.err = p.read(s.MaxBytes, s.Files); return nil })
 	}
 	_ = g.Wait() // errors are per part, below

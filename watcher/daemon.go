@@ -152,6 +152,9 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	if err := fragments.MkdirAll(s.FragmentsDir, 0o750); err != nil {
 		return &reload.EnvError{Err: fmt.Errorf("fragment directory: %w", err)}
 	}
+	// every change to the store is heard of from here on
+	d.parses.Files.Watch()
+	events := forwardEvents(fsw, d.parses.Files)
 	if err := d.watch(); err != nil {
 		return err
 	}
@@ -219,18 +222,19 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			d.Notify("STOPPING=1")
 			d.Log.Info("stopping")
 			return nil
-		case ev, ok := <-d.fsw.Events:
-			if !ok {
+		case <-events.ready:
+			evs, errs, closed := events.take()
+			for _, ev := range evs {
+				d.event(ev)
+			}
+			for _, err := range errs {
+				// an overflowed queue lost events: read everything again
+				d.Log.Warn("file watcher error: rescanning", "err", err)
+				d.markRescan()
+			}
+			if closed {
 				return errors.New("file watcher closed")
 			}
-			d.event(ev)
-		case err, ok := <-d.fsw.Errors:
-			if !ok {
-				return errors.New("file watcher closed")
-			}
-			// an overflowed queue lost events: read everything again
-			d.Log.Warn("file watcher error: rescanning", "err", err)
-			d.markRescan()
 		case <-rescan.C:
 			if err := d.watch(); err != nil {
 				d.Log.Warn("watch directories", "err", err)
@@ -439,6 +443,10 @@ func (d *Daemon) watch() error {
 			d.Log.Warn("cannot watch a directory", "dir", dir, "err", err)
 		}
 	}
+	// what changed before a watch was (re)added went unreported
+	if d.parses != nil {
+		d.parses.Files.ChangedAll()
+	}
 	return nil
 }
 
@@ -500,6 +508,10 @@ func (d *Daemon) markRescanAt(now time.Time) {
 	}
 	d.rescan = true
 	d.lastDirty, d.mapOnlyTried = now, false
+	// a rescan reads every file again, trusting no report
+	if d.parses != nil {
+		d.parses.Files.ChangedAll()
+	}
 }
 
 func (d *Daemon) historySize() int64 {

@@ -1,0 +1,158 @@
+package fragments
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+)
+
+// listing is what a watched FileCache knows of the fragment directory: its
+// entries as ReadAll last listed them, and the paths in it changed since.
+// With it, a ReadAll of a store that changed in one fragment looks at that
+// fragment's files alone, not at the thousands of others: the daemon's API
+// answers in the time its own change takes.
+type listing struct {
+	// mu is held while a listing is brought up to date, so that two
+	// readers do not undo each other's updates.
+	mu      sync.Mutex
+	watched bool
+	dir     string          // the directory listed; "" while nothing is known
+	files   []string        // its entries, sorted; nil until a listing was read whole
+	changed map[string]bool // paths in dir reported changed since files was brought up to date
+	epoch   int             // counts the times everything was reported changed
+}
+
+// Watch makes the cache trust what it was told: from now on every change
+// in the fragment directory, and of the directory itself, is reported to
+// Changed (or, when the reports may have missed some, to ChangedAll) as it
+// happens, by the process's file watcher and by the store's own writes. A
+// ReadAll then lists the directory and looks at the files again only where
+// a change was reported; a file reported unchanged is taken from the cache
+// without a system call. Nothing is trusted before the first whole read.
+func (c *FileCache) Watch() {
+	l := &c.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.watched = true
+	l.forget()
+}
+
+// Changed reports that path, a file in the fragment directory or the
+// directory itself, changed: was created, written, renamed or removed, or
+// had its mode or links changed. Other paths are ignored.
+func (c *FileCache) Changed(path string) {
+	l := &c.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case !l.watched || l.dir == "":
+	case path == l.dir:
+		l.forget()
+	case filepath.Dir(path) == l.dir && !Ignored(filepath.Base(path)):
+		l.changed[path] = true
+	}
+}
+
+// ChangedAll reports that changes may have gone unreported (the watcher's
+// queue overflowed, a directory was watched anew, a periodic rescan): the
+// next ReadAll lists and looks at everything.
+func (c *FileCache) ChangedAll() {
+	l := &c.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.forget()
+}
+
+// forget drops the listing. The caller holds mu.
+func (l *listing) forget() {
+	l.dir, l.files, l.changed = "", nil, nil
+	l.epoch++
+}
+
+// never is unchanged for a store read without a watched listing.
+func never(string) bool { return false }
+
+// list returns the names of the fragment directory's entries, sorted, and
+// which of its paths are known unchanged since the cache read them.
+func (s *Store) list() (files []string, unchanged func(path string) bool, err error) {
+	if s.Files == nil {
+		files, err := readDirNames(s.Dir)
+		return files, never, err
+	}
+	l := &s.Files.listing
+	l.mu.Lock()
+	if l.watched && l.dir == s.Dir && l.files != nil {
+		defer l.mu.Unlock()
+		changed := l.changed
+		l.changed = map[string]bool{}
+		if len(changed) > 0 {
+			files := slices.Clone(l.files)
+			for path := range changed {
+				name := filepath.Base(path)
+				i, listed := slices.BinarySearch(files, name)
+				_, err := os.Lstat(path)
+				switch {
+				case errors.Is(err, fs.ErrNotExist):
+					if listed {
+						files = slices.Delete(files, i, i+1)
+					}
+				case !listed:
+					// present, or not lstat-able: read, it says which
+					files = slices.Insert(files, i, name)
+				}
+			}
+			l.files = files
+		}
+		return l.files, func(path string) bool { return !changed[path] }, nil
+	}
+	epoch := l.epoch
+	if l.watched {
+		// changes reported from now on are looked at by the next read,
+		// whether or not this one saw them
+		l.dir, l.files, l.changed = s.Dir, nil, map[string]bool{}
+	}
+	l.mu.Unlock()
+	files, err = readDirNames(s.Dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	l.mu.Lock()
+	if l.watched && l.epoch == epoch && l.dir == s.Dir {
+		l.files = files
+	}
+	l.mu.Unlock()
+	return files, never, nil
+}
+
+// readDirNames lists dir's entries, sorted; an empty directory gives an
+// empty, not a nil, slice.
+func readDirNames(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Name()
+	}
+	return names, nil
+}
+
+// fill gives the parts known unchanged their cached bytes, under one lock,
+// and returns the others, which must be read.
+func (c *FileCache) fill(parts []*part, maxBytes int64, unchanged func(path string) bool) (toRead []*part) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range parts {
+		cp, ok := c.m[p.path]
+		if !ok || !unchanged(p.path) || (maxBytes > 0 && cp.id.size > maxBytes) {
+			toRead = append(toRead, p)
+			continue
+		}
+		p.data, p.modTime, p.found = cp.data, cp.modTime, true
+	}
+	return toRead
+}

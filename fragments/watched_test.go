@@ -1,0 +1,138 @@
+package fragments
+
+import (
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+// readConfs is ReadAll as name -> config part.
+func readConfs(t *testing.T, s *Store) map[string]string {
+	t.Helper()
+	all, ps, err := s.ReadAll()
+	if err != nil || len(ps) > 0 {
+		t.Fatal(err, ps)
+	}
+	confs := map[string]string{}
+	for _, st := range all {
+		confs[st.Name] = string(st.Conf)
+	}
+	return confs
+}
+
+// TestWatchedFileCache: a watched cache looks again only at what was
+// reported changed, trusts the rest without a look (a file written behind
+// its back keeps its old bytes until reported), and reads everything again
+// after ChangedAll or a change of the directory itself.
+func TestWatchedFileCache(t *testing.T) {
+	s := newStore(t)
+	s.Files = NewFileCache()
+	s.Files.Watch()
+	for _, name := range []string{"a", "b"} {
+		writeRaw(t, s.Dir, name+".cfg", "backend "+name+"\n")
+	}
+	if got := readConfs(t, s); got["a"] != "backend a\n" || got["b"] != "backend b\n" {
+		t.Fatalf("first read: %v", got)
+	}
+	// unreported: the cache is trusted, nothing is looked at
+	writeRaw(t, s.Dir, "a.cfg", "backend A\n")
+	writeRaw(t, s.Dir, "new.cfg", "backend new\n")
+	if err := os.Remove(filepath.Join(s.Dir, "b.cfg")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readConfs(t, s); got["a"] != "backend a\n" || got["b"] != "backend b\n" || got["new"] != "" {
+		t.Fatalf("unreported changes were looked at: %v", got)
+	}
+	// reported one by one
+	s.Files.Changed(filepath.Join(s.Dir, "a.cfg"))
+	if got := readConfs(t, s); got["a"] != "backend A\n" || got["b"] != "backend b\n" || got["new"] != "" {
+		t.Fatalf("after a.cfg was reported: %v", got)
+	}
+	s.Files.Changed(filepath.Join(s.Dir, "b.cfg"))
+	s.Files.Changed(filepath.Join(s.Dir, "new.cfg"))
+	if got := readConfs(t, s); !maps.Equal(got, map[string]string{"a": "backend A\n", "new": "backend new\n"}) {
+		t.Fatalf("after b.cfg and new.cfg were reported: %v", got)
+	}
+	// a path elsewhere, or an ignored file, changes nothing
+	s.Files.Changed(filepath.Join(t.TempDir(), "a.cfg"))
+	s.Files.Changed(filepath.Join(s.Dir, ".a.cfg.swp"))
+	writeRaw(t, s.Dir, "a.cfg", "backend A2\n")
+	if got := readConfs(t, s); got["a"] != "backend A\n" {
+		t.Fatalf("a report of another path refreshed a.cfg: %v", got)
+	}
+	s.Files.ChangedAll()
+	if got := readConfs(t, s); got["a"] != "backend A2\n" {
+		t.Fatalf("after ChangedAll: %v", got)
+	}
+	// the directory replaced: everything is read again
+	writeRaw(t, s.Dir, "a.cfg", "backend A3\n")
+	s.Files.Changed(s.Dir)
+	if got := readConfs(t, s); got["a"] != "backend A3\n" {
+		t.Fatalf("after the directory was reported: %v", got)
+	}
+}
+
+// TestWatchedFileCacheOwnWrites: the store's own writes and removes report
+// their paths themselves, before the file watcher could: the next read
+// sees them without any other report.
+func TestWatchedFileCacheOwnWrites(t *testing.T) {
+	s := newStore(t)
+	s.Files = NewFileCache()
+	s.Files.Watch()
+	if err := s.Write(mustParse(t, "a", "backend a\n", "a.example.com a\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	readConfs(t, s)
+	if err := s.Write(mustParse(t, "a", "backend A\n", "a.example.com A\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(mustParse(t, "b", "backend b\n", "b.example.com b\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := readConfs(t, s); !maps.Equal(got, map[string]string{"a": "backend A\n", "b": "backend b\n"}) {
+		t.Fatalf("after Write: %v", got)
+	}
+	if err := s.Delete("a", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := readConfs(t, s); !maps.Equal(got, map[string]string{"b": "backend b\n"}) {
+		t.Fatalf("after Delete: %v", got)
+	}
+}
+
+// TestWatchedFileCacheNotBeforeFirstRead: what a cache read before Watch
+// is not trusted: the first read after it lists the directory whole.
+func TestWatchedFileCacheNotBeforeFirstRead(t *testing.T) {
+	s := newStore(t)
+	s.Files = NewFileCache()
+	writeRaw(t, s.Dir, "a.cfg", "backend a\n")
+	readConfs(t, s) // unwatched: cached, not listed
+	s.Files.Watch()
+	writeRaw(t, s.Dir, "b.cfg", "backend b\n")
+	if got := readConfs(t, s); !maps.Equal(got, map[string]string{"a": "backend a\n", "b": "backend b\n"}) {
+		t.Fatalf("first read after Watch: %v", got)
+	}
+	s.Files.listing.mu.Lock()
+	files := slices.Clone(s.Files.listing.files)
+	s.Files.listing.mu.Unlock()
+	if !slices.Equal(files, []string{"a.cfg", "b.cfg"}) {
+		t.Fatalf("listing after the first read: %v", files)
+	}
+}
+
+// TestWatchedFileCacheMissingDirectory: a store directory that is missing
+// is never remembered as empty: once it is back, it is read.
+func TestWatchedFileCacheMissingDirectory(t *testing.T) {
+	s := newStore(t)
+	s.Files = NewFileCache()
+	s.Files.Watch()
+	if got := readConfs(t, s); len(got) != 0 {
+		t.Fatalf("missing directory: %v", got)
+	}
+	writeRaw(t, s.Dir, "a.cfg", "backend a\n")
+	if got := readConfs(t, s); got["a"] != "backend a\n" {
+		t.Fatalf("the directory created after a read of it missing: %v", got)
+	}
+}
