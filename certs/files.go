@@ -74,7 +74,7 @@ func writeSecret(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return err
 	}
-	t, err := renameio.NewPendingFile(path, renameio.WithPermissions(0o640))
+	t, err := renameio.NewPendingFile(path, renameio.WithPermissions(0o640), renameio.WithTempDir(filepath.Dir(path)))
 	if err != nil {
 		return err
 	}

@@ -91,7 +91,7 @@ func (s *FileStorage) Store(_ context.Context, key string, value []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), dirMode); err != nil {
 		return err
 	}
-	if err := renameio.WriteFile(p, value, mode); err != nil {
+	if err := renameio.WriteFile(p, value, mode, renameio.WithTempDir(filepath.Dir(p))); err != nil {
 		return err
 	}
 	// the rename is durable once the directory is: Store promises that

@@ -487,7 +487,7 @@ func (s *Store) Delete(name string, ev *Event) error {
 // temp file in the same directory, fsyncs and renames it; the directory is
 // then fsynced so the rename itself survives a power cut.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
-	if err := renameio.WriteFile(path, data, perm); err != nil {
+	if err := renameio.WriteFile(path, data, perm, renameio.WithTempDir(filepath.Dir(path))); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return Sync(filepath.Dir(path))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -106,7 +107,7 @@ func writeJSON(file string, v any) error {
 	if err != nil {
 		return err
 	}
-	return renameio.WriteFile(file, append(data, '\n'), 0o644)
+	return renameio.WriteFile(file, append(data, '\n'), 0o644, renameio.WithTempDir(filepath.Dir(file)))
 }
 
 // readJSON reads file into v; ok is false when the file does not exist or
