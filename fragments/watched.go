@@ -66,6 +66,14 @@ func (c *FileCache) ChangedAll() {
 	l.forget()
 }
 
+// listed reports whether the cache holds a trusted listing of dir.
+func (c *FileCache) listed(dir string) bool {
+	l := &c.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.watched && l.dir == dir && l.files != nil
+}
+
 // forget drops the listing. The caller holds mu.
 func (l *listing) forget() {
 	l.dir, l.files, l.changed = "", nil, nil

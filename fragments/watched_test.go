@@ -136,3 +136,45 @@ func TestWatchedFileCacheMissingDirectory(t *testing.T) {
 		t.Fatalf("the directory created after a read of it missing: %v", got)
 	}
 }
+
+// TestWatchedStoreSweepsLeftoversOnWholeReads: a staged file a killed
+// writer left behind is removed by the next Lock of an unwatched store;
+// a watched one leaves it while its listing is trusted and removes it at
+// the Lock after a rescan.
+func TestWatchedStoreSweepsLeftoversOnWholeReads(t *testing.T) {
+	s := newStore(t)
+	s.Files = NewFileCache()
+	s.Files.Watch()
+	writeRaw(t, s.Dir, "a.cfg", "backend a\n")
+	leftover := filepath.Join(s.Dir, ".a.cfg"+stagedMark+"123")
+	lockAndRead := func() {
+		t.Helper()
+		unlock, err := s.Lock(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		readConfs(t, s)
+		unlock()
+	}
+	lockAndRead()
+	writeRaw(t, s.Dir, filepath.Base(leftover), "half")
+	lockAndRead()
+	if _, err := os.Lstat(leftover); err != nil {
+		t.Fatalf("swept while the listing was trusted: %v", err)
+	}
+	s.Files.ChangedAll()
+	lockAndRead()
+	if _, err := os.Lstat(leftover); !os.IsNotExist(err) {
+		t.Fatalf("the leftover after a rescan: %v, want it removed", err)
+	}
+	unwatched := &Store{Dir: s.Dir, StateDir: s.StateDir, Files: NewFileCache()}
+	writeRaw(t, s.Dir, filepath.Base(leftover), "half")
+	unlock, err := unwatched.Lock(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if _, err := os.Lstat(leftover); !os.IsNotExist(err) {
+		t.Fatalf("the leftover after an unwatched Lock: %v, want it removed", err)
+	}
+}
