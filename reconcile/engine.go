@@ -62,6 +62,52 @@ type ParseCache struct {
 
 	mu sync.Mutex
 	m  map[string]parsedFragment
+	// gens are generations' metadata as last read (see readGeneration)
+	gens map[string]cachedGeneration
+}
+
+// cachedGeneration is a meta.json as read, with what lstat said of it.
+type cachedGeneration struct {
+	ino, size, mtime int64
+	g                *Generation
+}
+
+// maxCachedGenerations bounds the metadata kept: a publish reads the
+// newest and the served generation.
+const maxCachedGenerations = 8
+
+// generation returns the cached metadata at path when the file lstat
+// describes as fi is still the one that was read.
+func (c *ParseCache) generation(path string, fi fs.FileInfo) *Generation {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cg, ok := c.gens[path]
+	if ino, ok2 := inode(fi); ok && ok2 && cg.ino == ino && cg.size == fi.Size() && cg.mtime == fi.ModTime().UnixNano() {
+		return cg.g
+	}
+	return nil
+}
+
+// keepGeneration caches g, read from path, which lstat described as fi.
+func (c *ParseCache) keepGeneration(path string, fi fs.FileInfo, g *Generation) {
+	ino, ok := inode(fi)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gens == nil || len(c.gens) >= maxCachedGenerations {
+		c.gens = map[string]cachedGeneration{}
+	}
+	c.gens[path] = cachedGeneration{ino: ino, size: fi.Size(), mtime: fi.ModTime().UnixNano(), g: g}
+}
+
+func inode(fi fs.FileInfo) (int64, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return int64(st.Ino), true
 }
 
 // NewParseCache returns an empty cache, with an empty file cache.

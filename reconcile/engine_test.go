@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -634,5 +635,40 @@ func TestServingAndRestoredGenerations(t *testing.T) {
 	}
 	if nums, _ := e.generationNumbers(); !slices.Equal(nums, []int{1, 3, 4}) {
 		t.Errorf("generations after republishing %v, want no new one", nums)
+	}
+}
+
+// TestGenerationMetaCached: a generation's metadata is decoded once while
+// its meta.json stays the same file, and read again when it is replaced.
+func TestGenerationMetaCached(t *testing.T) {
+	e := newEngine(t, nil)
+	dir := e.state().Generation(5)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	meta := filepath.Join(dir, statedir.Meta)
+	write := func(actor string) {
+		t.Helper()
+		if err := fragments.WriteFile(meta, fmt.Appendf(nil, `{"generation":5,"actor":%q,"fragments":{"a":"sha256:1"}}`, actor), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("first")
+	g1, err := e.readGeneration(5)
+	if err != nil || g1.Actor != "first" || g1.Dir != dir {
+		t.Fatalf("readGeneration: %+v, %v", g1, err)
+	}
+	if g2, err := e.readGeneration(5); err != nil || g2 != g1 {
+		t.Fatalf("a second read decoded the unchanged meta.json again: %p, %p, %v", g1, g2, err)
+	}
+	write("second")
+	if g3, err := e.readGeneration(5); err != nil || g3.Actor != "second" {
+		t.Fatalf("after meta.json was replaced: %+v, %v", g3, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.readGeneration(5); err == nil {
+		t.Fatal("a removed generation was read from the cache")
 	}
 }
