@@ -202,3 +202,35 @@ func TestCheckTimeoutBlamesTheNewcomer(t *testing.T) {
 		t.Errorf("slow: %v, want it quarantined for the timeout", p)
 	}
 }
+
+// TestSaveVersionsOnlyNew: a publish saves the versions the newest
+// generation did not have live, and looks at no other (a copy removed
+// behind its back stays removed); with the whole directory of copies gone
+// it saves every live version again.
+func TestSaveVersionsOnlyNew(t *testing.T) {
+	e := newEngine(t, nil)
+	writeRaw(t, e, "wild", wildConf, wildMap)
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	g1 := publish(t, e).Generation
+	wildConfPath, _, _ := e.versionPaths(g1.Fragments["wild"])
+	if err := os.Remove(wildConfPath); err != nil {
+		t.Fatalf("wild's version was not saved: %v", err)
+	}
+	writeRaw(t, e, "shop", shopV2, shopMap)
+	g2 := publish(t, e).Generation
+	shopConfPath, _, _ := e.versionPaths(g2.Fragments["shop"])
+	if _, err := os.Stat(shopConfPath); err != nil {
+		t.Fatalf("shop's new version was not saved: %v", err)
+	}
+	if _, err := os.Stat(wildConfPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("wild's version, live in the newest generation, was looked at again: %v", err)
+	}
+	if err := os.RemoveAll(e.state().Versions()); err != nil {
+		t.Fatal(err)
+	}
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	publish(t, e)
+	if _, err := os.Stat(wildConfPath); err != nil {
+		t.Fatalf("after the copies were removed, wild's version was not saved again: %v", err)
+	}
+}

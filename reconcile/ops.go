@@ -322,7 +322,7 @@ func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapO
 		g.Fragments[f.Name] = f.Checksum
 	}
 	g.Rejected = sel.RejectedNames()
-	if err := e.saveVersions(sel.Live); err != nil {
+	if err := e.saveVersions(sel.Live, latest); err != nil {
 		return nil, &reload.EnvError{Err: fmt.Errorf("keep the live versions of the fragments: %w", err)}
 	}
 	if err := e.writeGeneration(g, out); err != nil {

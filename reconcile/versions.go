@@ -75,12 +75,22 @@ func (e *Engine) readVersion(name, checksum string, pol fragments.Policy) *assem
 	return f
 }
 
-// saveVersions keeps a copy of each fragment about to go live.
-func (e *Engine) saveVersions(frags []*assemble.Fragment) error {
+// saveVersions keeps a copy of each fragment about to go live. Those the
+// newest generation, latest (nil when none), already had live are kept
+// since it was published (it was published after them, and pruneVersions
+// keeps the newest generation's versions): they are not looked at again,
+// which at 10,000 fragments saves 20,000 stats per change.
+func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) error {
+	if _, err := os.Stat(e.state().Versions()); errors.Is(err, fs.ErrNotExist) {
+		latest = nil // removed, or a state directory older than the copies: save all
+	}
 	if err := fragments.MkdirAll(e.state().Versions(), 0o750); err != nil {
 		return err
 	}
 	for _, f := range frags {
+		if latest != nil && latest.Fragments[f.Name] == f.Checksum {
+			continue
+		}
 		confPath, mapPath, ok := e.versionPaths(f.Checksum)
 		if !ok {
 			continue
