@@ -118,6 +118,12 @@ func (c *FileCache) store(path string, cp cachedPart) {
 	c.mu.Unlock()
 }
 
+func (c *FileCache) drop(path string) {
+	c.mu.Lock()
+	delete(c.m, path)
+	c.mu.Unlock()
+}
+
 // keep forgets every part not in paths.
 func (c *FileCache) keep(paths map[string]bool) {
 	c.mu.Lock()
@@ -299,6 +305,12 @@ func (p *part) read(maxBytes int64, cache *FileCache) error {
 			p.data, p.modTime, p.found = cp.data, cp.modTime, true
 			return nil
 		}
+	}
+	if cache != nil {
+		// whatever this read finds, the version cached before is gone: a
+		// watched cache must not hand it out once this read refused the
+		// file (a symlink, a second link, too big) or found it missing
+		cache.drop(p.path)
 	}
 	readAt := time.Now()
 	f, err := os.OpenFile(p.path, openFlags, 0)

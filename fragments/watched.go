@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 )
 
 // listing is what a watched FileCache knows of the fragment directory: its
@@ -19,24 +20,56 @@ type listing struct {
 	// readers do not undo each other's updates.
 	mu      sync.Mutex
 	watched bool
-	dir     string          // the directory listed; "" while nothing is known
+	dir     string          // the watched directory
+	dirID   dirID           // what stat said of it when files was listed
 	files   []string        // its entries, sorted; nil until a listing was read whole
-	changed map[string]bool // paths in dir reported changed since files was brought up to date
+	changed map[string]bool // paths in dir reported changed since files was listed or brought up to date
 	epoch   int             // counts the times everything was reported changed
+	// suspended: the directory was replaced, or its path leads elsewhere
+	// now; its watch may be on the old one, so nothing is trusted (every
+	// read is whole, as without a watch) until Rewatched
+	suspended bool
+}
+
+// dirID identifies a directory: the one the store's path leads to.
+type dirID struct{ dev, ino uint64 }
+
+func statDir(dir string) (dirID, bool) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return dirID{}, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return dirID{}, false
+	}
+	return dirID{dev: uint64(st.Dev), ino: st.Ino}, true
 }
 
 // Watch makes the cache trust what it was told: from now on every change
-// in the fragment directory, and of the directory itself, is reported to
+// in the fragment directory dir, and of dir itself, is reported to
 // Changed (or, when the reports may have missed some, to ChangedAll) as it
 // happens, by the process's file watcher and by the store's own writes. A
 // ReadAll then lists the directory and looks at the files again only where
 // a change was reported; a file reported unchanged is taken from the cache
 // without a system call. Nothing is trusted before the first whole read.
-func (c *FileCache) Watch() {
+func (c *FileCache) Watch(dir string) {
 	l := &c.listing
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.watched = true
+	l.watched, l.dir, l.suspended = true, dir, false
+	l.forget()
+}
+
+// Rewatched reports that the directory's watch was (re)added: what
+// changed before went unreported, and the directory now watched is the
+// one the path leads to. The next ReadAll lists and looks at everything,
+// and its listing is trusted again.
+func (c *FileCache) Rewatched() {
+	l := &c.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.suspended = false
 	l.forget()
 }
 
@@ -48,10 +81,15 @@ func (c *FileCache) Changed(path string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
-	case !l.watched || l.dir == "":
+	case !l.watched:
 	case path == l.dir:
+		// created, removed, moved or replaced: trusted again once the
+		// watch is on the directory that is there now
 		l.forget()
-	case filepath.Dir(path) == l.dir && !Ignored(filepath.Base(path)):
+		l.suspended = true
+	case l.changed != nil && filepath.Dir(path) == l.dir && !Ignored(filepath.Base(path)):
+		// (with no listing and no read under way, the next read is
+		// whole anyway)
 		l.changed[path] = true
 	}
 }
@@ -76,7 +114,7 @@ func (c *FileCache) listed(dir string) bool {
 
 // forget drops the listing. The caller holds mu.
 func (l *listing) forget() {
-	l.dir, l.files, l.changed = "", nil, nil
+	l.files, l.changed = nil, nil
 	l.epoch++
 }
 
@@ -92,6 +130,14 @@ func (s *Store) list() (files []string, unchanged func(path string) bool, err er
 	}
 	l := &s.Files.listing
 	l.mu.Lock()
+	if l.watched && l.dir == s.Dir && l.files != nil {
+		if id, ok := statDir(s.Dir); !ok || id != l.dirID {
+			// the path leads to another directory (a parent renamed or
+			// a symlink on the way retargeted), which no watch reports
+			l.forget()
+			l.suspended = true
+		}
+	}
 	if l.watched && l.dir == s.Dir && l.files != nil {
 		defer l.mu.Unlock()
 		changed := l.changed
@@ -117,19 +163,21 @@ func (s *Store) list() (files []string, unchanged func(path string) bool, err er
 		return l.files, func(path string) bool { return !changed[path] }, nil
 	}
 	epoch := l.epoch
-	if l.watched {
+	keep := l.watched && l.dir == s.Dir && !l.suspended
+	if keep {
 		// changes reported from now on are looked at by the next read,
 		// whether or not this one saw them
-		l.dir, l.files, l.changed = s.Dir, nil, map[string]bool{}
+		l.files, l.changed = nil, map[string]bool{}
 	}
 	l.mu.Unlock()
+	id, idOK := statDir(s.Dir)
 	files, err = readDirNames(s.Dir)
 	if err != nil {
 		return nil, nil, err
 	}
 	l.mu.Lock()
-	if l.watched && l.epoch == epoch && l.dir == s.Dir {
-		l.files = files
+	if keep && idOK && l.epoch == epoch && !l.suspended {
+		l.files, l.dirID = files, id
 	}
 	l.mu.Unlock()
 	return files, never, nil

@@ -29,7 +29,7 @@ func readConfs(t *testing.T, s *Store) map[string]string {
 func TestWatchedFileCache(t *testing.T) {
 	s := newStore(t)
 	s.Files = NewFileCache()
-	s.Files.Watch()
+	s.Files.Watch(s.Dir)
 	for _, name := range []string{"a", "b"} {
 		writeRaw(t, s.Dir, name+".cfg", "backend "+name+"\n")
 	}
@@ -66,11 +66,22 @@ func TestWatchedFileCache(t *testing.T) {
 	if got := readConfs(t, s); got["a"] != "backend A2\n" {
 		t.Fatalf("after ChangedAll: %v", got)
 	}
-	// the directory replaced: everything is read again
+	// the directory replaced: everything is read again, each time, until
+	// the watch is said to be on the new one
 	writeRaw(t, s.Dir, "a.cfg", "backend A3\n")
 	s.Files.Changed(s.Dir)
 	if got := readConfs(t, s); got["a"] != "backend A3\n" {
 		t.Fatalf("after the directory was reported: %v", got)
+	}
+	writeRaw(t, s.Dir, "a.cfg", "backend A4\n")
+	if got := readConfs(t, s); got["a"] != "backend A4\n" {
+		t.Fatalf("a listing was trusted before the directory was watched again: %v", got)
+	}
+	s.Files.Rewatched()
+	readConfs(t, s)
+	writeRaw(t, s.Dir, "a.cfg", "backend A5\n")
+	if got := readConfs(t, s); got["a"] != "backend A4\n" {
+		t.Fatalf("after Rewatched the listing is not trusted again: %v", got)
 	}
 }
 
@@ -80,7 +91,7 @@ func TestWatchedFileCache(t *testing.T) {
 func TestWatchedFileCacheOwnWrites(t *testing.T) {
 	s := newStore(t)
 	s.Files = NewFileCache()
-	s.Files.Watch()
+	s.Files.Watch(s.Dir)
 	if err := s.Write(mustParse(t, "a", "backend a\n", "a.example.com a\n"), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +120,7 @@ func TestWatchedFileCacheNotBeforeFirstRead(t *testing.T) {
 	s.Files = NewFileCache()
 	writeRaw(t, s.Dir, "a.cfg", "backend a\n")
 	readConfs(t, s) // unwatched: cached, not listed
-	s.Files.Watch()
+	s.Files.Watch(s.Dir)
 	writeRaw(t, s.Dir, "b.cfg", "backend b\n")
 	if got := readConfs(t, s); !maps.Equal(got, map[string]string{"a": "backend a\n", "b": "backend b\n"}) {
 		t.Fatalf("first read after Watch: %v", got)
@@ -127,7 +138,7 @@ func TestWatchedFileCacheNotBeforeFirstRead(t *testing.T) {
 func TestWatchedFileCacheMissingDirectory(t *testing.T) {
 	s := newStore(t)
 	s.Files = NewFileCache()
-	s.Files.Watch()
+	s.Files.Watch(s.Dir)
 	if got := readConfs(t, s); len(got) != 0 {
 		t.Fatalf("missing directory: %v", got)
 	}
@@ -144,7 +155,7 @@ func TestWatchedFileCacheMissingDirectory(t *testing.T) {
 func TestWatchedStoreSweepsLeftoversOnWholeReads(t *testing.T) {
 	s := newStore(t)
 	s.Files = NewFileCache()
-	s.Files.Watch()
+	s.Files.Watch(s.Dir)
 	writeRaw(t, s.Dir, "a.cfg", "backend a\n")
 	leftover := filepath.Join(s.Dir, ".a.cfg"+stagedMark+"123")
 	lockAndRead := func() {

@@ -153,8 +153,8 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 		return &reload.EnvError{Err: fmt.Errorf("fragment directory: %w", err)}
 	}
 	// every change to the store is heard of from here on
-	d.parses.Files.Watch()
-	events := forwardEvents(fsw, d.parses.Files)
+	d.parses.Files.Watch(s.FragmentsDir)
+	events := forwardEvents(fsw, d.parses.Files, s.FragmentsDir)
 	if err := d.watch(); err != nil {
 		return err
 	}
@@ -445,7 +445,7 @@ func (d *Daemon) watch() error {
 	}
 	// what changed before a watch was (re)added went unreported
 	if d.parses != nil {
-		d.parses.Files.ChangedAll()
+		d.parses.Files.Rewatched()
 	}
 	return nil
 }
@@ -463,9 +463,10 @@ func (d *Daemon) event(ev fsnotify.Event) {
 		}
 		name := strings.TrimSuffix(strings.TrimSuffix(file, fragments.ConfSuffix), fragments.MapSuffix)
 		d.change(name, false)
-	case ev.Name == d.s.FragmentsDir:
-		// the store itself was created, removed or replaced: watch what is
-		// there now, and read it once the moves have settled
+	case ev.Name == d.s.FragmentsDir, ev.Name == filepath.Dir(d.s.FragmentsDir) && ev.Op&(fsnotify.Rename|fsnotify.Remove) != 0:
+		// the store itself (or its parent) was created, removed or
+		// replaced: watch what is there now, and read it once the moves
+		// have settled
 		if err := d.watch(); err != nil {
 			d.Log.Warn("watch directories", "err", err)
 		}

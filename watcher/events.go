@@ -32,8 +32,9 @@ type fileEvents struct {
 }
 
 // forwardEvents starts taking fsw's events, telling files of each, until
-// fsw is closed.
-func forwardEvents(fsw *fsnotify.Watcher, files *fragments.FileCache) *fileEvents {
+// fsw is closed. store is the fragment directory: a change of its own
+// attributes (a chmod, a touch) changes none of its files.
+func forwardEvents(fsw *fsnotify.Watcher, files *fragments.FileCache, store string) *fileEvents {
 	q := &fileEvents{ready: make(chan struct{}, 1)}
 	go func() {
 		for {
@@ -43,7 +44,9 @@ func forwardEvents(fsw *fsnotify.Watcher, files *fragments.FileCache) *fileEvent
 					q.add(nil, nil, true)
 					return
 				}
-				files.Changed(ev.Name)
+				if ev.Op != fsnotify.Chmod || ev.Name != store {
+					files.Changed(ev.Name)
+				}
 				q.add(&ev, nil, false)
 			case err, ok := <-fsw.Errors:
 				if !ok {

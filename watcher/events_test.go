@@ -26,8 +26,8 @@ func TestForwardEventsReportsToTheCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fsw.Close() })
-	s.Files.Watch()
-	q := forwardEvents(fsw, s.Files)
+	s.Files.Watch(s.Dir)
+	q := forwardEvents(fsw, s.Files, s.Dir)
 	if err := fsw.Add(s.Dir); err != nil {
 		t.Fatal(err)
 	}
