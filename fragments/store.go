@@ -13,7 +13,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -68,6 +67,8 @@ type FileCache struct {
 	// listing is the directory as ReadAll last found it, kept once Watch
 	// was called; see watched.go.
 	listing listing
+	// readMu makes ReadAlls sharing the cache take turns
+	readMu sync.Mutex
 }
 
 // NewFileCache returns an empty cache.
@@ -199,44 +200,80 @@ func Ignored(file string) bool {
 // bad file copied in by hand is reported rather than silently skipped, and
 // keeps only its own fragment out.
 func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
-	files, unchanged, err := s.list()
+	if s.Files != nil {
+		// a read continues the one before: one at a time
+		s.Files.readMu.Lock()
+		defer s.Files.readMu.Unlock()
+	}
+	v, err := s.list()
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("read fragment directory: %w", err)
 	}
-	byName := map[string]*Stored{}
+	var res *readResult
+	if s.Files != nil {
+		res = s.Files.lastResult(v)
+	}
+	// names are the fragments to read again; nil when all are
+	var names map[string]bool
+	if res == nil {
+		res = &readResult{epoch: v.epoch, frags: map[string]*nameResult{}, strays: map[string]*assemble.Problem{}}
+	} else {
+		names = map[string]bool{}
+		for path := range v.changed {
+			file := filepath.Base(path)
+			name, _ := partOf(file)
+			if err := ValidName(name); err != nil {
+				if _, listed := slices.BinarySearch(v.files, file); listed {
+					res.strays[file] = stray(name, path, err)
+				} else {
+					delete(res.strays, file)
+				}
+				continue
+			}
+			names[name] = true
+		}
+	}
 	var parts []*part
-	var ps assemble.Problems
-	for _, file := range files {
-		if Ignored(file) {
-			continue
-		}
-		// Strip only the suffix the file has: "x.map.cfg" is not fragment x.
-		conf := strings.HasSuffix(file, ConfSuffix)
-		name := strings.TrimSuffix(file, MapSuffix)
-		if conf {
-			name = strings.TrimSuffix(file, ConfSuffix)
-		}
-		path := filepath.Join(s.Dir, file)
-		if err := ValidName(name); err != nil {
-			ps = append(ps, &assemble.Problem{Location: assemble.Location{Fragment: name, File: path}, Msg: err.Error()})
-			continue
-		}
+	byName := map[string]*Stored{}
+	add := func(name, file string, conf bool) {
 		st := byName[name]
 		if st == nil {
 			st = &Stored{Name: name}
 			byName[name] = st
 		}
-		parts = append(parts, &part{st: st, path: path, conf: conf})
+		parts = append(parts, &part{st: st, path: filepath.Join(s.Dir, file), conf: conf})
+	}
+	if names == nil {
+		for _, file := range v.files {
+			if Ignored(file) {
+				continue
+			}
+			name, conf := partOf(file)
+			if err := ValidName(name); err != nil {
+				res.strays[file] = stray(name, filepath.Join(s.Dir, file), err)
+				continue
+			}
+			add(name, file, conf)
+		}
+	} else {
+		for name := range names {
+			for _, conf := range []bool{true, false} {
+				file := filepath.Base(s.path(name, conf))
+				if _, listed := slices.BinarySearch(v.files, file); listed {
+					add(name, file, conf)
+				}
+			}
+		}
 	}
 	// Reading thousands of small files is syscall-bound: spread it over a
 	// few goroutines, then fill in the fragments in one place. What a
 	// watched cache knows unchanged is taken from it here and now.
 	toRead := parts
 	if s.Files != nil {
-		toRead = s.Files.fill(parts, s.MaxBytes, unchanged)
+		toRead = s.Files.fill(parts, s.MaxBytes, v.unchanged)
 	}
 	var g errgroup.Group
 	g.SetLimit(readers)
@@ -245,31 +282,103 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	}
 	_ = g.Wait() // errors are per part, below
 	if s.Files != nil {
-		listed := make(map[string]bool, len(parts))
-		for _, p := range parts {
-			listed[p.path] = true
+		if names == nil {
+			listed := make(map[string]bool, len(parts))
+			for _, p := range parts {
+				listed[p.path] = true
+			}
+			s.Files.keep(listed)
+		} else {
+			for path := range v.changed {
+				if _, listed := slices.BinarySearch(v.files, filepath.Base(path)); !listed {
+					s.Files.drop(path)
+				}
+			}
 		}
-		s.Files.keep(listed)
 	}
-	unreadable := map[string]bool{}
+	results := map[string]*nameResult{}
 	for _, p := range parts {
+		r := results[p.st.Name]
+		if r == nil {
+			r = &nameResult{st: p.st}
+			results[p.st.Name] = r
+		}
 		if p.err != nil {
 			// one unreadable or refused file (a symlink, a FIFO, a wrong
 			// mode, too big) keeps its own fragment out, not every tenant
-			ps = append(ps, &assemble.Problem{Location: assemble.Location{Fragment: p.st.Name, File: p.path}, Msg: p.err.Error()})
-			unreadable[p.st.Name] = true
+			r.problems = append(r.problems, &assemble.Problem{Location: assemble.Location{Fragment: p.st.Name, File: p.path}, Msg: p.err.Error()})
 			continue
 		}
 		p.st.set(p)
 	}
-	out := make([]*Stored, 0, len(byName))
-	for name, st := range byName {
-		if !unreadable[name] && (st.ConfPath != "" || st.MapPath != "") {
-			out = append(out, st)
+	for _, r := range results {
+		if len(r.problems) > 0 || r.st.ConfPath == "" && r.st.MapPath == "" {
+			r.st = nil
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, ps, nil
+	if names == nil {
+		res.frags = results
+		res.order = make([]*Stored, 0, len(results))
+		for _, r := range results {
+			if r.st != nil {
+				res.order = append(res.order, r.st)
+			}
+		}
+		slices.SortFunc(res.order, func(a, b *Stored) int { return strings.Compare(a.Name, b.Name) })
+	} else {
+		for name := range names {
+			r := results[name]
+			if r == nil {
+				delete(res.frags, name)
+			} else {
+				res.frags[name] = r
+			}
+			i, found := slices.BinarySearchFunc(res.order, name, func(st *Stored, name string) int { return strings.Compare(st.Name, name) })
+			switch {
+			case r != nil && r.st != nil && found:
+				res.order[i] = r.st
+			case r != nil && r.st != nil:
+				res.order = slices.Insert(res.order, i, r.st)
+			case found:
+				res.order = slices.Delete(res.order, i, i+1)
+			}
+		}
+	}
+	if s.Files != nil {
+		s.Files.keepResult(res)
+	}
+	return slices.Clone(res.order), res.problems(), nil
+}
+
+// problems are the strays' and the unreadable parts' problems, in the
+// order of their files.
+func (res *readResult) problems() assemble.Problems {
+	var strays, unreadable assemble.Problems
+	for _, p := range res.strays {
+		strays = append(strays, p)
+	}
+	for _, r := range res.frags {
+		unreadable = append(unreadable, r.problems...)
+	}
+	byFile := func(a, b *assemble.Problem) int { return strings.Compare(a.File, b.File) }
+	slices.SortFunc(strays, byFile)
+	slices.SortFunc(unreadable, byFile)
+	return append(strays, unreadable...)
+}
+
+// partOf returns the fragment a file in the store would be part of, and
+// whether it is the config part. Only the suffix the file has is
+// stripped: "x.map.cfg" is not fragment x.
+func partOf(file string) (name string, conf bool) {
+	if name, ok := strings.CutSuffix(file, ConfSuffix); ok {
+		return name, true
+	}
+	return strings.TrimSuffix(file, MapSuffix), false
+}
+
+// stray is the problem of a file whose name no fragment may have.
+func stray(name, path string, err error) *assemble.Problem {
+	return &assemble.Problem{Location: assemble.Location{Fragment: name, File: path}, Msg: err.Error()}
 }
 
 // readers bounds the goroutines reading fragment files at once.

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+
+	"haproxy-config/assemble"
 )
 
 // listing is what a watched FileCache knows of the fragment directory: its
@@ -25,6 +27,7 @@ type listing struct {
 	files   []string        // its entries, sorted; nil until a listing was read whole
 	changed map[string]bool // paths in dir reported changed since files was listed or brought up to date
 	epoch   int             // counts the times everything was reported changed
+	result  *readResult     // the last ReadAll's, for the next to continue
 	// suspended: the directory was replaced, or its path leads elsewhere
 	// now; its watch may be on the old one, so nothing is trusted (every
 	// read is whole, as without a watch) until Rewatched
@@ -114,19 +117,28 @@ func (c *FileCache) listed(dir string) bool {
 
 // forget drops the listing. The caller holds mu.
 func (l *listing) forget() {
-	l.files, l.changed = nil, nil
+	l.files, l.changed, l.result = nil, nil, nil
 	l.epoch++
 }
 
-// never is unchanged for a store read without a watched listing.
-func never(string) bool { return false }
+// dirView is the fragment directory as a ReadAll sees it.
+type dirView struct {
+	files []string // its entries, sorted
+	// changed are the paths reported changed since the last read, which
+	// this one continues; nil for a whole read
+	changed map[string]bool
+	epoch   int
+}
 
-// list returns the names of the fragment directory's entries, sorted, and
-// which of its paths are known unchanged since the cache read them.
-func (s *Store) list() (files []string, unchanged func(path string) bool, err error) {
+// unchanged reports whether path is known unchanged since the last read.
+func (v *dirView) unchanged(path string) bool { return v.changed != nil && !v.changed[path] }
+
+// list returns the fragment directory's entries and what changed since
+// the last read, when a watched cache knows.
+func (s *Store) list() (*dirView, error) {
 	if s.Files == nil {
 		files, err := readDirNames(s.Dir)
-		return files, never, err
+		return &dirView{files: files}, err
 	}
 	l := &s.Files.listing
 	l.mu.Lock()
@@ -160,7 +172,7 @@ func (s *Store) list() (files []string, unchanged func(path string) bool, err er
 			}
 			l.files = files
 		}
-		return l.files, func(path string) bool { return !changed[path] }, nil
+		return &dirView{files: l.files, changed: changed, epoch: l.epoch}, nil
 	}
 	epoch := l.epoch
 	keep := l.watched && l.dir == s.Dir && !l.suspended
@@ -171,16 +183,54 @@ func (s *Store) list() (files []string, unchanged func(path string) bool, err er
 	}
 	l.mu.Unlock()
 	id, idOK := statDir(s.Dir)
-	files, err = readDirNames(s.Dir)
+	files, err := readDirNames(s.Dir)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	l.mu.Lock()
 	if keep && idOK && l.epoch == epoch && !l.suspended {
 		l.files, l.dirID = files, id
 	}
 	l.mu.Unlock()
-	return files, never, nil
+	return &dirView{files: files, epoch: epoch}, nil
+}
+
+// readResult is what a ReadAll of a watched store found, kept so that the
+// next one rebuilds only the fragments whose files were reported changed.
+type readResult struct {
+	epoch  int                          // the listing's it was read from
+	frags  map[string]*nameResult       // every valid fragment name listed
+	order  []*Stored                    // the readable fragments, by name
+	strays map[string]*assemble.Problem // file -> why its name is refused
+}
+
+// nameResult is one fragment name's outcome.
+type nameResult struct {
+	st       *Stored           // nil when a part is unreadable, or none was found
+	problems assemble.Problems // its parts' read problems
+}
+
+// lastResult returns the last read's result when the read of view v
+// continues it.
+func (c *FileCache) lastResult(v *dirView) *readResult {
+	l := &c.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if v.changed == nil || l.result == nil || l.result.epoch != v.epoch {
+		return nil
+	}
+	return l.result
+}
+
+// keepResult keeps res for the next read, unless the listing it came from
+// was dropped meanwhile.
+func (c *FileCache) keepResult(res *readResult) {
+	l := &c.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.watched && l.files != nil && l.epoch == res.epoch {
+		l.result = res
+	}
 }
 
 // readDirNames lists dir's entries, sorted; an empty directory gives an

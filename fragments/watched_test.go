@@ -1,10 +1,13 @@
 package fragments
 
 import (
+	"fmt"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -187,5 +190,71 @@ func TestWatchedStoreSweepsLeftoversOnWholeReads(t *testing.T) {
 	unlock()
 	if _, err := os.Lstat(leftover); !os.IsNotExist(err) {
 		t.Fatalf("the leftover after an unwatched Lock: %v, want it removed", err)
+	}
+}
+
+// TestWatchedReadAllMatchesWholeRead: after every change of a random run
+// (parts written, removed, replaced by a symlink or a directory, files
+// with names no fragment may have), each reported as the file watcher
+// would, a watched store's ReadAll, which rebuilds only the fragments
+// reported, returns what an unwatched store reading everything returns.
+func TestWatchedReadAllMatchesWholeRead(t *testing.T) {
+	s := newStore(t)
+	s.Files = NewFileCache()
+	s.Files.Watch(s.Dir)
+	whole := &Store{Dir: s.Dir, StateDir: s.StateDir}
+	if err := os.MkdirAll(s.Dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	files := []string{"a.cfg", "a.map", "b.cfg", "b.map", "c.cfg", "c0.map", "c-d.cfg", "c-d.map", "Bad.cfg", "x.map.cfg", "e.map"}
+	outcome := func(st *Store) string {
+		all, ps, err := st.ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for _, f := range all {
+			fmt.Fprintf(&b, "%s %s %q %s %q\n", f.Name, f.ConfPath, f.Conf, f.MapPath, f.Map)
+		}
+		for _, p := range ps {
+			fmt.Fprintf(&b, "problem %s: %s\n", p.File, p.Msg)
+		}
+		return b.String()
+	}
+	for step := range 300 {
+		file := files[rng.IntN(len(files))]
+		path := filepath.Join(s.Dir, file)
+		if err := os.RemoveAll(path); err != nil {
+			t.Fatal(err)
+		}
+		var what string
+		switch rng.IntN(5) {
+		case 0:
+			what = "removed"
+		case 1:
+			what = "a symlink"
+			if err := os.Symlink("/etc/hostname", path); err != nil {
+				t.Fatal(err)
+			}
+		case 2:
+			what = "a directory"
+			if err := os.Mkdir(path, 0o750); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			what = "written"
+			body := fmt.Sprintf("backend v%d\n", step)
+			if strings.HasSuffix(file, ".map") {
+				body = fmt.Sprintf("d%d.example.com v%d\n", step, step)
+			}
+			if err := os.WriteFile(path, []byte(body), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.Files.Changed(path)
+		if got, want := outcome(s), outcome(whole); got != want {
+			t.Fatalf("step %d, %s %s: the watched read\n%s\nthe whole read\n%s", step, file, what, got, want)
+		}
 	}
 }

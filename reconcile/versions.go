@@ -23,11 +23,20 @@ import (
 // wildcard entry.
 
 func (e *Engine) versionPaths(checksum string) (conf, hostMap string, ok bool) {
-	hex, found := strings.CutPrefix(checksum, "sha256:")
-	if !found || hex == "" || strings.ContainsAny(hex, "/.") {
+	hex, ok := versionName(checksum)
+	if !ok {
 		return "", "", false
 	}
 	return filepath.Join(e.state().Versions(), hex+fragments.ConfSuffix), filepath.Join(e.state().Versions(), hex+fragments.MapSuffix), true
+}
+
+// versionName is the name, without suffix, of a version's copies.
+func versionName(checksum string) (string, bool) {
+	hex, found := strings.CutPrefix(checksum, "sha256:")
+	if !found || hex == "" || strings.ContainsAny(hex, "/.") {
+		return "", false
+	}
+	return hex, true
 }
 
 // findFallbacks finds, for each stored fragment that changed since the
@@ -113,11 +122,13 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 // pruneVersions removes the copies no longer needed: only the versions of
 // the generations named in keep may still be fallen back to.
 func (e *Engine) pruneVersions(keep ...map[string]string) error {
+	// by name, not path: at 10,000 fragments this runs for 40,000 of them
+	// on each publish
 	wanted := map[string]bool{}
 	for _, m := range keep {
 		for _, sum := range m {
-			if c, mp, ok := e.versionPaths(sum); ok {
-				wanted[filepath.Base(c)], wanted[filepath.Base(mp)] = true, true
+			if hex, ok := versionName(sum); ok {
+				wanted[hex+fragments.ConfSuffix], wanted[hex+fragments.MapSuffix] = true, true
 			}
 		}
 	}
