@@ -64,6 +64,30 @@ type ParseCache struct {
 	m  map[string]parsedFragment
 	// gens are generations' metadata as last read (see readGeneration)
 	gens map[string]cachedGeneration
+	// versions are kept versions as parsed (see readVersion)
+	versions map[versionKey]*assemble.Fragment
+}
+
+// versionKey names a kept version parsed for a fragment under a policy.
+type versionKey struct{ name, checksum, policy string }
+
+// maxCachedVersions bounds the versions kept parsed: a burst changes a
+// few dozen fragments at a time.
+const maxCachedVersions = 1024
+
+func (c *ParseCache) version(k versionKey) *assemble.Fragment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.versions[k]
+}
+
+func (c *ParseCache) keepVersion(k versionKey, f *assemble.Fragment) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.versions == nil || len(c.versions) >= maxCachedVersions {
+		c.versions = map[versionKey]*assemble.Fragment{}
+	}
+	c.versions[k] = f
 }
 
 // cachedGeneration is a meta.json as read, with what lstat said of it.

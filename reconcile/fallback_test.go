@@ -234,3 +234,33 @@ func TestSaveVersionsOnlyNew(t *testing.T) {
 		t.Fatalf("after the copies were removed, wild's version was not saved again: %v", err)
 	}
 }
+
+// TestKeptVersionsParsedOnce: a kept version is parsed once while its copy
+// is there, and not handed out once it was pruned; the generation a
+// publish wrote is the one the next read of it returns.
+func TestKeptVersionsParsedOnce(t *testing.T) {
+	e := newEngine(t, nil)
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	pub := publish(t, e)
+	if g, err := e.readGeneration(pub.Generation.Number); err != nil || g != pub.Generation {
+		t.Fatalf("the generation just written was read again from the disk: %p, %p, %v", g, pub.Generation, err)
+	}
+	sum := pub.Generation.Fragments["shop"]
+	pol := pub.Selection.policy
+	f1 := e.readVersion("shop", sum, pol)
+	if f1 == nil || f1.Checksum != sum {
+		t.Fatalf("readVersion: %v", f1)
+	}
+	if f2 := e.readVersion("shop", sum, pol); f2 != f1 {
+		t.Fatal("a kept version was parsed again")
+	}
+	confPath, mapPath, _ := e.versionPaths(sum)
+	for _, p := range []string{confPath, mapPath} {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f := e.readVersion("shop", sum, pol); f != nil {
+		t.Fatal("a pruned version was handed out from the cache")
+	}
+}

@@ -444,7 +444,15 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 	if err := os.Rename(tmp, g.Dir); err != nil {
 		return err
 	}
-	return fragments.Sync(e.state().Generations())
+	if err := fragments.Sync(e.state().Generations()); err != nil {
+		return err
+	}
+	// the next change reads this generation first: not from the disk
+	final := filepath.Join(g.Dir, statedir.Meta)
+	if fi, err := os.Lstat(final); err == nil {
+		e.Parses.keepGeneration(final, fi, g)
+	}
+	return nil
 }
 
 // generationNumbers lists the kept generations' numbers, ascending, from

@@ -66,12 +66,31 @@ func (e *Engine) findFallbacks(sel *Selection) {
 }
 
 // readVersion loads a kept version; nil when it is not kept or no longer
-// passes its own checks.
+// passes its own checks. A version is its checksum's bytes: what was
+// parsed under the same policy is kept (in Parses) while its file is
+// there, so that each change of a burst does not read and parse again the
+// served versions of the fragments it changed.
 func (e *Engine) readVersion(name, checksum string, pol fragments.Policy) *assemble.Fragment {
 	confPath, mapPath, ok := e.versionPaths(checksum)
 	if !ok {
 		return nil
 	}
+	key := versionKey{name: name, checksum: checksum, policy: pol.Fingerprint()}
+	if f := e.Parses.version(key); f != nil {
+		_, err1 := os.Lstat(confPath)
+		_, err2 := os.Lstat(mapPath)
+		if err1 == nil && err2 == nil {
+			return f
+		}
+	}
+	f := e.parseVersion(name, checksum, confPath, mapPath, pol)
+	if f != nil {
+		e.Parses.keepVersion(key, f)
+	}
+	return f
+}
+
+func (e *Engine) parseVersion(name, checksum, confPath, mapPath string, pol fragments.Policy) *assemble.Fragment {
 	conf, err1 := os.ReadFile(confPath)
 	hostMap, err2 := os.ReadFile(mapPath)
 	if err1 != nil || err2 != nil {
