@@ -301,7 +301,9 @@ func (d *Daemon) setCertDomains() {
 // noteStored remembers every domain the stored fragments name, valid or
 // not: their certificates are never removed.
 func (d *Daemon) noteStored(sel *reconcile.Selection) {
-	if sel == nil {
+	if sel == nil || d.certs == nil {
+		// only the certificate manager asks (at 10,000 fragments this
+		// is 50,000 domains sorted on every publish)
 		return
 	}
 	var names []string
