@@ -198,7 +198,9 @@ func Ignored(file string) bool {
 // fragment suffix but an invalid name, and files that cannot or may not be
 // read (see part.read), directories among them, come back as problems, so a
 // bad file copied in by hand is reported rather than silently skipped, and
-// keeps only its own fragment out.
+// keeps only its own fragment out. With a watched cache the Stored values
+// and problems of fragments that did not change are the very ones the read
+// before returned: callers only read them.
 func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	if s.Files != nil {
 		// a read continues the one before: one at a time
@@ -214,14 +216,20 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	}
 	var res *readResult
 	if s.Files != nil {
-		res = s.Files.lastResult(v)
+		res = s.Files.lastResult(s, v)
 	}
 	// names are the fragments to read again; nil when all are
 	var names map[string]bool
 	if res == nil {
-		res = &readResult{epoch: v.epoch, frags: map[string]*nameResult{}, strays: map[string]*assemble.Problem{}}
+		res = &readResult{epoch: v.epoch, dir: s.Dir, maxBytes: s.MaxBytes, frags: map[string]*nameResult{}, troubled: map[string]bool{}, strays: map[string]*assemble.Problem{}}
 	} else {
 		names = map[string]bool{}
+		// a part refused or not read is looked at again on every read, as
+		// a whole read does: what made it fail (a second hard link, too
+		// many open files) may be gone without an event for it
+		for name := range res.troubled {
+			names[name] = true
+		}
 		for path := range v.changed {
 			file := filepath.Base(path)
 			name, _ := partOf(file)
@@ -319,9 +327,12 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 	if names == nil {
 		res.frags = results
 		res.order = make([]*Stored, 0, len(results))
-		for _, r := range results {
+		for name, r := range results {
 			if r.st != nil {
 				res.order = append(res.order, r.st)
+			}
+			if len(r.problems) > 0 {
+				res.troubled[name] = true
 			}
 		}
 		slices.SortFunc(res.order, func(a, b *Stored) int { return strings.Compare(a.Name, b.Name) })
@@ -332,6 +343,11 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 				delete(res.frags, name)
 			} else {
 				res.frags[name] = r
+			}
+			if r != nil && len(r.problems) > 0 {
+				res.troubled[name] = true
+			} else {
+				delete(res.troubled, name)
 			}
 			i, found := slices.BinarySearchFunc(res.order, name, func(st *Stored, name string) int { return strings.Compare(st.Name, name) })
 			switch {
@@ -357,8 +373,8 @@ func (res *readResult) problems() assemble.Problems {
 	for _, p := range res.strays {
 		strays = append(strays, p)
 	}
-	for _, r := range res.frags {
-		unreadable = append(unreadable, r.problems...)
+	for name := range res.troubled {
+		unreadable = append(unreadable, res.frags[name].problems...)
 	}
 	byFile := func(a, b *assemble.Problem) int { return strings.Compare(a.File, b.File) }
 	slices.SortFunc(strays, byFile)

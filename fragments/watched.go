@@ -198,10 +198,13 @@ func (s *Store) list() (*dirView, error) {
 // readResult is what a ReadAll of a watched store found, kept so that the
 // next one rebuilds only the fragments whose files were reported changed.
 type readResult struct {
-	epoch  int                          // the listing's it was read from
-	frags  map[string]*nameResult       // every valid fragment name listed
-	order  []*Stored                    // the readable fragments, by name
-	strays map[string]*assemble.Problem // file -> why its name is refused
+	epoch    int                          // the listing's it was read from
+	dir      string                       // the directory it was read from
+	maxBytes int64                        // the size limit it was read under
+	frags    map[string]*nameResult       // every valid fragment name listed
+	troubled map[string]bool              // those with problems
+	order    []*Stored                    // the readable fragments, by name
+	strays   map[string]*assemble.Problem // file -> why its name is refused
 }
 
 // nameResult is one fragment name's outcome.
@@ -210,25 +213,26 @@ type nameResult struct {
 	problems assemble.Problems // its parts' read problems
 }
 
-// lastResult returns the last read's result when the read of view v
-// continues it.
-func (c *FileCache) lastResult(v *dirView) *readResult {
+// lastResult returns the last read's result when the read of view v, of
+// s, continues it: the same listing, the same directory, the same limit.
+func (c *FileCache) lastResult(s *Store, v *dirView) *readResult {
 	l := &c.listing
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if v.changed == nil || l.result == nil || l.result.epoch != v.epoch {
+	r := l.result
+	if v.changed == nil || r == nil || r.epoch != v.epoch || r.dir != s.Dir || r.maxBytes != s.MaxBytes {
 		return nil
 	}
-	return l.result
+	return r
 }
 
 // keepResult keeps res for the next read, unless the listing it came from
-// was dropped meanwhile.
+// was dropped meanwhile or is of another directory.
 func (c *FileCache) keepResult(res *readResult) {
 	l := &c.listing
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.watched && l.files != nil && l.epoch == res.epoch {
+	if l.watched && l.files != nil && l.epoch == res.epoch && l.dir == res.dir {
 		l.result = res
 	}
 }
