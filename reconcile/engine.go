@@ -92,8 +92,22 @@ func (c *ParseCache) keepVersion(k versionKey, f *assemble.Fragment) {
 
 // cachedGeneration is a meta.json as read, with what lstat said of it.
 type cachedGeneration struct {
-	ino, size, mtime int64
-	g                *Generation
+	id fileIdentity
+	g  *Generation
+}
+
+// fileIdentity is what lstat says identifies one version of a file.
+type fileIdentity struct {
+	dev, ino           uint64
+	size, mtime, ctime int64
+}
+
+func identity(fi fs.FileInfo) (fileIdentity, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileIdentity{}, false
+	}
+	return fileIdentity{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
 }
 
 // maxCachedGenerations bounds the metadata kept: a publish reads the
@@ -106,7 +120,7 @@ func (c *ParseCache) generation(path string, fi fs.FileInfo) *Generation {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cg, ok := c.gens[path]
-	if ino, ok2 := inode(fi); ok && ok2 && cg.ino == ino && cg.size == fi.Size() && cg.mtime == fi.ModTime().UnixNano() {
+	if id, ok2 := identity(fi); ok && ok2 && cg.id == id {
 		return cg.g
 	}
 	return nil
@@ -114,7 +128,7 @@ func (c *ParseCache) generation(path string, fi fs.FileInfo) *Generation {
 
 // keepGeneration caches g, read from path, which lstat described as fi.
 func (c *ParseCache) keepGeneration(path string, fi fs.FileInfo, g *Generation) {
-	ino, ok := inode(fi)
+	id, ok := identity(fi)
 	if !ok {
 		return
 	}
@@ -123,15 +137,7 @@ func (c *ParseCache) keepGeneration(path string, fi fs.FileInfo, g *Generation) 
 	if c.gens == nil || len(c.gens) >= maxCachedGenerations {
 		c.gens = map[string]cachedGeneration{}
 	}
-	c.gens[path] = cachedGeneration{ino: ino, size: fi.Size(), mtime: fi.ModTime().UnixNano(), g: g}
-}
-
-func inode(fi fs.FileInfo) (int64, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return 0, false
-	}
-	return int64(st.Ino), true
+	c.gens[path] = cachedGeneration{id: id, g: g}
 }
 
 // NewParseCache returns an empty cache, with an empty file cache.
