@@ -199,29 +199,9 @@ func TestWatchedStoreSweepsLeftoversOnWholeReads(t *testing.T) {
 // would, a watched store's ReadAll, which rebuilds only the fragments
 // reported, returns what an unwatched store reading everything returns.
 func TestWatchedReadAllMatchesWholeRead(t *testing.T) {
-	s := newStore(t)
-	s.Files = NewFileCache()
-	s.Files.Watch(s.Dir)
-	whole := &Store{Dir: s.Dir, StateDir: s.StateDir}
-	if err := os.MkdirAll(s.Dir, 0o750); err != nil {
-		t.Fatal(err)
-	}
+	s, whole := watchedAndWhole(t)
 	rng := rand.New(rand.NewPCG(1, 2))
 	files := []string{"a.cfg", "a.map", "b.cfg", "b.map", "c.cfg", "c0.map", "c-d.cfg", "c-d.map", "Bad.cfg", "x.map.cfg", "e.map"}
-	outcome := func(st *Store) string {
-		all, ps, err := st.ReadAll()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var b strings.Builder
-		for _, f := range all {
-			fmt.Fprintf(&b, "%s %s %q %s %q\n", f.Name, f.ConfPath, f.Conf, f.MapPath, f.Map)
-		}
-		for _, p := range ps {
-			fmt.Fprintf(&b, "problem %s: %s\n", p.File, p.Msg)
-		}
-		return b.String()
-	}
 	for step := range 300 {
 		file := files[rng.IntN(len(files))]
 		path := filepath.Join(s.Dir, file)
@@ -253,7 +233,7 @@ func TestWatchedReadAllMatchesWholeRead(t *testing.T) {
 			}
 		}
 		s.Files.Changed(path)
-		if got, want := outcome(s), outcome(whole); got != want {
+		if got, want := readOutcome(t, s), readOutcome(t, whole); got != want {
 			t.Fatalf("step %d, %s %s: the watched read\n%s\nthe whole read\n%s", step, file, what, got, want)
 		}
 	}
