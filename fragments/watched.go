@@ -76,6 +76,16 @@ func (c *FileCache) Rewatched() {
 	l.forget()
 }
 
+// Unwatched reports that the directory's watch could not be (re)added:
+// nothing is trusted, every read is whole, until Rewatched.
+func (c *FileCache) Unwatched() {
+	l := &c.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.suspended = true
+	l.forget()
+}
+
 // Changed reports that path, a file in the fragment directory or the
 // directory itself, changed: was created, written, renamed or removed, or
 // had its mode or links changed. Other paths are ignored.

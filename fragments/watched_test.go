@@ -86,6 +86,15 @@ func TestWatchedFileCache(t *testing.T) {
 	if got := readConfs(t, s); got["a"] != "backend A4\n" {
 		t.Fatalf("after Rewatched the listing is not trusted again: %v", got)
 	}
+	// a watch that could not be added: every read is whole again
+	s.Files.Unwatched()
+	if got := readConfs(t, s); got["a"] != "backend A5\n" {
+		t.Fatalf("after Unwatched: %v", got)
+	}
+	writeRaw(t, s.Dir, "a.cfg", "backend A6\n")
+	if got := readConfs(t, s); got["a"] != "backend A6\n" {
+		t.Fatalf("a listing was trusted while the directory was not watched: %v", got)
+	}
 }
 
 // TestWatchedFileCacheOwnWrites: the store's own writes and removes report

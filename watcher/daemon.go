@@ -433,6 +433,18 @@ func (d *Daemon) watch() error {
 	if err := fragments.MkdirAll(d.s.StateDir, 0o750); err != nil {
 		return &reload.EnvError{Err: fmt.Errorf("state directory: %w", err)}
 	}
+	storeWatched := false
+	if d.parses != nil {
+		// what changed before a watch was (re)added went unreported; a
+		// store whose watch could not be added is read whole each time
+		defer func() {
+			if storeWatched {
+				d.parses.Files.Rewatched()
+			} else {
+				d.parses.Files.Unwatched()
+			}
+		}()
+	}
 	dirs := []string{d.s.FragmentsDir, filepath.Dir(d.s.FragmentsDir), filepath.Dir(d.s.BaseConfig), d.s.StateDir}
 	for _, dir := range dirs {
 		_ = d.fsw.Remove(dir)
@@ -441,11 +453,9 @@ func (d *Daemon) watch() error {
 				return &reload.EnvError{Err: fmt.Errorf("watch %s: %w", dir, err)}
 			}
 			d.Log.Warn("cannot watch a directory", "dir", dir, "err", err)
+			continue
 		}
-	}
-	// what changed before a watch was (re)added went unreported
-	if d.parses != nil {
-		d.parses.Files.Rewatched()
+		storeWatched = storeWatched || dir == d.s.FragmentsDir
 	}
 	return nil
 }

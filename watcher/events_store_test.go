@@ -10,6 +10,7 @@ import (
 
 	"haproxy-config/assemble"
 	"haproxy-config/fragments"
+	"haproxy-config/reconcile"
 )
 
 // watchedStore is a store at dir whose watched file cache hears of the
@@ -113,4 +114,33 @@ func TestWatchedStoreReplacedBeforeRewatch(t *testing.T) {
 	eventually(t, s, "the new store", func(c map[string]string, _ assemble.Problems) bool { return c["a"] == "backend a2\n" })
 	write(t, filepath.Join(dir, "b.cfg"), "backend b\n")
 	eventually(t, s, "b.cfg copied into the new store", func(c map[string]string, _ assemble.Problems) bool { return c["b"] == "backend b\n" })
+}
+
+// TestWatchFailingLeavesTheStoreUntrusted: when the store's own watch
+// cannot be added (here: the directory is missing when watch runs), the
+// cache trusts no listing, and files written later without any report
+// are read all the same.
+func TestWatchFailingLeavesTheStoreUntrusted(t *testing.T) {
+	d := burstDaemon(t)
+	withWatcher(t, d)
+	d.parses = reconcile.NewParseCache()
+	d.parses.Files.Watch(d.s.FragmentsDir)
+	if err := os.RemoveAll(d.s.FragmentsDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.watch(); err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	s := &fragments.Store{Dir: d.s.FragmentsDir, StateDir: d.s.StateDir, Files: d.parses.Files}
+	write(t, filepath.Join(d.s.FragmentsDir, "a.cfg"), "backend a1\n")
+	eventually(t, s, "a.cfg", func(c map[string]string, _ assemble.Problems) bool { return c["a"] == "backend a1\n" })
+	write(t, filepath.Join(d.s.FragmentsDir, "a.cfg"), "backend a2\n")
+	write(t, filepath.Join(d.s.FragmentsDir, "b.cfg"), "backend b\n")
+	all, _, err := s.ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 || string(all[0].Conf) != "backend a2\n" {
+		t.Fatalf("unreported writes to an unwatched store were not read: %v", all)
+	}
 }
