@@ -66,6 +66,34 @@ type ParseCache struct {
 	gens map[string]cachedGeneration
 	// versions are kept versions as parsed (see readVersion)
 	versions map[versionKey]*assemble.Fragment
+	// servedMap is the last generation host map parsed by servedDomains
+	servedMap struct {
+		path string
+		id   fileIdentity
+		m    map[string][]string
+	}
+}
+
+// served returns the fragments' domains of the generation host map at
+// path when lstat (fi) finds the file that was parsed; nil otherwise.
+func (c *ParseCache) served(path string, fi fs.FileInfo) map[string][]string {
+	id, ok := identity(fi)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !ok || c.servedMap.path != path || c.servedMap.id != id {
+		return nil
+	}
+	return c.servedMap.m
+}
+
+func (c *ParseCache) keepServed(path string, fi fs.FileInfo, m map[string][]string) {
+	id, ok := identity(fi)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.servedMap.path, c.servedMap.id, c.servedMap.m = path, id, m
 }
 
 // versionKey names a kept version parsed for a fragment under a policy.

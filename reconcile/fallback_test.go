@@ -5,10 +5,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	"haproxy-config/assemble"
+	"haproxy-config/fragments"
 	"haproxy-config/internal/testkit"
 )
 
@@ -262,5 +265,35 @@ func TestKeptVersionsParsedOnce(t *testing.T) {
 	}
 	if f := e.readVersion("shop", sum, pol); f != nil {
 		t.Fatal("a pruned version was handed out from the cache")
+	}
+}
+
+// TestServedDomainsParsedOnce: the host map of the generation HAProxy
+// serves is parsed once while it is the same file, and again once it is
+// replaced.
+func TestServedDomainsParsedOnce(t *testing.T) {
+	e := newEngine(t, nil)
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	dir := publish(t, e).Generation.Dir
+	first := e.servedDomains(dir)
+	if !slices.Equal(first["shop"], []string{"shop.example.com"}) {
+		t.Fatalf("served domains: %v", first)
+	}
+	if again := e.servedDomains(dir); reflect.ValueOf(again).Pointer() != reflect.ValueOf(first).Pointer() {
+		t.Fatal("the served host map was parsed again")
+	}
+	_, mapPath, err := e.layout(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(mapPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fragments.WriteFile(mapPath, []byte(strings.ReplaceAll(string(data), "shop.example.com", "other.example.com")), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.servedDomains(dir); !slices.Equal(got["shop"], []string{"other.example.com"}) {
+		t.Fatalf("after the map was replaced: %v", got)
 	}
 }
