@@ -66,11 +66,60 @@ type ParseCache struct {
 	gens map[string]cachedGeneration
 	// versions are kept versions as parsed (see readVersion)
 	versions map[versionKey]*assemble.Fragment
+	// onDisk are the names of the version copies on disk as pruneVersions
+	// left them, with those saved since; nil when unknown. prunes counts
+	// the prunes since the directory was last listed.
+	onDisk map[string]bool
+	prunes int
 	// servedMap is the last generation host map parsed by servedDomains
 	servedMap struct {
 		path string
 		id   fileIdentity
 		m    map[string][]string
+	}
+}
+
+// versionsOnDisk returns the version copies known on disk, or nil when
+// they are unknown or the directory is to be listed again (once every
+// listEvery calls).
+func (c *ParseCache) versionsOnDisk(listEvery int) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.prunes++
+	if c.onDisk == nil || c.prunes >= listEvery {
+		c.prunes = 0
+		return nil
+	}
+	names := make([]string, 0, len(c.onDisk))
+	for name := range c.onDisk {
+		names = append(names, name)
+	}
+	return names
+}
+
+// setVersionsOnDisk says that the copies on disk are names, after a prune.
+func (c *ParseCache) setVersionsOnDisk(names map[string]bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onDisk = names
+}
+
+// forgetVersionsOnDisk makes the next prune list the directory.
+func (c *ParseCache) forgetVersionsOnDisk() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onDisk = nil
+}
+
+// savedVersion adds a version's copies, about to be written, to those
+// known on disk.
+func (c *ParseCache) savedVersion(names ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, name := range names {
+		if c.onDisk != nil {
+			c.onDisk[name] = true
+		}
 	}
 }
 

@@ -297,3 +297,34 @@ func TestServedDomainsParsedOnce(t *testing.T) {
 		t.Fatalf("after the map was replaced: %v", got)
 	}
 }
+
+// TestVersionsPrunedWithoutListing: once a prune knows the copies on disk,
+// the next ones remove what left the kept generations without listing the
+// directory (a file some other process put there stays); an engine that
+// knows nothing yet lists it and removes that file too.
+func TestVersionsPrunedWithoutListing(t *testing.T) {
+	e := newEngine(t, nil)
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	publish(t, e)
+	foreign := filepath.Join(e.state().Versions(), "feedface.cfg")
+	if err := os.WriteFile(foreign, []byte("backend x\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, conf := range []string{shopV2, wildConf} {
+		writeRaw(t, e, "shop", conf, shopMap)
+		publish(t, e)
+	}
+	entries, err := os.ReadDir(e.state().Versions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 5 {
+		t.Fatalf("kept %d files, want the 2 versions' 4 and the foreign one", len(entries))
+	}
+	fresh := New(e.S)
+	writeRaw(t, fresh, "shop", shopV1, shopMap)
+	publish(t, fresh)
+	if _, err := os.Stat(foreign); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a prune that knew nothing did not list the directory: %v", err)
+	}
+}
