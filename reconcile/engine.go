@@ -63,7 +63,8 @@ type ParseCache struct {
 	mu sync.Mutex
 	m  map[string]parsedFragment
 	// gens are generations' metadata as last read (see readGeneration)
-	gens map[string]cachedGeneration
+	gens    map[string]cachedGeneration
+	genUses uint64
 	// versions are kept versions as parsed (see readVersion)
 	versions map[versionKey]*assemble.Fragment
 	// onDisk are the names of the version copies on disk as pruneVersions
@@ -167,10 +168,12 @@ func (c *ParseCache) keepVersion(k versionKey, f *assemble.Fragment) {
 	c.versions[k] = f
 }
 
-// cachedGeneration is a meta.json as read, with what lstat said of it.
+// cachedGeneration is a meta.json as read, with what lstat said of it,
+// and when it was last used (a count of the uses of the cache).
 type cachedGeneration struct {
-	id fileIdentity
-	g  *Generation
+	id   fileIdentity
+	g    *Generation
+	used uint64
 }
 
 // fileIdentity is what lstat says identifies one version of a file.
@@ -189,7 +192,7 @@ func identity(fi fs.FileInfo) (fileIdentity, bool) {
 
 // maxCachedGenerations bounds the metadata kept: a publish reads the
 // newest and the served generation.
-const maxCachedGenerations = 8
+const maxCachedGenerations = 4
 
 // generation returns the cached metadata at path when the file lstat
 // describes as fi is still the one that was read.
@@ -198,6 +201,9 @@ func (c *ParseCache) generation(path string, fi fs.FileInfo) *Generation {
 	defer c.mu.Unlock()
 	cg, ok := c.gens[path]
 	if id, ok2 := identity(fi); ok && ok2 && cg.id == id {
+		c.genUses++
+		cg.used = c.genUses
+		c.gens[path] = cg
 		return cg.g
 	}
 	return nil
@@ -211,10 +217,22 @@ func (c *ParseCache) keepGeneration(path string, fi fs.FileInfo, g *Generation) 
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gens == nil || len(c.gens) >= maxCachedGenerations {
+	if c.gens == nil {
 		c.gens = map[string]cachedGeneration{}
 	}
-	c.gens[path] = cachedGeneration{id: id, g: g}
+	if _, known := c.gens[path]; !known && len(c.gens) >= maxCachedGenerations {
+		// the least recently used goes: the newest and the served
+		// generation are read on every publish
+		oldest := ""
+		for p, cg := range c.gens {
+			if oldest == "" || cg.used < c.gens[oldest].used {
+				oldest = p
+			}
+		}
+		delete(c.gens, oldest)
+	}
+	c.genUses++
+	c.gens[path] = cachedGeneration{id: id, g: g, used: c.genUses}
 }
 
 // NewParseCache returns an empty cache, with an empty file cache.

@@ -672,3 +672,31 @@ func TestGenerationMetaCached(t *testing.T) {
 		t.Fatal("a removed generation was read from the cache")
 	}
 }
+
+// TestGenerationCacheKeepsTheRecentlyUsed: with more generations read
+// than the cache holds, the one read between all the others (as the
+// served generation is on every publish) stays decoded.
+func TestGenerationCacheKeepsTheRecentlyUsed(t *testing.T) {
+	e := newEngine(t, nil)
+	for n := 1; n <= 2*maxCachedGenerations; n++ {
+		dir := e.state().Generation(n)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := fragments.WriteFile(filepath.Join(dir, statedir.Meta), fmt.Appendf(nil, `{"generation":%d,"fragments":{}}`, n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	served, err := e.readGeneration(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 2; n <= 2*maxCachedGenerations; n++ {
+		if _, err := e.readGeneration(n); err != nil {
+			t.Fatal(err)
+		}
+		if g, err := e.readGeneration(1); err != nil || g != served {
+			t.Fatalf("after generation %d was read, generation 1 was decoded again", n)
+		}
+	}
+}
