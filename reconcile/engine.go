@@ -98,6 +98,14 @@ func (c *ParseCache) versionsOnDisk(listEvery int) []string {
 	return names
 }
 
+// versionsKnown reports whether the next prune will work from the copies
+// known on disk rather than list the directory (see versionsOnDisk).
+func (c *ParseCache) versionsKnown(listEvery int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.onDisk != nil && c.prunes+1 < listEvery
+}
+
 // setVersionsOnDisk says that the copies on disk are names, after a prune.
 func (c *ParseCache) setVersionsOnDisk(names map[string]bool) {
 	c.mu.Lock()

@@ -328,3 +328,28 @@ func TestVersionsPrunedWithoutListing(t *testing.T) {
 		t.Fatalf("a prune that knew nothing did not list the directory: %v", err)
 	}
 }
+
+// TestVersionsSavedAgainWhenListed: a copy of a live version removed by
+// hand is not looked for on every publish, but is saved again by the
+// next publish whose prune lists the directory (an engine's first).
+func TestVersionsSavedAgainWhenListed(t *testing.T) {
+	e := newEngine(t, nil)
+	writeRaw(t, e, "wild", wildConf, wildMap)
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	g := publish(t, e).Generation
+	confPath, _, _ := e.versionPaths(g.Fragments["wild"])
+	if err := os.Remove(confPath); err != nil {
+		t.Fatal(err)
+	}
+	writeRaw(t, e, "shop", shopV2, shopMap)
+	publish(t, e)
+	if _, err := os.Stat(confPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("wild's copy was looked for by a publish that did not list: %v", err)
+	}
+	fresh := New(e.S)
+	writeRaw(t, fresh, "shop", shopV1, shopMap)
+	publish(t, fresh)
+	if _, err := os.Stat(confPath); err != nil {
+		t.Fatalf("the first publish of a new engine did not save wild's copy again: %v", err)
+	}
+}

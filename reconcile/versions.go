@@ -112,6 +112,12 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 	if _, err := os.Stat(e.state().Versions()); errors.Is(err, fs.ErrNotExist) {
 		latest = nil // removed, or a state directory older than the copies: save all
 	}
+	if !e.Parses.versionsKnown(versionsListEvery) {
+		// when the prune that follows lists the directory (a process's
+		// first, then every versionsListEvery-th), every live version is
+		// looked at: a copy removed by hand is saved again
+		latest = nil
+	}
 	if err := fragments.MkdirAll(e.state().Versions(), 0o750); err != nil {
 		return err
 	}
@@ -153,10 +159,11 @@ func (e *Engine) pruneVersions(keep ...map[string]string) error {
 		}
 	}
 	// The copies on disk are those wanted by the last prune plus those
-	// saved since: this engine (or one sharing its cache) removes what
-	// that leaves out, without listing the directory, which at 10,000
-	// fragments holds 20,000 files. Every versionsListEvery-th prune lists
-	// it, for what another process saved or a crash left.
+	// saved since: the engines sharing this cache (a daemon's) remove what
+	// that leaves out without listing the directory, which at 10,000
+	// fragments holds 20,000 files. The first prune with the cache, and
+	// every versionsListEvery-th after, lists it, for what another
+	// process saved or a crash left.
 	onDisk := e.Parses.versionsOnDisk(versionsListEvery)
 	if onDisk == nil {
 		entries, err := os.ReadDir(e.state().Versions())
