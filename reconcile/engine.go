@@ -72,6 +72,9 @@ type ParseCache struct {
 	// the prunes since the directory was last listed.
 	onDisk map[string]bool
 	prunes int
+	// left are the copies on disk no longer wanted by the newest, served
+	// or held generation, each with the newest generation that had it
+	left map[string]int
 	// servedMap is the last generation host map parsed by servedDomains
 	servedMap struct {
 		path string
@@ -106,11 +109,33 @@ func (c *ParseCache) versionsKnown(listEvery int) bool {
 	return c.onDisk != nil && c.prunes+1 < listEvery
 }
 
-// setVersionsOnDisk says that the copies on disk are names, after a prune.
+// setVersionsOnDisk says that the copies on disk are names, after a prune,
+// and forgets when the others left: they are gone.
 func (c *ParseCache) setVersionsOnDisk(names map[string]bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.onDisk = names
+	for name := range c.left {
+		if !names[name] {
+			delete(c.left, name)
+		}
+	}
+}
+
+// versionLeft returns the newest generation that wanted the copy name
+// when the kept generations' newest and served ones stopped wanting it:
+// the one recorded, or else now, which is recorded.
+func (c *ParseCache) versionLeft(name string, now int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if at, ok := c.left[name]; ok {
+		return at
+	}
+	if c.left == nil {
+		c.left = map[string]int{}
+	}
+	c.left[name] = now
+	return now
 }
 
 // forgetVersionsOnDisk makes the next prune list the directory.

@@ -334,7 +334,7 @@ func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapO
 	if err := e.prune(); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	if err := e.pruneVersions(g.Fragments, sel.reference); err != nil {
+	if err := e.pruneVersions(g, sel.reference); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
 	return &Published{Generation: g, Changed: true, Selection: sel, Excluded: excluded, Deferred: deferred}, nil

@@ -145,18 +145,41 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 	return nil
 }
 
-// pruneVersions removes the copies no longer needed: only the versions of
-// the generations named in keep may still be fallen back to.
-func (e *Engine) pruneVersions(keep ...map[string]string) error {
+// pruneVersions removes the copies no generation kept may fall back to.
+// g is the generation just written, reference the one HAProxy served when
+// it was. A copy the newest, the served or the held generation wants
+// stays. One they no longer want may still be wanted by an older kept
+// generation, which a rollback can make the served one again: it is
+// removed only once the newest generation that had it, g's predecessor
+// when it left, has been pruned (and with it every older one but the
+// served and the held, whose copies stay anyway).
+func (e *Engine) pruneVersions(g *Generation, reference map[string]string) error {
 	// by name, not path: at 10,000 fragments this runs for 40,000 of them
 	// on each publish
 	wanted := map[string]bool{}
-	for _, m := range keep {
+	want := func(m map[string]string) {
 		for _, sum := range m {
 			if hex, ok := versionName(sum); ok {
 				wanted[hex+fragments.ConfSuffix], wanted[hex+fragments.MapSuffix] = true, true
 			}
 		}
+	}
+	want(g.Fragments)
+	want(reference)
+	hold, err := e.CurrentHold()
+	if err != nil {
+		return err
+	}
+	if hold != nil {
+		held, err := e.readGeneration(hold.Generation)
+		if err != nil {
+			return err
+		}
+		want(held.Fragments)
+	}
+	nums, err := e.generationNumbers()
+	if err != nil {
+		return err
 	}
 	// The copies on disk are those wanted by the last prune plus those
 	// saved since: the engines sharing this cache (a daemon's) remove what
@@ -178,15 +201,26 @@ func (e *Engine) pruneVersions(keep ...map[string]string) error {
 			onDisk[i] = ent.Name()
 		}
 	}
+	kept := make(map[string]bool, len(wanted))
+	for name := range wanted {
+		kept[name] = true
+	}
 	for _, name := range onDisk {
-		if !wanted[name] {
-			if err := os.Remove(filepath.Join(e.state().Versions(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				e.Parses.forgetVersionsOnDisk()
-				return err
-			}
+		if wanted[name] {
+			continue
+		}
+		// a copy first seen unwanted (a process's first prune, a file
+		// another process saved) counts as left now: it waits its turn
+		if at := e.Parses.versionLeft(name, g.Number-1); slices.Contains(nums, at) {
+			kept[name] = true
+			continue
+		}
+		if err := os.Remove(filepath.Join(e.state().Versions(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			e.Parses.forgetVersionsOnDisk()
+			return err
 		}
 	}
-	e.Parses.setVersionsOnDisk(wanted)
+	e.Parses.setVersionsOnDisk(kept)
 	return nil
 }
 

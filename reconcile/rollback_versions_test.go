@@ -1,0 +1,46 @@
+package reconcile
+
+import (
+	"context"
+	"testing"
+)
+
+// TestRolledBackGenerationKeepsItsVersions: after a rollback to an older
+// kept generation (hold, restore, marked serving, resumed), a fragment
+// whose stored version fails stays live in the version HAProxy serves,
+// the held generation's: its copies must not have been pruned while that
+// generation was neither the newest nor the served one.
+func TestRolledBackGenerationKeepsItsVersions(t *testing.T) {
+	e := newEngine(t, nil)
+	ctx := context.Background()
+	writeRaw(t, e, "wild", wildConf, wildMap)
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	g1 := publish(t, e).Generation
+	v1 := g1.Fragments["shop"]
+	for _, conf := range []string{shopV2, shopV3} {
+		writeRaw(t, e, "shop", conf, shopMap)
+		g := publish(t, e).Generation
+		if err := e.MarkServing(g.Number); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// the operator rolls back to generation 1, as the daemon does for a hold
+	if _, err := e.SetHold(ctx, g1.Number, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Restore(ctx, g1.Number); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.MarkServing(g1.Number); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ReleaseHold(); err != nil {
+		t.Fatal(err)
+	}
+	// meanwhile shop's files were replaced by a version that fails
+	writeRaw(t, e, "shop", "backend shop_web\n    balance bogus\n", shopMap)
+	pub := publish(t, e)
+	if got := pub.Generation.Fragments["shop"]; got != v1 {
+		t.Fatalf("shop live as %q, want the served (rolled-back) version %q; fell back %v", got, v1, pub.Selection.FellBack)
+	}
+}
