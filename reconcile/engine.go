@@ -72,8 +72,8 @@ type ParseCache struct {
 	// the prunes since the directory was last listed.
 	onDisk map[string]bool
 	prunes int
-	// left are the copies on disk no longer wanted by the newest, served
-	// or held generation, each with the newest generation that had it
+	// left are the copies on disk no longer wanted by the newest or the
+	// served generation, each with the newest generation that had it
 	left map[string]int
 	// servedMap is the last generation host map parsed by servedDomains
 	servedMap struct {
@@ -123,8 +123,8 @@ func (c *ParseCache) setVersionsOnDisk(names map[string]bool) {
 }
 
 // versionLeft returns the newest generation that wanted the copy name
-// when the kept generations' newest and served ones stopped wanting it:
-// the one recorded, or else now, which is recorded.
+// when the newest and the served generation stopped wanting it: the one
+// recorded, or else now, which is recorded.
 func (c *ParseCache) versionLeft(name string, now int) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -147,12 +147,13 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 
 // pruneVersions removes the copies no generation kept may fall back to.
 // g is the generation just written, reference the one HAProxy served when
-// it was. A copy the newest, the served or the held generation wants
+// it was (a publish runs under no hold: a held generation is the served
+// one by the time the next prune runs). A copy either of them wants
 // stays. One they no longer want may still be wanted by an older kept
 // generation, which a rollback can make the served one again: it is
 // removed only once the newest generation that had it, g's predecessor
-// when it left, has been pruned (and with it every older one but the
-// served and the held, whose copies stay anyway).
+// when it left, has been pruned, and with it every older one but the
+// served.
 func (e *Engine) pruneVersions(g *Generation, reference map[string]string) error {
 	// by name, not path: at 10,000 fragments this runs for 40,000 of them
 	// on each publish
@@ -166,17 +167,6 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string) error
 	}
 	want(g.Fragments)
 	want(reference)
-	hold, err := e.CurrentHold()
-	if err != nil {
-		return err
-	}
-	if hold != nil {
-		held, err := e.readGeneration(hold.Generation)
-		if err != nil {
-			return err
-		}
-		want(held.Fragments)
-	}
 	nums, err := e.generationNumbers()
 	if err != nil {
 		return err
