@@ -209,17 +209,22 @@ func TestCheckTimeoutBlamesTheNewcomer(t *testing.T) {
 
 // TestSaveVersionsOnlyNew: a publish saves the versions the newest
 // generation did not have live, and looks at no other (a copy removed
-// behind its back stays removed); with the whole directory of copies gone
-// it saves every live version again.
+// behind its back stays removed), except when its prune lists the
+// directory (an engine's first): then every live version is saved again,
+// as it is when the whole directory of copies is gone.
 func TestSaveVersionsOnlyNew(t *testing.T) {
 	e := newEngine(t, nil)
 	writeRaw(t, e, "wild", wildConf, wildMap)
 	writeRaw(t, e, "shop", shopV1, shopMap)
 	g1 := publish(t, e).Generation
 	wildConfPath, _, _ := e.versionPaths(g1.Fragments["wild"])
-	if err := os.Remove(wildConfPath); err != nil {
-		t.Fatalf("wild's version was not saved: %v", err)
+	removeWild := func() {
+		t.Helper()
+		if err := os.Remove(wildConfPath); err != nil {
+			t.Fatalf("wild's version was not saved: %v", err)
+		}
 	}
+	removeWild()
 	writeRaw(t, e, "shop", shopV2, shopMap)
 	g2 := publish(t, e).Generation
 	shopConfPath, _, _ := e.versionPaths(g2.Fragments["shop"])
@@ -229,10 +234,17 @@ func TestSaveVersionsOnlyNew(t *testing.T) {
 	if _, err := os.Stat(wildConfPath); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("wild's version, live in the newest generation, was looked at again: %v", err)
 	}
+	fresh := New(e.S)
+	writeRaw(t, fresh, "shop", shopV1, shopMap)
+	publish(t, fresh)
+	if _, err := os.Stat(wildConfPath); err != nil {
+		t.Fatalf("the first publish of a new engine did not save wild's copy again: %v", err)
+	}
+	removeWild()
 	if err := os.RemoveAll(e.state().Versions()); err != nil {
 		t.Fatal(err)
 	}
-	writeRaw(t, e, "shop", shopV1, shopMap)
+	writeRaw(t, e, "shop", shopV2, shopMap)
 	publish(t, e)
 	if _, err := os.Stat(wildConfPath); err != nil {
 		t.Fatalf("after the copies were removed, wild's version was not saved again: %v", err)
@@ -329,30 +341,5 @@ func TestVersionsPrunedWithoutListing(t *testing.T) {
 	publish(t, fresh)
 	if _, err := os.Stat(foreign); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("kept after generation 3 was pruned: %v", err)
-	}
-}
-
-// TestVersionsSavedAgainWhenListed: a copy of a live version removed by
-// hand is not looked for on every publish, but is saved again by the
-// next publish whose prune lists the directory (an engine's first).
-func TestVersionsSavedAgainWhenListed(t *testing.T) {
-	e := newEngine(t, nil)
-	writeRaw(t, e, "wild", wildConf, wildMap)
-	writeRaw(t, e, "shop", shopV1, shopMap)
-	g := publish(t, e).Generation
-	confPath, _, _ := e.versionPaths(g.Fragments["wild"])
-	if err := os.Remove(confPath); err != nil {
-		t.Fatal(err)
-	}
-	writeRaw(t, e, "shop", shopV2, shopMap)
-	publish(t, e)
-	if _, err := os.Stat(confPath); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("wild's copy was looked for by a publish that did not list: %v", err)
-	}
-	fresh := New(e.S)
-	writeRaw(t, fresh, "shop", shopV1, shopMap)
-	publish(t, fresh)
-	if _, err := os.Stat(confPath); err != nil {
-		t.Fatalf("the first publish of a new engine did not save wild's copy again: %v", err)
 	}
 }
