@@ -77,23 +77,35 @@ func NewFileCache() *FileCache { return &FileCache{m: map[string]cachedPart{}} }
 const racyWindow = time.Second
 
 type cachedPart struct {
-	id      fileID
+	id      FileID
 	readAt  time.Time
 	data    []byte
 	modTime time.Time
 }
 
-type fileID struct {
+// FileID is what lstat says identifies one version of a file: device,
+// inode, size, modification and change times.
+type FileID struct {
 	dev, ino           uint64
 	size, mtime, ctime int64
 }
 
-func idOf(fi fs.FileInfo) (fileID, bool) {
+// IdentityOf returns fi's FileID; false when fi has no stat data.
+func IdentityOf(fi fs.FileInfo) (FileID, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return FileID{}, false
+	}
+	return FileID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
+}
+
+// idOf is IdentityOf for a fragment part: a regular file with one link.
+func idOf(fi fs.FileInfo) (FileID, bool) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok || !fi.Mode().IsRegular() || st.Nlink != 1 {
-		return fileID{}, false
+		return FileID{}, false
 	}
-	return fileID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
+	return IdentityOf(fi)
 }
 
 // lookup returns the cached bytes of path when the file there is still the
@@ -245,14 +257,14 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 		}
 	}
 	var parts []*part
-	byName := map[string]*Stored{}
+	results := map[string]*nameResult{} // the names read, by name
 	add := func(name, file string, conf bool) {
-		st := byName[name]
-		if st == nil {
-			st = &Stored{Name: name}
-			byName[name] = st
+		r := results[name]
+		if r == nil {
+			r = &nameResult{st: &Stored{Name: name}}
+			results[name] = r
 		}
-		parts = append(parts, &part{st: st, path: filepath.Join(s.Dir, file), conf: conf})
+		parts = append(parts, &part{st: r.st, path: filepath.Join(s.Dir, file), conf: conf})
 	}
 	if names == nil {
 		for _, file := range v.files {
@@ -268,10 +280,9 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 		}
 	} else {
 		for name := range names {
-			for _, conf := range []bool{true, false} {
-				file := filepath.Base(s.path(name, conf))
+			for _, file := range []string{name + ConfSuffix, name + MapSuffix} {
 				if _, listed := slices.BinarySearch(v.files, file); listed {
-					add(name, file, conf)
+					add(name, file, file == name+ConfSuffix)
 				}
 			}
 		}
@@ -304,13 +315,8 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 			}
 		}
 	}
-	results := map[string]*nameResult{}
 	for _, p := range parts {
 		r := results[p.st.Name]
-		if r == nil {
-			r = &nameResult{st: p.st}
-			results[p.st.Name] = r
-		}
 		if p.err != nil {
 			// one unreadable or refused file (a symlink, a FIFO, a wrong
 			// mode, too big) keeps its own fragment out, not every tenant

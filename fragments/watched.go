@@ -30,7 +30,7 @@ type listing struct {
 	result  *readResult     // the last ReadAll's, for the next to continue
 	// suspended: the directory was replaced, or its path leads elsewhere
 	// now; its watch may be on the old one, so nothing is trusted (every
-	// read is whole, as without a watch) until Rewatched
+	// read is whole, as without a watch) until Rewatched(true)
 	suspended bool
 }
 
@@ -64,25 +64,16 @@ func (c *FileCache) Watch(dir string) {
 	l.forget()
 }
 
-// Rewatched reports that the directory's watch was (re)added: what
-// changed before went unreported, and the directory now watched is the
-// one the path leads to. The next ReadAll lists and looks at everything,
-// and its listing is trusted again.
-func (c *FileCache) Rewatched() {
+// Rewatched reports that the directory's watch was (re)added, or with
+// added false that it could not be. What changed before went unreported:
+// the next ReadAll lists and looks at everything. Once added, the
+// directory now watched is the one the path leads to, and that listing is
+// trusted again; until then every read is whole.
+func (c *FileCache) Rewatched(added bool) {
 	l := &c.listing
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.suspended = false
-	l.forget()
-}
-
-// Unwatched reports that the directory's watch could not be (re)added:
-// nothing is trusted, every read is whole, until Rewatched.
-func (c *FileCache) Unwatched() {
-	l := &c.listing
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.suspended = true
+	l.suspended = !added
 	l.forget()
 }
 
@@ -122,8 +113,12 @@ func (c *FileCache) listed(dir string) bool {
 	l := &c.listing
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.watched && l.dir == dir && l.files != nil
+	return l.trusts(dir)
 }
+
+// trusts reports whether l holds a listing of dir to trust. The caller
+// holds mu.
+func (l *listing) trusts(dir string) bool { return l.watched && l.dir == dir && l.files != nil }
 
 // forget drops the listing. The caller holds mu.
 func (l *listing) forget() {
@@ -152,7 +147,7 @@ func (s *Store) list() (*dirView, error) {
 	}
 	l := &s.Files.listing
 	l.mu.Lock()
-	if l.watched && l.dir == s.Dir && l.files != nil {
+	if l.trusts(s.Dir) {
 		if id, ok := statDir(s.Dir); !ok || id != l.dirID {
 			// the path leads to another directory (a parent renamed or
 			// a symlink on the way retargeted), which no watch reports
@@ -160,7 +155,7 @@ func (s *Store) list() (*dirView, error) {
 			l.suspended = true
 		}
 	}
-	if l.watched && l.dir == s.Dir && l.files != nil {
+	if l.trusts(s.Dir) {
 		defer l.mu.Unlock()
 		changed := l.changed
 		l.changed = map[string]bool{}

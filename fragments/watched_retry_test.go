@@ -27,6 +27,17 @@ func readOutcome(t *testing.T, s *Store) string {
 	return b.String()
 }
 
+// matchesWhole fails the test unless the watched store reads what the
+// whole one does, when saying when; it returns that read.
+func matchesWhole(t *testing.T, watched, whole *Store, when string) string {
+	t.Helper()
+	got, want := readOutcome(t, watched), readOutcome(t, whole)
+	if got != want {
+		t.Fatalf("%s: watched\n%s\nwhole\n%s", when, got, want)
+	}
+	return got
+}
+
 // watchedAndWhole returns a watched store, read once, and an unwatched
 // store of the same directory.
 func watchedAndWhole(t *testing.T) (watched, whole *Store) {
@@ -52,15 +63,13 @@ func TestWatchedReadAllRetriesHardLinkedPart(t *testing.T) {
 	if err := os.Link(filepath.Join(s.Dir, "a.cfg"), other); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := readOutcome(t, s), readOutcome(t, whole); got != want || !strings.Contains(got, "hard links") {
-		t.Fatalf("with the second link: watched\n%s\nwhole\n%s", got, want)
+	if got := matchesWhole(t, s, whole, "with the second link"); !strings.Contains(got, "hard links") {
+		t.Fatalf("with the second link: read\n%s", got)
 	}
 	if err := os.Remove(other); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := readOutcome(t, s), readOutcome(t, whole); got != want {
-		t.Fatalf("after the second link was removed: watched\n%s\nwhole\n%s", got, want)
-	}
+	matchesWhole(t, s, whole, "after the second link was removed")
 }
 
 // TestWatchedReadAllRetriesTransientError: a part that could not be
@@ -94,9 +103,7 @@ func TestWatchedReadAllRetriesTransientError(t *testing.T) {
 	if rerr != nil || len(ps) == 0 || !strings.Contains(ps[0].Msg, "too many open files") {
 		t.Fatalf("the read out of descriptors: %v %v", rerr, ps)
 	}
-	if got, want := readOutcome(t, s), readOutcome(t, whole); got != want {
-		t.Fatalf("once descriptors are free again: watched\n%s\nwhole\n%s", got, want)
-	}
+	matchesWhole(t, s, whole, "once descriptors are free again")
 }
 
 // TestWatchedReadAllHonoursMaxBytes: stores sharing a watched cache may
@@ -108,19 +115,15 @@ func TestWatchedReadAllHonoursMaxBytes(t *testing.T) {
 	writeRaw(t, s.Dir, "a.cfg", "backend aaaaaaaaaaaaaaaa\n")
 	writeRaw(t, s.Dir, "b.cfg", "backend b\n")
 	s.MaxBytes, whole.MaxBytes = 10, 10
-	if got, want := readOutcome(t, s), readOutcome(t, whole); got != want || !strings.Contains(got, "over the limit") {
-		t.Fatalf("at 10 bytes: watched\n%s\nwhole\n%s", got, want)
+	if got := matchesWhole(t, s, whole, "at 10 bytes"); !strings.Contains(got, "over the limit") {
+		t.Fatalf("at 10 bytes: read\n%s", got)
 	}
 	raised := &Store{Dir: s.Dir, StateDir: s.StateDir, MaxBytes: 1000, Files: s.Files}
 	whole.MaxBytes = 1000
-	if got, want := readOutcome(t, raised), readOutcome(t, whole); got != want {
-		t.Fatalf("at 1000 bytes: watched\n%s\nwhole\n%s", got, want)
-	}
+	matchesWhole(t, raised, whole, "at 1000 bytes")
 	lowered := &Store{Dir: s.Dir, StateDir: s.StateDir, MaxBytes: 5, Files: s.Files}
 	whole.MaxBytes = 5
-	if got, want := readOutcome(t, lowered), readOutcome(t, whole); got != want {
-		t.Fatalf("at 5 bytes: watched\n%s\nwhole\n%s", got, want)
-	}
+	matchesWhole(t, lowered, whole, "at 5 bytes")
 }
 
 // TestWatchedReadAllOtherDirSharingCache: a store of another directory
@@ -135,9 +138,7 @@ func TestWatchedReadAllOtherDirSharingCache(t *testing.T) {
 	readOutcome(t, other)
 	writeRaw(t, s.Dir, "b.cfg", "backend b\n")
 	s.Files.Changed(filepath.Join(s.Dir, "b.cfg"))
-	if got, want := readOutcome(t, s), readOutcome(t, whole); got != want {
-		t.Fatalf("after a read of another directory: watched\n%s\nwhole\n%s", got, want)
-	}
+	matchesWhole(t, s, whole, "after a read of another directory")
 }
 
 // TestWatchedReadAllRetriesHardLinkedSibling: two parts in the store
@@ -150,14 +151,12 @@ func TestWatchedReadAllRetriesHardLinkedSibling(t *testing.T) {
 	if err := os.Link(filepath.Join(s.Dir, "a.cfg"), filepath.Join(s.Dir, "b.cfg")); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := readOutcome(t, s), readOutcome(t, whole); got != want || strings.Count(got, "hard links") != 2 {
-		t.Fatalf("linked: watched\n%s\nwhole\n%s", got, want)
+	if got := matchesWhole(t, s, whole, "linked"); strings.Count(got, "hard links") != 2 {
+		t.Fatalf("linked: read\n%s", got)
 	}
 	if err := os.Remove(filepath.Join(s.Dir, "b.cfg")); err != nil {
 		t.Fatal(err)
 	}
 	s.Files.Changed(filepath.Join(s.Dir, "b.cfg"))
-	if got, want := readOutcome(t, s), readOutcome(t, whole); got != want {
-		t.Fatalf("after b.cfg was removed: watched\n%s\nwhole\n%s", got, want)
-	}
+	matchesWhole(t, s, whole, "after b.cfg was removed")
 }

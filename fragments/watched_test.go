@@ -80,16 +80,16 @@ func TestWatchedFileCache(t *testing.T) {
 	if got := readConfs(t, s); got["a"] != "backend A4\n" {
 		t.Fatalf("a listing was trusted before the directory was watched again: %v", got)
 	}
-	s.Files.Rewatched()
+	s.Files.Rewatched(true)
 	readConfs(t, s)
 	writeRaw(t, s.Dir, "a.cfg", "backend A5\n")
 	if got := readConfs(t, s); got["a"] != "backend A4\n" {
 		t.Fatalf("after Rewatched the listing is not trusted again: %v", got)
 	}
 	// a watch that could not be added: every read is whole again
-	s.Files.Unwatched()
+	s.Files.Rewatched(false)
 	if got := readConfs(t, s); got["a"] != "backend A5\n" {
-		t.Fatalf("after Unwatched: %v", got)
+		t.Fatalf("after Rewatched(false): %v", got)
 	}
 	writeRaw(t, s.Dir, "a.cfg", "backend A6\n")
 	if got := readConfs(t, s); got["a"] != "backend A6\n" {
@@ -242,8 +242,6 @@ func TestWatchedReadAllMatchesWholeRead(t *testing.T) {
 			}
 		}
 		s.Files.Changed(path)
-		if got, want := readOutcome(t, s), readOutcome(t, whole); got != want {
-			t.Fatalf("step %d, %s %s: the watched read\n%s\nthe whole read\n%s", step, file, what, got, want)
-		}
+		matchesWhole(t, s, whole, fmt.Sprintf("step %d, %s %s", step, file, what))
 	}
 }

@@ -78,7 +78,7 @@ type ParseCache struct {
 	// servedMap is the last generation host map parsed by servedDomains
 	servedMap struct {
 		path string
-		id   fileIdentity
+		id   fragments.FileID
 		m    map[string][]string
 	}
 }
@@ -150,17 +150,18 @@ func (c *ParseCache) forgetVersionsOnDisk() {
 func (c *ParseCache) savedVersion(names ...string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.onDisk == nil {
+		return // unknown: the next prune lists the directory
+	}
 	for _, name := range names {
-		if c.onDisk != nil {
-			c.onDisk[name] = true
-		}
+		c.onDisk[name] = true
 	}
 }
 
 // served returns the fragments' domains of the generation host map at
 // path when lstat (fi) finds the file that was parsed; nil otherwise.
 func (c *ParseCache) served(path string, fi fs.FileInfo) map[string][]string {
-	id, ok := identity(fi)
+	id, ok := fragments.IdentityOf(fi)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !ok || c.servedMap.path != path || c.servedMap.id != id {
@@ -170,7 +171,7 @@ func (c *ParseCache) served(path string, fi fs.FileInfo) map[string][]string {
 }
 
 func (c *ParseCache) keepServed(path string, fi fs.FileInfo, m map[string][]string) {
-	id, ok := identity(fi)
+	id, ok := fragments.IdentityOf(fi)
 	if !ok {
 		return
 	}
@@ -204,23 +205,9 @@ func (c *ParseCache) keepVersion(k versionKey, f *assemble.Fragment) {
 // cachedGeneration is a meta.json as read, with what lstat said of it,
 // and when it was last used (a count of the uses of the cache).
 type cachedGeneration struct {
-	id   fileIdentity
+	id   fragments.FileID
 	g    *Generation
 	used uint64
-}
-
-// fileIdentity is what lstat says identifies one version of a file.
-type fileIdentity struct {
-	dev, ino           uint64
-	size, mtime, ctime int64
-}
-
-func identity(fi fs.FileInfo) (fileIdentity, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fileIdentity{}, false
-	}
-	return fileIdentity{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, true
 }
 
 // maxCachedGenerations bounds the metadata kept: a publish reads the
@@ -233,7 +220,7 @@ func (c *ParseCache) generation(path string, fi fs.FileInfo) *Generation {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cg, ok := c.gens[path]
-	if id, ok2 := identity(fi); ok && ok2 && cg.id == id {
+	if id, ok2 := fragments.IdentityOf(fi); ok && ok2 && cg.id == id {
 		c.genUses++
 		cg.used = c.genUses
 		c.gens[path] = cg
@@ -244,7 +231,7 @@ func (c *ParseCache) generation(path string, fi fs.FileInfo) *Generation {
 
 // keepGeneration caches g, read from path, which lstat described as fi.
 func (c *ParseCache) keepGeneration(path string, fi fs.FileInfo, g *Generation) {
-	id, ok := identity(fi)
+	id, ok := fragments.IdentityOf(fi)
 	if !ok {
 		return
 	}

@@ -331,10 +331,11 @@ func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapO
 	if err := e.writeLive(out); err != nil {
 		return nil, err
 	}
-	if err := e.prune(); err != nil {
+	kept, err := e.prune()
+	if err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
-	if err := e.pruneVersions(g, sel.reference); err != nil {
+	if err := e.pruneVersions(g, sel.reference, kept); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
 	return &Published{Generation: g, Changed: true, Selection: sel, Excluded: excluded, Deferred: deferred}, nil
@@ -514,26 +515,29 @@ func (e *Engine) latestGeneration() (*Generation, error) {
 }
 
 // prune removes the oldest generations beyond KeepGenerations, except
-// one a rollback holds and the one HAProxy serves.
-func (e *Engine) prune() error {
+// one a rollback holds and the one HAProxy serves, and returns the
+// numbers of the generations kept.
+func (e *Engine) prune() (kept []int, err error) {
 	nums, err := e.generationNumbers()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	hold, err := e.CurrentHold()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	serving := e.Serving()
-	for _, n := range nums[:max(0, len(nums)-e.S.KeepGenerations)] {
+	old := max(0, len(nums)-e.S.KeepGenerations)
+	for _, n := range nums[:old] {
 		if hold != nil && hold.Generation == n || n == serving {
-			continue // the daemon serves it or must be able to go back to it
+			kept = append(kept, n) // the daemon serves it or must be able to go back to it
+			continue
 		}
 		if err := os.RemoveAll(e.state().Generation(n)); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return append(kept, nums[old:]...), nil
 }
 
 // Info is one line of "list".

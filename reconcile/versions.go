@@ -147,14 +147,14 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 
 // pruneVersions removes the copies no generation kept may fall back to.
 // g is the generation just written, reference the one HAProxy served when
-// it was (a publish runs under no hold: a held generation is the served
+// it was, kept the numbers of the generations prune kept (a publish runs under no hold: a held generation is the served
 // one by the time the next prune runs). A copy either of them wants
 // stays. One they no longer want may still be wanted by an older kept
 // generation, which a rollback can make the served one again: it is
 // removed only once the newest generation that had it, g's predecessor
 // when it left, has been pruned, and with it every older one but the
 // served.
-func (e *Engine) pruneVersions(g *Generation, reference map[string]string) error {
+func (e *Engine) pruneVersions(g *Generation, reference map[string]string, kept []int) error {
 	// by name, not path: at 10,000 fragments this runs for 40,000 of them
 	// on each publish
 	wanted := map[string]bool{}
@@ -167,10 +167,6 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string) error
 	}
 	want(g.Fragments)
 	want(reference)
-	nums, err := e.generationNumbers()
-	if err != nil {
-		return err
-	}
 	// The copies on disk are those wanted by the last prune plus those
 	// saved since: the engines sharing this cache (a daemon's) remove what
 	// that leaves out without listing the directory, which at 10,000
@@ -191,18 +187,16 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string) error
 			onDisk[i] = ent.Name()
 		}
 	}
-	kept := make(map[string]bool, len(wanted))
-	for name := range wanted {
-		kept[name] = true
-	}
+	// wanted becomes the copies on disk after this prune: those waiting
+	// their turn join it
 	for _, name := range onDisk {
 		if wanted[name] {
 			continue
 		}
 		// a copy first seen unwanted (a process's first prune, a file
 		// another process saved) counts as left now: it waits its turn
-		if at := e.Parses.versionLeft(name, g.Number-1); slices.Contains(nums, at) {
-			kept[name] = true
+		if at := e.Parses.versionLeft(name, g.Number-1); slices.Contains(kept, at) {
+			wanted[name] = true
 			continue
 		}
 		if err := os.Remove(filepath.Join(e.state().Versions(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -210,7 +204,7 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string) error
 			return err
 		}
 	}
-	e.Parses.setVersionsOnDisk(kept)
+	e.Parses.setVersionsOnDisk(wanted)
 	return nil
 }
 

@@ -437,13 +437,7 @@ func (d *Daemon) watch() error {
 	if d.parses != nil {
 		// what changed before a watch was (re)added went unreported; a
 		// store whose watch could not be added is read whole each time
-		defer func() {
-			if storeWatched {
-				d.parses.Files.Rewatched()
-			} else {
-				d.parses.Files.Unwatched()
-			}
-		}()
+		defer func() { d.parses.Files.Rewatched(storeWatched) }()
 	}
 	dirs := []string{d.s.FragmentsDir, filepath.Dir(d.s.FragmentsDir), filepath.Dir(d.s.BaseConfig), d.s.StateDir}
 	for _, dir := range dirs {

@@ -31,7 +31,7 @@ func watchedStore(t *testing.T, dir string) *fragments.Store {
 			t.Fatal(err)
 		}
 	}
-	s.Files.Rewatched()
+	s.Files.Rewatched(true)
 	return s
 }
 
