@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"haproxy-config/internal/testkit"
+	"haproxy-config/watcher"
 )
 
 // Concurrent writers: writerCount tenants change their own fragment
@@ -145,10 +147,14 @@ func BenchmarkWriters(b *testing.B) {
 			idleCPU0, _, _ := procTimes(b, d.pid())
 			time.Sleep(2 * time.Second)
 			idleCPU1, _, idleRSS := procTimes(b, d.pid())
-			for _, kind := range []string{"config", "map-only"} {
-				b.Run(kind, func(b *testing.B) {
+			for _, run := range []struct{ kind, via string }{{"config", "cli"}, {"map-only", "cli"}, {"map-only", "socket"}} {
+				name := run.kind
+				if run.via == "socket" {
+					name += "/socket"
+				}
+				b.Run(name, func(b *testing.B) {
 					for b.Loop() {
-						in.writersBurst(b, d, dir, names, kind, checks)
+						in.writersBurst(b, d, dir, names, run.kind, run.via, checks)
 					}
 					b.ReportMetric(float64(idleRSS)/1024, "idle-rss-MB")
 					b.ReportMetric(100*(idleCPU1-idleCPU0).Seconds()/2, "idle-cpu-%")
@@ -159,8 +165,11 @@ func BenchmarkWriters(b *testing.B) {
 }
 
 // writersBurst runs one burst of the writers' changes of kind and reports
-// its metrics.
-func (in *install) writersBurst(b *testing.B, d *daemon, dir string, names []string, kind string, checks func() int) {
+// its metrics. Each writer is a CLI process per change (via "cli"), or
+// with via "socket" a connection per change to the daemon's API socket
+// from this process: the daemon's own rate, without the 20 processes
+// competing with it for the cores.
+func (in *install) writersBurst(b *testing.B, d *daemon, dir string, names []string, kind, via string, checks func() int) {
 	checks0, reloads0 := checks(), in.status(b).Counts.Reloads
 	cpu0, _, _ := procTimes(b, d.pid())
 	stopRSS := rssSampler(d.pid())
@@ -202,10 +211,8 @@ func (in *install) writersBurst(b *testing.B, d *daemon, dir string, names []str
 					return
 				}
 				t := time.Now()
-				cmd := exec.Command(binary, "apply", name, conf, hostsFile)
-				cmd.Env = childEnv(in.env)
-				if out, err := cmd.CombinedOutput(); err != nil {
-					errs <- fmt.Errorf("%s change %d: %v\n%s", name, i, err, out)
+				if err := in.writerApply(via, name, conf, hostsFile); err != nil {
+					errs <- fmt.Errorf("%s change %d: %w", name, i, err)
 					return
 				}
 				answers[w] = append(answers[w], time.Since(t))
@@ -241,4 +248,32 @@ func (in *install) writersBurst(b *testing.B, d *daemon, dir string, names []str
 	b.ReportMetric(ms(all[len(all)-1]), "answer-max-ms")
 	b.ReportMetric(float64(peak)/1024, "burst-peak-rss-MB")
 	b.ReportMetric((cpu1 - cpu0).Seconds(), "burst-cpu-s")
+}
+
+// writerApply applies name's conf and hosts files, by the CLI or over the
+// API socket.
+func (in *install) writerApply(via, name, conf, hosts string) error {
+	if via == "cli" {
+		cmd := exec.Command(binary, "apply", name, conf, hosts)
+		cmd.Env = childEnv(in.env)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%v\n%s", err, out)
+		}
+		return nil
+	}
+	req := &watcher.Request{Op: watcher.OpApply, Name: name, ConfFile: conf, MapFile: hosts}
+	var err error
+	if req.Conf, err = os.ReadFile(conf); err != nil {
+		return err
+	}
+	if req.Map, err = os.ReadFile(hosts); err != nil {
+		return err
+	}
+	c, err := watcher.Dial(in.apiSocket())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Send(context.Background(), req)
+	return err
 }
