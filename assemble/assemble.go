@@ -68,62 +68,25 @@ type Options struct {
 // incumbents: when two collide, the later one is blamed, so callers list
 // what is already live first and the newcomer last.
 func Check(base *Base, frags []*Fragment, opt Options) Problems {
-	var ps Problems
-	type key struct{ namespace, name string }
-	type owner struct {
-		loc  Location
-		kind string
-	}
+	ps, _ := checkAll(base, frags, opt)
+	return ps
+}
+
+// checkAll is Check, returning the index it built as well.
+func checkAll(base *Base, frags []*Fragment, opt Options) (Problems, *index) {
 	entries := 0
 	for _, f := range frags {
 		entries += len(f.Map)
 	}
-	sections := make(map[key]owner, len(base.Sections)+len(frags)*2)
-	baseBackends := map[string]bool{}
-	for _, s := range base.Sections {
-		if s.Name == "" {
-			continue
-		}
-		sections[key{s.Namespace(), s.Name}] = owner{Location{File: base.File, Line: s.Line}, s.Kind}
-		if s.IsBackend() && opt.Exports[s.Name] {
-			baseBackends[s.Name] = true
-		}
-	}
-	anyBackend := make(map[string]bool, len(frags)) // for CrossRefs
+	ix := newIndex(base, opt, len(frags), entries)
+	var ps Problems
 	for _, f := range frags {
-		for _, s := range f.Sections {
-			k := key{s.Namespace(), s.Name}
-			if prev, ok := sections[k]; ok {
-				here := Location{Fragment: f.Name, File: f.ConfFile, Line: s.Line}
-				ps = append(ps, Problemf(here, "%s %q is already defined as %s by %s", s.Kind, s.Name, prev.kind, prev.loc))
-				continue
-			}
-			sections[k] = owner{Location{Fragment: f.Name, File: f.ConfFile, Line: s.Line}, s.Kind}
-			if s.IsBackend() {
-				anyBackend[s.Name] = true
-			}
-		}
+		ps = ix.addSections(f, ps)
 	}
-	domains := make(map[string]Location, entries)
 	for _, f := range frags {
-		for _, e := range f.Map {
-			here := Location{Fragment: f.Name, File: f.MapFile, Line: e.Line}
-			if prev, ok := domains[e.Domain]; ok {
-				ps = append(ps, Problemf(here, "domain %q is already mapped by %s", e.Domain, prev))
-			} else {
-				domains[e.Domain] = here
-			}
-			switch {
-			case f.defines(e.Backend) || baseBackends[e.Backend]:
-			case opt.CrossRefs && anyBackend[e.Backend]:
-			case opt.CrossRefs:
-				ps = append(ps, Problemf(here, "domain %q routes to backend %q, which no fragment defines and the base config does not export", e.Domain, e.Backend))
-			default:
-				ps = append(ps, Problemf(here, "domain %q routes to backend %q, which this fragment does not define and the base config does not export (HAPROXY_CONFIG_EXPORTS)", e.Domain, e.Backend))
-			}
-		}
+		ps = ix.addDomains(f, ps)
 	}
-	return ps
+	return ps, ix
 }
 
 // defines reports whether f has a backend (or listen) called name.

@@ -75,6 +75,9 @@ type ParseCache struct {
 	// left are the copies on disk no longer wanted by the newest or the
 	// served generation, each with the newest generation that had it
 	left map[string]int
+	// checker checks the sets of the engines sharing the cache: nearly the
+	// same set again and again, one change apart
+	checker assemble.Checker
 	// servedMap is the last generation host map parsed by servedDomains
 	servedMap struct {
 		path string
@@ -291,6 +294,12 @@ func New(s *settings.Settings) *Engine {
 	}
 }
 
+// crossCheck is assemble.Check, by the checker the engines sharing the
+// parse cache share.
+func (e *Engine) crossCheck(base *assemble.Base, frags []*assemble.Fragment) assemble.Problems {
+	return e.Parses.checker.Check(base, frags, e.options())
+}
+
 func (e *Engine) options() assemble.Options {
 	return assemble.Options{CrossRefs: e.S.CrossRefs, Exports: e.exports()}
 }
@@ -424,7 +433,7 @@ type Verdict struct {
 
 // validate checks a set as a whole: the cross-fragment rules, then build.
 func (e *Engine) validate(ctx context.Context, base *assemble.Base, frags []*assemble.Fragment, trustCache bool) (*Verdict, error) {
-	if ps := assemble.Check(base, frags, e.options()); len(ps) > 0 {
+	if ps := e.crossCheck(base, frags); len(ps) > 0 {
 		return &Verdict{Errors: ps}, nil
 	}
 	return e.build(ctx, base, frags, trustCache)

@@ -30,7 +30,7 @@ var ErrNeedsReload = errors.New("the stored changes need a reload")
 // mapOnly tells which way it went; on that way nothing is assembled, and
 // the verdict's Output is nil.
 func (e *Engine) validateChange(ctx context.Context, sel *Selection, frags []*assemble.Fragment) (v *Verdict, mapOnly bool, err error) {
-	if ps := assemble.Check(sel.Base, frags, e.options()); len(ps) > 0 {
+	if ps := e.crossCheck(sel.Base, frags); len(ps) > 0 {
 		return &Verdict{Errors: ps}, false, nil
 	}
 	if sel.Verdict != nil && len(sel.Verdict.Errors) == 0 && sameConfig(sel.Live, frags) && e.mapReadAsStrings(sel.Base.Text) {
@@ -182,7 +182,7 @@ func (e *Engine) rejectedByDeferral(sel *Selection, rejectedBefore map[string]bo
 		return false
 	}
 	candidates := slices.DeleteFunc(slices.Clone(stored), func(f *assemble.Fragment) bool { return rejectedBefore[f.Name] })
-	blamed := assemble.Check(sel.Base, candidates, e.options()).Fragments()
+	blamed := e.crossCheck(sel.Base, candidates).Fragments()
 	for _, name := range fresh {
 		if !slices.Contains(blamed, name) {
 			return true

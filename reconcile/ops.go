@@ -108,11 +108,11 @@ func (e *Engine) orphanCheck(sel *Selection, name string, next []*assemble.Fragm
 		return nil
 	}
 	before := map[string]bool{}
-	for _, p := range assemble.Check(sel.Base, sel.Live, e.options()) {
+	for _, p := range e.crossCheck(sel.Base, sel.Live) {
 		before[p.Error()] = true
 	}
 	var broken assemble.Problems
-	for _, p := range assemble.Check(sel.Base, next, e.options()) {
+	for _, p := range e.crossCheck(sel.Base, next) {
 		if p.Fragment != name && !before[p.Error()] {
 			broken = append(broken, p)
 		}
@@ -572,7 +572,7 @@ func (e *Engine) List() ([]Info, error) {
 	for _, ev := range history {
 		last[ev.Name] = ev
 	}
-	for _, p := range assemble.Check(sel.Base, sel.candidates(), e.options()) {
+	for _, p := range e.crossCheck(sel.Base, sel.candidates()) {
 		sel.Rejected[p.Fragment] = append(sel.Rejected[p.Fragment], p)
 	}
 	names := make([]string, 0, len(sel.Stored))
