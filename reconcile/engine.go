@@ -75,6 +75,8 @@ type ParseCache struct {
 	// left are the copies on disk no longer wanted by the newest or the
 	// served generation, each with the newest generation that had it
 	left map[string]int
+	// configs are the configs build assembled last (configs.go)
+	configs []builtConfig
 	// checker checks the sets of the engines sharing the cache: nearly the
 	// same set again and again, one change apart
 	checker assemble.Checker
@@ -426,9 +428,22 @@ func (e *Engine) writeTree(dir string, out *assemble.Output) (cfg, hostMap strin
 
 // Verdict is the outcome of validating one set of fragments.
 type Verdict struct {
+	// Output is the set assembled; nil when it has errors, and until
+	// built when the known-valid cache answered without assembling it
 	Output   *assemble.Output
 	Errors   assemble.Problems // empty when the set is valid
 	Warnings assemble.Problems
+	// the base and set a valid verdict is for, until built
+	base  *assemble.Base
+	frags []*assemble.Fragment
+}
+
+// built returns v's Output, assembling it first if it is not yet.
+func (v *Verdict) built() *assemble.Output {
+	if v.Output == nil && v.base != nil {
+		v.Output = assemble.Build(v.base, v.frags)
+	}
+	return v.Output
 }
 
 // validate checks a set as a whole: the cross-fragment rules, then build.
@@ -450,8 +465,29 @@ func (e *Engine) build(ctx context.Context, base *assemble.Base, frags []*assemb
 	if err := certs.EnsureFiles(e.S.FallbackCert(), e.S.CrtList()); err != nil {
 		return nil, &reload.EnvError{Err: err}
 	}
+	id, identified := configID(base, frags)
+	if trustCache && identified {
+		if b, ok := e.Parses.built(id); ok && b.asStrings {
+			key, err := e.validKey(b.digest, nil)
+			if err != nil {
+				return nil, err
+			}
+			if e.knownValid(key) {
+				return &Verdict{base: base, frags: slices.Clone(frags)}, nil
+			}
+		}
+	}
 	out := assemble.Build(base, frags)
-	key, err := e.validKey(out)
+	b := builtConfig{id: id, digest: sha256.Sum256(out.Config), asStrings: e.mapReadAsStrings(out.Config)}
+	if identified {
+		e.Parses.rememberBuilt(b)
+	}
+	var judged []byte
+	if !b.asStrings {
+		// haproxy -c judges the map's lines too (maponly.go)
+		judged = out.Map
+	}
+	key, err := e.validKey(b.digest, judged)
 	if err != nil {
 		return nil, err
 	}
@@ -547,11 +583,11 @@ func rankOf(frags []*assemble.Fragment) func(string) int {
 	return func(name string) int { return pos[name] }
 }
 
-// validKey identifies an assembled output's config together with the
-// haproxy binary that judged it and the certificate files it loads, for
-// the known-valid cache. The host map is part of it only when the config
-// reads it otherwise than as plain strings (mapReadAsStrings).
-func (e *Engine) validKey(out *assemble.Output) (string, error) {
+// validKey identifies a config, by the digest of its bytes, together with
+// the haproxy binary that judged it and the certificate files it loads,
+// for the known-valid cache; and the host map, when the config reads it
+// otherwise than as plain strings (mapReadAsStrings), else nil.
+func (e *Engine) validKey(config [sha256.Size]byte, hostMap []byte) (string, error) {
 	bin, err := e.Validator.Binary()
 	if err != nil {
 		return "", err
@@ -567,11 +603,10 @@ func (e *Engine) validKey(out *assemble.Output) (string, error) {
 			fmt.Fprintf(h, "%s\x00%d\x00%d\x00", path, fi.Size(), fi.ModTime().UnixNano())
 		}
 	}
-	h.Write(out.Config)
-	if !e.mapReadAsStrings(out.Config) {
-		// haproxy -c judges the map's lines too (maponly.go)
+	h.Write(config[:])
+	if hostMap != nil {
 		h.Write([]byte{0})
-		h.Write(out.Map)
+		h.Write(hostMap)
 	}
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }

@@ -294,7 +294,7 @@ func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapO
 	if err := e.pinDomains(ctx, sel); err != nil {
 		return nil, err
 	}
-	out := sel.Verdict.Output
+	out := sel.Verdict.built()
 	if mapOnly && !e.onlyMapDiffers(sel, out) {
 		return nil, ErrNeedsReload
 	}
