@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -86,4 +87,79 @@ func HostMapFragments(data []byte) map[string][]string {
 		}
 	}
 	return out
+}
+
+// hostMapParts splits a generated host map at its fragment comments: the
+// text before the first, then each fragment's comment with its lines, by
+// the comment line.
+func hostMapParts(data []byte) map[string][]byte {
+	parts := map[string][]byte{}
+	head, start := "", 0
+	add := func(text []byte) {
+		if prev, ok := parts[head]; ok {
+			text = append(slices.Clip(prev), text...)
+		}
+		parts[head] = text
+	}
+	for at := 0; at < len(data); {
+		end := bytes.IndexByte(data[at:], '\n') + 1
+		if end == 0 {
+			end = len(data) - at
+		}
+		if line := data[at : at+end]; bytes.HasPrefix(line, []byte(fragmentComment)) {
+			add(data[start:at])
+			head, start = string(line), at
+		}
+		at += end
+	}
+	add(data[start:])
+	return parts
+}
+
+// ChangedHostMap compares two generated host maps part by part (the
+// header, then each fragment's lines) and reads only the parts that
+// differ: was holds their entries in old, now in new, each as ParseHostMap
+// reads them. Where neither map lists a key twice (HostMapEntries equals
+// the number of its entries), the keys that changed are all in was or now.
+func ChangedHostMap(file string, old, new []byte) (was, now map[string]string, err error) {
+	before, after := hostMapParts(old), hostMapParts(new)
+	var gone, came []byte
+	for head, text := range before {
+		if !bytes.Equal(after[head], text) {
+			gone = appendLines(gone, text)
+		}
+	}
+	for head, text := range after {
+		if !bytes.Equal(before[head], text) {
+			came = appendLines(came, text)
+		}
+	}
+	if was, err = ParseHostMap(file, gone); err != nil {
+		return nil, nil, err
+	}
+	if now, err = ParseHostMap(file, came); err != nil {
+		return nil, nil, err
+	}
+	return was, now, nil
+}
+
+// appendLines appends text to dst, ending its last line.
+func appendLines(dst, text []byte) []byte {
+	dst = append(dst, text...)
+	if len(dst) > 0 && dst[len(dst)-1] != '\n' {
+		dst = append(dst, '\n')
+	}
+	return dst
+}
+
+// HostMapEntries counts the lines of data that ParseHostMap reads an entry
+// from: as many as it returns when no key is listed twice.
+func HostMapEntries(data []byte) int {
+	n := 0
+	for line := range bytes.Lines(data) {
+		if line = bytes.TrimSpace(line); len(line) > 0 && line[0] != '#' {
+			n++
+		}
+	}
+	return n
 }

@@ -84,4 +84,4 @@ func (m runtimeMaps) Update(ctx context.Context) (bool, int, error) { return m.d
 
 func (m runtimeMaps) Sync(ctx context.Context) (bool, int, error) { return m.d.syncMap(ctx) }
 
-func (m runtimeMaps) Forget() { m.d.rtEntries = nil }
+func (m runtimeMaps) Forget() { m.d.rtSeen = nil }

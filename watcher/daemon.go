@@ -69,7 +69,7 @@ type Daemon struct {
 	// holding (nil when unknown), so HAProxy gets only the difference;
 	// when the burst last changed; and whether its map-only part went live
 	// (or there was none) while the rest waits for a reload token
-	rtEntries    map[string]string
+	rtSeen       *seenMap
 	lastDirty    time.Time
 	mapOnlyTried bool
 
