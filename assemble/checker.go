@@ -147,12 +147,19 @@ func (c *Checker) Check(base *Base, frags []*Fragment, opt Options) Problems {
 	}
 	c.whole++
 	ps, ix := checkAll(base, frags, opt)
-	if len(ps) == 0 {
-		c.ix, c.frags = ix, make(map[string]*Fragment, len(frags))
-		for _, f := range frags {
-			c.frags[f.Name] = f
-		}
+	if len(ps) > 0 {
+		return ps
 	}
+	byName := make(map[string]*Fragment, len(frags))
+	for _, f := range frags {
+		if _, twice := byName[f.Name]; twice {
+			// Check does not compare names; an index by name cannot
+			// take both out again
+			return ps
+		}
+		byName[f.Name] = f
+	}
+	c.ix, c.frags = ix, byName
 	return ps
 }
 

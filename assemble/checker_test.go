@@ -104,3 +104,26 @@ func TestCheckerAnswersAsCheck(t *testing.T) {
 	}
 	t.Logf("%d sets passed, %d checked whole", passed, c.whole)
 }
+
+// TestCheckerSetWithANameTwice: Check passes a set in which two fragments
+// have one name (it does not compare names); the Checker does not keep
+// such a set's index, whose entries it could not take out by name. Found
+// by a review: a later set was blamed for colliding with the fragment
+// that had gone.
+func TestCheckerSetWithANameTwice(t *testing.T) {
+	base := &Base{File: "base.cfg"}
+	frag := func(name, file, backend, domain string) *Fragment {
+		return &Fragment{Name: name, ConfFile: file + ".cfg", MapFile: file + ".map",
+			Sections: []Section{{Kind: "backend", Name: backend, Line: 1}},
+			Map:      []MapEntry{{Domain: domain, Backend: backend, Line: 1}}}
+	}
+	a1, a2 := frag("a", "a1", "be_x", "x.example"), frag("a", "a2", "be_y", "y.example")
+	b := frag("b", "b", "be_x", "x.example")
+	var c Checker
+	for i, set := range [][]*Fragment{{a1, a2}, {a2}, {a2, b}} {
+		want := Check(base, set, Options{})
+		if got := c.Check(base, set, Options{}); !reflect.DeepEqual(got, want) {
+			t.Fatalf("set %d: Checker says\n%v\nCheck says\n%v", i, got, want)
+		}
+	}
+}
