@@ -22,7 +22,10 @@ import (
 type Txn struct {
 	Writes  []StagedWrite `json:"writes,omitempty"`
 	Removes []string      `json:"removes,omitempty"`
-	Event   *Event        `json:"event,omitempty"`
+	Events  []Event       `json:"events,omitempty"` // for the history
+	// Event is where a journal written before group commits (#12) has
+	// its one event; recover reads it into Events
+	Event *Event `json:"event,omitempty"`
 }
 
 // StagedWrite renames Staged over Path.
@@ -35,8 +38,23 @@ type StagedWrite struct {
 // commit that never reached its journal can be recognised and removed.
 const stagedMark = ".hc-staged-"
 
-// Stage writes data to a hidden file next to path and adds the rename to t.
+// Stage writes data to a hidden file next to path, fsyncs it, and adds the
+// rename to t.
 func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
+	if err := t.stage(path, data, perm); err != nil {
+		return err
+	}
+	if err := Sync(t.Writes[len(t.Writes)-1].Staged); err != nil {
+		t.Writes = t.Writes[:len(t.Writes)-1]
+		return err
+	}
+	return nil
+}
+
+// stage is Stage without the fsync: a group stages every file first and
+// then fsyncs them one after the other, when each finds little left to
+// write.
+func (t *Txn) stage(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	if err := MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
@@ -48,9 +66,6 @@ func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -128,15 +143,13 @@ func (s *Store) finish(t *Txn) error {
 			return err
 		}
 	}
-	if t.Event != nil {
-		recorded, err := s.recorded(*t.Event)
+	if len(t.Events) > 0 {
+		missing, err := s.unrecorded(t.Events)
 		if err != nil {
 			return err
 		}
-		if !recorded {
-			if err := s.Record(*t.Event); err != nil {
-				return err
-			}
+		if err := s.Record(missing...); err != nil {
+			return err
 		}
 	}
 	if err := os.Remove(s.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -157,6 +170,9 @@ func (s *Store) recover() error {
 		var t Txn
 		if err := json.Unmarshal(plan, &t); err != nil {
 			return fmt.Errorf("journal %s is damaged: %w", s.journalPath(), err)
+		}
+		if t.Event != nil {
+			t.Events, t.Event = append(t.Events, *t.Event), nil
 		}
 		if err := s.finish(&t); err != nil {
 			return fmt.Errorf("finish interrupted change: %w", err)
@@ -192,30 +208,44 @@ func RemoveStaged(dir string) error {
 	return nil
 }
 
-// recorded reports whether e is already among the last lines of the
-// history, which happens when a crash came between recording an event and
-// clearing the journal.
-func (s *Store) recorded(e Event) (bool, error) {
-	line, err := json.Marshal(e)
-	if err != nil {
-		return false, err
+// unrecorded returns those of events that are not among the last lines
+// of the history yet: all of them but where a crash came between
+// recording them and clearing the journal.
+func (s *Store) unrecorded(events []Event) ([]Event, error) {
+	lines := make([][]byte, len(events))
+	size := int64(16 << 10)
+	for i, e := range events {
+		line, err := json.Marshal(e)
+		if err != nil {
+			return nil, err
+		}
+		lines[i] = append(line, '\n')
+		size += int64(len(lines[i]))
 	}
 	f, err := s.openHistory()
-	if f == nil || err != nil {
-		return false, err
+	if err != nil {
+		return nil, err
+	}
+	if f == nil {
+		return events, nil
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	const tail = 16 << 10
-	off := max(0, fi.Size()-tail)
+	off := max(0, fi.Size()-size)
 	buf, err := io.ReadAll(io.NewSectionReader(f, off, fi.Size()-off))
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	return bytes.Contains(buf, append(line, '\n')), nil
+	var missing []Event
+	for i, e := range events {
+		if !bytes.Contains(buf, lines[i]) {
+			missing = append(missing, e)
+		}
+	}
+	return missing, nil
 }
 
 // MkdirAll creates dir with perm, and the directories above it that are

@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 )
 
 // crashAt stages a new version of fragment "shop", writes the journal, and
-// performs only the first n renames, as a kill -9 in the middle would.
+// performs only the first n renames, as a kill -9 in the middle would. The
+// journal has the shape of those written before group commits (one
+// "event"), which a daemon upgraded after a crash finds.
 func crashAt(t *testing.T, s *Store, n int, record bool) {
 	t.Helper()
 	f := mustParse(t, "shop", "backend shop_v2\n", "shop.example.com shop_v2\n")
@@ -109,5 +112,128 @@ func assertNoStaged(t *testing.T, dir string) {
 		if strings.Contains(e.Name(), stagedMark) {
 			t.Errorf("staged file left behind: %s", filepath.Join(dir, e.Name()))
 		}
+	}
+}
+
+// TestWriteGroup: a group of writes and removes is made whole, with one
+// history line each in order; a removal of a fragment whose files went is
+// returned, and the rest go ahead; a group that fails before its journal
+// (a bad name) changes nothing and leaves nothing staged.
+func TestWriteGroup(t *testing.T) {
+	s := newStore(t)
+	ev := func(action, name string) *Event {
+		return &Event{Time: time.Unix(1700000000, 0).UTC(), Action: action, Name: name, Actor: "test"}
+	}
+	old := mustParse(t, "old", "backend old_web\n", "old.example.com old_web\n")
+	if err := s.Write(old, ev("apply", "old")); err != nil {
+		t.Fatal(err)
+	}
+	shop := mustParse(t, "shop", "backend shop_web\n", "shop.example.com shop_web\n")
+	blog := mustParse(t, "blog", "backend blog_web\n", "blog.example.com blog_web\n")
+	gone, err := s.WriteGroup([]GroupChange{
+		{Name: "shop", Fragment: shop, Event: ev("apply", "shop")},
+		{Name: "old", Event: ev("remove", "old")},
+		{Name: "never", Event: ev("remove", "never")},
+		{Name: "blog", Fragment: blog, Event: ev("apply", "blog")},
+	})
+	if err != nil || !slices.Equal(gone, []string{"never"}) {
+		t.Fatalf("WriteGroup: gone %v, %v; want [never]", gone, err)
+	}
+	stored, _, err := s.ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, st := range stored {
+		names = append(names, st.Name)
+	}
+	if !slices.Equal(names, []string{"blog", "shop"}) {
+		t.Fatalf("stored %v, want blog and shop", names)
+	}
+	events, err := s.History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, e := range events {
+		lines = append(lines, e.Action+" "+e.Name)
+	}
+	if want := []string{"apply old", "apply shop", "remove old", "apply blog"}; !slices.Equal(lines, want) {
+		t.Fatalf("history %v, want %v", lines, want)
+	}
+	if _, err := os.Stat(s.journalPath()); !os.IsNotExist(err) {
+		t.Errorf("journal still there: %v", err)
+	}
+
+	before, _ := os.ReadFile(s.path("shop", true))
+	changed := mustParse(t, "shop", "backend shop_v2\n", "shop.example.com shop_v2\n")
+	if _, err := s.WriteGroup([]GroupChange{{Name: "shop", Fragment: changed}, {Name: "Bad Name", Fragment: changed}}); err == nil {
+		t.Fatal("a group with a bad name was written")
+	}
+	if after, _ := os.ReadFile(s.path("shop", true)); !slices.Equal(after, before) {
+		t.Errorf("a failed group changed shop: %q", after)
+	}
+	assertNoStaged(t, s.Dir)
+}
+
+// TestJournalFinishesAnInterruptedGroup: a group's journal is finished by
+// the next Lock however far the group got, and each of its events is in
+// the history once.
+func TestJournalFinishesAnInterruptedGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		renames  int
+		recorded int
+	}{
+		{"crash before any rename", 0, 0},
+		{"crash between the fragments", 3, 0},
+		{"crash after the history lines, before clearing the journal", 4, 2},
+		{"crash after one history line", 4, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			tx := &Txn{}
+			for _, name := range []string{"shop", "blog"} {
+				f := mustParse(t, name, "backend "+name+"_v2\n", name+".example.com "+name+"_v2\n")
+				if err := tx.Stage(s.path(name, true), f.Conf, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := tx.Stage(s.path(name, false), f.MapText, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				tx.Events = append(tx.Events, Event{Time: time.Unix(1700000000, 0).UTC(), Action: "apply", Name: name, Checksum: f.Checksum, Actor: "test"})
+			}
+			plan, _ := json.Marshal(tx)
+			if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			if err := WriteFile(s.journalPath(), plan, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tx.Writes[:tc.renames] {
+				if err := os.Rename(w.Staged, w.Path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Record(tx.Events[:tc.recorded]...); err != nil {
+				t.Fatal(err)
+			}
+
+			unlock, err := s.Lock(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unlock()
+			for _, name := range []string{"shop", "blog"} {
+				if st, err := s.Read(name); err != nil || string(st.Conf) != "backend "+name+"_v2\n" {
+					t.Fatalf("after recovery, %s: %v %+v", name, err, st)
+				}
+			}
+			events, _ := s.History()
+			if len(events) != 2 || events[0].Name != "shop" || events[1].Name != "blog" {
+				t.Errorf("history = %+v, want shop's and blog's applies once each", events)
+			}
+			assertNoStaged(t, s.Dir)
+		})
 	}
 }

@@ -154,15 +154,27 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 	for m, ps := range rejected {
 		results[changes[m].op].Err = b.own(changes[m], ps)
 	}
+	// the accepted were validated together: they are stored together, in
+	// one transaction, or none is
 	slices.Sort(accepted)
+	group := make([]fragments.GroupChange, len(accepted))
 	for k, m := range accepted {
 		c := changes[m]
-		if err := e.commitOp(ops[c.op], c); err != nil {
-			// the rest were validated with this one: none of them is stored
-			for _, m := range accepted[k:] {
-				results[changes[m].op].Err = err
-			}
-			return
+		group[k] = fragments.GroupChange{Name: c.name, Fragment: c.frag, Event: opEvent(ops[c.op], c)}
+	}
+	gone, err := e.Store.WriteGroup(group)
+	if err != nil {
+		for _, m := range accepted {
+			results[changes[m].op].Err = &reload.EnvError{Err: err}
+		}
+		return
+	}
+	for _, m := range accepted {
+		c := changes[m]
+		if c.frag == nil && slices.Contains(gone, c.name) {
+			// its files went between the read and the commit
+			results[c.op].Err = fmt.Errorf("fragment %q: %w", c.name, fragments.ErrNotFound)
+			continue
 		}
 		if c.frag != nil {
 			e.hostsOK[c.frag.Checksum] = true
@@ -172,25 +184,19 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 	}
 }
 
-// commitOp writes or deletes one accepted change, recording it in the history.
-func (e *Engine) commitOp(op Op, c *batchChange) error {
+// opEvent is the history's record of an accepted change.
+func opEvent(op Op, c *batchChange) *fragments.Event {
 	actor := op.Actor
 	if actor == "" {
 		actor = fragments.Actor()
 	}
 	ev := &fragments.Event{Time: time.Now().UTC(), Action: "apply", Name: c.name, Actor: actor}
-	var err error
 	if c.frag != nil {
 		ev.Checksum = c.frag.Checksum
-		err = e.Store.Write(c.frag, ev)
 	} else {
 		ev.Action = "remove"
-		err = e.Store.Delete(c.name, ev)
 	}
-	if err != nil {
-		return &reload.EnvError{Err: err}
-	}
-	return nil
+	return ev
 }
 
 // batch is one round's state for its trials.
