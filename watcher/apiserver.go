@@ -93,7 +93,8 @@ type apiCall struct {
 	answer chan callResult
 	// state is callQueued until the writer takes the call or its caller
 	// gives up on it, whichever comes first
-	state atomic.Int32
+	state  atomic.Int32
+	queued time.Time // when it was queued
 }
 
 // callResult is the writer's answer to one call.
@@ -325,6 +326,8 @@ func (a *apiServer) SetSettings(s *settings.Settings) { a.settings.Store(s) }
 func (a *apiServer) write(ctx context.Context) {
 	var eng *reconcile.Engine
 	var engFor *settings.Settings
+	// the calls the last group answered, and when
+	answered, answeredAt := 0, time.Time{}
 	for {
 		var calls []*apiCall
 		select {
@@ -333,15 +336,7 @@ func (a *apiServer) write(ctx context.Context) {
 		case c := <-a.queue:
 			calls = append(calls, c)
 		}
-	more:
-		for {
-			select {
-			case c := <-a.queue:
-				calls = append(calls, c)
-			default:
-				break more
-			}
-		}
+		calls = gather(a.queue, calls, answered, answeredAt, time.After)
 		calls = slices.DeleteFunc(calls, func(c *apiCall) bool { return !c.state.CompareAndSwap(callQueued, callTaken) })
 		if len(calls) == 0 {
 			continue
@@ -364,9 +359,54 @@ func (a *apiServer) write(ctx context.Context) {
 				n = len(calls)
 			}
 			a.commit(ctx, eng, calls[:n])
+			answered, answeredAt = n, time.Now()
 			calls = calls[n:]
 		}
 	}
+}
+
+// groupLinger bounds how long the writer waits for the callers the last
+// group answered.
+const groupLinger = 2 * time.Millisecond
+
+// gather adds to calls what is queued. Callers that were just answered
+// tend to come back at once with their next change (a script, 20 writers):
+// gather waits up to groupLinger until it has as many calls as the last
+// group answered (at answeredAt) and those that were waiting then, so
+// that those callers and the ones that waited make one group, not two
+// that take turns. A lone caller does not wait. after is time.After.
+func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt time.Time, after func(time.Duration) <-chan time.Time) []*apiCall {
+	drain := func() {
+		for {
+			select {
+			case c := <-queue:
+				calls = append(calls, c)
+			default:
+				return
+			}
+		}
+	}
+	drain()
+	want := answered
+	for _, c := range calls {
+		if c.queued.Before(answeredAt) {
+			want++
+		}
+	}
+	var linger <-chan time.Time
+	for len(calls) < want {
+		if linger == nil {
+			linger = after(groupLinger)
+		}
+		select {
+		case c := <-queue:
+			calls = append(calls, c)
+			drain()
+		case <-linger:
+			return calls
+		}
+	}
+	return calls
 }
 
 // commit validates and commits the applies and removes of calls as one
@@ -575,6 +615,7 @@ func (a *apiServer) replaced(st *Status, name, checksum string) error {
 // client hung up (or the daemon stops) before the writer took it and
 // there is no one to tell.
 func (a *apiServer) call(ctx context.Context, c *apiCall) (callResult, bool) {
+	c.queued = time.Now()
 	select {
 	case a.queue <- c:
 	case <-ctx.Done():

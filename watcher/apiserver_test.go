@@ -296,3 +296,44 @@ func TestAPIRenewWithoutCertificates(t *testing.T) {
 		t.Errorf("renew with ACME off: %v, want a usage error saying certificates are off", err)
 	}
 }
+
+// TestGatherWaitsForTheLastGroup: the writer takes what is queued, and
+// waits for as many calls as the last group answered and were waiting
+// then, until it has them or the linger is over; a lone caller does not
+// wait.
+func TestGatherWaitsForTheLastGroup(t *testing.T) {
+	answeredAt := time.Now()
+	waiting := func() *apiCall { return &apiCall{queued: answeredAt.Add(-time.Millisecond)} }
+	back := func() *apiCall { return &apiCall{queued: answeredAt.Add(time.Millisecond)} }
+	never := func(time.Duration) <-chan time.Time { return nil }
+	over := func(time.Duration) <-chan time.Time {
+		c := make(chan time.Time, 1)
+		c <- time.Now()
+		return c
+	}
+	queue := make(chan *apiCall, 8)
+	queue <- back()
+	queue <- back()
+	if got := gather(queue, []*apiCall{back()}, 0, answeredAt, never); len(got) != 3 {
+		t.Fatalf("took %d calls, want the 3 queued", len(got))
+	}
+	if got := gather(queue, []*apiCall{back()}, 1, answeredAt, never); len(got) != 1 {
+		t.Fatalf("a lone caller: took %d calls, want 1", len(got))
+	}
+	// two groups of 3 take turns: 3 waited while the last group's 3 were
+	// answered, and those come back one after the other
+	queue <- waiting()
+	queue <- waiting()
+	go func() {
+		for range 3 {
+			queue <- back()
+		}
+	}()
+	if got := gather(queue, []*apiCall{waiting()}, 3, answeredAt, never); len(got) != 6 {
+		t.Fatalf("took %d calls, want the 3 waiting and the 3 answered last", len(got))
+	}
+	queue <- waiting()
+	if got := gather(queue, []*apiCall{waiting()}, 3, answeredAt, over); len(got) != 2 {
+		t.Fatalf("after the linger: took %d calls, want the 2 there were", len(got))
+	}
+}
