@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"slices"
 	"strings"
 )
 
@@ -89,49 +88,57 @@ func HostMapFragments(data []byte) map[string][]string {
 	return out
 }
 
-// hostMapParts splits a generated host map at its fragment comments: the
-// text before the first, then each fragment's comment with its lines, by
-// the comment line.
-func hostMapParts(data []byte) map[string][]byte {
-	parts := map[string][]byte{}
-	head, start := "", 0
-	add := func(text []byte) {
-		if prev, ok := parts[head]; ok {
-			text = append(slices.Clip(prev), text...)
-		}
-		parts[head] = text
-	}
+// hostMapPart is a part of a generated host map: the text before the
+// first fragment comment (head empty), or a fragment's comment line (head)
+// with the lines up to the next.
+type hostMapPart struct{ head, text []byte }
+
+// hostMapParts splits a generated host map at its fragment comments.
+func hostMapParts(data []byte) []hostMapPart {
+	parts := make([]hostMapPart, 0, bytes.Count(data, []byte(fragmentComment))+1)
+	var head []byte
+	start := 0
 	for at := 0; at < len(data); {
 		end := bytes.IndexByte(data[at:], '\n') + 1
 		if end == 0 {
 			end = len(data) - at
 		}
 		if line := data[at : at+end]; bytes.HasPrefix(line, []byte(fragmentComment)) {
-			add(data[start:at])
-			head, start = string(line), at
+			parts = append(parts, hostMapPart{head, data[start:at]})
+			head, start = line, at
 		}
 		at += end
 	}
-	add(data[start:])
-	return parts
+	return append(parts, hostMapPart{head, data[start:]})
 }
 
 // ChangedHostMap compares two generated host maps part by part (the
-// header, then each fragment's lines) and reads only the parts that
-// differ: was holds their entries in old, now in new, each as ParseHostMap
-// reads them. Where neither map lists a key twice (HostMapEntries equals
-// the number of its entries), the keys that changed are all in was or now.
+// header, then each fragment's lines, in the order Build writes them: by
+// name) and reads only the parts that differ: was holds their entries in
+// old, now in new, each as ParseHostMap reads them. Parts out of that
+// order are taken as changed. Where neither map lists a key twice
+// (HostMapEntries equals the number of its entries), the keys that changed
+// are all in was or now: the parts taken as unchanged hold the same lines
+// in both.
 func ChangedHostMap(file string, old, new []byte) (was, now map[string]string, err error) {
 	before, after := hostMapParts(old), hostMapParts(new)
 	var gone, came []byte
-	for head, text := range before {
-		if !bytes.Equal(after[head], text) {
-			gone = appendLines(gone, text)
-		}
-	}
-	for head, text := range after {
-		if !bytes.Equal(before[head], text) {
-			came = appendLines(came, text)
+	i, j := 0, 0
+	for i < len(before) || j < len(after) {
+		switch {
+		case j == len(after) || i < len(before) && bytes.Compare(before[i].head, after[j].head) < 0:
+			gone = appendLines(gone, before[i].text)
+			i++
+		case i == len(before) || bytes.Compare(before[i].head, after[j].head) > 0:
+			came = appendLines(came, after[j].text)
+			j++
+		default:
+			if !bytes.Equal(before[i].text, after[j].text) {
+				gone = appendLines(gone, before[i].text)
+				came = appendLines(came, after[j].text)
+			}
+			i++
+			j++
 		}
 	}
 	if was, err = ParseHostMap(file, gone); err != nil {

@@ -1,10 +1,12 @@
 package watcher
 
 import (
+	"bytes"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 
 	"haproxy-config/assemble"
@@ -13,8 +15,9 @@ import (
 
 // TestMapChangeAsWholeDiff follows a random history of generated host
 // maps, fragments changing, going, coming, domains moving between them,
-// and now and then a key listed twice or a line hand-edited in, and
-// compares each change mapChange finds with the whole map's diff
+// and now and then a key listed twice, a line hand-edited in or parts out
+// of order, and compares each change mapChange finds with the whole map's
+// diff
 // (reload.DiffMap), and the entries it keeps with the file's.
 func TestMapChangeAsWholeDiff(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 12))
@@ -49,6 +52,21 @@ func TestMapChangeAsWholeDiff(t *testing.T) {
 			data = append(data, "d1.example be_x\n"...) // hand-edited: maybe a key twice
 		case 1:
 			data = append(data, "  d999.example   be_9  \n# a comment\n\n"...)
+		case 2:
+			// hand-edited: two fragments' parts out of order
+			parts := bytes.SplitAfter(data, []byte("\n"))
+			var at []int
+			for i, p := range parts {
+				if bytes.HasPrefix(p, []byte("# fragment ")) {
+					at = append(at, i)
+				}
+			}
+			if len(at) > 2 {
+				k := r.IntN(len(at) - 2)
+				a, b, c := at[k], at[k+1], at[k+2]
+				swapped := slices.Concat(parts[:a], parts[b:c], parts[a:b], parts[c:])
+				data = bytes.Join(swapped, nil)
+			}
 		}
 		return data
 	}
