@@ -675,6 +675,9 @@ type Selection struct {
 	referenceDir string                        // that generation's directory
 	fallbacks    map[string]*assemble.Fragment // last good versions, by name
 	policy       fragments.Policy
+	// referencePins are the fragments the reference generation pinned
+	// (Generation.Pinned); pinned, those this selection pins
+	referencePins, pinned []string
 }
 
 // load reads and parses the store, and finds the last good version of
@@ -699,11 +702,11 @@ func (e *Engine) load() (*Selection, error) {
 		FellBack: map[string]string{}, Superseded: map[string]string{}, fallbacks: map[string]*assemble.Fragment{}, policy: pol}
 	if latest != nil {
 		sel.wasLive = latest.Fragments
-		sel.reference, sel.referenceDir = latest.Fragments, latest.Dir
+		sel.reference, sel.referenceDir, sel.referencePins = latest.Fragments, latest.Dir, latest.Pinned
 	}
 	if n := e.Serving(); n > 0 && (latest == nil || n != latest.Number) {
 		if g, err := e.readGeneration(n); err == nil {
-			sel.reference, sel.referenceDir = g.Fragments, g.Dir
+			sel.reference, sel.referenceDir, sel.referencePins = g.Fragments, g.Dir, g.Pinned
 		}
 	}
 	// per-fragment checks are independent: use every core, and only on

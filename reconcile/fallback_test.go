@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -341,5 +342,46 @@ func TestVersionsPrunedWithoutListing(t *testing.T) {
 	publish(t, fresh)
 	if _, err := os.Stat(foreign); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("kept after generation 3 was pruned: %v", err)
+	}
+}
+
+// TestServedMapReadOnlyForPins: a generation records the fragments it
+// pins, so that a publish reads the served host map only when a fragment
+// it had live or pinned is stored but out now; one written before pins
+// were recorded (no "pinned") is read.
+func TestServedMapReadOnlyForPins(t *testing.T) {
+	e := newEngine(t, nil)
+	writeRaw(t, e, "wild", wildConf, wildMap)
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	publish(t, e)
+	writeRaw(t, e, "shop", shopV2, shopMap)
+	g := publish(t, e).Generation
+	if g.Pinned == nil || len(g.Pinned) != 0 {
+		t.Fatalf("pinned %#v, want none, recorded", g.Pinned)
+	}
+	if e.Parses.servedMap.path != "" {
+		t.Fatalf("the served map %s was read with nothing to pin", e.Parses.servedMap.path)
+	}
+	// the newest generation as an older release wrote it
+	meta := e.state().GenerationMeta(g.Number)
+	data, err := os.ReadFile(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(data, &raw); err != nil {
+		t.Fatal(err)
+	}
+	delete(raw, "pinned")
+	if data, err = json.Marshal(raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := fragments.WriteFile(meta, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	writeRaw(t, e, "wild", wildConf+"    # changed\n", wildMap)
+	publish(t, e)
+	if e.Parses.servedMap.path == "" {
+		t.Fatal("the served map of a generation that did not record its pins was not read")
 	}
 }

@@ -199,6 +199,10 @@ type Generation struct {
 	Rejected  []string          `json:"rejected,omitempty"`
 	Marker    string            `json:"marker,omitempty"`
 	Dir       string            `json:"-"`
+	// Pinned are the fragments whose domains it routes to
+	// UnavailableBackend: never nil in a generation written since it was
+	// recorded (#12), nil in one written before, which says nothing
+	Pinned []string `json:"pinned"`
 }
 
 // Published reports what Publish did.
@@ -321,7 +325,7 @@ func (e *Engine) publish(ctx context.Context, exclude map[string]Exclusion, mapO
 	for _, f := range sel.Live {
 		g.Fragments[f.Name] = f.Checksum
 	}
-	g.Rejected = sel.RejectedNames()
+	g.Rejected, g.Pinned = sel.RejectedNames(), append([]string{}, sel.pinned...)
 	if err := e.saveVersions(sel.Live, latest); err != nil {
 		return nil, &reload.EnvError{Err: fmt.Errorf("keep the live versions of the fragments: %w", err)}
 	}

@@ -241,6 +241,21 @@ func (e *Engine) servedDomains(dir string) map[string][]string {
 	return out
 }
 
+// servedOut reports whether a fragment the reference generation had live
+// or pinned is stored but not live.
+func servedOut(sel *Selection, live map[string]bool) bool {
+	out := func(name string) bool {
+		_, stored := sel.Stored[name]
+		return stored && !live[name]
+	}
+	for name := range sel.reference {
+		if out(name) {
+			return true
+		}
+	}
+	return slices.ContainsFunc(sel.referencePins, out)
+}
+
 // UnavailableBackend is the base config's backend for the domains of a
 // fragment HAProxy served that now has no version that passes: they answer
 // 503 instead of falling through to another tenant's wildcard entry. A
@@ -261,7 +276,13 @@ func (e *Engine) pinDomains(ctx context.Context, sel *Selection) error {
 		live[f.Name] = true
 	}
 	// the fragments HAProxy serves that are stored but out: usually none,
-	// and then the live domains need not be gathered
+	// and then neither the served map nor the live domains need be read.
+	// The fragments with lines in the served map are among those its
+	// generation had live or pinned (unknown in one written before pins
+	// were recorded).
+	if sel.referencePins != nil && !servedOut(sel, live) {
+		return nil
+	}
 	served := e.servedDomains(sel.referenceDir)
 	var names []string
 	for name := range served {
@@ -303,5 +324,8 @@ func (e *Engine) pinDomains(ctx context.Context, sel *Selection) error {
 		return &reload.EnvError{Err: fmt.Errorf("the domains of quarantined fragments cannot be routed to %s:\n%w", UnavailableBackend, v.Errors)}
 	}
 	sel.Verdict = v
+	for _, pin := range pins {
+		sel.pinned = append(sel.pinned, pin.Name)
+	}
 	return nil
 }
