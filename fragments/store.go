@@ -671,10 +671,19 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 // temp file in the same directory, fsyncs and renames it; the directory is
 // then fsynced so the rename itself survives a power cut.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
+	if err := Replace(path, data, perm); err != nil {
+		return err
+	}
+	return Sync(filepath.Dir(path))
+}
+
+// Replace is WriteFile without the fsync of the directory: for several
+// files of one directory, which the caller fsyncs once after the last.
+func Replace(path string, data []byte, perm os.FileMode) error {
 	if err := renameio.WriteFile(path, data, perm, renameio.WithTempDir(filepath.Dir(path))); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return Sync(filepath.Dir(path))
+	return nil
 }
 
 // Sync fsyncs a file or a directory, so that what was written to it, or

@@ -440,7 +440,13 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 	if err := os.WriteFile(metaPath, append(meta, '\n'), 0o640); err != nil {
 		return err
 	}
-	for _, path := range []string{hostMap, cfg, metaPath, filepath.Dir(hostMap), filepath.Dir(cfg), tmp} {
+	// the files, then each directory once (the map is usually beside the
+	// config, in tmp)
+	paths := []string{hostMap, cfg, metaPath, filepath.Dir(hostMap), filepath.Dir(cfg), tmp}
+	for i, path := range paths {
+		if slices.Contains(paths[:i], path) {
+			continue
+		}
 		if err := fragments.Sync(path); err != nil {
 			return err
 		}

@@ -121,6 +121,7 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 	if err := fragments.MkdirAll(e.state().Versions(), 0o750); err != nil {
 		return err
 	}
+	saved := false
 	for _, f := range frags {
 		if latest != nil && latest.Fragments[f.Name] == f.Checksum {
 			continue
@@ -135,14 +136,20 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 			}
 		}
 		e.Parses.savedVersion(filepath.Base(confPath), filepath.Base(mapPath))
-		if err := fragments.WriteFile(mapPath, f.MapText, 0o640); err != nil {
+		if err := fragments.Replace(mapPath, f.MapText, 0o640); err != nil {
 			return err
 		}
-		if err := fragments.WriteFile(confPath, f.Conf, 0o640); err != nil {
+		if err := fragments.Replace(confPath, f.Conf, 0o640); err != nil {
 			return err
 		}
+		saved = true
 	}
-	return nil
+	if !saved {
+		return nil
+	}
+	// the directory once for all the copies: they are durable before the
+	// generation that may fall back to them is written
+	return fragments.Sync(e.state().Versions())
 }
 
 // pruneVersions removes the copies no generation kept may fall back to.
