@@ -98,7 +98,22 @@ func (s *Store) Commit(t *Txn) error {
 		t.Discard()
 		return fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
 	}
+	// the staged files' names are durable before the journal names them:
+	// recovery takes a staged file that is missing for one renamed
+	dirs := map[string]bool{}
+	for _, w := range t.Writes {
+		if dir := filepath.Dir(w.Staged); !dirs[dir] {
+			dirs[dir] = true
+			if err := Sync(dir); err != nil {
+				t.Discard()
+				return err
+			}
+		}
+	}
 	if err := WriteFile(s.journalPath(), plan, 0o640); err != nil {
+		// it may be in place, its directory not synced: it must not
+		// outlive the staged files it names
+		os.Remove(s.journalPath())
 		t.Discard()
 		return err
 	}
@@ -241,7 +256,8 @@ func (s *Store) unrecorded(events []Event) ([]Event, error) {
 	}
 	var missing []Event
 	for i, e := range events {
-		if !bytes.Contains(buf, lines[i]) {
+		// a write torn just before a line's newline left the line whole
+		if !bytes.Contains(buf, lines[i]) && !bytes.HasSuffix(buf, lines[i][:len(lines[i])-1]) {
 			missing = append(missing, e)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"haproxy-config/statedir"
 )
 
 // crashAt stages a new version of fragment "shop", writes the journal, and
@@ -235,5 +237,83 @@ func TestJournalFinishesAnInterruptedGroup(t *testing.T) {
 			}
 			assertNoStaged(t, s.Dir)
 		})
+	}
+}
+
+// TestWriteGroupRefusesWhatItCannotFinish: a directory where a part goes,
+// or a fragment changed twice, is refused before the journal is written:
+// nothing of the group is stored, nothing is left staged, and the next
+// change goes through. Found by a review: a rename failing after the
+// journal left the group half made and every later Lock failing.
+func TestWriteGroupRefusesWhatItCannotFinish(t *testing.T) {
+	s := newStore(t)
+	if err := os.MkdirAll(s.path("blog", true), 0o755); err != nil { // blog.cfg is a directory
+		t.Fatal(err)
+	}
+	shop := mustParse(t, "shop", "backend shop_web\n", "shop.example.com shop_web\n")
+	blog := mustParse(t, "blog", "backend blog_web\n", "blog.example.com blog_web\n")
+	for what, group := range map[string][]GroupChange{
+		"a directory in the way": {{Name: "shop", Fragment: shop}, {Name: "blog", Fragment: blog}},
+		"a fragment twice":       {{Name: "shop", Fragment: shop}, {Name: "shop"}},
+	} {
+		if _, err := s.WriteGroup(group); err == nil {
+			t.Fatalf("%s: the group was written", what)
+		}
+		if _, err := s.Read("shop"); err == nil {
+			t.Errorf("%s: shop is stored from a group that failed", what)
+		}
+		if _, err := os.Stat(s.journalPath()); !os.IsNotExist(err) {
+			t.Errorf("%s: a journal is left: %v", what, err)
+		}
+		assertNoStaged(t, s.Dir)
+	}
+	if err := s.Write(shop, nil); err != nil {
+		t.Fatalf("the next change: %v", err)
+	}
+}
+
+// TestJournalHistoryTornBeforeANewline: a history append cut just before
+// a line's newline left that event whole: recovery records the others,
+// not it a second time. Found by a review.
+func TestJournalHistoryTornBeforeANewline(t *testing.T) {
+	s := newStore(t)
+	tx := &Txn{}
+	for i, name := range []string{"shop", "blog", "wiki"} {
+		f := mustParse(t, name, "backend "+name+"_v2\n", name+".example.com "+name+"_v2\n")
+		if err := tx.Stage(s.path(name, true), f.Conf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Stage(s.path(name, false), f.MapText, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tx.Events = append(tx.Events, Event{Time: time.Unix(1700000000+int64(i), 0).UTC(), Action: "apply", Name: name, Actor: "test"})
+	}
+	plan, _ := json.Marshal(tx)
+	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(s.journalPath(), plan, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	var history []byte
+	for _, e := range tx.Events[:2] {
+		line, _ := json.Marshal(e)
+		history = append(append(history, line...), '\n')
+	}
+	if err := os.WriteFile(statedir.Layout(s.StateDir).History(), history[:len(history)-1], 0o640); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	events, _ := s.History()
+	var names []string
+	for _, e := range events {
+		names = append(names, e.Name)
+	}
+	if !slices.Equal(names, []string{"shop", "blog", "wiki"}) {
+		t.Fatalf("history after recovery %v, want shop, blog and wiki once each", names)
 	}
 }

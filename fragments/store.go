@@ -613,19 +613,27 @@ type GroupChange struct {
 // WriteGroup makes the changes in one transaction, all of them or none:
 // every new part is staged, then each is fsynced, and one journal, one
 // fsync of the directory and one append to the history cover them all
-// (7 fsyncs a fragment alone, 2 a fragment and 5 a group here). A removal
-// of a fragment that has no file left changes nothing: its name is
-// returned in gone, and the others go ahead. The caller holds the lock.
+// (8 fsyncs a fragment alone, 2 a fragment and 6 a group here). A group
+// changes a fragment once at most. A removal of a fragment that has no
+// file left changes nothing: its name is returned in gone, and the others
+// go ahead. The caller holds the lock.
 func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 	t := &Txn{}
 	fail := func(err error) ([]string, error) {
 		t.Discard()
 		return nil, err
 	}
+	named := make(map[string]bool, len(changes))
 	for _, c := range changes {
 		if err := ValidName(c.Name); err != nil {
 			return fail(err)
 		}
+		if named[c.Name] {
+			// the renames come before the removals: no order among
+			// the changes of one fragment
+			return fail(fmt.Errorf("fragment %q changed twice in one group", c.Name))
+		}
+		named[c.Name] = true
 		if c.Fragment == nil {
 			removes := len(t.Removes)
 			for _, conf := range []bool{true, false} {
@@ -645,11 +653,19 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 			if err := MkdirAll(s.Dir, 0o750); err != nil {
 				return fail(fmt.Errorf("create fragment directory (HAPROXY_CONFIG_FRAGMENTS): %w", err))
 			}
-			if err := t.stage(s.path(c.Name, true), c.Fragment.Conf, 0o640); err != nil {
-				return fail(err)
-			}
-			if err := t.stage(s.path(c.Name, false), c.Fragment.MapText, 0o640); err != nil {
-				return fail(err)
+			for _, part := range []struct {
+				conf bool
+				data []byte
+			}{{true, c.Fragment.Conf}, {false, c.Fragment.MapText}} {
+				path := s.path(c.Name, part.conf)
+				// a rename that fails once the journal is written would
+				// leave the group half made, and every Lock after failing
+				if fi, err := os.Lstat(path); err == nil && fi.IsDir() {
+					return fail(fmt.Errorf("store %s: a directory is in the way", path))
+				}
+				if err := t.stage(path, part.data, 0o640); err != nil {
+					return fail(err)
+				}
 			}
 		}
 		if c.Event != nil {

@@ -210,3 +210,30 @@ func TestApplyBatchMemoryBounded(t *testing.T) {
 		t.Errorf("after %d versions of one fragment the engine remembers %d checksums, want at most 2", changes, n)
 	}
 }
+
+// TestGroupStoredWholeOrNot: an accepted group that cannot be stored (a
+// directory where one of its parts goes) stores none of its changes and
+// says so to each, and the next change is stored. Found by a review: the
+// first fragment was stored while both were answered failed, and the
+// journal left behind failed every change after.
+func TestGroupStoredWholeOrNot(t *testing.T) {
+	e := newEngine(t, nil)
+	if err := os.MkdirAll(filepath.Join(e.S.FragmentsDir, "blog.map"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	change := func(name string) Op {
+		return Op{Change: Change{Name: name, ConfFile: name + ".cfg", Conf: []byte(backendConf("b_"+name, name)),
+			MapFile: name + ".map", Map: []byte(name + ".example.com b_" + name + "\n")}}
+	}
+	for i, r := range e.ApplyBatch(t.Context(), []Op{change("shop"), change("blog")}) {
+		if r.Err == nil {
+			t.Errorf("change %d was answered stored", i)
+		}
+	}
+	if _, err := e.Store.Read("shop"); err == nil {
+		t.Error("shop is stored from a group that was not")
+	}
+	if r := e.ApplyBatch(t.Context(), []Op{change("wiki")}); r[0].Err != nil {
+		t.Fatalf("the next change: %v", r[0].Err)
+	}
+}
