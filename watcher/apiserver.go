@@ -350,6 +350,7 @@ func (a *apiServer) write(ctx context.Context) {
 				if res.Err == nil && (res.held != nil || res.released) {
 					a.addCommitted([]string{holdKey})
 				}
+				answered, answeredAt = 1, time.Now()
 				c.answer <- res
 				calls = calls[1:]
 				continue
@@ -358,8 +359,7 @@ func (a *apiServer) write(ctx context.Context) {
 			if n < 0 {
 				n = len(calls)
 			}
-			a.commit(ctx, eng, calls[:n])
-			answered, answeredAt = n, time.Now()
+			answered, answeredAt = n, a.commit(ctx, eng, calls[:n])
 			calls = calls[n:]
 		}
 	}
@@ -371,10 +371,12 @@ const groupLinger = 2 * time.Millisecond
 
 // gather adds to calls what is queued. Callers that were just answered
 // tend to come back at once with their next change (a script, 20 writers):
-// gather waits up to groupLinger until it has as many calls as the last
-// group answered (at answeredAt) and those that were waiting then, so
-// that those callers and the ones that waited make one group, not two
-// that take turns. A lone caller does not wait. after is time.After.
+// when the first call came within groupLinger of the last answers (which
+// began at answeredAt), gather waits up to groupLinger until it has as
+// many calls as the last group answered and those that were waiting then,
+// so that those callers and the ones that waited make one group, not two
+// that take turns. A lone caller does not wait, nor does the first after a
+// pause. calls holds the first call; after is time.After.
 func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt time.Time, after func(time.Duration) <-chan time.Time) []*apiCall {
 	drain := func() {
 		for {
@@ -387,6 +389,9 @@ func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt ti
 		}
 	}
 	drain()
+	if calls[0].queued.Sub(answeredAt) > groupLinger {
+		return calls
+	}
 	want := answered
 	for _, c := range calls {
 		if c.queued.Before(answeredAt) {
@@ -410,8 +415,8 @@ func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt ti
 }
 
 // commit validates and commits the applies and removes of calls as one
-// batch and answers each.
-func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*apiCall) {
+// batch and answers each; it returns when it began to answer.
+func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*apiCall) (answeredAt time.Time) {
 	ops := make([]reconcile.Op, len(calls))
 	for i, c := range calls {
 		ops[i] = c.op
@@ -435,10 +440,12 @@ func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*
 	}
 	a.mu.Unlock()
 	a.addCommitted(names)
+	answeredAt = time.Now()
 	for i, c := range calls {
 		c.answer <- callResult{OpResult: results[i]}
 	}
 	a.log.Info("API batch", "requests", len(calls), "accepted", len(names), "duration_ms", float64(time.Since(start).Microseconds())/1000)
+	return answeredAt
 }
 
 // apiRequestTimeout bounds the reading of a request: the CLI sends it

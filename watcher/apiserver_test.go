@@ -300,7 +300,7 @@ func TestAPIRenewWithoutCertificates(t *testing.T) {
 // TestGatherWaitsForTheLastGroup: the writer takes what is queued, and
 // waits for as many calls as the last group answered and were waiting
 // then, until it has them or the linger is over; a lone caller does not
-// wait.
+// wait, nor does the first call after a pause.
 func TestGatherWaitsForTheLastGroup(t *testing.T) {
 	answeredAt := time.Now()
 	waiting := func() *apiCall { return &apiCall{queued: answeredAt.Add(-time.Millisecond)} }
@@ -335,5 +335,11 @@ func TestGatherWaitsForTheLastGroup(t *testing.T) {
 	queue <- waiting()
 	if got := gather(queue, []*apiCall{waiting()}, 3, answeredAt, over); len(got) != 2 {
 		t.Fatalf("after the linger: took %d calls, want the 2 there were", len(got))
+	}
+	// the first call after a pause: the last group's callers are not
+	// coming back at once
+	later := &apiCall{queued: answeredAt.Add(time.Second)}
+	if got := gather(queue, []*apiCall{later}, 3, answeredAt, never); len(got) != 1 {
+		t.Fatalf("after a pause: took %d calls, want 1", len(got))
 	}
 }
