@@ -30,7 +30,7 @@ func seedStore(tb testing.TB, in *install, n int) {
 	}
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("tenant%04d", i)
-		conf := backendConf("be_"+name, name) + fmt.Sprintf("    server s1 127.0.0.1:%d\n    server s2 127.0.0.1:%d\n", 20000+i, 30000+i)
+		conf := backendConf("be_"+name, name) + fmt.Sprintf("    server s1 127.0.0.1:%d\n    server s2 127.0.0.1:%d\n", in.serverPort(20000+i), in.serverPort(30000+i))
 		if err := os.WriteFile(filepath.Join(dir, name+".cfg"), []byte(conf), 0o644); err != nil {
 			tb.Fatal(err)
 		}

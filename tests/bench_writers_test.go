@@ -39,7 +39,7 @@ func seedDomains(tb testing.TB, in *install, n, perFragment int) {
 	}
 	for i := range n {
 		name := fmt.Sprintf("tenant%05d", i)
-		conf := fmt.Sprintf("backend be_%s\n    server s1 127.0.0.1:%d\n    server s2 127.0.0.1:%d\n", name, 20000+i%20000, 40000+i%20000)
+		conf := fmt.Sprintf("backend be_%s\n    server s1 127.0.0.1:%d\n    server s2 127.0.0.1:%d\n", name, in.serverPort(20000+i%20000), in.serverPort(40000+i%20000))
 		var hosts strings.Builder
 		for d := range perFragment {
 			fmt.Fprintf(&hosts, "d%d.%s.example.com be_%s\n", d, name, name)

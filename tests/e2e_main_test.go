@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -68,6 +69,18 @@ type install struct {
 	nofile     int           // when set, the daemon (and so its HAProxy) runs with this file limit
 	netns      string        // when set, the daemon (and so its HAProxy) runs in this network namespace
 	startWait  time.Duration // how long the daemon may take to be ready; 30s when unset
+}
+
+// serverPort is port, or the next one that none of the installation's
+// listeners uses: the test ports are picked at random, and a fragment
+// whose server is one of them is refused (it would loop back into the
+// balancer), which made the tests that seed hundreds of fragments fail
+// now and then.
+func (in *install) serverPort(port int) int {
+	for slices.Contains([]string{in.httpPort, in.httpsPort, in.statusPort}, strconv.Itoa(port)) {
+		port++
+	}
+	return port
 }
 
 func newInstall(t testing.TB) *install {
