@@ -9,7 +9,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+
+	"golang.org/x/sync/errgroup"
 
 	"haproxy-config/statedir"
 )
@@ -38,23 +41,9 @@ type StagedWrite struct {
 // commit that never reached its journal can be recognised and removed.
 const stagedMark = ".hc-staged-"
 
-// Stage writes data to a hidden file next to path, fsyncs it, and adds the
-// rename to t.
+// Stage writes data to a hidden file next to path and adds the rename to
+// t; Commit fsyncs it.
 func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
-	if err := t.stage(path, data, perm); err != nil {
-		return err
-	}
-	if err := Sync(t.Writes[len(t.Writes)-1].Staged); err != nil {
-		t.Writes = t.Writes[:len(t.Writes)-1]
-		return err
-	}
-	return nil
-}
-
-// stage is Stage without the fsync: a group stages every file first and
-// then fsyncs them one after the other, when each finds little left to
-// write.
-func (t *Txn) stage(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	if err := MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
@@ -78,6 +67,31 @@ func (t *Txn) stage(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
+// SyncAll fsyncs paths (files or directories) at once, each in its own
+// goroutine: the file system commits them together, where one after the
+// other each waits for its own commit. It returns the first error.
+func SyncAll(paths ...string) error {
+	if len(paths) == 1 {
+		return Sync(paths[0])
+	}
+	var g errgroup.Group
+	for _, path := range paths {
+		g.Go(func() error { return Sync(path) })
+	}
+	return g.Wait()
+}
+
+// dirsOf returns the directories of paths, each once.
+func dirsOf(paths []string) []string {
+	var dirs []string
+	for _, path := range paths {
+		if dir := filepath.Dir(path); !slices.Contains(dirs, dir) {
+			dirs = append(dirs, dir)
+		}
+	}
+	return dirs
+}
+
 // Discard removes the staged files of a transaction that will not commit.
 func (t *Txn) Discard() {
 	for _, w := range t.Writes {
@@ -87,7 +101,12 @@ func (t *Txn) Discard() {
 
 func (s *Store) journalPath() string { return statedir.Layout(s.StateDir).Journal() }
 
-// Commit carries out t. The caller holds the lock.
+// Commit carries out t: the staged files and their directories are
+// fsynced at once, then the journal is written (the file, then its
+// directory), the renames and removals made, their directories fsynced
+// while the events are appended to the history, and the journal removed:
+// five fsyncs one after the other, however many files. The caller holds
+// the lock.
 func (s *Store) Commit(t *Txn) error {
 	plan, err := json.Marshal(t)
 	if err != nil {
@@ -98,17 +117,16 @@ func (s *Store) Commit(t *Txn) error {
 		t.Discard()
 		return fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
 	}
-	// the staged files' names are durable before the journal names them:
-	// recovery takes a staged file that is missing for one renamed
-	dirs := map[string]bool{}
+	// the staged files, and their names, are durable before the journal
+	// names them: recovery takes a staged file that is missing for one
+	// renamed
+	var paths []string
 	for _, w := range t.Writes {
-		if dir := filepath.Dir(w.Staged); !dirs[dir] {
-			dirs[dir] = true
-			if err := Sync(dir); err != nil {
-				t.Discard()
-				return err
-			}
-		}
+		paths = append(paths, w.Staged)
+	}
+	if err := SyncAll(append(paths, dirsOf(paths)...)...); err != nil {
+		t.Discard()
+		return err
 	}
 	if err := WriteFile(s.journalPath(), plan, 0o640); err != nil {
 		// it may be in place, its directory not synced: it must not
@@ -134,7 +152,7 @@ func (s *Store) finish(t *Txn) error {
 			}
 		}()
 	}
-	dirs := map[string]bool{}
+	var touched []string
 	for _, w := range t.Writes {
 		err := os.Rename(w.Staged, w.Path)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -145,27 +163,29 @@ func (s *Store) finish(t *Txn) error {
 		if err != nil {
 			return fmt.Errorf("install %s: %w", w.Path, err)
 		}
-		dirs[filepath.Dir(w.Path)] = true
+		touched = append(touched, w.Path)
 	}
 	for _, path := range t.Removes {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove %s: %w", path, err)
 		}
-		dirs[filepath.Dir(path)] = true
+		touched = append(touched, path)
 	}
-	for dir := range dirs {
-		if err := Sync(dir); err != nil {
-			return err
-		}
-	}
+	// the directories and the history at once: both before the journal
+	// goes
+	var g errgroup.Group
+	g.Go(func() error { return SyncAll(dirsOf(touched)...) })
 	if len(t.Events) > 0 {
-		missing, err := s.unrecorded(t.Events)
-		if err != nil {
-			return err
-		}
-		if err := s.Record(missing...); err != nil {
-			return err
-		}
+		g.Go(func() error {
+			missing, err := s.unrecorded(t.Events)
+			if err != nil {
+				return err
+			}
+			return s.Record(missing...)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	if err := os.Remove(s.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("clear journal: %w", err)

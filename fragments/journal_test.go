@@ -317,3 +317,19 @@ func TestJournalHistoryTornBeforeANewline(t *testing.T) {
 		t.Fatalf("history after recovery %v, want shop, blog and wiki once each", names)
 	}
 }
+
+// TestSyncAllReportsAFailure: one path that cannot be fsynced among
+// others fails the whole call, so no journal follows it.
+func TestSyncAllReportsAFailure(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a")
+	if err := os.WriteFile(file, []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := SyncAll(file, dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := SyncAll(file, filepath.Join(dir, "missing"), dir); err == nil {
+		t.Fatal("a missing path was fsynced")
+	}
+}

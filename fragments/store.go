@@ -610,10 +610,9 @@ type GroupChange struct {
 	Event    *Event
 }
 
-// WriteGroup makes the changes in one transaction, all of them or none:
-// every new part is staged, then each is fsynced, and one journal, one
-// fsync of the directory and one append to the history cover them all
-// (8 fsyncs a fragment alone, 2 a fragment and 6 a group here). A group
+// WriteGroup makes the changes in one transaction, all of them or none
+// (see Commit): the parts are staged, and one journal, one fsync of the
+// directory and one append to the history cover them all. A group
 // changes a fragment once at most. A removal of a fragment that has no
 // file left changes nothing: its name is returned in gone, and the others
 // go ahead. The caller holds the lock.
@@ -663,18 +662,13 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 				if fi, err := os.Lstat(path); err == nil && fi.IsDir() {
 					return fail(fmt.Errorf("store %s: a directory is in the way", path))
 				}
-				if err := t.stage(path, part.data, 0o640); err != nil {
+				if err := t.Stage(path, part.data, 0o640); err != nil {
 					return fail(err)
 				}
 			}
 		}
 		if c.Event != nil {
 			t.Events = append(t.Events, *c.Event)
-		}
-	}
-	for _, w := range t.Writes {
-		if err := Sync(w.Staged); err != nil {
-			return fail(err)
 		}
 	}
 	if len(t.Writes) == 0 && len(t.Removes) == 0 {

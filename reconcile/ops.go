@@ -440,16 +440,16 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 	if err := os.WriteFile(metaPath, append(meta, '\n'), 0o640); err != nil {
 		return err
 	}
-	// the files, then each directory once (the map is usually beside the
-	// config, in tmp)
-	paths := []string{hostMap, cfg, metaPath, filepath.Dir(hostMap), filepath.Dir(cfg), tmp}
-	for i, path := range paths {
-		if slices.Contains(paths[:i], path) {
-			continue
+	// the files and each directory once (the map is usually beside the
+	// config, in tmp), all at once, before the rename
+	paths := []string{hostMap, cfg, metaPath, tmp}
+	for _, dir := range []string{filepath.Dir(hostMap), filepath.Dir(cfg)} {
+		if !slices.Contains(paths, dir) {
+			paths = append(paths, dir)
 		}
-		if err := fragments.Sync(path); err != nil {
-			return err
-		}
+	}
+	if err := fragments.SyncAll(paths...); err != nil {
+		return err
 	}
 	g.Dir = e.state().Generation(g.Number)
 	if err := os.Rename(tmp, g.Dir); err != nil {
