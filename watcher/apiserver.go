@@ -328,6 +328,7 @@ func (a *apiServer) write(ctx context.Context) {
 	var engFor *settings.Settings
 	// the calls the last group answered, and when
 	answered, answeredAt := 0, time.Time{}
+	linger := minLinger // for the callers of the last group
 	for {
 		var calls []*apiCall
 		select {
@@ -336,7 +337,7 @@ func (a *apiServer) write(ctx context.Context) {
 		case c := <-a.queue:
 			calls = append(calls, c)
 		}
-		calls = gather(a.queue, calls, answered, answeredAt, time.After)
+		calls = gather(a.queue, calls, answered, answeredAt, linger, time.After)
 		calls = slices.DeleteFunc(calls, func(c *apiCall) bool { return !c.state.CompareAndSwap(callQueued, callTaken) })
 		if len(calls) == 0 {
 			continue
@@ -350,7 +351,7 @@ func (a *apiServer) write(ctx context.Context) {
 				if res.Err == nil && (res.held != nil || res.released) {
 					a.addCommitted([]string{holdKey})
 				}
-				answered, answeredAt = 1, time.Now()
+				answered, answeredAt, linger = 1, time.Now(), minLinger
 				c.answer <- res
 				calls = calls[1:]
 				continue
@@ -359,25 +360,42 @@ func (a *apiServer) write(ctx context.Context) {
 			if n < 0 {
 				n = len(calls)
 			}
-			answered, answeredAt = n, a.commit(ctx, eng, calls[:n])
+			start := time.Now()
+			answeredAt = a.commit(ctx, eng, calls[:n])
+			answered, linger = n, lingerAfter(answeredAt.Sub(start))
 			calls = calls[n:]
 		}
 	}
 }
 
-// groupLinger bounds how long the writer waits for the callers the last
-// group answered.
-const groupLinger = 2 * time.Millisecond
+// The writer waits for the callers of the last group at least minLinger,
+// at most maxLinger, and otherwise a quarter of what the last group took:
+// a group that ran haproxy -c on 10,000 fragments (400 ms) is worth
+// waiting 100 ms for 20 CLI processes to come back with their next change
+// (they take 15 to 150 ms, started at once on 2 cores) rather than being
+// run again for the first of them. A caller waits at most a quarter more
+// than it would have.
+const (
+	minLinger = 2 * time.Millisecond
+	maxLinger = 200 * time.Millisecond
+)
+
+// lingerAfter is how long to wait for the callers of a group that took
+// took.
+func lingerAfter(took time.Duration) time.Duration {
+	return min(max(took/4, minLinger), maxLinger)
+}
 
 // gather adds to calls what is queued. Callers that were just answered
 // tend to come back at once with their next change (a script, 20 writers):
-// when the first call came within groupLinger of the last answers (which
-// began at answeredAt), gather waits up to groupLinger until it has as
-// many calls as the last group answered and those that were waiting then,
-// so that those callers and the ones that waited make one group, not two
-// that take turns. A lone caller does not wait, nor does the first after a
-// pause. calls holds the first call; after is time.After.
-func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt time.Time, after func(time.Duration) <-chan time.Time) []*apiCall {
+// when the first call came within linger of the last answers (which began
+// at answeredAt), gather waits until linger after them at most, until it
+// has as many calls as the last group answered and those that were waiting
+// then, so that those
+// callers and the ones that waited make one group, not two that take
+// turns. A lone caller does not wait, nor does the first after a pause.
+// calls holds the first call; after is time.After.
+func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt time.Time, linger time.Duration, after func(time.Duration) <-chan time.Time) []*apiCall {
 	drain := func() {
 		for {
 			select {
@@ -389,7 +407,7 @@ func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt ti
 		}
 	}
 	drain()
-	if calls[0].queued.Sub(answeredAt) > groupLinger {
+	if calls[0].queued.Sub(answeredAt) > linger {
 		return calls
 	}
 	want := answered
@@ -398,16 +416,16 @@ func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt ti
 			want++
 		}
 	}
-	var linger <-chan time.Time
+	var timeout <-chan time.Time
 	for len(calls) < want {
-		if linger == nil {
-			linger = after(groupLinger)
+		if timeout == nil {
+			timeout = after(time.Until(answeredAt.Add(linger)))
 		}
 		select {
 		case c := <-queue:
 			calls = append(calls, c)
 			drain()
-		case <-linger:
+		case <-timeout:
 			return calls
 		}
 	}

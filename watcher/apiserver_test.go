@@ -314,10 +314,10 @@ func TestGatherWaitsForTheLastGroup(t *testing.T) {
 	queue := make(chan *apiCall, 8)
 	queue <- back()
 	queue <- back()
-	if got := gather(queue, []*apiCall{back()}, 0, answeredAt, never); len(got) != 3 {
+	if got := gather(queue, []*apiCall{back()}, 0, answeredAt, minLinger, never); len(got) != 3 {
 		t.Fatalf("took %d calls, want the 3 queued", len(got))
 	}
-	if got := gather(queue, []*apiCall{back()}, 1, answeredAt, never); len(got) != 1 {
+	if got := gather(queue, []*apiCall{back()}, 1, answeredAt, minLinger, never); len(got) != 1 {
 		t.Fatalf("a lone caller: took %d calls, want 1", len(got))
 	}
 	// two groups of 3 take turns: 3 waited while the last group's 3 were
@@ -329,17 +329,29 @@ func TestGatherWaitsForTheLastGroup(t *testing.T) {
 			queue <- back()
 		}
 	}()
-	if got := gather(queue, []*apiCall{waiting()}, 3, answeredAt, never); len(got) != 6 {
+	if got := gather(queue, []*apiCall{waiting()}, 3, answeredAt, minLinger, never); len(got) != 6 {
 		t.Fatalf("took %d calls, want the 3 waiting and the 3 answered last", len(got))
 	}
 	queue <- waiting()
-	if got := gather(queue, []*apiCall{waiting()}, 3, answeredAt, over); len(got) != 2 {
+	if got := gather(queue, []*apiCall{waiting()}, 3, answeredAt, minLinger, over); len(got) != 2 {
 		t.Fatalf("after the linger: took %d calls, want the 2 there were", len(got))
 	}
 	// the first call after a pause: the last group's callers are not
 	// coming back at once
 	later := &apiCall{queued: answeredAt.Add(time.Second)}
-	if got := gather(queue, []*apiCall{later}, 3, answeredAt, never); len(got) != 1 {
+	if got := gather(queue, []*apiCall{later}, 3, answeredAt, minLinger, never); len(got) != 1 {
 		t.Fatalf("after a pause: took %d calls, want 1", len(got))
+	}
+	// 10 ms after the answers of a group that took long enough to wait
+	// that long for its callers
+	go func() {
+		queue <- &apiCall{queued: later.queued}
+		queue <- &apiCall{queued: later.queued}
+	}()
+	if got := gather(queue, []*apiCall{later}, 3, later.queued.Add(-10*time.Millisecond), lingerAfter(time.Second), never); len(got) != 3 {
+		t.Fatalf("after a long group: took %d calls, want 3", len(got))
+	}
+	if lingerAfter(time.Millisecond) != minLinger || lingerAfter(time.Hour) != maxLinger || lingerAfter(80*time.Millisecond) != 20*time.Millisecond {
+		t.Error("the linger is not a quarter of the group's time, within its bounds")
 	}
 }
