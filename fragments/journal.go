@@ -154,6 +154,8 @@ func (s *Store) finish(t *Txn) error {
 	}
 	var touched []string
 	for _, w := range t.Writes {
+		// a rename made before a crash still has its directory fsynced
+		touched = append(touched, w.Path)
 		err := os.Rename(w.Staged, w.Path)
 		if errors.Is(err, fs.ErrNotExist) {
 			if _, statErr := os.Stat(w.Path); statErr == nil {
@@ -163,7 +165,6 @@ func (s *Store) finish(t *Txn) error {
 		if err != nil {
 			return fmt.Errorf("install %s: %w", w.Path, err)
 		}
-		touched = append(touched, w.Path)
 	}
 	for _, path := range t.Removes {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
