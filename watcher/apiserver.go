@@ -387,12 +387,11 @@ func lingerAfter(took time.Duration) time.Duration {
 }
 
 // gather adds to calls what is queued. Callers that were just answered
-// tend to come back at once with their next change (a script, 20 writers):
-// when the first call came within linger of the last answers (which began
-// at answeredAt), gather waits until linger after them at most, until it
-// has as many calls as the last group answered and those that were waiting
-// then, so that those
-// callers and the ones that waited make one group, not two that take
+// tend to come back at once with their next change (a script, 20 writers).
+// When the first call came within linger of the last answers (which began
+// at answeredAt), gather waits, until linger after them at most, for as
+// many calls as the last group answered and those that were waiting then:
+// those callers and the ones that waited make one group, not two that take
 // turns. A lone caller does not wait, nor does the first after a pause.
 // calls holds the first call; after is time.After.
 func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt time.Time, linger time.Duration, after func(time.Duration) <-chan time.Time) []*apiCall {

@@ -121,11 +121,11 @@ func (d *Daemon) updateMap(ctx context.Context) (changed bool, entries int, err 
 	return delta.Len() > 0, len(next.entries), nil
 }
 
-// mapChange finds what turns the map old saw into the one data holds (the
-// map file at path).
-// When neither lists a key twice it reads only the fragments' parts that
-// changed (assemble.ChangedHostMap) and makes the change in old's entries;
-// otherwise it reads data whole and compares every key.
+// mapChange finds what turns the map old saw into the one data (the map
+// file at path) holds. When neither lists a key twice it reads only the
+// fragments' parts that changed (assemble.ChangedHostMap) and makes the
+// change in old's entries; otherwise it reads data whole and compares every
+// key.
 func mapChange(path string, old *seenMap, data []byte) (*seenMap, reload.MapDelta, error) {
 	if old.unique {
 		was, now, err := assemble.ChangedHostMap(path, old.data, data)
