@@ -209,15 +209,24 @@ func (a *ACME) Obtain(names []string, challenge, replaces string) (*Issued, erro
 // the field it checks beyond a plain order. Boulder answers 403 "requester
 // account did not request the certificate being replaced by this order"
 // for a certificate another account ordered, and 400 for a CertID it
-// cannot parse or whose names do not overlap; Pebble 403 and 404. lego
-// itself orders again only after "alreadyReplaced" (RFC 9773 section 5).
+// cannot parse or whose names do not overlap; Pebble 403 and 404, and 500
+// serverInternal "could not find an order for the given certificate" when
+// it does not match the certificate to the order that issued it (seen
+// under load, 11 s after the issue). lego itself orders again only after
+// "alreadyReplaced" (RFC 9773 section 5).
 func (a *ACME) refusedReplaces(err error) bool {
 	var p *acme.ProblemDetails
 	if !errors.As(err, &p) || a.newOrder == "" || p.URL != a.newOrder {
 		return false
 	}
+	if p.HTTPStatus == 500 && p.Type == serverInternalErr {
+		return true
+	}
 	return p.HTTPStatus >= 400 && p.HTTPStatus < 500 && p.Type != acme.RateLimitedErr && p.Type != acme.BadNonceErr
 }
+
+// serverInternalErr is RFC 8555's problem type for an internal error.
+const serverInternalErr = "urn:ietf:params:acme:error:serverInternal"
 
 // RenewalInfo asks the CA's renewal information for cert.
 func (a *ACME) RenewalInfo(cert *x509.Certificate) (*certificate.RenewalInfoResponse, error) {
