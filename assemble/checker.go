@@ -95,7 +95,7 @@ func (ix *index) removeSections(f *Fragment) {
 		k := sectionKey{s.Namespace(), s.Name}
 		if owner, ok := ix.sections[k]; ok && owner.loc.Fragment == f.Name {
 			delete(ix.sections, k)
-			if owner.kind == "backend" || owner.kind == "listen" {
+			if (Section{Kind: owner.kind}).IsBackend() {
 				ix.backends[s.Name]--
 			}
 		}
