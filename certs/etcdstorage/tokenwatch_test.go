@@ -2,10 +2,14 @@ package etcdstorage
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"haproxy-config/certs"
 )
@@ -143,30 +147,45 @@ func TestTokenCacheAcrossQuorumLoss(t *testing.T) {
 }
 
 // TestDeleteTokenRevokesItsLease: a token's lease goes with it, rather
-// than outliving it by TokenTTL, one per order.
+// than outliving it by TokenTTL, one per order. The lease is looked up
+// by its ID (TimeToLive answers from the leader) and polled for: a
+// member's own list of leases may lag the grant or the revoke.
 func TestDeleteTokenRevokesItsLease(t *testing.T) {
 	c := cluster(t)
 	s := open(t, fleet(t, c))
 	ctx := context.Background()
-	leases := func() int {
-		resp, err := s.cli.Leases(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(resp.Leases)
-	}
-	before := leases()
 	if err := s.PutToken(ctx, "tok", certs.Token{Domain: "a.example.com", KeyAuth: "tok.k"}); err != nil {
 		t.Fatal(err)
 	}
-	if got := leases(); got != before+1 {
-		t.Fatalf("%d leases after a put, want %d", got, before+1)
+	resp, err := s.cli.Get(ctx, s.tokens+s.seal.tokenName("tok"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		t.Fatalf("the token's key after a put: %v, want one key on a lease", resp.Kvs)
+	}
+	id := clientv3.LeaseID(resp.Kvs[0].Lease)
+	ttl := func() int64 {
+		r, err := s.cli.TimeToLive(ctx, id)
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return -1
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.TTL
+	}
+	if got := ttl(); got <= 0 {
+		t.Fatalf("the token's lease has TTL %d after the put, want > 0", got)
 	}
 	if err := s.DeleteToken(ctx, "tok"); err != nil {
 		t.Fatal(err)
 	}
-	if got := leases(); got != before {
-		t.Errorf("%d leases after the delete, want %d: the token's lease outlives it", got, before)
+	// TokenTTL is 30 min: within these 10 s only the revoke ends it
+	for end := time.Now().Add(10 * time.Second); ttl() != -1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the token's lease still has TTL %d 10s after the delete: it outlives the token", ttl())
+		}
 	}
 	if err := s.DeleteToken(ctx, "tok"); err != nil {
 		t.Errorf("a second delete: %v, want none", err)
