@@ -2,6 +2,8 @@ package fragments
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,23 +20,28 @@ import (
 )
 
 // Txn is a change to several files that must happen whole: a fragment's
-// two parts, or the live config and its host map. Every new file is first
-// staged beside its destination (a hidden file, fsynced); Commit then writes
-// the plan to the journal and carries it out. A crash before the journal is
-// written changes nothing; a crash after it is finished by the next Lock.
+// two parts, the fragments of a group, or the live config and its host
+// map. A new file is either staged beside its destination (Stage: a
+// hidden file, fsynced before the journal names it) or carried by the
+// journal itself (Put). Commit writes the plan to the journal and carries
+// it out. A crash before the journal is written changes nothing; a crash
+// after it is finished by the next Lock.
 type Txn struct {
-	Writes  []StagedWrite `json:"writes,omitempty"`
-	Removes []string      `json:"removes,omitempty"`
-	Events  []Event       `json:"events,omitempty"` // for the history
+	Writes  []TxnWrite `json:"writes,omitempty"`
+	Removes []string   `json:"removes,omitempty"`
+	Events  []Event    `json:"events,omitempty"` // for the history
 	// Event is where a journal written before group commits (#12) has
 	// its one event; recover reads it into Events
 	Event *Event `json:"event,omitempty"`
 }
 
-// StagedWrite renames Staged over Path.
-type StagedWrite struct {
-	Path   string `json:"path"`
-	Staged string `json:"staged"`
+// TxnWrite puts a file at Path: the staged file Staged renamed over it,
+// or, with Staged empty, Data written there with Perm.
+type TxnWrite struct {
+	Path   string      `json:"path"`
+	Staged string      `json:"staged,omitempty"`
+	Data   []byte      `json:"data,omitempty"`
+	Perm   os.FileMode `json:"perm,omitempty"`
 }
 
 // stagedMark is part of every staged file's name, so that leftovers of a
@@ -42,17 +49,40 @@ type StagedWrite struct {
 const stagedMark = ".hc-staged-"
 
 // Stage writes data to a hidden file next to path and adds the rename to
-// t; Commit fsyncs it.
+// t; Commit fsyncs it. For large files, which the journal would carry a
+// second time.
 func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+stagedMark+"*")
+	f, err := createStaged(path)
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", path, err)
 	}
-	_, err = f.Write(data)
+	if err := fill(f, data, perm); err != nil {
+		return fmt.Errorf("stage %s: %w", path, err)
+	}
+	t.Writes = append(t.Writes, TxnWrite{Path: path, Staged: f.Name()})
+	return nil
+}
+
+// Put adds a write of data to path that the journal carries: nothing is
+// written before Commit, and nothing fsynced before the journal, which
+// is the one wait for the disk before the change is durable.
+func (t *Txn) Put(path string, data []byte, perm os.FileMode) {
+	t.Writes = append(t.Writes, TxnWrite{Path: path, Data: data, Perm: perm})
+}
+
+// createStaged creates a hidden file beside path, and path's directory
+// when it is missing.
+func createStaged(path string) (*os.File, error) {
+	dir := filepath.Dir(path)
+	if err := MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	return os.CreateTemp(dir, "."+filepath.Base(path)+stagedMark+"*")
+}
+
+// fill writes data to f, sets perm and closes it; on failure f is removed.
+func fill(f *os.File, data []byte, perm os.FileMode) error {
+	_, err := f.Write(data)
 	if err == nil {
 		err = f.Chmod(perm)
 	}
@@ -61,10 +91,8 @@ func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return fmt.Errorf("stage %s: %w", path, err)
 	}
-	t.Writes = append(t.Writes, StagedWrite{Path: path, Staged: f.Name()})
-	return nil
+	return err
 }
 
 // SyncAll fsyncs paths (files or directories) at once, each in its own
@@ -95,19 +123,28 @@ func dirsOf(paths []string) []string {
 // Discard removes the staged files of a transaction that will not commit.
 func (t *Txn) Discard() {
 	for _, w := range t.Writes {
-		os.Remove(w.Staged)
+		if w.Staged != "" {
+			os.Remove(w.Staged)
+		}
 	}
 }
 
 func (s *Store) journalPath() string { return statedir.Layout(s.StateDir).Journal() }
 
-// Commit carries out t: the staged files and their directories are
-// fsynced at once, then the journal is written (the file, then its
-// directory), the renames and removals made, their directories fsynced
-// while the events are appended to the history, and the journal removed:
-// five fsyncs one after the other, however many files. The caller holds
-// the lock.
+// Commit carries out t. The staged files and their directories are
+// fsynced at once; the journal is written and fsynced: from here on the
+// change is durable. The files are then put in place, and the change
+// settles: the files written and the directories touched are fsynced
+// while the events are appended to the history, then the journal is
+// emptied. A Store with a Settler returns before the settling, which
+// finishes in the background under the store lock (see Settler); without
+// one, Commit returns once the change has settled. The caller holds the
+// lock.
 func (s *Store) Commit(t *Txn) error {
+	if err := s.settled(); err != nil {
+		t.Discard()
+		return err
+	}
 	plan, err := json.Marshal(t)
 	if err != nil {
 		t.Discard()
@@ -120,42 +157,157 @@ func (s *Store) Commit(t *Txn) error {
 	// the staged files, and their names, are durable before the journal
 	// names them: recovery takes a staged file that is missing for one
 	// renamed
-	var paths []string
+	var staged []string
 	for _, w := range t.Writes {
-		paths = append(paths, w.Staged)
+		if w.Staged != "" {
+			staged = append(staged, w.Staged)
+		}
 	}
-	if err := SyncAll(append(paths, dirsOf(paths)...)...); err != nil {
+	if len(staged) > 0 {
+		if err := SyncAll(append(staged, dirsOf(staged)...)...); err != nil {
+			t.Discard()
+			return err
+		}
+	}
+	if err := s.writeJournal(plan); err != nil {
 		t.Discard()
 		return err
 	}
-	if err := WriteFile(s.journalPath(), plan, 0o640); err != nil {
-		// it may be in place, its directory not synced: it must not
-		// outlive the staged files it names
-		os.Remove(s.journalPath())
-		t.Discard()
+	written, touched, err := s.apply(t)
+	if err != nil {
+		// the journal stays: the next Lock finishes the change
 		return err
 	}
-	return s.finish(t)
+	if s.Later != nil {
+		s.Later.start(func() error { return s.settle(t, written, touched, false) })
+		return nil
+	}
+	return s.settle(t, written, touched, false)
 }
 
-// finish performs a journaled transaction; running it twice is harmless.
-// A watched file cache hears of every path it touches (see Watch) as soon
-// as it is touched, not when the file watcher gets to it.
-func (s *Store) finish(t *Txn) error {
+// settled waits for the change of this lock's last Commit to settle in
+// the background, and finishes the journal's change if settling failed:
+// a journal must not be written over one still needed.
+func (s *Store) settled() error {
+	// a failure left the journal, which is finished here
+	_ = s.Later.Wait()
+	if fi, err := os.Stat(s.journalPath()); err != nil || fi.Size() == 0 {
+		return nil
+	}
+	return s.finishPending()
+}
+
+// journalSum starts the journal's last line: the SHA-256 of the plan
+// before it, which tells a journal written whole from one a crash tore.
+const journalSum = "sha256 "
+
+// writeJournal writes plan to the journal and fsyncs it. The journal file
+// stays once made, empty between changes: rewriting it needs no fsync of
+// its directory.
+func (s *Store) writeJournal(plan []byte) error {
+	path := s.journalPath()
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("write journal: %w", err)
+	}
+	sum := sha256.Sum256(plan)
+	record := append(append(plan, '\n'), journalSum+hex.EncodeToString(sum[:])+"\n"...)
+	_, err = f.Write(record)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && statErr != nil {
+		err = Sync(s.StateDir)
+	}
+	if err != nil {
+		// it must not outlive the staged files it names
+		_ = os.Truncate(path, 0)
+		return fmt.Errorf("write journal: %w", err)
+	}
+	return nil
+}
+
+// readJournal returns the change the journal holds: nil when it is
+// empty or missing; nil and torn when a crash tore it while it was
+// written (a change never carried out, nor reported durable). A journal
+// written before this format (#12), plain JSON, is read as well: it was
+// renamed into place whole, and only while its change was in progress.
+func (s *Store) readJournal() (t *Txn, torn bool, err error) {
+	data, err := os.ReadFile(s.journalPath())
+	if errors.Is(err, fs.ErrNotExist) || len(data) == 0 {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read journal: %w", err)
+	}
+	plan := data
+	if body, last, ok := bytes.Cut(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"+journalSum)); ok {
+		sum := sha256.Sum256(body)
+		if string(last) != hex.EncodeToString(sum[:]) {
+			return nil, true, nil
+		}
+		plan = body
+	}
+	t = &Txn{}
+	if err := json.Unmarshal(plan, t); err != nil {
+		return nil, true, nil
+	}
+	if t.Event != nil {
+		t.Events, t.Event = append(t.Events, *t.Event), nil
+	}
+	return t, false, nil
+}
+
+// clearJournal empties the journal once its change has settled.
+func (s *Store) clearJournal() error {
+	f, err := os.OpenFile(s.journalPath(), os.O_WRONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("clear journal: %w", err)
+	}
+	err = f.Truncate(0)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("clear journal: %w", err)
+	}
+	return nil
+}
+
+// apply puts a journaled transaction's files in place and removes what it
+// removes, without waiting for the disk; running it twice is harmless.
+// It returns the files it wrote (to fsync) and every path it touched
+// (whose directories to fsync). A watched file cache hears of every path
+// it touches (see Watch) as soon as it is touched, not when the file
+// watcher gets to it.
+func (s *Store) apply(t *Txn) (written, touched []string, err error) {
 	if s.Files != nil {
 		defer func() {
-			for _, w := range t.Writes {
-				s.Files.Changed(w.Path)
-			}
-			for _, path := range t.Removes {
+			for _, path := range touched {
 				s.Files.Changed(path)
 			}
 		}()
 	}
-	var touched []string
 	for _, w := range t.Writes {
 		// a rename made before a crash still has its directory fsynced
 		touched = append(touched, w.Path)
+		if w.Staged == "" {
+			if err := put(w.Path, w.Data, w.Perm); err != nil {
+				return nil, touched, fmt.Errorf("install %s: %w", w.Path, err)
+			}
+			written = append(written, w.Path)
+			continue
+		}
 		err := os.Rename(w.Staged, w.Path)
 		if errors.Is(err, fs.ErrNotExist) {
 			if _, statErr := os.Stat(w.Path); statErr == nil {
@@ -163,56 +315,87 @@ func (s *Store) finish(t *Txn) error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("install %s: %w", w.Path, err)
+			return nil, touched, fmt.Errorf("install %s: %w", w.Path, err)
 		}
 	}
 	for _, path := range t.Removes {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove %s: %w", path, err)
+			return nil, touched, fmt.Errorf("remove %s: %w", path, err)
 		}
 		touched = append(touched, path)
 	}
-	// the directories and the history at once: both before the journal
-	// goes
+	return written, touched, nil
+}
+
+// put writes data to a hidden file beside path and renames it there,
+// without an fsync: the journal holds data until the change settles.
+func put(path string, data []byte, perm os.FileMode) error {
+	f, err := createStaged(path)
+	if err != nil {
+		return err
+	}
+	if err := fill(f, data, perm); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return nil
+}
+
+// settle makes an applied transaction last: the files it wrote and the
+// directories it touched are fsynced while its events are appended to
+// the history (after a crash, those not there yet), then the journal is
+// emptied. Until then the journal holds the change, and a failure leaves
+// it for the next Lock to finish.
+func (s *Store) settle(t *Txn, written, touched []string, recovering bool) error {
 	var g errgroup.Group
-	g.Go(func() error { return SyncAll(dirsOf(touched)...) })
+	g.Go(func() error { return SyncAll(append(written, dirsOf(touched)...)...) })
 	if len(t.Events) > 0 {
 		g.Go(func() error {
-			missing, err := s.unrecorded(t.Events)
-			if err != nil {
-				return err
+			events := t.Events
+			if recovering {
+				var err error
+				if events, err = s.unrecorded(events); err != nil {
+					return err
+				}
 			}
-			return s.Record(missing...)
+			return s.Record(events...)
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	if err := os.Remove(s.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("clear journal: %w", err)
+	return s.clearJournal()
+}
+
+// finishPending finishes the change the journal holds, if any, and
+// empties a torn journal.
+func (s *Store) finishPending() error {
+	t, torn, err := s.readJournal()
+	if torn {
+		return s.clearJournal()
 	}
-	return Sync(s.StateDir)
+	if err != nil || t == nil {
+		return err
+	}
+	written, touched, err := s.apply(t)
+	if err == nil {
+		err = s.settle(t, written, touched, true)
+	}
+	if err != nil {
+		return fmt.Errorf("finish interrupted change: %w", err)
+	}
+	s.Later.finished()
+	return nil
 }
 
 // recover finishes a transaction a crash interrupted, then removes staged
 // files that never made it into a journal. Called with the lock held.
 func (s *Store) recover() error {
-	plan, err := os.ReadFile(s.journalPath())
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return fmt.Errorf("read journal: %w", err)
-	default:
-		var t Txn
-		if err := json.Unmarshal(plan, &t); err != nil {
-			return fmt.Errorf("journal %s is damaged: %w", s.journalPath(), err)
-		}
-		if t.Event != nil {
-			t.Events, t.Event = append(t.Events, *t.Event), nil
-		}
-		if err := s.finish(&t); err != nil {
-			return fmt.Errorf("finish interrupted change: %w", err)
-		}
+	if err := s.finishPending(); err != nil {
+		return err
 	}
 	// Leftovers are rare (a writer killed while staging) and harmless
 	// (hidden files): a watched store sweeps them only when it reads the

@@ -3,6 +3,7 @@ package fragments
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -73,9 +74,7 @@ func TestJournalFinishesAnInterruptedWrite(t *testing.T) {
 			if string(st.Conf) != "backend shop_v2\n" || string(st.Map) != "shop.example.com shop_v2\n" {
 				t.Fatalf("after recovery: conf %q map %q, want both parts of the new version", st.Conf, st.Map)
 			}
-			if _, err := os.Stat(s.journalPath()); !os.IsNotExist(err) {
-				t.Errorf("journal still there after recovery: %v", err)
-			}
+			assertJournalEmpty(t, s)
 			events, _ := s.History()
 			if len(events) != 1 || events[0].Name != "shop" {
 				t.Errorf("history = %+v, want the apply once", events)
@@ -105,6 +104,18 @@ func TestUnjournaledStagingLeavesEverythingAsItWas(t *testing.T) {
 		t.Fatalf("old version not intact: %q %v", st.Conf, err)
 	}
 	assertNoStaged(t, s.Dir)
+}
+
+// assertJournalEmpty fails t unless the journal holds no change.
+func assertJournalEmpty(t *testing.T, s *Store) {
+	t.Helper()
+	data, err := os.ReadFile(s.journalPath())
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if len(data) > 0 {
+		t.Errorf("the journal still holds a change: %.200q", data)
+	}
 }
 
 func assertNoStaged(t *testing.T, dir string) {
@@ -163,9 +174,7 @@ func TestWriteGroup(t *testing.T) {
 	if want := []string{"apply old", "apply shop", "remove old", "apply blog"}; !slices.Equal(lines, want) {
 		t.Fatalf("history %v, want %v", lines, want)
 	}
-	if _, err := os.Stat(s.journalPath()); !os.IsNotExist(err) {
-		t.Errorf("journal still there: %v", err)
-	}
+	assertJournalEmpty(t, s)
 
 	before, _ := os.ReadFile(s.path("shop", true))
 	changed := mustParse(t, "shop", "backend shop_v2\n", "shop.example.com shop_v2\n")
@@ -262,9 +271,7 @@ func TestWriteGroupRefusesWhatItCannotFinish(t *testing.T) {
 		if _, err := s.Read("shop"); err == nil {
 			t.Errorf("%s: shop is stored from a group that failed", what)
 		}
-		if _, err := os.Stat(s.journalPath()); !os.IsNotExist(err) {
-			t.Errorf("%s: a journal is left: %v", what, err)
-		}
+		assertJournalEmpty(t, s)
 		assertNoStaged(t, s.Dir)
 	}
 	if err := s.Write(shop, nil); err != nil {
@@ -331,5 +338,112 @@ func TestSyncAllReportsAFailure(t *testing.T) {
 	}
 	if err := SyncAll(file, filepath.Join(dir, "missing"), dir); err == nil {
 		t.Fatal("a missing path was fsynced")
+	}
+}
+
+// putGroup journals a group that puts new versions of shop and blog, as
+// WriteGroup does, and carries out only the first n writes: a kill -9
+// after the journal was fsynced.
+func putGroup(t *testing.T, s *Store, n int) *Txn {
+	t.Helper()
+	tx := &Txn{}
+	for i, name := range []string{"shop", "blog"} {
+		f := mustParse(t, name, "backend "+name+"_v2\n", name+".example.com "+name+"_v2\n")
+		tx.Put(s.path(name, true), f.Conf, 0o640)
+		tx.Put(s.path(name, false), f.MapText, 0o640)
+		tx.Events = append(tx.Events, Event{Time: time.Unix(1700000000+int64(i), 0).UTC(), Action: "apply", Name: name, Checksum: f.Checksum, Actor: "test"})
+	}
+	plan, _ := json.Marshal(tx)
+	if err := os.MkdirAll(s.StateDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.writeJournal(plan); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range tx.Writes[:n] {
+		if err := put(w.Path, w.Data, w.Perm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tx
+}
+
+// TestJournalFinishesAnInterruptedPut: a journal that carries its files
+// is finished by the next Lock however many of them were written: each
+// file whole with its mode, each event once.
+func TestJournalFinishesAnInterruptedPut(t *testing.T) {
+	for _, n := range []int{0, 1, 3, 4} {
+		t.Run(fmt.Sprintf("%d of 4 files written", n), func(t *testing.T) {
+			s := newStore(t)
+			if err := s.Write(mustParse(t, "shop", "backend shop_web\n", "shop.example.com shop_web\n"), nil); err != nil {
+				t.Fatal(err)
+			}
+			putGroup(t, s, n)
+			unlock, err := s.Lock(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unlock()
+			for _, name := range []string{"shop", "blog"} {
+				st, err := s.Read(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(st.Conf) != "backend "+name+"_v2\n" || string(st.Map) != name+".example.com "+name+"_v2\n" {
+					t.Errorf("after recovery, %s: conf %q map %q, want the new version", name, st.Conf, st.Map)
+				}
+				if fi, err := os.Stat(st.ConfPath); err != nil || fi.Mode().Perm() != 0o640 {
+					t.Errorf("%s's config part after recovery: %v %v, want mode 0640", name, fi.Mode(), err)
+				}
+			}
+			events, _ := s.History()
+			if len(events) != 2 || events[0].Name != "shop" || events[1].Name != "blog" {
+				t.Errorf("history = %+v, want shop's and blog's applies once each", events)
+			}
+			assertJournalEmpty(t, s)
+			assertNoStaged(t, s.Dir)
+		})
+	}
+}
+
+// TestJournalTornIsNotCarriedOut: a journal a crash tore while it was
+// written (its checksum line wrong or missing) is a change never carried
+// out nor reported durable: the next Lock leaves the store as it was and
+// empties the journal.
+func TestJournalTornIsNotCarriedOut(t *testing.T) {
+	for what, tear := range map[string]func([]byte) []byte{
+		"cut in the plan":         func(j []byte) []byte { return j[:len(j)/2] },
+		"cut in the checksum":     func(j []byte) []byte { return j[:len(j)-10] },
+		"a byte of the plan lost": func(j []byte) []byte { return append(j[:20:20], j[21:]...) },
+	} {
+		t.Run(what, func(t *testing.T) {
+			s := newStore(t)
+			if err := s.Write(mustParse(t, "shop", "backend shop_web\n", "shop.example.com shop_web\n"), nil); err != nil {
+				t.Fatal(err)
+			}
+			putGroup(t, s, 0)
+			journal, err := os.ReadFile(s.journalPath())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(s.journalPath(), tear(journal), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			unlock, err := s.Lock(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unlock()
+			if st, err := s.Read("shop"); err != nil || string(st.Conf) != "backend shop_web\n" {
+				t.Errorf("shop after a torn journal: %v %+v, want the old version", err, st)
+			}
+			if _, err := s.Read("blog"); err == nil {
+				t.Error("blog is stored from a torn journal")
+			}
+			if events, _ := s.History(); len(events) != 0 {
+				t.Errorf("history after a torn journal: %+v, want none", events)
+			}
+			assertJournalEmpty(t, s)
+		})
 	}
 }

@@ -52,6 +52,9 @@ type Store struct {
 	// Files, when set, keeps the parts read before, so that ReadAll reads
 	// again only the files that changed (the daemon's stores share one).
 	Files *FileCache
+	// Later, when set, settles each Commit in the background, still under
+	// the store lock (the daemon's stores share one; see Settler).
+	Later *Settler
 }
 
 // FileCache holds fragment parts as they were read, with what lstat says
@@ -149,7 +152,8 @@ func (c *FileCache) keep(paths map[string]bool) {
 }
 
 // Lock takes the store's exclusive lock, waiting until ctx is done, and
-// finishes any change a crash interrupted. The returned function releases it.
+// finishes any change a crash interrupted. The returned function releases
+// it, once the last change has settled.
 func (s *Store) Lock(ctx context.Context) (func(), error) {
 	if err := MkdirAll(s.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create state directory (HAPROXY_CONFIG_STATE): %w", err)
@@ -159,6 +163,11 @@ func (s *Store) Lock(ctx context.Context) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store lock: %w", err)
 	}
+	// a change of this process settling still holds the lock
+	if err := s.Later.wait(ctx); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
@@ -166,7 +175,7 @@ func (s *Store) Lock(ctx context.Context) (func(), error) {
 				f.Close()
 				return nil, err
 			}
-			return func() { f.Close() }, nil
+			return func() { s.Later.release(func() { f.Close() }) }, nil
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
 			f.Close()
@@ -611,8 +620,9 @@ type GroupChange struct {
 }
 
 // WriteGroup makes the changes in one transaction, all of them or none
-// (see Commit): the parts are staged, and one journal, one fsync of the
-// directory and one append to the history cover them all. A group
+// (see Commit): the journal carries the parts, and one fsync of it makes
+// the group durable; the files, the directory and one append to the
+// history then settle together. A group
 // changes a fragment once at most. A removal of a fragment that has no
 // file left changes nothing: its name is returned in gone, and the others
 // go ahead. The caller holds the lock.
@@ -662,9 +672,7 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 				if fi, err := os.Lstat(path); err == nil && fi.IsDir() {
 					return fail(fmt.Errorf("store %s: a directory is in the way", path))
 				}
-				if err := t.Stage(path, part.data, 0o640); err != nil {
-					return fail(err)
-				}
+				t.Put(path, part.data, 0o640)
 			}
 		}
 		if c.Event != nil {

@@ -59,6 +59,9 @@ type ParseCache struct {
 	// Files is for the stores of the engines sharing the cache, so that a
 	// store reads again only the files that changed.
 	Files *fragments.FileCache
+	// Later settles the commits of those stores in the background (nil:
+	// each Commit settles before it returns).
+	Later *fragments.Settler
 
 	mu sync.Mutex
 	m  map[string]parsedFragment
@@ -260,8 +263,11 @@ func (c *ParseCache) keepGeneration(path string, fi fs.FileInfo, g *Generation) 
 	c.gens[path] = cachedGeneration{id: id, g: g, used: c.genUses}
 }
 
-// NewParseCache returns an empty cache, with an empty file cache.
-func NewParseCache() *ParseCache { return &ParseCache{Files: fragments.NewFileCache()} }
+// NewParseCache returns an empty cache, with an empty file cache and a
+// Settler.
+func NewParseCache() *ParseCache {
+	return &ParseCache{Files: fragments.NewFileCache(), Later: fragments.NewSettler()}
+}
 
 func (c *ParseCache) get() map[string]parsedFragment {
 	c.mu.Lock()

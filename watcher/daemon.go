@@ -131,6 +131,8 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 	if err := d.configure(s); err != nil {
 		return err
 	}
+	// last: the changes of the API and the loop settle before the exit
+	defer d.settle()
 	if s.Fleet.Enabled() && !s.ACME.Enabled {
 		return &reconcile.UsageError{Err: fmt.Errorf("setting %sETCD_ENDPOINTS: fleet mode shares certificates: it needs %sACME=true", settings.EnvPrefix, settings.EnvPrefix)}
 	}
@@ -343,6 +345,14 @@ func monotonicUsec() int64 {
 	return ts.Nano() / 1000
 }
 
+// settle waits for the last commit to settle; one that failed is left in
+// the journal, which the next run finishes.
+func (d *Daemon) settle() {
+	if err := d.parses.Later.Wait(); err != nil {
+		d.Log.Warn("the last change did not settle: the next run finishes it from the journal", "err", err)
+	}
+}
+
 // configure builds the engine, the reloader and the limiter.
 func (d *Daemon) configure(s *settings.Settings) error {
 	d.parses = reconcile.NewParseCache()
@@ -383,13 +393,14 @@ func (d *Daemon) configure(s *settings.Settings) error {
 }
 
 // newEngine is the daemon's engine: it polls for the store lock every
-// millisecond, ahead of CLI writers polling every 5, and parses into the
-// cache the daemon's engines share.
+// millisecond, ahead of CLI writers polling every 5, parses into the
+// cache the daemon's engines share, and settles their commits in the
+// background.
 func newEngine(s *settings.Settings, parses *reconcile.ParseCache) *reconcile.Engine {
 	e := reconcile.New(s)
 	e.Store.LockPoll = time.Millisecond
 	if parses != nil {
-		e.Parses, e.Store.Files = parses, parses.Files
+		e.Parses, e.Store.Files, e.Store.Later = parses, parses.Files, parses.Later
 	}
 	return e
 }
