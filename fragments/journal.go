@@ -42,6 +42,9 @@ type TxnWrite struct {
 	Staged string      `json:"staged,omitempty"`
 	Data   []byte      `json:"data,omitempty"`
 	Perm   os.FileMode `json:"perm,omitempty"`
+	// temp is where Commit wrote Data before the journal, for apply to
+	// rename; recovery writes Data again
+	temp string
 }
 
 // stagedMark is part of every staged file's name, so that leftovers of a
@@ -52,7 +55,7 @@ const stagedMark = ".hc-staged-"
 // t; Commit fsyncs it. For large files, which the journal would carry a
 // second time.
 func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
-	f, err := createStaged(path)
+	f, err := createStaged(path, 0o755)
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", path, err)
 	}
@@ -63,22 +66,27 @@ func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
-// Put adds a write of data to path that the journal carries: nothing is
-// written before Commit, and nothing fsynced before the journal, which
-// is the one wait for the disk before the change is durable.
+// Put adds a write of data to path that the journal carries. Commit
+// writes it beside path before the journal, so that a full disk refuses
+// the change whole, but fsyncs it only after: the journal's fsync is the
+// one wait for the disk before the change is durable. Path's directory,
+// when missing, is made private (fragment parts may hold credentials).
 func (t *Txn) Put(path string, data []byte, perm os.FileMode) {
 	t.Writes = append(t.Writes, TxnWrite{Path: path, Data: data, Perm: perm})
 }
 
 // createStaged creates a hidden file beside path, and path's directory
-// when it is missing.
-func createStaged(path string) (*os.File, error) {
+// with dirPerm when it is missing.
+func createStaged(path string, dirPerm os.FileMode) (*os.File, error) {
 	dir := filepath.Dir(path)
-	if err := MkdirAll(dir, 0o755); err != nil {
+	if err := MkdirAll(dir, dirPerm); err != nil {
 		return nil, err
 	}
 	return os.CreateTemp(dir, "."+filepath.Base(path)+stagedMark+"*")
 }
+
+// putDirPerm is the mode of a directory a Put or WriteFiles creates.
+const putDirPerm = 0o750
 
 // fill writes data to f, sets perm and closes it; on failure f is removed.
 func fill(f *os.File, data []byte, perm os.FileMode) error {
@@ -127,6 +135,19 @@ func (t *Txn) Discard() {
 			os.Remove(w.Staged)
 		}
 	}
+	t.dropTemps()
+}
+
+// dropTemps removes the files written for Puts and not renamed into
+// place. Once the journal is written only those go: it names the staged
+// files, which recovery renames.
+func (t *Txn) dropTemps() {
+	for i := range t.Writes {
+		if w := &t.Writes[i]; w.temp != "" {
+			os.Remove(w.temp)
+			w.temp = ""
+		}
+	}
 }
 
 func (s *Store) journalPath() string { return statedir.Layout(s.StateDir).Journal() }
@@ -169,6 +190,21 @@ func (s *Store) Commit(t *Txn) error {
 			return err
 		}
 	}
+	for i := range t.Writes {
+		w := &t.Writes[i]
+		if w.Staged != "" {
+			continue
+		}
+		f, err := createStaged(w.Path, putDirPerm)
+		if err == nil {
+			err = fill(f, w.Data, w.Perm)
+		}
+		if err != nil {
+			t.Discard()
+			return fmt.Errorf("write %s: %w", w.Path, err)
+		}
+		w.temp = f.Name()
+	}
 	if err := s.writeJournal(plan); err != nil {
 		t.Discard()
 		return err
@@ -176,13 +212,21 @@ func (s *Store) Commit(t *Txn) error {
 	written, touched, err := s.apply(t)
 	if err != nil {
 		// the journal stays: the next Lock finishes the change
+		t.dropTemps()
 		return err
 	}
+	// the history shows the change once it is answered, as the files do
+	appended, historySize := false, int64(0)
+	if len(t.Events) > 0 {
+		historySize, err = s.appendHistory(t.Events)
+		appended = err == nil
+	}
+	settle := func() error { return s.settle(t, written, touched, appended, historySize) }
 	if s.Later != nil {
-		s.Later.start(func() error { return s.settle(t, written, touched, false) })
+		s.Later.start(settle)
 		return nil
 	}
-	return s.settle(t, written, touched, false)
+	return settle()
 }
 
 // settled waits for the change of this lock's last Commit to settle in
@@ -191,10 +235,23 @@ func (s *Store) Commit(t *Txn) error {
 func (s *Store) settled() error {
 	// a failure left the journal, which is finished here
 	_ = s.Later.Wait()
-	if fi, err := os.Stat(s.journalPath()); err != nil || fi.Size() == 0 {
+	fi, err := os.Stat(s.journalPath())
+	if errors.Is(err, fs.ErrNotExist) || err == nil && (fi.Size() == 0 || fi.Size() == int64(len(clearedJournal))) {
 		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("read journal: %w", err)
+	}
 	return s.finishPending()
+}
+
+// Settled waits for this process's last change to settle, and reports
+// whether the journal still holds a change: one whose settling failed,
+// which the next Lock finishes.
+func (s *Store) Settled() (pending bool, err error) {
+	_ = s.Later.Wait()
+	t, torn, err := s.readJournal()
+	return t != nil || torn, err
 }
 
 // journalSum starts the journal's last line: the SHA-256 of the plan
@@ -232,17 +289,22 @@ func (s *Store) writeJournal(plan []byte) error {
 }
 
 // readJournal returns the change the journal holds: nil when it is
-// empty or missing; nil and torn when a crash tore it while it was
-// written (a change never carried out, nor reported durable). A journal
-// written before this format (#12), plain JSON, is read as well: it was
-// renamed into place whole, and only while its change was in progress.
+// missing or empty (cleared); nil and torn when a crash tore it while it
+// was written (a change never carried out, nor reported durable). A
+// journal cut exactly at the end of its plan holds the plan whole, and
+// is carried out. A journal written before this format (#12), plain
+// JSON, is read as well: it was renamed into place whole, and only while
+// its change was in progress.
 func (s *Store) readJournal() (t *Txn, torn bool, err error) {
 	data, err := os.ReadFile(s.journalPath())
-	if errors.Is(err, fs.ErrNotExist) || len(data) == 0 {
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, nil
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("read journal: %w", err)
+	}
+	if len(data) == 0 || string(data) == clearedJournal {
+		return nil, false, nil
 	}
 	plan := data
 	if body, last, ok := bytes.Cut(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"+journalSum)); ok {
@@ -262,16 +324,21 @@ func (s *Store) readJournal() (t *Txn, torn bool, err error) {
 	return t, false, nil
 }
 
+// clearedJournal is what a journal holds between changes: a change that
+// changes nothing, which the release before this format (#12), finding
+// the file, finishes rather than refusing as damaged.
+const clearedJournal = "{}\n"
+
 // clearJournal empties the journal once its change has settled.
 func (s *Store) clearJournal() error {
-	f, err := os.OpenFile(s.journalPath(), os.O_WRONLY, 0)
+	f, err := os.OpenFile(s.journalPath(), os.O_WRONLY|os.O_TRUNC, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("clear journal: %w", err)
 	}
-	err = f.Truncate(0)
+	_, err = f.WriteString(clearedJournal)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -298,11 +365,12 @@ func (s *Store) apply(t *Txn) (written, touched []string, err error) {
 			}
 		}()
 	}
-	for _, w := range t.Writes {
+	for i := range t.Writes {
+		w := &t.Writes[i]
 		// a rename made before a crash still has its directory fsynced
 		touched = append(touched, w.Path)
 		if w.Staged == "" {
-			if err := put(w.Path, w.Data, w.Perm); err != nil {
+			if err := put(w); err != nil {
 				return nil, touched, fmt.Errorf("install %s: %w", w.Path, err)
 			}
 			written = append(written, w.Path)
@@ -327,39 +395,43 @@ func (s *Store) apply(t *Txn) (written, touched []string, err error) {
 	return written, touched, nil
 }
 
-// put writes data to a hidden file beside path and renames it there,
-// without an fsync: the journal holds data until the change settles.
-func put(path string, data []byte, perm os.FileMode) error {
-	f, err := createStaged(path)
-	if err != nil {
+// put renames the file Commit wrote for w into place, or, recovering
+// from the journal, writes w's data beside its path first; no fsync.
+func put(w *TxnWrite) error {
+	if w.temp == "" {
+		f, err := createStaged(w.Path, putDirPerm)
+		if err != nil {
+			return err
+		}
+		if err := fill(f, w.Data, w.Perm); err != nil {
+			return err
+		}
+		w.temp = f.Name()
+	}
+	if err := os.Rename(w.temp, w.Path); err != nil {
 		return err
 	}
-	if err := fill(f, data, perm); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
+	w.temp = ""
 	return nil
 }
 
 // settle makes an applied transaction last: the files it wrote and the
-// directories it touched are fsynced while its events are appended to
-// the history (after a crash, those not there yet), then the journal is
-// emptied. Until then the journal holds the change, and a failure leaves
-// it for the next Lock to finish.
-func (s *Store) settle(t *Txn, written, touched []string, recovering bool) error {
+// directories it touched are fsynced with the history, then the journal
+// is emptied. Its events were appended to the history already (appended,
+// leaving it historySize bytes long), or are appended here: after a
+// crash, those not there yet. Until the journal is emptied it holds the
+// change, and a failure leaves it for the next Lock to finish.
+func (s *Store) settle(t *Txn, written, touched []string, appended bool, historySize int64) error {
 	var g errgroup.Group
 	g.Go(func() error { return SyncAll(append(written, dirsOf(touched)...)...) })
-	if len(t.Events) > 0 {
+	switch {
+	case appended:
+		g.Go(func() error { return s.syncHistory(historySize) })
+	case len(t.Events) > 0:
 		g.Go(func() error {
-			events := t.Events
-			if recovering {
-				var err error
-				if events, err = s.unrecorded(events); err != nil {
-					return err
-				}
+			events, err := s.unrecorded(t.Events)
+			if err != nil {
+				return err
 			}
 			return s.Record(events...)
 		})
@@ -382,12 +454,12 @@ func (s *Store) finishPending() error {
 	}
 	written, touched, err := s.apply(t)
 	if err == nil {
-		err = s.settle(t, written, touched, true)
+		err = s.settle(t, written, touched, false, 0)
 	}
 	if err != nil {
+		t.dropTemps()
 		return fmt.Errorf("finish interrupted change: %w", err)
 	}
-	s.Later.finished()
 	return nil
 }
 
@@ -407,6 +479,13 @@ func (s *Store) recover() error {
 	return RemoveStaged(s.Dir)
 }
 
+// IsStaged tells whether a file name is a staged file's: one a write in
+// progress made beside its destination, left over when the writer was
+// killed before the rename.
+func IsStaged(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name, stagedMark)
+}
+
 // RemoveStaged deletes leftover staged files in dir. Only call it with the
 // lock held and no journal pending.
 func RemoveStaged(dir string) error {
@@ -418,7 +497,7 @@ func RemoveStaged(dir string) error {
 		return err
 	}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), stagedMark) {
+		if IsStaged(e.Name()) {
 			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}

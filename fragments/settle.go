@@ -58,17 +58,6 @@ func (l *Settler) Wait() error {
 	return l.err
 }
 
-// finished forgets the error of a settling whose change was finished
-// since, from the journal.
-func (l *Settler) finished() {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.err = nil
-}
-
 // wait waits for the settling in flight until ctx ends.
 func (l *Settler) wait(ctx context.Context) error {
 	if l == nil {

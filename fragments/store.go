@@ -36,8 +36,10 @@ const (
 
 // Store is the fragment directory (NAME.cfg + NAME.map per tenant, which
 // Ansible may also write directly) plus the state directory holding the
-// lock and the history. Writers hold the lock; every write is a temp file in
-// the same directory, fsync, rename, then an fsync of the directory.
+// lock and the history. Writers hold the lock. A file written alone is a
+// temp file in the same directory, fsync, rename, then an fsync of the
+// directory; the changes of several files go through the journal (see
+// Commit).
 type Store struct {
 	Dir      string
 	StateDir string
@@ -647,7 +649,11 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 			removes := len(t.Removes)
 			for _, conf := range []bool{true, false} {
 				path := s.path(c.Name, conf)
-				if _, err := os.Lstat(path); err == nil {
+				// a removal that fails once the journal is written would
+				// leave every Lock after failing
+				if fi, err := os.Lstat(path); err == nil && fi.IsDir() {
+					return fail(fmt.Errorf("remove %s: a directory is in the way", path))
+				} else if err == nil {
 					t.Removes = append(t.Removes, path)
 				} else if !errors.Is(err, fs.ErrNotExist) {
 					return fail(fmt.Errorf("remove fragment: %w", err))
@@ -704,6 +710,43 @@ func Replace(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
+// WriteFiles replaces each of files (Data at Path, with Perm) atomically
+// and all of them durably, waiting for the disk twice however many there
+// are: each is written to a hidden file beside it, those are fsynced at
+// once and renamed, then their directories are fsynced at once. They are
+// not one change: a failure can leave some replaced and the rest not.
+func WriteFiles(files []TxnWrite) error {
+	var temps []string
+	defer func() {
+		for _, temp := range temps {
+			os.Remove(temp)
+		}
+	}()
+	for _, w := range files {
+		f, err := createStaged(w.Path, putDirPerm)
+		if err == nil {
+			err = fill(f, w.Data, w.Perm)
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", w.Path, err)
+		}
+		temps = append(temps, f.Name())
+	}
+	if err := SyncAll(temps...); err != nil {
+		return err
+	}
+	paths := make([]string, len(files))
+	for i, w := range files {
+		if err := os.Rename(temps[i], w.Path); err != nil {
+			temps = temps[i:]
+			return fmt.Errorf("write %s: %w", w.Path, err)
+		}
+		paths[i] = w.Path
+	}
+	temps = nil
+	return SyncAll(dirsOf(paths)...)
+}
+
 // Sync fsyncs a file or a directory, so that what was written to it, or
 // renamed into it, survives a power cut.
 func Sync(path string) error {
@@ -739,19 +782,27 @@ func (s *Store) Record(events ...Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	path := statedir.Layout(s.StateDir).History()
+	size, err := s.appendHistory(events)
+	if err != nil {
+		return err
+	}
+	return s.syncHistory(size)
+}
+
+// appendHistory appends events to the history in one write, without an
+// fsync, and returns the history's size after it.
+func (s *Store) appendHistory(events []Event) (int64, error) {
 	var line []byte
 	for _, e := range events {
 		l, err := json.Marshal(e)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		line = append(append(line, l...), '\n')
 	}
-	line = line[:len(line)-1]
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o640)
+	f, err := os.OpenFile(statedir.Layout(s.StateDir).History(), os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
-		return fmt.Errorf("open history: %w", err)
+		return 0, fmt.Errorf("open history: %w", err)
 	}
 	// After a crash the file may end in a torn line: end it, or this event
 	// would be glued to it and skipped by History as well.
@@ -761,18 +812,28 @@ func (s *Store) Record(events ...Event) error {
 			line = append([]byte{'\n'}, line...)
 		}
 	}
-	_, err = f.Write(append(line, '\n'))
-	if err == nil {
-		err = f.Sync()
+	_, err = f.Write(line)
+	var size int64
+	if fi, statErr := f.Stat(); statErr == nil {
+		size = fi.Size()
 	}
-	fi, statErr := f.Stat()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
+		return 0, fmt.Errorf("record history: %w", err)
+	}
+	return size, nil
+}
+
+// syncHistory fsyncs the history, and trims it when the last append left
+// it size bytes long, past historyMax.
+func (s *Store) syncHistory(size int64) error {
+	path := statedir.Layout(s.StateDir).History()
+	if err := Sync(path); err != nil {
 		return fmt.Errorf("record history: %w", err)
 	}
-	if statErr == nil && fi.Size() > historyMax {
+	if size > historyMax {
 		return s.trimHistory(path)
 	}
 	return nil

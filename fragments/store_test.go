@@ -881,3 +881,45 @@ func TestFileCacheSharedBytesStayPrivate(t *testing.T) {
 		t.Errorf("appending to one reader's bytes wrote into the other's (cap %d, len %d)", cap(b.Conf), n)
 	}
 }
+
+// TestWriteFiles: every file is replaced with its data and mode, in
+// several directories; a rename that fails leaves no hidden file behind.
+func TestWriteFiles(t *testing.T) {
+	root := t.TempDir()
+	a, b := filepath.Join(root, "a"), filepath.Join(root, "b")
+	for _, dir := range []string{a, b} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(a, "one"), []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	files := []TxnWrite{
+		{Path: filepath.Join(a, "one"), Data: []byte("1"), Perm: 0o640},
+		{Path: filepath.Join(a, "two"), Data: []byte("2"), Perm: 0o640},
+		{Path: filepath.Join(b, "three"), Data: []byte("3"), Perm: 0o600},
+	}
+	if err := WriteFiles(files); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range files {
+		data, err := os.ReadFile(w.Path)
+		if err != nil || string(data) != string(w.Data) {
+			t.Errorf("%s: %q %v, want %q", w.Path, data, err, w.Data)
+		}
+		if fi, err := os.Stat(w.Path); err != nil || fi.Mode().Perm() != w.Perm {
+			t.Errorf("%s: mode %v %v, want %v", w.Path, fi.Mode().Perm(), err, w.Perm)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(b, "dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b, "dir", "x"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFiles([]TxnWrite{{Path: filepath.Join(b, "four"), Data: []byte("4"), Perm: 0o640}, {Path: filepath.Join(b, "dir"), Data: []byte("5"), Perm: 0o640}}); err == nil {
+		t.Fatal("a file renamed over a directory that is not empty")
+	}
+	assertNoStaged(t, b)
+}

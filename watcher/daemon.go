@@ -348,8 +348,12 @@ func monotonicUsec() int64 {
 // settle waits for the last commit to settle; one that failed is left in
 // the journal, which the next run finishes.
 func (d *Daemon) settle() {
-	if err := d.parses.Later.Wait(); err != nil {
-		d.Log.Warn("the last change did not settle: the next run finishes it from the journal", "err", err)
+	pending, err := d.eng.Store.Settled()
+	switch {
+	case err != nil:
+		d.Log.Warn("the journal", "err", err)
+	case pending:
+		d.Log.Warn("a change did not settle: the next run finishes it from the journal")
 	}
 }
 
