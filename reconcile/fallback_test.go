@@ -176,6 +176,26 @@ func TestVersionsPruned(t *testing.T) {
 	}
 }
 
+// TestVersionsLeftoverTempRemoved: a copy's temp file that a killed
+// publish left in the versions directory goes with the next prune that
+// lists it (an engine's first, as after a restart), not in its turn as an
+// unwanted copy would.
+func TestVersionsLeftoverTempRemoved(t *testing.T) {
+	e := newEngine(t, nil)
+	writeRaw(t, e, "shop", shopV1, shopMap)
+	publish(t, e)
+	left := filepath.Join(e.state().Versions(), ".0123abcd.cfg.hc-staged-42")
+	if err := os.WriteFile(left, []byte("half a copy"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	restarted := New(e.S)
+	writeRaw(t, restarted, "shop", shopV2, shopMap)
+	publish(t, restarted)
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Errorf("the leftover temp file is still there after a listing prune: %v", err)
+	}
+}
+
 // TestCheckTimeoutBlamesTheNewcomer: a fragment that makes haproxy -c run
 // past its timeout is refused by apply and quarantined by publish, while
 // the fragments HAProxy serves stay live.

@@ -121,7 +121,7 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 	if err := fragments.MkdirAll(e.state().Versions(), 0o750); err != nil {
 		return err
 	}
-	saved := false
+	var copies []fragments.TxnWrite
 	for _, f := range frags {
 		if latest != nil && latest.Fragments[f.Name] == f.Checksum {
 			continue
@@ -136,20 +136,12 @@ func (e *Engine) saveVersions(frags []*assemble.Fragment, latest *Generation) er
 			}
 		}
 		e.Parses.savedVersion(filepath.Base(confPath), filepath.Base(mapPath))
-		if err := fragments.Replace(mapPath, f.MapText, 0o640); err != nil {
-			return err
-		}
-		if err := fragments.Replace(confPath, f.Conf, 0o640); err != nil {
-			return err
-		}
-		saved = true
+		copies = append(copies, fragments.TxnWrite{Path: mapPath, Data: f.MapText, Perm: 0o640},
+			fragments.TxnWrite{Path: confPath, Data: f.Conf, Perm: 0o640})
 	}
-	if !saved {
-		return nil
-	}
-	// the directory once for all the copies: they are durable before the
-	// generation that may fall back to them is written
-	return fragments.Sync(e.state().Versions())
+	// all the copies at once: they are durable before the generation that
+	// may fall back to them is written
+	return fragments.WriteFiles(copies)
 }
 
 // pruneVersions removes the copies no generation kept may fall back to.
@@ -198,6 +190,13 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string, kept 
 	// their turn join it
 	for _, name := range onDisk {
 		if wanted[name] {
+			continue
+		}
+		if fragments.IsStaged(name) {
+			// a copy's temp file a crash left: not a version
+			if err := os.Remove(filepath.Join(e.state().Versions(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
 			continue
 		}
 		// a copy first seen unwanted (a process's first prune, a file
