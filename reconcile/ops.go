@@ -432,7 +432,9 @@ func (e *Engine) writeGeneration(g *Generation, out *assemble.Output) error {
 	if err != nil {
 		return err
 	}
-	meta, err := json.MarshalIndent(g, "", "  ")
+	// not indented: at 10,000 fragments (a megabyte) indenting took 40%
+	// of the time
+	meta, err := json.Marshal(g)
 	if err != nil {
 		return err
 	}
