@@ -8,6 +8,7 @@ package fragments
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,6 +31,16 @@ import (
 )
 
 // ---- helpers
+
+// rvRemoveOld adds to tx the removal of fragment old and the events of
+// rvNewHistory.
+func rvRemoveOld(s *Store, tx *Txn) {
+	tx.Removes = []string{s.path("old", true), s.path("old", false)}
+	for i, line := range rvNewHistory {
+		f := strings.Fields(line)
+		tx.Events = append(tx.Events, rvEv(f[0], f[1], f[2], 10+i))
+	}
+}
 
 func rvFrag(t *testing.T, name string, v int) *assemble.Fragment {
 	t.Helper()
@@ -149,11 +160,7 @@ func rvSetup(t *testing.T, root string, legacy string) *rvScenario {
 		tx.Put(s.path(name, true), f.Conf, 0o640)
 		tx.Put(s.path(name, false), f.MapText, 0o640)
 	}
-	tx.Removes = []string{s.path("old", true), s.path("old", false)}
-	for i, line := range rvNewHistory {
-		f := strings.Fields(line)
-		tx.Events = append(tx.Events, rvEv(f[0], f[1], f[2], 10+i))
-	}
+	rvRemoveOld(s, tx)
 	if legacy == "event" {
 		// a journal of before group commits: one event
 		ev := tx.Events[0]
@@ -222,6 +229,21 @@ func (sc *rvScenario) applySteps() []func() error {
 	return steps
 }
 
+// applyFirst carries out the first k of applySteps, all of them when k
+// is -1.
+func (sc *rvScenario) applyFirst(t *testing.T, k int) {
+	t.Helper()
+	steps := sc.applySteps()
+	if k >= 0 {
+		steps = steps[:k]
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // check takes the lock as another process would and checks that the
 // store holds the old or the new version whole, each event once, no
 // journal, nothing staged.
@@ -266,7 +288,7 @@ func (sc *rvScenario) check(t *testing.T, wantNew bool) {
 
 func TestCommitCrashAtEveryStep(t *testing.T) {
 	for _, legacy := range []string{"", "events", "event"} {
-		format := cmpOr(legacy, "checksummed")
+		format := cmp.Or(legacy, "checksummed")
 		t.Run(format+"/before the journal", func(t *testing.T) {
 			sc := rvSetup(t, t.TempDir(), legacy)
 			sc.check(t, false)
@@ -276,11 +298,7 @@ func TestCommitCrashAtEveryStep(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/journal and %d of %d apply steps", format, k, n), func(t *testing.T) {
 				sc := rvSetup(t, t.TempDir(), legacy)
 				sc.journal(t)
-				for _, step := range sc.applySteps()[:k] {
-					if err := step(); err != nil {
-						t.Fatal(err)
-					}
-				}
+				sc.applyFirst(t, k)
 				sc.check(t, true)
 			})
 		}
@@ -289,11 +307,7 @@ func TestCommitCrashAtEveryStep(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/applied, %d of %d events recorded, journal not emptied", format, j, events), func(t *testing.T) {
 				sc := rvSetup(t, t.TempDir(), legacy)
 				sc.journal(t)
-				for _, step := range sc.applySteps() {
-					if err := step(); err != nil {
-						t.Fatal(err)
-					}
-				}
+				sc.applyFirst(t, -1)
 				if err := sc.s.Record(sc.events()[:j]...); err != nil {
 					t.Fatal(err)
 				}
@@ -303,11 +317,7 @@ func TestCommitCrashAtEveryStep(t *testing.T) {
 		t.Run(format+"/history append torn mid-line", func(t *testing.T) {
 			sc := rvSetup(t, t.TempDir(), legacy)
 			sc.journal(t)
-			for _, step := range sc.applySteps() {
-				if err := step(); err != nil {
-					t.Fatal(err)
-				}
-			}
+			sc.applyFirst(t, -1)
 			var lines []byte
 			for _, e := range sc.events() {
 				l, _ := json.Marshal(e)
@@ -325,11 +335,7 @@ func TestCommitCrashAtEveryStep(t *testing.T) {
 			t.Run(format+"/put files lost by a power cut (empty), journal whole", func(t *testing.T) {
 				sc := rvSetup(t, t.TempDir(), legacy)
 				sc.journal(t)
-				for _, step := range sc.applySteps() {
-					if err := step(); err != nil {
-						t.Fatal(err)
-					}
-				}
+				sc.applyFirst(t, -1)
 				for _, w := range sc.tx.Writes {
 					if w.Staged == "" {
 						os.Truncate(w.Path, 0)
@@ -339,13 +345,6 @@ func TestCommitCrashAtEveryStep(t *testing.T) {
 			})
 		}
 	}
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // ---- 2. torn and corrupted journals
@@ -391,11 +390,7 @@ func rvTornBase(t *testing.T, root string) (*Store, *Txn) {
 		tx.Put(s.path(name, true), f.Conf, 0o640)
 		tx.Put(s.path(name, false), f.MapText, 0o640)
 	}
-	tx.Removes = []string{s.path("old", true), s.path("old", false)}
-	for i, line := range rvNewHistory {
-		f := strings.Fields(line)
-		tx.Events = append(tx.Events, rvEv(f[0], f[1], f[2], 10+i))
-	}
+	rvRemoveOld(s, tx)
 	return s, tx
 }
 
@@ -431,14 +426,21 @@ func sweepStep() int {
 	return 1
 }
 
-func TestJournalTornAtEveryOffset(t *testing.T) {
-	root := filepath.Join(t.TempDir(), "r")
+// rvWholeJournal writes the journal of rvTornBase's change under root
+// and returns it, with its plan's length.
+func rvWholeJournal(t *testing.T, root string) (journal []byte, planLen int) {
+	t.Helper()
 	s, tx := rvTornBase(t, root)
 	plan, _ := json.Marshal(tx)
 	if err := s.writeJournal(plan); err != nil {
 		t.Fatal(err)
 	}
-	full := rvJournal(t, s)
+	return rvJournal(t, s), len(plan)
+}
+
+func TestJournalTornAtEveryOffset(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "r")
+	full, planLen := rvWholeJournal(t, root)
 	var applied []int
 	for k := 0; k < len(full); k += sweepStep() {
 		s, _ := rvTornBase(t, root)
@@ -463,17 +465,12 @@ func TestJournalTornAtEveryOffset(t *testing.T) {
 		}
 		unlock()
 	}
-	t.Logf("journal of %d bytes (plan %d): cuts carried out whole at %v, the others left the old version", len(full), len(plan), applied)
+	t.Logf("journal of %d bytes (plan %d): cuts carried out whole at %v, the others left the old version", len(full), planLen, applied)
 }
 
 func TestJournalCorruptAtEveryByte(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "r")
-	s, tx := rvTornBase(t, root)
-	plan, _ := json.Marshal(tx)
-	if err := s.writeJournal(plan); err != nil {
-		t.Fatal(err)
-	}
-	full := rvJournal(t, s)
+	full, _ := rvWholeJournal(t, root)
 	outcomes := map[string]int{}
 	for k := 0; k < len(full); k += sweepStep() {
 		for _, flip := range []byte{0x01, 0x20} {
@@ -739,15 +736,14 @@ func TestJournalReadErrorFailsTheLock(t *testing.T) {
 	}
 }
 
-// TestSettledAfterAnotherProcessFinished: once another process (or a
-// store without the Settler) has finished from the journal a change whose
-// settling failed, Settled reports nothing pending, though the Settler
-// keeps the failure: the daemon's exit does not warn of a change that did
-// settle.
-func TestSettledAfterAnotherProcessFinished(t *testing.T) {
-	s := newStore(t)
+// settleFailing commits shop v1 with a Settler whose settling fails (the
+// history in the way), under the lock unlock releases; clear takes the
+// obstacle away.
+func settleFailing(t *testing.T) (s *Store, unlock, clear func()) {
+	t.Helper()
+	s = newStore(t)
 	s.Later = NewSettler()
-	clear := historyInTheWay(t, s)
+	clear = historyInTheWay(t, s)
 	unlock, err := s.Lock(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -756,6 +752,16 @@ func TestSettledAfterAnotherProcessFinished(t *testing.T) {
 	if _, err := s.WriteGroup([]GroupChange{{Name: "shop", Fragment: rvFrag(t, "shop", 1), Event: &ev}}); err != nil {
 		t.Fatal(err)
 	}
+	return s, unlock, clear
+}
+
+// TestSettledAfterAnotherProcessFinished: once another process (or a
+// store without the Settler) has finished from the journal a change whose
+// settling failed, Settled reports nothing pending, though the Settler
+// keeps the failure: the daemon's exit does not warn of a change that did
+// settle.
+func TestSettledAfterAnotherProcessFinished(t *testing.T) {
+	s, unlock, clear := settleFailing(t)
 	unlock()
 	if err := s.Later.Wait(); err == nil {
 		t.Fatal("settling with the history in the way succeeded")
@@ -779,17 +785,7 @@ func TestSettledAfterAnotherProcessFinished(t *testing.T) {
 // than write the journal over the change still pending, and the pending
 // change must survive into the next Lock.
 func TestCommitRefusesOverAPendingJournal(t *testing.T) {
-	s := newStore(t)
-	s.Later = NewSettler()
-	clear := historyInTheWay(t, s)
-	unlock, err := s.Lock(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev := rvEv("apply", "shop", "test", 0)
-	if _, err := s.WriteGroup([]GroupChange{{Name: "shop", Fragment: rvFrag(t, "shop", 1), Event: &ev}}); err != nil {
-		t.Fatal(err)
-	}
+	s, unlock, clear := settleFailing(t)
 	first := rvJournal(t, s)
 	s.Later.Wait()
 	for i := range 3 {
@@ -978,20 +974,7 @@ func TestStoreKill9(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: Lock after kill -9: %v", round, err)
 		}
-		ca, ma := rvVersion(s, "a")
-		cb, mb := rvVersion(s, "b")
-		cc, mc := rvVersion(s, "c")
-		V := ca
-		if ma != V || cb != V || mb != V {
-			t.Errorf("round %d: a v%d/v%d b v%d/v%d: a group split", round, ca, ma, cb, mb)
-		}
-		if V%4 == 0 && V > 0 {
-			if cc != -1 || mc != -1 {
-				t.Errorf("round %d: c at v%d/v%d, removed in group %d", round, cc, mc, V)
-			}
-		} else if V > 0 && (cc != V || mc != V) {
-			t.Errorf("round %d: c at v%d/v%d, want v%d", round, cc, mc, V)
-		}
+		V := rvGroupWhole(t, s, "", fmt.Sprintf("round %d", round))
 		if V < lastV || (ackGroup >= 0 && V < ackGroup) {
 			t.Errorf("round %d: group v%d after recovery; acknowledged v%d (last round v%d): an acknowledged change was lost", round, V, ackGroup, lastV)
 		}
@@ -1052,24 +1035,34 @@ func TestStoreKill9(t *testing.T) {
 	}
 }
 
-// rvCheckWriter checks the fragments and history of the writer with
-// prefix; it returns the version found.
-func rvCheckWriter(t *testing.T, s *Store, prefix string, ack int) int {
+// rvGroupWhole checks that the writer of prefix left its last group
+// whole: a and b both parts at one version V, c at V too, or removed when
+// V is a multiple of 4 (the writer's removals). It returns V, -1 when a
+// is missing; what names the check in its errors.
+func rvGroupWhole(t *testing.T, s *Store, prefix, what string) int {
 	t.Helper()
 	ca, ma := rvVersion(s, prefix+"a")
 	cb, mb := rvVersion(s, prefix+"b")
 	cc, mc := rvVersion(s, prefix+"c")
-	V := max(ca, 0)
-	if ma != ca || cb != ca || mb != ca {
-		t.Errorf("%s: a v%d/v%d b v%d/v%d: a group split", prefix, ca, ma, cb, mb)
+	V := ca
+	if ma != V || cb != V || mb != V {
+		t.Errorf("%s: a v%d/v%d b v%d/v%d: a group split", what, ca, ma, cb, mb)
 	}
 	if V%4 == 0 && V > 0 {
 		if cc != -1 || mc != -1 {
-			t.Errorf("%s: c at v%d/v%d, removed in group %d", prefix, cc, mc, V)
+			t.Errorf("%s: c at v%d/v%d, removed in group %d", what, cc, mc, V)
 		}
 	} else if V > 0 && (cc != V || mc != V) {
-		t.Errorf("%s: c at v%d/v%d, want v%d", prefix, cc, mc, V)
+		t.Errorf("%s: c at v%d/v%d, want v%d", what, cc, mc, V)
 	}
+	return V
+}
+
+// rvCheckWriter checks the fragments and history of the writer with
+// prefix; it returns the version found.
+func rvCheckWriter(t *testing.T, s *Store, prefix string, ack int) int {
+	t.Helper()
+	V := max(rvGroupWhole(t, s, prefix, prefix), 0)
 	if V < ack || V > ack+1 {
 		t.Errorf("%s: v%d after recovery, v%d acknowledged", prefix, V, ack)
 	}

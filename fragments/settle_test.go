@@ -69,19 +69,6 @@ func historyInTheWay(t *testing.T, s *Store) func() {
 	}
 }
 
-func historyNames(t *testing.T, s *Store) []string {
-	t.Helper()
-	events, err := s.History()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range events {
-		names = append(names, e.Action+" "+e.Name)
-	}
-	return names
-}
-
 // TestBackgroundSettlingThatFails: a group committed with a Settler is
 // in place when WriteGroup returns; when its settling fails, the journal
 // keeps the change, another process's Lock fails while it cannot finish
@@ -125,7 +112,7 @@ func TestBackgroundSettlingThatFails(t *testing.T) {
 	if pending, err := s.Settled(); pending || err != nil {
 		t.Errorf("Settled once the change was finished from the journal: %v %v, want nothing pending", pending, err)
 	}
-	if got := historyNames(t, s); !slices.Equal(got, []string{"apply shop"}) {
+	if got := rvHistory(t, s); !slices.Equal(got, []string{"apply shop test"}) {
 		t.Errorf("history %v, want shop's apply once", got)
 	}
 	assertJournalEmpty(t, s)
@@ -159,7 +146,7 @@ func TestCommitFinishesTheChangeLeftBefore(t *testing.T) {
 	if err := s.Later.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	if got := historyNames(t, s); !slices.Equal(got, []string{"apply shop", "apply blog"}) {
+	if got := rvHistory(t, s); !slices.Equal(got, []string{"apply shop test", "apply blog test"}) {
 		t.Errorf("history %v, want shop's apply, then blog's", got)
 	}
 	assertJournalEmpty(t, s)
