@@ -103,19 +103,26 @@ func fill(f *os.File, data []byte, perm os.FileMode) error {
 	return err
 }
 
-// SyncAll fsyncs paths (files or directories) at once, each in its own
-// goroutine: the file system commits them together, where one after the
-// other each waits for its own commit. It returns the first error.
+// SyncAll fsyncs paths (files or directories) at once, up to syncers at
+// a time, each in its own goroutine: the file system commits them
+// together, where one after the other each waits for its own commit. It
+// returns the first error.
 func SyncAll(paths ...string) error {
 	if len(paths) == 1 {
 		return Sync(paths[0])
 	}
 	var g errgroup.Group
+	g.SetLimit(syncers)
 	for _, path := range paths {
 		g.Go(func() error { return Sync(path) })
 	}
 	return g.Wait()
 }
+
+// syncers bounds SyncAll's goroutines: a daemon's first publish at
+// 10,000 fragments saves 20,000 version copies, and as many goroutines
+// left its RSS 40 MB higher for good.
+const syncers = 32
 
 // dirsOf returns the directories of paths, each once.
 func dirsOf(paths []string) []string {
@@ -153,14 +160,15 @@ func (t *Txn) dropTemps() {
 func (s *Store) journalPath() string { return statedir.Layout(s.StateDir).Journal() }
 
 // Commit carries out t. The staged files and their directories are
-// fsynced at once; the journal is written and fsynced: from here on the
-// change is durable. The files are then put in place, and the change
-// settles: the files written and the directories touched are fsynced
-// while the events are appended to the history, then the journal is
-// emptied. A Store with a Settler returns before the settling, which
-// finishes in the background under the store lock (see Settler); without
-// one, Commit returns once the change has settled. The caller holds the
-// lock.
+// fsynced at once, and the Puts written beside their paths; the journal
+// is written and fsynced: from here on the change is durable. The files
+// are then put in place and the events appended to the history, and the
+// change settles: the files written, the directories touched and the
+// history are fsynced, then the journal is emptied. A Store with a
+// Settler returns before the settling, which finishes in the background
+// under the store lock (see Settler); without one, Commit returns once
+// the change has settled. A Txn is for one Commit, failed or not. The
+// caller holds the lock.
 func (s *Store) Commit(t *Txn) error {
 	if err := s.settled(); err != nil {
 		t.Discard()
@@ -513,7 +521,7 @@ func (s *Store) unrecorded(events []Event) ([]Event, error) {
 	lines := make([][]byte, len(events))
 	size := int64(16 << 10)
 	for i, e := range events {
-		line, err := json.Marshal(e)
+		line, err := e.line()
 		if err != nil {
 			return nil, err
 		}

@@ -920,11 +920,13 @@ func (sel *Selection) candidates() []*assemble.Fragment {
 	type keyed struct {
 		f       *assemble.Fragment
 		newcome int   // 0 for what the previous generation had live, else 1
-		modTime int64 // nanoseconds
+		sec     int64 // the modification time: UnixNano would wrap past 2262
+		nsec    int
 	}
 	keys := make([]keyed, 0, len(sel.Parsed))
 	for name, f := range sel.Parsed {
-		k := keyed{f: f, newcome: 1, modTime: sel.Stored[name].ModTime.UnixNano()}
+		mod := sel.Stored[name].ModTime
+		k := keyed{f: f, newcome: 1, sec: mod.Unix(), nsec: mod.Nanosecond()}
 		if _, live := sel.wasLive[name]; live {
 			k.newcome = 0
 		}
@@ -934,8 +936,11 @@ func (sel *Selection) candidates() []*assemble.Fragment {
 		if a.newcome != b.newcome {
 			return a.newcome - b.newcome
 		}
-		if a.modTime != b.modTime {
-			return cmp.Compare(a.modTime, b.modTime)
+		if a.sec != b.sec {
+			return cmp.Compare(a.sec, b.sec)
+		}
+		if a.nsec != b.nsec {
+			return a.nsec - b.nsec
 		}
 		return strings.Compare(a.f.Name, b.f.Name)
 	})
