@@ -121,7 +121,7 @@ func SyncAll(paths ...string) error {
 
 // syncers bounds SyncAll's goroutines: a daemon's first publish at
 // 10,000 fragments saves 20,000 version copies, and as many goroutines
-// left its RSS 40 MB higher for good.
+// left its RSS 20 MB higher for good.
 const syncers = 32
 
 // dirsOf returns the directories of paths, each once.
@@ -266,9 +266,9 @@ func (s *Store) Settled() (pending bool, err error) {
 // before it, which tells a journal written whole from one a crash tore.
 const journalSum = "sha256 "
 
-// writeJournal writes plan to the journal and fsyncs it. The journal file
-// stays once made, empty between changes: rewriting it needs no fsync of
-// its directory.
+// writeJournal writes plan to the journal and fsyncs it. The journal
+// file stays once made, holding {} between changes: rewriting it needs
+// no fsync of its directory.
 func (s *Store) writeJournal(plan []byte) error {
 	path := s.journalPath()
 	_, statErr := os.Stat(path)
@@ -337,7 +337,8 @@ func (s *Store) readJournal() (t *Txn, torn bool, err error) {
 // the file, finishes rather than refusing as damaged.
 const clearedJournal = "{}\n"
 
-// clearJournal empties the journal once its change has settled.
+// clearJournal empties the journal (to clearedJournal) once its change
+// has settled.
 func (s *Store) clearJournal() error {
 	f, err := os.OpenFile(s.journalPath(), os.O_WRONLY|os.O_TRUNC, 0)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -711,10 +711,10 @@ func Replace(path string, data []byte, perm os.FileMode) error {
 }
 
 // WriteFiles replaces each of files (Data at Path, with Perm) atomically
-// and all of them durably, waiting for the disk twice for every
-// writeBatch of them: each is written to a hidden file beside it, those
-// are fsynced at once and renamed, and once all are, their directories
-// are fsynced at once. They are not one change: a failure can leave some
+// and all of them durably, waiting for the disk once for every
+// writeBatch of them and once more: each is written to a hidden file
+// beside it, those are fsynced at once and renamed, and once all are,
+// their directories are fsynced at once. They are not one change: a failure can leave some
 // replaced and the rest not.
 func WriteFiles(files []TxnWrite) error {
 	for batch := range slices.Chunk(files, writeBatch) {
