@@ -55,14 +55,11 @@ const stagedMark = ".hc-staged-"
 // t; Commit fsyncs it. For large files, which the journal would carry a
 // second time.
 func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
-	f, err := createStaged(path, 0o755)
+	staged, err := writeTemp(path, data, perm, 0o755)
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", path, err)
 	}
-	if err := fill(f, data, perm); err != nil {
-		return fmt.Errorf("stage %s: %w", path, err)
-	}
-	t.Writes = append(t.Writes, TxnWrite{Path: path, Staged: f.Name()})
+	t.Writes = append(t.Writes, TxnWrite{Path: path, Staged: staged})
 	return nil
 }
 
@@ -75,22 +72,19 @@ func (t *Txn) Put(path string, data []byte, perm os.FileMode) {
 	t.Writes = append(t.Writes, TxnWrite{Path: path, Data: data, Perm: perm})
 }
 
-// createStaged creates a hidden file beside path, and path's directory
-// with dirPerm when it is missing.
-func createStaged(path string, dirPerm os.FileMode) (*os.File, error) {
+// writeTemp writes data with perm to a hidden file beside path, made
+// with path's directory (dirPerm) when that is missing, without an
+// fsync, and returns its name; on failure nothing is left.
+func writeTemp(path string, data []byte, perm, dirPerm os.FileMode) (string, error) {
 	dir := filepath.Dir(path)
 	if err := MkdirAll(dir, dirPerm); err != nil {
-		return nil, err
+		return "", err
 	}
-	return os.CreateTemp(dir, "."+filepath.Base(path)+stagedMark+"*")
-}
-
-// putDirPerm is the mode of a directory a Put or WriteFiles creates.
-const putDirPerm = 0o750
-
-// fill writes data to f, sets perm and closes it; on failure f is removed.
-func fill(f *os.File, data []byte, perm os.FileMode) error {
-	_, err := f.Write(data)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+stagedMark+"*")
+	if err != nil {
+		return "", err
+	}
+	_, err = f.Write(data)
 	if err == nil {
 		err = f.Chmod(perm)
 	}
@@ -99,9 +93,13 @@ func fill(f *os.File, data []byte, perm os.FileMode) error {
 	}
 	if err != nil {
 		os.Remove(f.Name())
+		return "", err
 	}
-	return err
+	return f.Name(), nil
 }
+
+// putDirPerm is the mode of a directory a Put or WriteFiles creates.
+const putDirPerm = 0o750
 
 // SyncAll fsyncs paths (files or directories) at once, up to syncers at
 // a time, each in its own goroutine: the file system commits them
@@ -203,15 +201,12 @@ func (s *Store) Commit(t *Txn) error {
 		if w.Staged != "" {
 			continue
 		}
-		f, err := createStaged(w.Path, putDirPerm)
-		if err == nil {
-			err = fill(f, w.Data, w.Perm)
-		}
+		temp, err := writeTemp(w.Path, w.Data, w.Perm, putDirPerm)
 		if err != nil {
 			t.Discard()
 			return fmt.Errorf("write %s: %w", w.Path, err)
 		}
-		w.temp = f.Name()
+		w.temp = temp
 	}
 	if err := s.writeJournal(plan); err != nil {
 		t.Discard()
@@ -243,13 +238,6 @@ func (s *Store) Commit(t *Txn) error {
 func (s *Store) settled() error {
 	// a failure left the journal, which is finished here
 	_ = s.Later.Wait()
-	fi, err := os.Stat(s.journalPath())
-	if errors.Is(err, fs.ErrNotExist) || err == nil && (fi.Size() == 0 || fi.Size() == int64(len(clearedJournal))) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read journal: %w", err)
-	}
 	return s.finishPending()
 }
 
@@ -408,14 +396,11 @@ func (s *Store) apply(t *Txn) (written, touched []string, err error) {
 // from the journal, writes w's data beside its path first; no fsync.
 func put(w *TxnWrite) error {
 	if w.temp == "" {
-		f, err := createStaged(w.Path, putDirPerm)
+		temp, err := writeTemp(w.Path, w.Data, w.Perm, putDirPerm)
 		if err != nil {
 			return err
 		}
-		if err := fill(f, w.Data, w.Perm); err != nil {
-			return err
-		}
-		w.temp = f.Name()
+		w.temp = temp
 	}
 	if err := os.Rename(w.temp, w.Path); err != nil {
 		return err

@@ -214,13 +214,9 @@ func (sc *rvScenario) applySteps() []func() error {
 			continue
 		}
 		var temp string
-		steps = append(steps, func() error {
-			f, err := createStaged(w.Path, putDirPerm)
-			if err != nil {
-				return err
-			}
-			temp = f.Name()
-			return fill(f, w.Data, w.Perm)
+		steps = append(steps, func() (err error) {
+			temp, err = writeTemp(w.Path, w.Data, w.Perm, putDirPerm)
+			return err
 		}, func() error { return os.Rename(temp, w.Path) })
 	}
 	for _, path := range sc.tx.Removes {

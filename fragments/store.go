@@ -743,14 +743,11 @@ func writeBatchOf(files []TxnWrite) error {
 		}
 	}()
 	for _, w := range files {
-		f, err := createStaged(w.Path, putDirPerm)
-		if err == nil {
-			err = fill(f, w.Data, w.Perm)
-		}
+		temp, err := writeTemp(w.Path, w.Data, w.Perm, putDirPerm)
 		if err != nil {
 			return fmt.Errorf("write %s: %w", w.Path, err)
 		}
-		temps = append(temps, f.Name())
+		temps = append(temps, temp)
 	}
 	if err := SyncAll(temps...); err != nil {
 		return err
