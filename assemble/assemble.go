@@ -142,7 +142,7 @@ func Build(base *Base, frags []*Fragment) *Output {
 	}
 	src := &SourceMap{baseFile: base.File, baseLines: bytes.Count(base.Text, []byte{'\n'}),
 		proxies: make(map[string]Location, len(base.Sections)+len(sorted)),
-		conf:    make([]span, 0, len(sorted)), hosts: make([]mapSpan, 0, entries)}
+		conf:    make([]span, 0, len(sorted)), hosts: make([]span, 0, len(sorted))}
 	for _, s := range base.Sections {
 		if s.Namespace() == "proxy" {
 			src.proxies[s.Name] = Location{File: base.File, Line: s.Line}
@@ -157,16 +157,16 @@ func Build(base *Base, frags []*Fragment) *Output {
 	hosts = append(hosts, hostMapHeader...)
 	mapLine := 1
 	for _, f := range sorted {
-		quoted := `"` + f.Name + `"` // names are [a-z0-9._-]: nothing to escape
-		// no checksum here: it covers the map part too, and the config must
+		// names are [a-z0-9._-]: nothing to escape in the quoted name. No
+		// checksum here: it covers the map part too, and the config must
 		// not change when only the map does (see Output.Marker)
-		cfg.WriteString("\n# ---- fragment " + quoted + " ----\n")
+		writeMarkerLine(cfg, "\n# ---- fragment \"", f.Name)
 		line += 2
 		n := bytes.Count(f.Conf, []byte{'\n'})
 		src.conf = append(src.conf, span{first: line + 1, last: line + n, frag: f})
 		cfg.Write(f.Conf)
 		line += n
-		cfg.WriteString("# ---- end of fragment " + quoted + " ----\n")
+		writeMarkerLine(cfg, "# ---- end of fragment \"", f.Name)
 		line++
 		for _, s := range f.Sections {
 			if s.Namespace() == "proxy" {
@@ -176,17 +176,25 @@ func Build(base *Base, frags []*Fragment) *Output {
 		if len(f.Map) == 0 {
 			continue
 		}
-		hosts = appendFragmentComment(hosts, quoted)
+		hosts = appendFragmentComment(hosts, f.Name)
 		mapLine++
+		src.hosts = append(src.hosts, span{first: mapLine + 1, last: mapLine + len(f.Map), frag: f})
 		for _, e := range f.Map {
 			hosts = AppendHostMapLine(hosts, e.Domain, e.Backend)
-			mapLine++
-			src.hosts = append(src.hosts, mapSpan{line: mapLine, frag: f, entry: e})
 		}
+		mapLine += len(f.Map)
 	}
 	out := &Output{Config: cfg.Bytes(), Map: hosts, Source: src}
 	out.setMarker(len(base.Text))
 	return out
+}
+
+// writeMarkerLine writes the comment line that opens or closes a
+// fragment's part: prefix, the name, then the closing quote.
+func writeMarkerLine(cfg *bytes.Buffer, prefix, name string) {
+	cfg.WriteString(prefix)
+	cfg.WriteString(name)
+	cfg.WriteString("\" ----\n")
 }
 
 // SourceMap explains output lines in terms of the files people wrote.
@@ -194,19 +202,13 @@ type SourceMap struct {
 	baseFile  string
 	baseLines int
 	conf      []span // fragment config parts, ascending
-	hosts     []mapSpan
+	hosts     []span // fragment map lines, ascending: line first+i is Map[i]
 	proxies   map[string]Location
 }
 
 type span struct {
 	first, last int // output lines, inclusive
 	frag        *Fragment
-}
-
-type mapSpan struct {
-	line  int
-	frag  *Fragment
-	entry MapEntry
 }
 
 // ConfigLine maps a line of the assembled haproxy.cfg back to its origin.
@@ -225,10 +227,10 @@ func (s *SourceMap) ConfigLine(n int) (Location, bool) {
 
 // MapLine maps a line of the assembled host map back to its origin.
 func (s *SourceMap) MapLine(n int) (Location, bool) {
-	i := sort.Search(len(s.hosts), func(i int) bool { return s.hosts[i].line >= n })
-	if i < len(s.hosts) && s.hosts[i].line == n {
-		h := s.hosts[i]
-		return Location{Fragment: h.frag.Name, File: h.frag.MapFile, Line: h.entry.Line}, true
+	i := sort.Search(len(s.hosts), func(i int) bool { return s.hosts[i].last >= n })
+	if i < len(s.hosts) && s.hosts[i].first <= n {
+		sp := s.hosts[i]
+		return Location{Fragment: sp.frag.Name, File: sp.frag.MapFile, Line: sp.frag.Map[n-sp.first].Line}, true
 	}
 	return Location{}, false
 }

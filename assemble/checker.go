@@ -17,7 +17,18 @@ type index struct {
 	baseBackends map[string]bool // the base's exported backends
 	backends     map[string]int  // fragments' backend names -> sections defining them
 	routes       map[string]int  // backend names -> fragments' map lines routing to them
-	domains      map[string]Location
+	domains      map[string]domainOwner
+}
+
+// domainOwner is the map line that maps a domain: its Location is built
+// only for a problem, so the index of 50,000 domains stays small.
+type domainOwner struct {
+	f    *Fragment
+	line int
+}
+
+func (o domainOwner) location() Location {
+	return Location{Fragment: o.f.Name, File: o.f.MapFile, Line: o.line}
 }
 
 type sectionKey struct{ namespace, name string }
@@ -34,7 +45,7 @@ func newIndex(base *Base, opt Options, frags, entries int) *index {
 		baseBackends: map[string]bool{},
 		backends:     make(map[string]int, frags),
 		routes:       make(map[string]int, frags),
-		domains:      make(map[string]Location, entries)}
+		domains:      make(map[string]domainOwner, entries)}
 	for _, s := range base.Sections {
 		if s.Name == "" {
 			continue
@@ -69,24 +80,38 @@ func (ix *index) addSections(f *Fragment, ps Problems) Problems {
 // mapped and each line routing to a backend that is not there. Every
 // fragment's sections must be in first (CrossRefs).
 func (ix *index) addDomains(f *Fragment, ps Problems) Problems {
-	for _, e := range f.Map {
-		here := Location{Fragment: f.Name, File: f.MapFile, Line: e.Line}
-		if prev, ok := ix.domains[e.Domain]; ok {
-			ps = append(ps, Problemf(here, "domain %q is already mapped by %s", e.Domain, prev))
-		} else {
-			ix.domains[e.Domain] = here
+	for i := 0; i < len(f.Map); {
+		// map lines come in runs routing to one backend: look it up once
+		// a run
+		b, j := f.Map[i].Backend, i+1
+		for j < len(f.Map) && f.Map[j].Backend == b {
+			j++
 		}
-		ix.routes[e.Backend]++
-		switch {
-		case f.defines(e.Backend) || ix.baseBackends[e.Backend]:
-		case ix.opt.CrossRefs && ix.backends[e.Backend] > 0:
-		case ix.opt.CrossRefs:
-			ps = append(ps, Problemf(here, "domain %q routes to backend %q, which no fragment defines and the base config does not export", e.Domain, e.Backend))
-		default:
-			ps = append(ps, Problemf(here, "domain %q routes to backend %q, which this fragment does not define and the base config does not export (HAPROXY_CONFIG_EXPORTS)", e.Domain, e.Backend))
+		ix.routes[b] += j - i
+		routed := f.defines(b) || ix.baseBackends[b] || ix.opt.CrossRefs && ix.backends[b] > 0
+		for _, e := range f.Map[i:j] {
+			if prev, ok := ix.domains[e.Domain]; ok {
+				here := Location{Fragment: f.Name, File: f.MapFile, Line: e.Line}
+				ps = append(ps, Problemf(here, "domain %q is already mapped by %s", e.Domain, prev.location()))
+			} else {
+				ix.domains[e.Domain] = domainOwner{f, e.Line}
+			}
+			if !routed {
+				ps = append(ps, ix.unrouted(f, e))
+			}
 		}
+		i = j
 	}
 	return ps
+}
+
+// unrouted is the problem of a map line whose backend is not there.
+func (ix *index) unrouted(f *Fragment, e MapEntry) *Problem {
+	here := Location{Fragment: f.Name, File: f.MapFile, Line: e.Line}
+	if ix.opt.CrossRefs {
+		return Problemf(here, "domain %q routes to backend %q, which no fragment defines and the base config does not export", e.Domain, e.Backend)
+	}
+	return Problemf(here, "domain %q routes to backend %q, which this fragment does not define and the base config does not export (HAPROXY_CONFIG_EXPORTS)", e.Domain, e.Backend)
 }
 
 // removeSections takes out the sections f put in.
@@ -105,7 +130,7 @@ func (ix *index) removeSections(f *Fragment) {
 // removeDomains takes out the map lines f put in.
 func (ix *index) removeDomains(f *Fragment) {
 	for _, e := range f.Map {
-		if at, ok := ix.domains[e.Domain]; ok && at.Fragment == f.Name {
+		if at, ok := ix.domains[e.Domain]; ok && at.f.Name == f.Name {
 			delete(ix.domains, e.Domain)
 		}
 		ix.routes[e.Backend]--

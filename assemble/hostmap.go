@@ -26,10 +26,10 @@ func AppendHostMapLine(dst []byte, key, value string) []byte {
 }
 
 // appendFragmentComment appends the comment that opens a fragment's lines.
-func appendFragmentComment(dst []byte, quotedName string) []byte {
-	dst = append(dst, fragmentComment...)
-	dst = append(dst, quotedName...)
-	return append(dst, '\n')
+func appendFragmentComment(dst []byte, name string) []byte {
+	dst = append(dst, fragmentComment+`"`...)
+	dst = append(dst, name...)
+	return append(dst, "\"\n"...)
 }
 
 // ParseHostMap reads host map lines as HAProxy does: for a key listed twice
