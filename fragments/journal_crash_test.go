@@ -464,6 +464,76 @@ func TestJournalTornAtEveryOffset(t *testing.T) {
 	t.Logf("journal of %d bytes (plan %d): cuts carried out whole at %v, the others left the old version", len(full), planLen, applied)
 }
 
+// overwrite writes data over the start of path's bytes, as rewrite does
+// before it cuts the file to data's length.
+func overwrite(t *testing.T, path string, data []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestJournalRewrittenInPlaceTorn: the journal is written over its old
+// bytes, then cut to length. A crash in between leaves a plan's start
+// over the cleared journal's {}, or the cleared journal's start over a
+// settled plan: the first is carried out whole or not at all, the second
+// leaves the settled change as it is; the journal is emptied after both.
+// A cut before the plan's end must not be carried out.
+func TestJournalRewrittenInPlaceTorn(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "r")
+	full, planLen := rvWholeJournal(t, root)
+	for k := 0; k <= len(full); k += sweepStep() {
+		s, _ := rvTornBase(t, root)
+		if err := os.WriteFile(s.journalPath(), []byte(clearedJournal), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		overwrite(t, s.journalPath(), full[:k])
+		unlock, err := s.Lock(context.Background())
+		if err != nil {
+			t.Fatalf("plan cut at %d over {}: Lock: %v", k, err)
+		}
+		// a cut at the plan's end holds it whole (see readJournal)
+		if got := rvOldOrNew(t, s); got != "old" && (got != "new" || k < planLen) {
+			t.Errorf("plan cut at %d of %d over {}: %s", k, len(full), got)
+		}
+		if j := rvJournal(t, s); len(j) > 0 {
+			t.Errorf("plan cut at %d over {}: journal not emptied: %q", k, j)
+		}
+		unlock()
+	}
+	for k := 0; k <= len(clearedJournal); k++ {
+		s, _ := rvTornBase(t, root)
+		if err := os.WriteFile(s.journalPath(), full, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		unlock, err := s.Lock(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		unlock()
+		// the change settled; its clearing was cut at k
+		overwrite(t, s.journalPath(), append([]byte(clearedJournal[:k]), full[k:]...))
+		unlock, err = s.Lock(context.Background())
+		if err != nil {
+			t.Fatalf("clearing cut at %d: Lock: %v", k, err)
+		}
+		if got := rvOldOrNew(t, s); got != "new" {
+			t.Errorf("clearing cut at %d: %s; want the settled change", k, got)
+		}
+		if j := rvJournal(t, s); len(j) > 0 {
+			t.Errorf("clearing cut at %d: journal not emptied: %q", k, j)
+		}
+		unlock()
+	}
+}
+
 func TestJournalCorruptAtEveryByte(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "r")
 	full, _ := rvWholeJournal(t, root)

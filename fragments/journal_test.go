@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,6 +185,81 @@ func TestWriteGroup(t *testing.T) {
 	if after, _ := os.ReadFile(s.path("shop", true)); !slices.Equal(after, before) {
 		t.Errorf("a failed group changed shop: %q", after)
 	}
+	assertNoStaged(t, s.Dir)
+}
+
+// TestWriteGroupLeavesAnUnchangedPartBe: a part that already holds what
+// a change writes is not written again (a map-only change leaves the
+// config part's file as it is); one with another mode, or that shares
+// its inode through a hard link, is; the change's event is recorded
+// either way.
+func TestWriteGroupLeavesAnUnchangedPartBe(t *testing.T) {
+	s := newStore(t)
+	conf := "backend shop_web\n"
+	write := func(mapLine string) {
+		t.Helper()
+		f := mustParse(t, "shop", conf, mapLine+" shop_web\n")
+		if err := s.Write(f, &Event{Time: time.Unix(1700000000, 0).UTC(), Action: "apply", Name: "shop", Actor: "test"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, part := range []struct {
+			conf bool
+			want string
+		}{{true, conf}, {false, mapLine + " shop_web\n"}} {
+			path := s.path("shop", part.conf)
+			if got, err := os.ReadFile(path); err != nil || string(got) != part.want {
+				t.Fatalf("%s holds %q, %v; want %q", path, got, err, part.want)
+			}
+			if fi, err := os.Stat(path); err != nil || fi.Mode() != 0o640 {
+				t.Fatalf("%s: mode %v, %v; want 0640", path, fi.Mode(), err)
+			}
+		}
+	}
+	inode := func(conf bool) uint64 {
+		t.Helper()
+		fi, err := os.Lstat(s.path("shop", conf))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
+	write("a.example.com")
+	confIno, mapIno := inode(true), inode(false)
+	write("b.example.com")
+	if inode(true) != confIno {
+		t.Error("a map-only change wrote the unchanged config part again")
+	}
+	if inode(false) == mapIno {
+		t.Error("a map-only change did not write the map part")
+	}
+	mapIno = inode(false)
+	write("b.example.com")
+	if inode(true) != confIno || inode(false) != mapIno {
+		t.Error("an identical apply wrote a part again")
+	}
+
+	if err := os.Chmod(s.path("shop", true), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write("c.example.com")
+	if inode(true) == confIno {
+		t.Error("a config part of mode 0644 was kept; want it written again with 0640")
+	}
+	confIno = inode(true)
+	sibling := filepath.Join(t.TempDir(), "sibling")
+	if err := os.Link(s.path("shop", true), sibling); err != nil {
+		t.Fatal(err)
+	}
+	write("d.example.com")
+	if inode(true) == confIno {
+		t.Error("a hard-linked config part was kept; want a file of its own")
+	}
+
+	events, err := s.History()
+	if err != nil || len(events) != 5 {
+		t.Fatalf("history: %d events, %v; want one for each of the 5 applies", len(events), err)
+	}
+	assertJournalEmpty(t, s)
 	assertNoStaged(t, s.Dir)
 }
 

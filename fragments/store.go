@@ -664,7 +664,6 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 				continue
 			}
 		} else {
-			// Parts may hold credentials: not readable by other users.
 			if err := MkdirAll(s.Dir, 0o750); err != nil {
 				return fail(fmt.Errorf("create fragment directory (HAPROXY_CONFIG_FRAGMENTS): %w", err))
 			}
@@ -673,22 +672,41 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 				data []byte
 			}{{true, c.Fragment.Conf}, {false, c.Fragment.MapText}} {
 				path := s.path(c.Name, part.conf)
+				fi, err := os.Lstat(path)
 				// a rename that fails once the journal is written would
 				// leave the group half made, and every Lock after failing
-				if fi, err := os.Lstat(path); err == nil && fi.IsDir() {
+				if err == nil && fi.IsDir() {
 					return fail(fmt.Errorf("store %s: a directory is in the way", path))
 				}
-				t.Put(path, part.data, 0o640)
+				if err == nil && holds(path, fi, part.data, partPerm) {
+					continue // a map-only change leaves the config part be
+				}
+				t.Put(path, part.data, partPerm)
 			}
 		}
 		if c.Event != nil {
 			t.Events = append(t.Events, *c.Event)
 		}
 	}
-	if len(t.Writes) == 0 && len(t.Removes) == 0 {
+	if len(t.Writes) == 0 && len(t.Removes) == 0 && len(t.Events) == 0 {
 		return gone, nil
 	}
 	return gone, s.Commit(t)
+}
+
+// partPerm is a stored part's mode: parts may hold credentials.
+const partPerm = 0o640
+
+// holds reports whether the part at path, whose Lstat is fi, is already
+// what a Put of data with perm would leave: a regular file of its own (one
+// link), with that mode and those bytes. Writing it again would cost a
+// new file, a rename and the old file's blocks freed, for nothing.
+func holds(path string, fi fs.FileInfo, data []byte, perm os.FileMode) bool {
+	if id, ok := idOf(fi); !ok || id.size != int64(len(data)) || fi.Mode() != perm {
+		return false
+	}
+	have, err := os.ReadFile(path)
+	return err == nil && bytes.Equal(have, data)
 }
 
 // WriteFile replaces path atomically and durably: renameio writes a hidden
