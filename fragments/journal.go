@@ -33,6 +33,10 @@ type Txn struct {
 	// Event is where a journal written before group commits (#12) has
 	// its one event; recover reads it into Events
 	Event *Event `json:"event,omitempty"`
+	// kept are files the change leaves as they are but answers for:
+	// Commit makes them and their directories durable before the
+	// journal, as it does staged files
+	kept []string
 }
 
 // TxnWrite puts a file at Path: the staged file Staged renamed over it,
@@ -184,7 +188,7 @@ func (s *Store) Commit(t *Txn) error {
 	// the staged files, and their names, are durable before the journal
 	// names them: recovery takes a staged file that is missing for one
 	// renamed
-	var staged []string
+	staged := slices.Clone(t.kept)
 	for _, w := range t.Writes {
 		if w.Staged != "" {
 			staged = append(staged, w.Staged)

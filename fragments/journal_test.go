@@ -191,8 +191,8 @@ func TestWriteGroup(t *testing.T) {
 // TestWriteGroupLeavesAnUnchangedPartBe: a part that already holds what
 // a change writes is not written again (a map-only change leaves the
 // config part's file as it is); one with another mode, or that shares
-// its inode through a hard link, is; the change's event is recorded
-// either way.
+// its inode through a hard link, or another owner, is; the change's
+// event is recorded either way.
 func TestWriteGroupLeavesAnUnchangedPartBe(t *testing.T) {
 	s := newStore(t)
 	conf := "backend shop_web\n"
@@ -254,10 +254,27 @@ func TestWriteGroupLeavesAnUnchangedPartBe(t *testing.T) {
 	if inode(true) == confIno {
 		t.Error("a hard-linked config part was kept; want a file of its own")
 	}
+	applies := 5
+	if os.Geteuid() == 0 {
+		// another owner keeps write access to it, another group read
+		confIno = inode(true)
+		if err := os.Chown(s.path("shop", true), 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		write("e.example.com")
+		fi, err := os.Lstat(s.path("shop", true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); inode(true) == confIno || st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("a config part owned by 65534:65534 was kept (now %d:%d); want it written again", st.Uid, st.Gid)
+		}
+		applies++
+	}
 
 	events, err := s.History()
-	if err != nil || len(events) != 5 {
-		t.Fatalf("history: %d events, %v; want one for each of the 5 applies", len(events), err)
+	if err != nil || len(events) != applies {
+		t.Fatalf("history: %d events, %v; want one for each of the %d applies", len(events), err, applies)
 	}
 	assertJournalEmpty(t, s)
 	assertNoStaged(t, s.Dir)

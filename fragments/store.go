@@ -679,7 +679,10 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 					return fail(fmt.Errorf("store %s: a directory is in the way", path))
 				}
 				if err == nil && holds(path, fi, part.data, partPerm) {
-					continue // a map-only change leaves the config part be
+					// a map-only change leaves the config part be; a
+					// file copied in may not be on the disk yet
+					t.kept = append(t.kept, path)
+					continue
 				}
 				t.Put(path, part.data, partPerm)
 			}
@@ -699,9 +702,14 @@ const partPerm = 0o640
 
 // holds reports whether the part at path, whose Lstat is fi, is already
 // what a Put of data with perm would leave: a regular file of its own (one
-// link), with that mode and those bytes. Writing it again would cost a
-// new file, a rename and the old file's blocks freed, for nothing.
+// link) owned by this process's user and group, with that mode and those
+// bytes. Writing it again would cost a new file, a rename and the old
+// file's blocks freed, for nothing.
 func holds(path string, fi fs.FileInfo, data []byte, perm os.FileMode) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid() {
+		return false
+	}
 	if id, ok := idOf(fi); !ok || id.size != int64(len(data)) || fi.Mode() != perm {
 		return false
 	}
