@@ -33,10 +33,6 @@ type Txn struct {
 	// Event is where a journal written before group commits (#12) has
 	// its one event; recover reads it into Events
 	Event *Event `json:"event,omitempty"`
-	// kept are files the change leaves as they are but answers for:
-	// Commit makes them and their directories durable before the
-	// journal, as it does staged files
-	kept []string
 }
 
 // TxnWrite puts a file at Path: the staged file Staged renamed over it,
@@ -49,6 +45,8 @@ type TxnWrite struct {
 	// temp is where Commit wrote Data before the journal, for apply to
 	// rename; recovery writes Data again
 	temp string
+	// inPlace: the file at Path holds Data already (see keep)
+	inPlace bool
 }
 
 // stagedMark is part of every staged file's name, so that leftovers of a
@@ -74,6 +72,14 @@ func (t *Txn) Stage(path string, data []byte, perm os.FileMode) error {
 // when missing, is made private (fragment parts may hold credentials).
 func (t *Txn) Put(path string, data []byte, perm os.FileMode) {
 	t.Writes = append(t.Writes, TxnWrite{Path: path, Data: data, Perm: perm})
+}
+
+// keep is Put for a file that holds data with perm already, which Commit
+// leaves as it is: the journal carries data all the same, until settling
+// has fsynced the file (it may have been copied in without an fsync), and
+// recovery writes it again.
+func (t *Txn) keep(path string, data []byte, perm os.FileMode) {
+	t.Writes = append(t.Writes, TxnWrite{Path: path, Data: data, Perm: perm, inPlace: true})
 }
 
 // writeTemp writes data with perm to a hidden file beside path, made
@@ -188,7 +194,7 @@ func (s *Store) Commit(t *Txn) error {
 	// the staged files, and their names, are durable before the journal
 	// names them: recovery takes a staged file that is missing for one
 	// renamed
-	staged := slices.Clone(t.kept)
+	var staged []string
 	for _, w := range t.Writes {
 		if w.Staged != "" {
 			staged = append(staged, w.Staged)
@@ -202,7 +208,7 @@ func (s *Store) Commit(t *Txn) error {
 	}
 	for i := range t.Writes {
 		w := &t.Writes[i]
-		if w.Staged != "" {
+		if w.Staged != "" || w.inPlace {
 			continue
 		}
 		temp, err := writeTemp(w.Path, w.Data, w.Perm, putDirPerm)
@@ -378,6 +384,10 @@ func (s *Store) apply(t *Txn) (written, touched []string, err error) {
 		w := &t.Writes[i]
 		// a rename made before a crash still has its directory fsynced
 		touched = append(touched, w.Path)
+		if w.inPlace {
+			written = append(written, w.Path)
+			continue
+		}
 		if w.Staged == "" {
 			if err := put(w); err != nil {
 				return nil, touched, fmt.Errorf("install %s: %w", w.Path, err)

@@ -280,6 +280,38 @@ func TestWriteGroupLeavesAnUnchangedPartBe(t *testing.T) {
 	assertNoStaged(t, s.Dir)
 }
 
+// TestKeptPartIsJournaled: a part a change leaves as it is is in the
+// journal all the same, until settling has fsynced it: a crash that loses
+// the file (copied in, never fsynced) before then has it written again.
+func TestKeptPartIsJournaled(t *testing.T) {
+	s := newStore(t)
+	for _, dir := range []string{s.Dir, s.StateDir} {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path, data := s.path("shop", true), []byte("backend shop_web\n")
+	tx := &Txn{}
+	tx.keep(path, data, partPerm)
+	plan, err := json.Marshal(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the crash: the journal durable, the kept file lost with the page cache
+	if err := s.writeJournal(plan); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if got, err := os.ReadFile(path); err != nil || string(got) != string(data) {
+		t.Fatalf("after recovery %s holds %q, %v; want %q", path, got, err, data)
+	}
+	assertJournalEmpty(t, s)
+}
+
 // TestJournalFinishesAnInterruptedGroup: a group's journal is finished by
 // the next Lock however far the group got, and each of its events is in
 // the history once.

@@ -679,9 +679,8 @@ func (s *Store) WriteGroup(changes []GroupChange) (gone []string, err error) {
 					return fail(fmt.Errorf("store %s: a directory is in the way", path))
 				}
 				if err == nil && holds(path, fi, part.data, partPerm) {
-					// a map-only change leaves the config part be; a
-					// file copied in may not be on the disk yet
-					t.kept = append(t.kept, path)
+					// a map-only change leaves the config part be
+					t.keep(path, part.data, partPerm)
 					continue
 				}
 				t.Put(path, part.data, partPerm)
