@@ -45,7 +45,8 @@ type TxnWrite struct {
 	// temp is where Commit wrote Data before the journal, for apply to
 	// rename; recovery writes Data again
 	temp string
-	// inPlace: the file at Path holds Data already (see keep)
+	// inPlace: the file at Path held Data already (see keep); apply
+	// looks again
 	inPlace bool
 }
 
@@ -385,8 +386,12 @@ func (s *Store) apply(t *Txn) (written, touched []string, err error) {
 		// a rename made before a crash still has its directory fsynced
 		touched = append(touched, w.Path)
 		if w.inPlace {
-			written = append(written, w.Path)
-			continue
+			// still what keep found there, or written after all
+			if fi, err := os.Lstat(w.Path); err == nil && holds(w.Path, fi, w.Data, w.Perm) {
+				written = append(written, w.Path)
+				continue
+			}
+			w.inPlace = false
 		}
 		if w.Staged == "" {
 			if err := put(w); err != nil {

@@ -312,6 +312,98 @@ func TestKeptPartIsJournaled(t *testing.T) {
 	assertJournalEmpty(t, s)
 }
 
+// TestKeptPartChangedBeforeApply (from a review): a part WriteGroup found
+// holding the change's bytes (keep) and that someone changes before the
+// change is applied is written after all, with a Settler (the daemon) or
+// without (the CLI); a directory put there fails the change, which stays
+// in the journal, rather than being answered and forgotten.
+func TestKeptPartChangedBeforeApply(t *testing.T) {
+	const conf, hostMap = "backend shop_web\n", "shop.example.com shop_web\n"
+	elsewhere := filepath.Join(t.TempDir(), "other.cfg")
+	if err := os.WriteFile(elsewhere, []byte("backend shop_xyz\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		meddle func(path string) error
+	}{
+		{"removed", os.Remove},
+		{"rewritten", func(p string) error { return os.WriteFile(p, []byte("backend shop_xyz\n"), 0o640) }},
+		{"a symlink", func(p string) error { os.Remove(p); return os.Symlink(elsewhere, p) }},
+		{"a named pipe", func(p string) error { os.Remove(p); return syscall.Mkfifo(p, 0o640) }},
+		{"a directory", func(p string) error { os.Remove(p); return os.Mkdir(p, 0o750) }},
+	} {
+		for _, daemon := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/settler=%v", tc.name, daemon), func(t *testing.T) {
+				s := newStore(t)
+				f := mustParse(t, "shop", conf, hostMap)
+				if err := s.Write(f, nil); err != nil {
+					t.Fatal(err)
+				}
+				if daemon {
+					s.Later = NewSettler()
+				}
+				path := s.path("shop", true)
+				tx := &Txn{}
+				tx.keep(path, f.Conf, partPerm)
+				if err := tc.meddle(path); err != nil {
+					t.Fatal(err)
+				}
+				done := make(chan error, 1)
+				go func() {
+					err := s.Commit(tx)
+					_ = s.Later.Wait()
+					done <- err
+				}()
+				var err error
+				select {
+				case err = <-done:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the change has not settled 10 s after its commit")
+				}
+				pending, perr := s.Settled()
+				if perr != nil {
+					t.Fatal(perr)
+				}
+				if tc.name == "a directory" {
+					if err == nil && !pending {
+						t.Fatal("a directory where the part goes: answered and the journal emptied; want a failure that leaves the change in the journal")
+					}
+					return
+				}
+				fi, lerr := os.Lstat(path)
+				got, rerr := os.ReadFile(path)
+				if err != nil || pending || lerr != nil || !fi.Mode().IsRegular() || rerr != nil || string(got) != conf {
+					t.Fatalf("Commit %v, journal pending %v; the part: %v %v, holds %q %v; want %q in a file of its own, settled", err, pending, fi, lerr, got, rerr, conf)
+				}
+			})
+		}
+	}
+}
+
+// TestSyncFailsOnANamedPipe: a named pipe where a file was makes Sync
+// fail at once; it must not wait for a writer while the store's lock is
+// held.
+func TestSyncFailsOnANamedPipe(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pipe")
+	if err := syscall.Mkfifo(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Sync(path) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Sync of a named pipe succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		if w, err := os.OpenFile(path, os.O_WRONLY, 0); err == nil {
+			w.Close()
+		}
+		t.Fatal("Sync of a named pipe still waits after 10 s")
+	}
+}
+
 // TestJournalFinishesAnInterruptedGroup: a group's journal is finished by
 // the next Lock however far the group got, and each of its events is in
 // the history once.

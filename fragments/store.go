@@ -790,7 +790,9 @@ func writeBatchOf(files []TxnWrite) error {
 // Sync fsyncs a file or a directory, so that what was written to it, or
 // renamed into it, survives a power cut.
 func Sync(path string) error {
-	f, err := os.Open(path)
+	// not blocking: a named pipe put where a file was must fail the sync,
+	// not wait for a writer
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", path, err)
 	}
