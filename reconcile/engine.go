@@ -118,14 +118,16 @@ func (c *ParseCache) versionsKnown(listEvery int) bool {
 	return c.onDisk != nil && c.prunes+1 < listEvery
 }
 
-// setVersionsOnDisk says that the copies on disk are names, after a prune,
-// and forgets when the others left: they are gone.
-func (c *ParseCache) setVersionsOnDisk(names map[string]bool) {
+// setVersionsOnDisk says that the copies on disk are names after a prune,
+// waiting those of them no generation it looked at wants, and forgets
+// when the others left: they are gone, or wanted again, and a copy that
+// leaves once more leaves then.
+func (c *ParseCache) setVersionsOnDisk(names, waiting map[string]bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.onDisk = names
 	for name := range c.left {
-		if !names[name] {
+		if !waiting[name] {
 			delete(c.left, name)
 		}
 	}

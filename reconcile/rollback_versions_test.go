@@ -44,3 +44,43 @@ func TestRolledBackGenerationKeepsItsVersions(t *testing.T) {
 		t.Fatalf("shop live as %q, want the served (rolled-back) version %q; fell back %v", got, v1, pub.Selection.FellBack)
 	}
 }
+
+// TestRevertedVersionKeptWhileAGenerationWantsIt (from a review): shop
+// goes v1, v2, v3, v1 again, v2, v3 with 3 generations kept. v1's copy
+// left once, came back, and left again: it is removed only once the
+// newest generation that had it, 4, is pruned. Rolled back to 4 with
+// shop's files replaced by a failing version, shop stays live as v1. It
+// failed while the record of v1's first leaving survived its return.
+func TestRevertedVersionKeptWhileAGenerationWantsIt(t *testing.T) {
+	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_KEEP_GENERATIONS": "3"})
+	ctx := context.Background()
+	writeRaw(t, e, "wild", wildConf, wildMap)
+	var gs []*Generation
+	for _, conf := range []string{shopV1, shopV2, shopV3, shopV1, shopV2, shopV3} {
+		writeRaw(t, e, "shop", conf, shopMap)
+		g := publish(t, e).Generation
+		if err := e.MarkServing(g.Number); err != nil {
+			t.Fatal(err)
+		}
+		gs = append(gs, g)
+	}
+	g4 := gs[3]
+	v1 := g4.Fragments["shop"]
+	if _, err := e.SetHold(ctx, g4.Number, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Restore(ctx, g4.Number); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.MarkServing(g4.Number); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ReleaseHold(); err != nil {
+		t.Fatal(err)
+	}
+	writeRaw(t, e, "shop", "backend shop_web\n    balance bogus\n", shopMap)
+	pub := publish(t, e)
+	if got := pub.Generation.Fragments["shop"]; got != v1 {
+		t.Fatalf("shop live as %q, want the served (rolled-back) version %q; fell back %v", got, v1, pub.Selection.FellBack)
+	}
+}

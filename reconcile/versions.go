@@ -188,7 +188,7 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string, kept 
 	}
 	// the copies on disk after this prune: the wanted ones and those
 	// waiting their turn
-	left := make(map[string]bool, len(onDisk))
+	left, waiting := make(map[string]bool, len(onDisk)), map[string]bool{}
 	for _, name := range onDisk {
 		if wanted[copyVersion(name)] {
 			left[name] = true
@@ -204,7 +204,7 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string, kept 
 		// a copy first seen unwanted (a process's first prune, a file
 		// another process saved) counts as left now: it waits its turn
 		if at := e.Parses.versionLeft(name, g.Number-1); slices.Contains(kept, at) {
-			left[name] = true
+			left[name], waiting[name] = true, true
 			continue
 		}
 		if err := os.Remove(filepath.Join(e.state().Versions(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -212,18 +212,20 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string, kept 
 			return err
 		}
 	}
-	e.Parses.setVersionsOnDisk(left)
+	e.Parses.setVersionsOnDisk(left, waiting)
 	return nil
 }
 
 // copyVersion is the version name (see versionName) of the copy called
-// name: name without its suffix.
+// name: name without its suffix; "" for a name with neither suffix, which
+// no version wants.
 func copyVersion(name string) string {
-	if hex, ok := strings.CutSuffix(name, fragments.ConfSuffix); ok {
-		return hex
+	for _, suffix := range []string{fragments.ConfSuffix, fragments.MapSuffix} {
+		if hex, ok := strings.CutSuffix(name, suffix); ok {
+			return hex
+		}
 	}
-	hex, _ := strings.CutSuffix(name, fragments.MapSuffix)
-	return hex
+	return ""
 }
 
 // versionsListEvery is how often pruneVersions lists the directory.
