@@ -712,8 +712,18 @@ func holds(path string, fi fs.FileInfo, data []byte, perm os.FileMode) bool {
 	if id, ok := idOf(fi); !ok || id.size != int64(len(data)) || fi.Mode() != perm {
 		return false
 	}
-	have, err := os.ReadFile(path)
-	return err == nil && bytes.Equal(have, data)
+	// the file fi describes, not a pipe or a link put there since
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if now, err := f.Stat(); err != nil || !os.SameFile(fi, now) {
+		return false
+	}
+	have := make([]byte, len(data)+1)
+	n, _ := io.ReadFull(f, have)
+	return n == len(data) && bytes.Equal(have[:n], data)
 }
 
 // WriteFile replaces path atomically and durably: renameio writes a hidden
