@@ -35,28 +35,34 @@ type OpResult struct {
 // changed fragment's line, else by bisecting the group; the others are
 // accepted. Each change gets its own answer, in the order given. A fragment
 // named twice waits for the next round, so that each round changes a
-// fragment at most once.
+// fragment at most once; the rounds after the first run under the lock
+// the first took, so that no publish sees a version a later round
+// replaces.
 func (e *Engine) ApplyBatch(ctx context.Context, ops []Op) []OpResult {
 	results := make([]OpResult, len(ops))
-	var round, later []int
-	seen := map[string]bool{}
-	for i, op := range ops {
-		if seen[op.Name] {
-			later = append(later, i)
-			continue
+	var unlock func()
+	defer func() {
+		if unlock != nil {
+			unlock()
 		}
-		seen[op.Name] = true
-		round = append(round, i)
+	}()
+	left := make([]int, len(ops))
+	for i := range ops {
+		left[i] = i
 	}
-	e.applyRound(ctx, ops, round, results)
-	if len(later) > 0 {
-		next := make([]Op, len(later))
-		for j, i := range later {
-			next[j] = ops[i]
+	for len(left) > 0 {
+		var round, later []int
+		seen := map[string]bool{}
+		for _, i := range left {
+			if seen[ops[i].Name] {
+				later = append(later, i)
+				continue
+			}
+			seen[ops[i].Name] = true
+			round = append(round, i)
 		}
-		for j, r := range e.ApplyBatch(ctx, next) {
-			results[later[j]] = r
-		}
+		unlock = e.applyRound(ctx, ops, round, results, unlock)
+		left = later
 	}
 	return results
 }
@@ -77,8 +83,11 @@ func (c *batchChange) applyTo(set []*assemble.Fragment) []*assemble.Fragment {
 	return set
 }
 
-// applyRound runs the ops at idx, no two of which name the same fragment.
-func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []OpResult) {
+// applyRound runs the ops at idx, no two of which name the same fragment,
+// under the store's lock: the one unlock releases, or else one it takes
+// once the ops are parsed. It returns the lock's release, nil when it
+// holds none.
+func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []OpResult, unlock func()) func() {
 	failAll := func(changes []*batchChange, err error) {
 		for _, c := range changes {
 			results[c.op].Err = err
@@ -89,7 +98,7 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 		for _, i := range idx {
 			results[i].Err = err
 		}
-		return
+		return unlock
 	}
 	pol := e.policy(base)
 	var pending []*batchChange
@@ -115,23 +124,23 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 		pending = append(pending, &batchChange{op: i, name: op.Name, frag: f})
 	}
 	if len(pending) == 0 {
-		return
+		return unlock
 	}
-	unlock, err := e.lock(ctx)
-	if err != nil {
-		failAll(pending, err)
-		return
+	if unlock == nil {
+		if unlock, err = e.lock(ctx); err != nil {
+			failAll(pending, err)
+			return nil
+		}
 	}
-	defer unlock()
 	sel, err := e.load()
 	if err != nil {
 		failAll(pending, err)
-		return
+		return unlock
 	}
 	e.checkHosts(ctx, sel)
 	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		failAll(pending, err)
-		return
+		return unlock
 	}
 	var changes []*batchChange
 	for _, c := range pending {
@@ -149,7 +158,7 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 	accepted, rejected, err := groupCommit(len(changes), b.try)
 	if err != nil {
 		failAll(changes, err)
-		return
+		return unlock
 	}
 	for m, ps := range rejected {
 		results[changes[m].op].Err = b.own(changes[m], ps)
@@ -167,7 +176,7 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 		for _, m := range accepted {
 			results[changes[m].op].Err = &reload.EnvError{Err: err}
 		}
-		return
+		return unlock
 	}
 	for _, m := range accepted {
 		c := changes[m]
@@ -182,6 +191,7 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 			results[c.op].Apply = &ApplyResult{Fragment: c.frag, Replaced: replaced, Warnings: b.warnings[m]}
 		}
 	}
+	return unlock
 }
 
 // opEvent is the history's record of an accepted change.
