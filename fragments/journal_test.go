@@ -381,6 +381,61 @@ func TestKeptPartChangedBeforeApply(t *testing.T) {
 	}
 }
 
+// TestHoldsChecksTheFileItOpens (from a review): holds answers for the
+// file its Lstat described; a chmod, a hard link or a replacement made
+// between the Lstat and the open (the replacement may reuse the inode
+// number at once) is not that file.
+func TestHoldsChecksTheFileItOpens(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "shop.cfg")
+	data := []byte("backend shop_web\n")
+	fresh := func(mode os.FileMode) os.FileInfo {
+		t.Helper()
+		os.Remove(path)
+		if err := os.WriteFile(path, data, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	fi := fresh(0o640)
+	if !holds(path, fi, data, 0o640) {
+		t.Fatal("holds is false for the file as its Lstat saw it")
+	}
+	// the ctime moves on by a clock tick at least
+	time.Sleep(10 * time.Millisecond)
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if holds(path, fi, data, 0o640) {
+		t.Error("holds is true after a chmod to 0644 since the Lstat")
+	}
+	fi = fresh(0o640)
+	time.Sleep(10 * time.Millisecond)
+	if err := os.Link(path, filepath.Join(dir, "elsewhere")); err != nil {
+		t.Fatal(err)
+	}
+	if holds(path, fi, data, 0o640) {
+		t.Error("holds is true after a hard link made since the Lstat")
+	}
+	os.Remove(filepath.Join(dir, "elsewhere"))
+	fi = fresh(0o640)
+	for range 50 {
+		if now := fresh(0o666); os.SameFile(fi, now) {
+			break // the inode number was reused
+		}
+	}
+	if holds(path, fi, data, 0o640) {
+		t.Error("holds is true for a replacement of mode 0666 made since the Lstat")
+	}
+}
+
 // TestSyncFailsOnANamedPipe: a named pipe where a file was makes Sync
 // fail at once; it must not wait for a writer while the store's lock is
 // held.

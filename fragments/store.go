@@ -709,16 +709,23 @@ func holds(path string, fi fs.FileInfo, data []byte, perm os.FileMode) bool {
 	if !ok || int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid() {
 		return false
 	}
-	if id, ok := idOf(fi); !ok || id.size != int64(len(data)) || fi.Mode() != perm {
+	id, ok := idOf(fi)
+	if !ok || id.size != int64(len(data)) || fi.Mode() != perm {
 		return false
 	}
-	// the file fi describes, not a pipe or a link put there since
+	// the file fi describes, not a pipe or a link put there since: the
+	// open file's type, mode, links, size and times as fi has them (an
+	// inode number is reused at once)
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	if now, err := f.Stat(); err != nil || !os.SameFile(fi, now) {
+	now, err := f.Stat()
+	if err != nil || now.Mode() != fi.Mode() {
+		return false
+	}
+	if nowID, ok := idOf(now); !ok || nowID != id {
 		return false
 	}
 	have := make([]byte, len(data)+1)
