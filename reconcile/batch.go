@@ -35,23 +35,32 @@ type OpResult struct {
 // changed fragment's line, else by bisecting the group; the others are
 // accepted. Each change gets its own answer, in the order given. A fragment
 // named twice waits for the next round, so that each round changes a
-// fragment at most once; the rounds after the first run under the lock
-// the first took, so that no publish sees a version a later round
-// replaces.
+// fragment at most once. Every change's own checks (host lookups among
+// them) run first, without the store's lock; the rounds then run under
+// one lock, so that no publish sees a version a later round replaces.
 func (e *Engine) ApplyBatch(ctx context.Context, ops []Op) []OpResult {
 	results := make([]OpResult, len(ops))
-	var unlock func()
-	defer func() {
-		if unlock != nil {
-			unlock()
+	checked := e.checkOps(ctx, ops, results)
+	var left []int
+	for i, c := range checked {
+		if c != nil {
+			left = append(left, i)
 		}
-	}()
-	left := make([]int, len(ops))
-	for i := range ops {
-		left[i] = i
 	}
+	if len(left) == 0 {
+		return results
+	}
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		for _, i := range left {
+			results[i].Err = err
+		}
+		return results
+	}
+	defer unlock()
 	for len(left) > 0 {
-		var round, later []int
+		var round []*batchChange
+		var later []int
 		seen := map[string]bool{}
 		for _, i := range left {
 			if seen[ops[i].Name] {
@@ -59,12 +68,48 @@ func (e *Engine) ApplyBatch(ctx context.Context, ops []Op) []OpResult {
 				continue
 			}
 			seen[ops[i].Name] = true
-			round = append(round, i)
+			round = append(round, checked[i])
 		}
-		unlock = e.applyRound(ctx, ops, round, results, unlock)
+		e.applyRound(ctx, ops, round, results)
 		left = later
 	}
 	return results
+}
+
+// checkOps runs each op's own checks: a valid name for a removal, the
+// per-fragment checks and host lookups for an apply. It returns the ops
+// that passed, by index (nil for the others, whose results it sets).
+func (e *Engine) checkOps(ctx context.Context, ops []Op, results []OpResult) []*batchChange {
+	checked := make([]*batchChange, len(ops))
+	base, err := e.Base()
+	if err != nil {
+		for i := range ops {
+			results[i].Err = err
+		}
+		return checked
+	}
+	pol := e.policy(base)
+	for i, op := range ops {
+		if op.Remove {
+			if err := fragments.ValidName(op.Name); err != nil {
+				results[i].Err = &UsageError{Err: err}
+				continue
+			}
+			checked[i] = &batchChange{op: i, name: op.Name}
+			continue
+		}
+		f, ps := fragments.Parse(op.Name, op.ConfFile, op.Conf, op.MapFile, op.Map, pol)
+		if len(ps) == 0 {
+			ps = fragments.CheckHosts(ctx, f, pol, e.Resolve)
+		}
+		if len(ps) > 0 {
+			results[i].Err = ps
+			continue
+		}
+		e.hostsOK[f.Checksum] = true
+		checked[i] = &batchChange{op: i, name: op.Name, frag: f}
+	}
+	return checked
 }
 
 // batchChange is one op of a round that passed its own checks.
@@ -83,64 +128,24 @@ func (c *batchChange) applyTo(set []*assemble.Fragment) []*assemble.Fragment {
 	return set
 }
 
-// applyRound runs the ops at idx, no two of which name the same fragment,
-// under the store's lock: the one unlock releases, or else one it takes
-// once the ops are parsed. It returns the lock's release, nil when it
-// holds none.
-func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []OpResult, unlock func()) func() {
+// applyRound validates and stores pending, changes that passed their own
+// checks and no two of which name the same fragment. The caller holds the
+// store's lock.
+func (e *Engine) applyRound(ctx context.Context, ops []Op, pending []*batchChange, results []OpResult) {
 	failAll := func(changes []*batchChange, err error) {
 		for _, c := range changes {
 			results[c.op].Err = err
 		}
 	}
-	base, err := e.Base()
-	if err != nil {
-		for _, i := range idx {
-			results[i].Err = err
-		}
-		return unlock
-	}
-	pol := e.policy(base)
-	var pending []*batchChange
-	for _, i := range idx {
-		op := ops[i]
-		if op.Remove {
-			if err := fragments.ValidName(op.Name); err != nil {
-				results[i].Err = &UsageError{Err: err}
-				continue
-			}
-			pending = append(pending, &batchChange{op: i, name: op.Name})
-			continue
-		}
-		f, ps := fragments.Parse(op.Name, op.ConfFile, op.Conf, op.MapFile, op.Map, pol)
-		if len(ps) == 0 {
-			ps = fragments.CheckHosts(ctx, f, pol, e.Resolve)
-		}
-		if len(ps) > 0 {
-			results[i].Err = ps
-			continue
-		}
-		e.hostsOK[f.Checksum] = true
-		pending = append(pending, &batchChange{op: i, name: op.Name, frag: f})
-	}
-	if len(pending) == 0 {
-		return unlock
-	}
-	if unlock == nil {
-		if unlock, err = e.lock(ctx); err != nil {
-			failAll(pending, err)
-			return nil
-		}
-	}
 	sel, err := e.load()
 	if err != nil {
 		failAll(pending, err)
-		return unlock
+		return
 	}
 	e.checkHosts(ctx, sel)
 	if err := e.selectValid(ctx, sel, sel.candidates(), true); err != nil {
 		failAll(pending, err)
-		return unlock
+		return
 	}
 	var changes []*batchChange
 	for _, c := range pending {
@@ -158,7 +163,7 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 	accepted, rejected, err := groupCommit(len(changes), b.try)
 	if err != nil {
 		failAll(changes, err)
-		return unlock
+		return
 	}
 	for m, ps := range rejected {
 		results[changes[m].op].Err = b.own(changes[m], ps)
@@ -176,7 +181,7 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 		for _, m := range accepted {
 			results[changes[m].op].Err = &reload.EnvError{Err: err}
 		}
-		return unlock
+		return
 	}
 	for _, m := range accepted {
 		c := changes[m]
@@ -191,7 +196,6 @@ func (e *Engine) applyRound(ctx context.Context, ops []Op, idx []int, results []
 			results[c.op].Apply = &ApplyResult{Fragment: c.frag, Replaced: replaced, Warnings: b.warnings[m]}
 		}
 	}
-	return unlock
 }
 
 // opEvent is the history's record of an accepted change.

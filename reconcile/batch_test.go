@@ -1,13 +1,16 @@
 package reconcile
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"haproxy-config/assemble"
 	"haproxy-config/fragments"
@@ -235,5 +238,48 @@ func TestGroupStoredWholeOrNot(t *testing.T) {
 	}
 	if r := e.ApplyBatch(t.Context(), []Op{change("wiki")}); r[0].Err != nil {
 		t.Fatalf("the next change: %v", r[0].Err)
+	}
+}
+
+// TestGroupLooksHostsUpWithoutTheLock (from a review): the changes of a
+// group are checked, host lookups included, before the store's lock is
+// taken, those of a later round (a fragment named twice) too; the lock
+// is free once the group is answered.
+func TestGroupLooksHostsUpWithoutTheLock(t *testing.T) {
+	e := newEngine(t, nil)
+	lockFree := func() bool {
+		other := &fragments.Store{Dir: e.S.FragmentsDir, StateDir: e.S.StateDir}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		unlock, err := other.Lock(ctx)
+		if err != nil {
+			return false
+		}
+		unlock()
+		return true
+	}
+	var lookups []bool
+	e.Resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+		lookups = append(lookups, lockFree())
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	op := func(conf string) Op {
+		return Op{Change: Change{Name: "shop", ConfFile: "shop.cfg", Conf: []byte(conf), MapFile: "shop.map",
+			Map: []byte("shop.example.com shop_web\n")}}
+	}
+	results := e.ApplyBatch(t.Context(), []Op{
+		op("backend shop_web\n    server s1 one.example.com:80\n"),
+		op("backend shop_web\n    server s1 two.example.com:80\n"),
+	})
+	for i, r := range results {
+		if r.Err != nil {
+			t.Fatalf("op %d: %v", i, r.Err)
+		}
+	}
+	if len(lookups) != 2 || slices.Contains(lookups, false) {
+		t.Errorf("lock free during the host lookups: %v; want [true true]", lookups)
+	}
+	if !lockFree() {
+		t.Error("the lock is still held once the group is answered")
 	}
 }
