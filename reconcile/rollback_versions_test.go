@@ -12,7 +12,6 @@ import (
 // generation was neither the newest nor the served one.
 func TestRolledBackGenerationKeepsItsVersions(t *testing.T) {
 	e := newEngine(t, nil)
-	ctx := context.Background()
 	writeRaw(t, e, "wild", wildConf, wildMap)
 	writeRaw(t, e, "shop", shopV1, shopMap)
 	g1 := publish(t, e).Generation
@@ -24,24 +23,32 @@ func TestRolledBackGenerationKeepsItsVersions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// the operator rolls back to generation 1, as the daemon does for a hold
-	if _, err := e.SetHold(ctx, g1.Number, "test"); err != nil {
+	rollBackThenFail(t, e, g1.Number, v1)
+}
+
+// rollBackThenFail rolls back to generation n, as the daemon does for a hold
+// (hold, restore, marked serving, resumed), while shop's files are
+// replaced by a version that fails; shop must stay live as served, the
+// version want.
+func rollBackThenFail(t *testing.T, e *Engine, n int, want string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := e.SetHold(ctx, n, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.Restore(ctx, g1.Number); err != nil {
+	if _, err := e.Restore(ctx, n); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.MarkServing(g1.Number); err != nil {
+	if err := e.MarkServing(n); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.ReleaseHold(); err != nil {
 		t.Fatal(err)
 	}
-	// meanwhile shop's files were replaced by a version that fails
 	writeRaw(t, e, "shop", "backend shop_web\n    balance bogus\n", shopMap)
 	pub := publish(t, e)
-	if got := pub.Generation.Fragments["shop"]; got != v1 {
-		t.Fatalf("shop live as %q, want the served (rolled-back) version %q; fell back %v", got, v1, pub.Selection.FellBack)
+	if got := pub.Generation.Fragments["shop"]; got != want {
+		t.Fatalf("shop live as %q, want the served (rolled-back) version %q; fell back %v", got, want, pub.Selection.FellBack)
 	}
 }
 
@@ -53,7 +60,6 @@ func TestRolledBackGenerationKeepsItsVersions(t *testing.T) {
 // failed while the record of v1's first leaving survived its return.
 func TestRevertedVersionKeptWhileAGenerationWantsIt(t *testing.T) {
 	e := newEngine(t, map[string]string{"HAPROXY_CONFIG_KEEP_GENERATIONS": "3"})
-	ctx := context.Background()
 	writeRaw(t, e, "wild", wildConf, wildMap)
 	var gs []*Generation
 	for _, conf := range []string{shopV1, shopV2, shopV3, shopV1, shopV2, shopV3} {
@@ -65,22 +71,5 @@ func TestRevertedVersionKeptWhileAGenerationWantsIt(t *testing.T) {
 		gs = append(gs, g)
 	}
 	g4 := gs[3]
-	v1 := g4.Fragments["shop"]
-	if _, err := e.SetHold(ctx, g4.Number, "test"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.Restore(ctx, g4.Number); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.MarkServing(g4.Number); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.ReleaseHold(); err != nil {
-		t.Fatal(err)
-	}
-	writeRaw(t, e, "shop", "backend shop_web\n    balance bogus\n", shopMap)
-	pub := publish(t, e)
-	if got := pub.Generation.Fragments["shop"]; got != v1 {
-		t.Fatalf("shop live as %q, want the served (rolled-back) version %q; fell back %v", got, v1, pub.Selection.FellBack)
-	}
+	rollBackThenFail(t, e, g4.Number, g4.Fragments["shop"])
 }
