@@ -188,10 +188,10 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string, kept 
 	}
 	// the copies on disk after this prune: the wanted ones and those
 	// waiting their turn
-	left, waiting := make(map[string]bool, len(onDisk)), map[string]bool{}
+	remaining, waiting := make(map[string]bool, len(onDisk)), map[string]bool{}
 	for _, name := range onDisk {
 		if wanted[copyVersion(name)] {
-			left[name] = true
+			remaining[name] = true
 			continue
 		}
 		if fragments.IsStaged(name) {
@@ -204,7 +204,7 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string, kept 
 		// a copy first seen unwanted (a process's first prune, a file
 		// another process saved) counts as left now: it waits its turn
 		if at := e.Parses.versionLeft(name, g.Number-1); slices.Contains(kept, at) {
-			left[name], waiting[name] = true, true
+			remaining[name], waiting[name] = true, true
 			continue
 		}
 		if err := os.Remove(filepath.Join(e.state().Versions(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -212,7 +212,7 @@ func (e *Engine) pruneVersions(g *Generation, reference map[string]string, kept 
 			return err
 		}
 	}
-	e.Parses.setVersionsOnDisk(left, waiting)
+	e.Parses.setVersionsOnDisk(remaining, waiting)
 	return nil
 }
 
