@@ -202,6 +202,15 @@ type Stored struct {
 	ModTime  time.Time // newest of the two parts
 }
 
+// SameFiles reports whether a and b hold the same parts at the same paths
+// with the same bytes; nil is a fragment with neither part on disk.
+func SameFiles(a, b *Stored) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.ConfPath == b.ConfPath && a.MapPath == b.MapPath && bytes.Equal(a.Conf, b.Conf) && bytes.Equal(a.Map, b.Map)
+}
+
 // Parse checks a stored fragment; messages name the stored files.
 func (st *Stored) Parse(pol Policy) (*assemble.Fragment, assemble.Problems) {
 	return Parse(st.Name, st.ConfPath, st.Conf, st.MapPath, st.Map, pol)
@@ -827,7 +836,15 @@ type Event struct {
 	Name     string    `json:"name"`
 	Checksum string    `json:"checksum,omitempty"`
 	Actor    string    `json:"actor"`
+	// Via is ViaAPI for a change the daemon's API stored, "" for one the
+	// command line stored itself
+	Via string `json:"via,omitempty"`
 }
+
+// ViaAPI is Event.Via for a change stored through the daemon's API. The
+// daemon learns of those from its API as they are committed, so it
+// skips their history lines.
+const ViaAPI = "api"
 
 // line is e as the history records it: JSON of e with every string made
 // valid UTF-8 first, so that an event read back from a journal (where

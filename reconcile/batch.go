@@ -38,6 +38,8 @@ type OpResult struct {
 // fragment at most once. Every change's own checks (host lookups among
 // them) run first, without the store's lock; the rounds then run under
 // one lock, so that no publish sees a version a later round replaces.
+// ApplyBatch is the daemon's API writer: the history records its changes
+// as fragments.ViaAPI.
 func (e *Engine) ApplyBatch(ctx context.Context, ops []Op) []OpResult {
 	results := make([]OpResult, len(ops))
 	checked := e.checkOps(ctx, ops, results)
@@ -204,7 +206,7 @@ func opEvent(op Op, c *batchChange) *fragments.Event {
 	if actor == "" {
 		actor = fragments.Actor()
 	}
-	ev := &fragments.Event{Time: time.Now().UTC(), Action: "apply", Name: c.name, Actor: actor}
+	ev := &fragments.Event{Time: time.Now().UTC(), Action: "apply", Name: c.name, Actor: actor, Via: fragments.ViaAPI}
 	if c.frag != nil {
 		ev.Checksum = c.frag.Checksum
 	} else {

@@ -181,6 +181,11 @@ func TestApplyBatch(t *testing.T) {
 	if last := history[len(history)-1]; last.Name != "t0" || history[1].Actor != "tester" {
 		t.Errorf("history %+v: want the first round's events by tester, then t0 again", history)
 	}
+	for _, ev := range history[1:] { // after the apply of old
+		if ev.Via != fragments.ViaAPI {
+			t.Errorf("history event %+v: want it marked as the API's (%q)", ev, fragments.ViaAPI)
+		}
+	}
 	if _, err := e.Check(t.Context()); err != nil {
 		t.Errorf("check after the batch: %v", err)
 	}

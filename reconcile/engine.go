@@ -687,6 +687,29 @@ type Selection struct {
 	// referencePins are the fragments the reference generation pinned
 	// (Generation.Pinned); pinned, those this selection pins
 	referencePins, pinned []string
+	read                  map[string]parsedFragment // what load read of each stored fragment
+}
+
+// Read is what a Selection's load read of the fragment directory: the
+// daemon asks it whether a file event it is told of changed anything a
+// publish has not read.
+type Read struct{ parses map[string]parsedFragment }
+
+// Read returns what the load behind s read.
+func (s *Selection) Read() Read { return Read{s.read} }
+
+// Lacks reports whether no fragment name was read. The zero Read has read
+// nothing, and lacks nothing.
+func (r Read) Lacks(name string) bool {
+	_, ok := r.parses[name]
+	return r.parses != nil && !ok
+}
+
+// Same reports whether st, a fragment read from the store, has the paths
+// and bytes that were read of it. The zero Read has read nothing.
+func (r Read) Same(st *fragments.Stored) bool {
+	p, ok := r.parses[st.Name]
+	return ok && fragments.SameFiles(&fragments.Stored{ConfPath: p.confPath, MapPath: p.mapPath, Conf: p.conf, Map: p.hostMap}, st)
 }
 
 // load reads and parses the store, and finds the last good version of
@@ -744,6 +767,7 @@ func (e *Engine) load() (*Selection, error) {
 			policy: fp, frag: parsed[i], problems: problems[i]}
 	}
 	e.Parses.set(next)
+	sel.read = next
 	for i, st := range stored {
 		sel.Stored[st.Name] = st
 		if len(problems[i]) > 0 {

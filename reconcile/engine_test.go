@@ -194,7 +194,7 @@ func TestApplyNormalizesAndRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(events) != 2 || events[0].Action != "apply" || events[0].Name != "shop" || !strings.HasPrefix(events[0].Checksum, "sha256:") || events[0].Actor == "" {
+	if len(events) != 2 || events[0].Action != "apply" || events[0].Name != "shop" || !strings.HasPrefix(events[0].Checksum, "sha256:") || events[0].Actor == "" || events[0].Via != "" {
 		t.Fatalf("history = %+v", events)
 	}
 	if events[0].Checksum == events[1].Checksum {

@@ -56,6 +56,16 @@ type apiServer struct {
 	// is told so, rather than waiting for a version that never goes live
 	stored map[string]storedVersion
 	kick   chan struct{} // holds a token while committed is not empty
+	// wrote is what the writer left of each fragment it changed (nil
+	// once removed), until its files are seen holding something else
+	// (echo)
+	wrote map[string]*fragments.Stored
+	// asked counts the calls made and not yet answered; idle holds a
+	// token once it fell to zero; expect is when the writer stops waiting
+	// for the callers it answered last (UnixNano). For the loop: Busy.
+	asked  atomic.Int64
+	idle   chan struct{}
+	expect atomic.Int64
 	status chan struct{} // closed and replaced when the daemon writes its status
 	// the status last written (memView), its JSON and, once a waiter
 	// asked, decoded
@@ -91,6 +101,7 @@ type apiCall struct {
 	// between batches
 	alone  func(ctx context.Context, eng *reconcile.Engine) callResult
 	answer chan callResult
+	waits  bool // the caller waits for the change to go live, not coming back before
 	// state is callQueued until the writer takes the call or its caller
 	// gives up on it, whichever comes first
 	state  atomic.Int32
@@ -114,9 +125,9 @@ const (
 // A socket left by a killed daemon is replaced; one another daemon
 // listens on is an error.
 func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
-	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]storedVersion{}, busyLog: rate.Sometimes{First: 1, Interval: time.Minute},
+	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]storedVersion{}, wrote: map[string]*fragments.Stored{}, busyLog: rate.Sometimes{First: 1, Interval: time.Minute},
 		slots: make(chan struct{}, maxAPIConnections),
-		kick:  make(chan struct{}, 1), status: make(chan struct{})}
+		kick:  make(chan struct{}, 1), idle: make(chan struct{}, 1), status: make(chan struct{})}
 	a.settings.Store(s)
 	if g, err := user.LookupGroup(apiGroup); err == nil {
 		if a.gid, err = strconv.Atoi(g.Gid); err != nil {
@@ -256,6 +267,47 @@ func (a *apiServer) addCommitted(names []string) {
 	}
 }
 
+// echo reports whether st, fragment name as its files are now (nil when
+// neither part is there), is what the writer left of it: the file events
+// of the writer's own renames, which it reported to the loop itself
+// (Committed). Once the files hold anything else, nothing is an echo
+// until the writer changes the fragment again.
+func (a *apiServer) echo(name string, st *fragments.Stored) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if w, ok := a.wrote[name]; ok && fragments.SameFiles(w, st) {
+		return true
+	}
+	delete(a.wrote, name)
+	return false
+}
+
+// Busy says how much longer the writer is busy, as of now: for as long
+// as callers wait for it (maxLinger stands for that), else until it stops
+// waiting for the callers it answered last (they tend to come back at
+// once); 0 when it is idle. Idle signals when no caller waits any more.
+func (a *apiServer) Busy(now time.Time) time.Duration {
+	if a.asked.Load() > 0 {
+		return maxLinger
+	}
+	return max(time.Unix(0, a.expect.Load()).Sub(now), 0)
+}
+
+// Idle: see Busy.
+func (a *apiServer) Idle() <-chan struct{} { return a.idle }
+
+// expectBack records, before calls are answered, until when the writer
+// waits for their callers to come back with their next change: until
+// (the end of its linger), unless every one of them waits for its change
+// to go live first.
+func (a *apiServer) expectBack(calls []*apiCall, until time.Time) {
+	var ns int64
+	if slices.ContainsFunc(calls, func(c *apiCall) bool { return !c.waits }) {
+		ns = until.UnixNano()
+	}
+	a.expect.Store(ns)
+}
+
 // StatusWritten hands the connections waiting for a change to go live the
 // status the daemon just wrote (its JSON), and wakes them.
 func (a *apiServer) StatusWritten(data []byte) {
@@ -352,6 +404,7 @@ func (a *apiServer) write(ctx context.Context) {
 					a.addCommitted([]string{holdKey})
 				}
 				answered, answeredAt, linger = 1, time.Now(), minLinger
+				a.expectBack(calls[:1], answeredAt.Add(linger))
 				c.answer <- res
 				calls = calls[1:]
 				continue
@@ -360,9 +413,8 @@ func (a *apiServer) write(ctx context.Context) {
 			if n < 0 {
 				n = len(calls)
 			}
-			start := time.Now()
-			answeredAt = a.commit(ctx, eng, calls[:n])
-			answered, linger = n, lingerAfter(answeredAt.Sub(start))
+			answered = n
+			answeredAt, linger = a.commit(ctx, eng, calls[:n])
 			calls = calls[n:]
 		}
 	}
@@ -432,8 +484,9 @@ func gather(queue <-chan *apiCall, calls []*apiCall, answered int, answeredAt ti
 }
 
 // commit validates and commits the applies and removes of calls as one
-// batch and answers each; it returns when it began to answer.
-func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*apiCall) (answeredAt time.Time) {
+// batch and answers each; it returns when it began to answer, and how
+// long to wait for those callers to come back (lingerAfter).
+func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*apiCall) (answeredAt time.Time, linger time.Duration) {
 	ops := make([]reconcile.Op, len(calls))
 	for i, c := range calls {
 		ops[i] = c.op
@@ -449,20 +502,26 @@ func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*
 			// a fragment named twice is stored in index order: the
 			// later op's version is the one the store keeps
 			v := storedVersion{at: committed}
+			var files *fragments.Stored
 			if r.Apply != nil {
-				v.checksum = r.Apply.Fragment.Checksum
+				f := r.Apply.Fragment
+				v.checksum = f.Checksum
+				files = &fragments.Stored{Name: f.Name, Conf: f.Conf, Map: f.MapText}
+				files.ConfPath, files.MapPath = eng.Store.Paths(f.Name)
 			}
-			a.stored[ops[i].Name] = v
+			a.stored[ops[i].Name], a.wrote[ops[i].Name] = v, files
 		}
 	}
 	a.mu.Unlock()
 	a.addCommitted(names)
 	answeredAt = time.Now()
+	linger = lingerAfter(answeredAt.Sub(start))
+	a.expectBack(calls, answeredAt.Add(linger))
 	for i, c := range calls {
 		c.answer <- callResult{OpResult: results[i]}
 	}
 	a.log.Info("API batch", "requests", len(calls), "accepted", len(names), "duration_ms", float64(time.Since(start).Microseconds())/1000)
-	return answeredAt
+	return answeredAt, linger
 }
 
 // apiRequestTimeout bounds the reading of a request: the CLI sends it
@@ -549,7 +608,7 @@ func (a *apiServer) busy(conn *net.UnixConn) {
 func (a *apiServer) serveRequest(ctx context.Context, req *Request, actor string) (*Answer, func(context.Context) error) {
 	s := a.settings.Load()
 	eng := reconcile.New(s)
-	call := &apiCall{answer: make(chan callResult, 1)}
+	call := &apiCall{answer: make(chan callResult, 1), waits: req.Wait}
 	switch req.Op {
 	case OpRenew:
 		return a.renew(req.Domains)
@@ -640,6 +699,15 @@ func (a *apiServer) replaced(st *Status, name, checksum string) error {
 // there is no one to tell.
 func (a *apiServer) call(ctx context.Context, c *apiCall) (callResult, bool) {
 	c.queued = time.Now()
+	a.asked.Add(1)
+	defer func() {
+		if a.asked.Add(-1) == 0 {
+			select {
+			case a.idle <- struct{}{}:
+			default:
+			}
+		}
+	}()
 	select {
 	case a.queue <- c:
 	case <-ctx.Done():

@@ -355,3 +355,59 @@ func TestGatherWaitsForTheLastGroup(t *testing.T) {
 		t.Error("the linger is not a quarter of the group's time, within its bounds")
 	}
 }
+
+// TestWriterBusyUntilAnswered: the writer is busy from the moment a call
+// is made until its caller has the answer, or gave up, and then signals
+// that it is idle; and while it waits for the callers it answered last
+// to come back, unless they wait for their changes to go live.
+func TestWriterBusyUntilAnswered(t *testing.T) {
+	a := &apiServer{queue: make(chan *apiCall, 1), idle: make(chan struct{}, 1)}
+	c := &apiCall{answer: make(chan callResult, 1)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.call(t.Context(), c)
+	}()
+	taken := <-a.queue
+	if a.Busy(time.Now()) != maxLinger {
+		t.Fatal("not busy with a call taken and not answered")
+	}
+	select {
+	case <-a.Idle():
+		t.Fatal("idle signalled with a call not answered")
+	default:
+	}
+	taken.answer <- callResult{}
+	<-done
+	if got := a.Busy(time.Now()); got != 0 {
+		t.Fatalf("busy %v after the answer, with no callers expected back", got)
+	}
+	select {
+	case <-a.Idle():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no idle signal after the answer")
+	}
+
+	// a caller that gives up before the writer takes its call
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	a.queue <- &apiCall{} // full: the call cannot be queued
+	if _, ok := a.call(ctx, &apiCall{answer: make(chan callResult, 1)}); ok {
+		t.Fatal("a call given up before it was queued was answered")
+	}
+	if got := a.Busy(time.Now()); got != 0 {
+		t.Fatalf("busy %v after the caller gave up", got)
+	}
+
+	// waiting for the callers of the last group, unless they all wait
+	// for their changes to go live
+	now := time.Now()
+	a.expectBack([]*apiCall{{waits: true}, {}}, now.Add(20*time.Millisecond))
+	if got := a.Busy(now); got != 20*time.Millisecond {
+		t.Fatalf("busy %v while the last group's callers are expected back for 20ms", got)
+	}
+	a.expectBack([]*apiCall{{waits: true}, {waits: true}}, now.Add(20*time.Millisecond))
+	if got := a.Busy(now); got != 0 {
+		t.Fatalf("busy %v after a group whose callers all wait for their changes to go live", got)
+	}
+}

@@ -8,12 +8,15 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/time/rate"
 
+	"haproxy-config/fragments"
+	"haproxy-config/internal/testkit"
 	"haproxy-config/reconcile"
 	"haproxy-config/settings"
 	"haproxy-config/statedir"
@@ -33,17 +36,14 @@ func burstDaemon(t *testing.T) *Daemon {
 	if err := os.MkdirAll(filepath.Join(root, "etc/haproxy-config/fragments"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return &Daemon{
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		s: &settings.Settings{
-			WaitMin:      testWaitMin,
-			WaitMax:      testWaitMax,
-			FragmentsDir: filepath.Join(root, "etc/haproxy-config/fragments"),
-			BaseConfig:   filepath.Join(root, "etc/haproxy-config/base.cfg"),
-			StateDir:     filepath.Join(root, "var/lib/haproxy-config"),
-		},
-		dirty: map[string]bool{},
+	s := &settings.Settings{
+		WaitMin:      testWaitMin,
+		WaitMax:      testWaitMax,
+		FragmentsDir: filepath.Join(root, "etc/haproxy-config/fragments"),
+		BaseConfig:   filepath.Join(root, "etc/haproxy-config/base.cfg"),
+		StateDir:     filepath.Join(root, "var/lib/haproxy-config"),
 	}
+	return &Daemon{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), s: s, eng: newEngine(s, nil), api: &apiServer{}, dirty: map[string]bool{}}
 }
 
 // withWatcher gives d a real file watcher, as event() re-adds watches
@@ -542,5 +542,187 @@ func TestSIGHUPMovesWatchdogLimit(t *testing.T) {
 	}
 	if after := time.Duration(d.stuckAt.Load()); after < 3*10*time.Minute || after <= before {
 		t.Errorf("watchdog limit %v after VERIFY_TIMEOUT went to 10m (was %v): three verified reloads no longer fit", after, before)
+	}
+}
+
+// readDaemon is burstDaemon with a real engine that has checked the store
+// (haproxy -c), as a publish would have read it.
+func readDaemon(t *testing.T, fragments map[string][2]string) *Daemon {
+	t.Helper()
+	testkit.RequireHaproxy(t)
+	d := burstDaemon(t)
+	root := testkit.OpenTempDir(t) // haproxy -c runs as the check user
+	s, err := settings.Load(settings.Source{Getenv: func(k string) (string, bool) {
+		v, ok := map[string]string{"HAPROXY_CONFIG_ROOT": root, "HAPROXY_CONFIG_ALLOW_NETWORKS": "127.0.0.0/8",
+			"HAPROXY_CONFIG_HTTP_ADDR": "127.0.0.1:18080", "HAPROXY_CONFIG_HTTPS_ADDR": "127.0.0.1:18443"}[k]
+		return v, ok
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.WaitMin, s.WaitMax = testWaitMin, testWaitMax
+	d.s, d.eng = s, newEngine(s, nil)
+	if err := os.MkdirAll(s.FragmentsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, parts := range fragments {
+		writeFragment(t, d, name, parts[0], parts[1])
+	}
+	sel, err := d.eng.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sel.Live) != len(fragments) {
+		t.Fatalf("%d fragments live after the check, want %d: %v", len(sel.Live), len(fragments), sel.Rejected)
+	}
+	d.read = sel.Read()
+	return d
+}
+
+func writeFragment(t *testing.T, d *Daemon, name, conf, hostMap string) {
+	t.Helper()
+	c, m := d.eng.Store.Paths(name)
+	if err := os.WriteFile(c, []byte(conf), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m, []byte(hostMap), 0o640); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEventOnFilesAsReadIgnored: an event on a fragment's files changes
+// nothing while they hold what the last publish read (the API's writer
+// renames them into place while the loop publishes the commit), unless
+// the fragment is part of the burst.
+func TestEventOnFilesAsReadIgnored(t *testing.T) {
+	const conf, hostMap = "backend shop_web\n    server s1 127.0.0.1:8081\n", "shop.example.com shop_web\n"
+	d := readDaemon(t, map[string][2]string{"shop": {conf, hostMap}})
+	shopMap := filepath.Join(d.s.FragmentsDir, "shop.map")
+	for _, op := range []fsnotify.Op{fsnotify.Create, fsnotify.Write, fsnotify.Rename} {
+		d.event(fsnotify.Event{Name: shopMap, Op: op})
+		expectDirty(t, d, map[string]bool{})
+	}
+	// a removal of a fragment that was not stored changes nothing either
+	d.event(fsnotify.Event{Name: filepath.Join(d.s.FragmentsDir, "gone.cfg"), Op: fsnotify.Remove})
+	expectDirty(t, d, map[string]bool{})
+
+	// part of the burst: the event counts, as a direct write
+	d.change("shop", true)
+	d.event(fsnotify.Event{Name: shopMap, Op: fsnotify.Create})
+	expectDirty(t, d, map[string]bool{"shop": false})
+
+	for _, tc := range []struct {
+		name  string
+		write func()
+	}{
+		{"map part changed", func() { writeFragment(t, d, "shop", conf, "other.example.com shop_web\n") }},
+		{"same bytes, other part missing", func() {
+			writeFragment(t, d, "shop", conf, hostMap)
+			if err := os.Remove(filepath.Join(d.s.FragmentsDir, "shop.cfg")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"both parts removed", func() {
+			if err := os.Remove(shopMap); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a new fragment", func() { writeFragment(t, d, "new", conf, "") }},
+	} {
+		d.dirty = map[string]bool{}
+		tc.write()
+		for _, name := range []string{"shop", "new"} {
+			d.event(fsnotify.Event{Name: filepath.Join(d.s.FragmentsDir, name+".cfg"), Op: fsnotify.Create})
+		}
+		want := map[string]bool{"shop": false}
+		if tc.name == "a new fragment" {
+			want = map[string]bool{"new": false, "shop": false}
+		}
+		if !maps.Equal(d.dirty, want) {
+			t.Errorf("%s: dirty = %v, want %v", tc.name, d.dirty, want)
+		}
+	}
+
+	// nothing read yet: every event counts
+	d = burstDaemon(t)
+	writeFragment(t, d, "shop", conf, hostMap)
+	d.event(fsnotify.Event{Name: filepath.Join(d.s.FragmentsDir, "shop.map"), Op: fsnotify.Create})
+	expectDirty(t, d, map[string]bool{"shop": false})
+}
+
+// TestReadHistorySkipsTheAPIsLines: the API tells the loop of what it
+// commits; its history lines are not news.
+func TestReadHistorySkipsTheAPIsLines(t *testing.T) {
+	d := burstDaemon(t)
+	api := strings.Replace(historyLine("viaapi"), `"actor":"x"`, `"actor":"x","via":"api"`, 1)
+	writeHistory(t, d, historyLine("a")+api+historyLine("b"))
+	d.readHistory()
+	expectDirty(t, d, map[string]bool{"a": true, "b": true})
+	if got, want := d.histSize, historyLen(t, d); got != want {
+		t.Fatalf("histSize = %d, want the whole file (%d)", got, want)
+	}
+}
+
+// TestEventEchoOfTheWritersFiles: the file events of the API writer's own
+// renames change nothing, whether they come before or after the loop took
+// the commit (vouched, part of the burst); once the files hold anything
+// else, they count again, even when that is the writer's bytes back.
+func TestEventEchoOfTheWritersFiles(t *testing.T) {
+	const conf, hostMap = "backend shop_web\n    server s1 127.0.0.1:8081\n", "shop.example.com shop_web\n"
+	d := burstDaemon(t)
+	d.api.wrote = map[string]*fragments.Stored{}
+	wrote := &fragments.Stored{Name: "shop", Conf: []byte(conf), Map: []byte(hostMap)}
+	wrote.ConfPath, wrote.MapPath = d.eng.Store.Paths("shop")
+	d.api.wrote["shop"], d.api.wrote["gone"] = wrote, nil
+	writeFragment(t, d, "shop", conf, hostMap)
+	shopMap := filepath.Join(d.s.FragmentsDir, "shop.map")
+
+	d.event(fsnotify.Event{Name: shopMap, Op: fsnotify.Create})
+	expectDirty(t, d, map[string]bool{})
+	d.change("shop", true)
+	d.event(fsnotify.Event{Name: shopMap, Op: fsnotify.Rename})
+	expectDirty(t, d, map[string]bool{"shop": true})
+	d.event(fsnotify.Event{Name: filepath.Join(d.s.FragmentsDir, "gone.cfg"), Op: fsnotify.Remove})
+	expectDirty(t, d, map[string]bool{"shop": true})
+
+	// a direct write over the writer's files
+	writeFragment(t, d, "shop", conf, "other.example.com shop_web\n")
+	d.event(fsnotify.Event{Name: shopMap, Op: fsnotify.Write})
+	expectDirty(t, d, map[string]bool{"shop": false})
+	d.dirty = map[string]bool{}
+	writeFragment(t, d, "shop", conf, hostMap)
+	d.event(fsnotify.Event{Name: shopMap, Op: fsnotify.Write})
+	expectDirty(t, d, map[string]bool{"shop": false})
+	if _, ok := d.api.wrote["shop"]; ok {
+		t.Error("the writer's files are still remembered after a direct write over them")
+	}
+}
+
+// TestBurstLingersForABusyWriter: a due burst waits while the API's writer
+// has calls to answer or expects its callers back, at most as long after
+// it began as the last reconcile took (and never more than maxLinger);
+// not at all for an idle writer.
+func TestBurstLingersForABusyWriter(t *testing.T) {
+	d := burstDaemon(t)
+	now := time.Now()
+	d.firstDirty, d.lastReconcile = now.Add(-10*time.Millisecond), 50*time.Millisecond
+	if got := d.lingerFor(now); got != 0 {
+		t.Errorf("idle writer: lingers %v, want 0", got)
+	}
+	d.api.expect.Store(now.Add(5 * time.Millisecond).UnixNano())
+	if got := d.lingerFor(now); got != 5*time.Millisecond {
+		t.Errorf("writer waiting 5ms more for its callers: lingers %v, want 5ms", got)
+	}
+	d.api.asked.Add(1)
+	if got := d.lingerFor(now); got != 40*time.Millisecond {
+		t.Errorf("busy writer: lingers %v, want 40ms (the last reconcile's 50ms since the burst began)", got)
+	}
+	d.lastReconcile = time.Hour
+	if got, want := d.lingerFor(now), maxLinger-10*time.Millisecond; got != want {
+		t.Errorf("after a slow reconcile: lingers %v, want %v", got, want)
+	}
+	d.firstDirty = now.Add(-time.Hour)
+	if got := d.lingerFor(now); got > 0 {
+		t.Errorf("a burst older than the bound: lingers %v, want none", got)
 	}
 }

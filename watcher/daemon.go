@@ -64,6 +64,10 @@ type Daemon struct {
 	lastRaw    time.Time
 	rescan     bool
 	histSize   int64
+	read       reconcile.Read // what the last publish read of the store
+	// how long the last reconcile took: a burst lingers up to that long
+	// for the API's writer (lingerFor)
+	lastReconcile time.Duration
 
 	// map-only changes (#12): what the runtime host map was last seen
 	// holding (nil when unknown), so HAProxy gets only the difference;
@@ -276,6 +280,8 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 			d.onCertEvent()
 		case <-retryStatus:
 			d.writeStatus()
+		case <-d.api.Idle():
+			// a burst lingering for the writer is due (lingerFor)
 		case <-d.api.Committed():
 			// committed whole by the API's writer: nothing to let settle
 			for _, name := range d.api.TakeCommitted() {
@@ -481,6 +487,9 @@ func (d *Daemon) event(ev fsnotify.Event) {
 			return
 		}
 		name := strings.TrimSuffix(strings.TrimSuffix(file, fragments.ConfSuffix), fragments.MapSuffix)
+		if !d.unread(name) {
+			return
+		}
 		d.change(name, false)
 	case ev.Name == d.s.FragmentsDir, ev.Name == filepath.Dir(d.s.FragmentsDir) && ev.Op&(fsnotify.Rename|fsnotify.Remove) != 0:
 		// the store itself (or its parent) was created, removed or
@@ -569,8 +578,37 @@ func (d *Daemon) readHistory() {
 	}
 	d.histSize += int64(end + 1)
 	for _, ev := range fragments.ParseEvents(data[:end+1]) {
-		d.change(ev.Name, true)
+		// the API told the loop of its changes when it committed them
+		if ev.Via != fragments.ViaAPI {
+			d.change(ev.Name, true)
+		}
 	}
+}
+
+// unread reports whether an event on fragment name's files may have
+// changed what is read next. The files the API's writer renamed into
+// place report events that come before or after the loop hears of the
+// commit from the writer, or after the publish it asked for: while the
+// files hold what the writer left, or what the last publish read (with
+// the fragment not part of the burst), the event changes nothing.
+func (d *Daemon) unread(name string) bool {
+	st, err := d.eng.Store.Read(name)
+	if errors.Is(err, fragments.ErrNotFound) {
+		st, err = nil, nil
+	}
+	if err != nil {
+		return true
+	}
+	if d.api.echo(name, st) {
+		return false
+	}
+	if _, pending := d.dirty[name]; pending {
+		return true
+	}
+	if st == nil {
+		return !d.read.Lacks(name)
+	}
+	return !d.read.Same(st)
 }
 
 // dueAt says when the gathered burst should be read: at once when every
@@ -615,6 +653,11 @@ func (d *Daemon) step(ctx context.Context, timer *time.Timer) {
 		d.setPending()
 		return
 	}
+	if wait := d.lingerFor(now); wait > 0 {
+		timer.Reset(wait)
+		d.setPending()
+		return
+	}
 	r := d.limiter.ReserveN(now, 1)
 	if wait := r.DelayFrom(now); wait > 0 {
 		r.CancelAt(now)
@@ -636,6 +679,7 @@ func (d *Daemon) step(ctx context.Context, timer *time.Timer) {
 	if !d.reconcile(ctx, since) {
 		r.CancelAt(now) // no reload: give the token back
 	}
+	d.lastReconcile = time.Since(now)
 	if d.ro.probing() {
 		d.ro.nextProbe()
 		d.markRescan()
@@ -645,6 +689,23 @@ func (d *Daemon) step(ctx context.Context, timer *time.Timer) {
 	}
 	d.writeStatus()
 	d.Notify("STATUS=" + d.summary())
+}
+
+// lingerFor is how long a due burst waits for the API's writer while it
+// has calls to answer or expects the callers it just answered back:
+// callers mid-stream (20 writers) come back with their next change at
+// once, and a publish between each two of the writer's groups would make
+// every group wait for the store's lock behind one. The burst waits for
+// the writer to be idle, at most as long after it began as the last
+// reconcile took (up to maxLinger, as long as the writer waits for its
+// callers), so the writer gets about half the time. Nothing waits for an
+// idle writer: one caller at a time (apply --wait) goes live at once.
+func (d *Daemon) lingerFor(now time.Time) time.Duration {
+	busy := d.api.Busy(now)
+	if busy == 0 {
+		return 0
+	}
+	return min(busy, d.firstDirty.Add(min(d.lastReconcile, maxLinger)).Sub(now))
 }
 
 func (d *Daemon) setPending() {
@@ -745,6 +806,9 @@ func (d *Daemon) fold(out *outcome) {
 	if out.published != nil {
 		d.quarantine(out.published.Selection, out.published.Excluded, out.probing, out.published.Deferred)
 		d.noteStored(out.published.Selection)
+		if sel := out.published.Selection; sel != nil {
+			d.read = sel.Read()
+		}
 	}
 	d.status.Counts.add(out.counts)
 	if out.reload != nil {
