@@ -264,7 +264,7 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 		}
 		for path := range v.changed {
 			file := filepath.Base(path)
-			name, _ := partOf(file)
+			name, _ := PartOf(file)
 			if err := ValidName(name); err != nil {
 				if _, listed := slices.BinarySearch(v.files, file); listed {
 					res.strays[file] = stray(name, path, err)
@@ -291,7 +291,7 @@ func (s *Store) ReadAll() ([]*Stored, assemble.Problems, error) {
 			if Ignored(file) {
 				continue
 			}
-			name, conf := partOf(file)
+			name, conf := PartOf(file)
 			if err := ValidName(name); err != nil {
 				res.strays[file] = stray(name, filepath.Join(s.Dir, file), err)
 				continue
@@ -408,10 +408,10 @@ func (res *readResult) problems() assemble.Problems {
 	return append(strays, unreadable...)
 }
 
-// partOf returns the fragment a file in the store would be part of, and
+// PartOf returns the fragment a file in the store would be part of, and
 // whether it is the config part. Only the suffix the file has is
 // stripped: "x.map.cfg" is not fragment x.
-func partOf(file string) (name string, conf bool) {
+func PartOf(file string) (name string, conf bool) {
 	if name, ok := strings.CutSuffix(file, ConfSuffix); ok {
 		return name, true
 	}

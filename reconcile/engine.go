@@ -693,16 +693,21 @@ type Selection struct {
 // Read is what a Selection's load read of the fragment directory: the
 // daemon asks it whether a file event it is told of changed anything a
 // publish has not read.
-type Read struct{ parses map[string]parsedFragment }
+type Read struct {
+	parses map[string]parsedFragment
+	strays assemble.Problems // files that could not be read as fragments
+}
 
 // Read returns what the load behind s read.
-func (s *Selection) Read() Read { return Read{s.read} }
+func (s *Selection) Read() Read { return Read{s.read, s.Strays} }
 
-// Lacks reports whether no fragment name was read. The zero Read has read
-// nothing, and lacks nothing.
+// Lacks reports whether no fragment name was read, nor a file of it
+// reported as a stray. The zero Read has read nothing, and lacks nothing.
 func (r Read) Lacks(name string) bool {
-	_, ok := r.parses[name]
-	return r.parses != nil && !ok
+	if _, ok := r.parses[name]; ok || r.parses == nil {
+		return false
+	}
+	return !slices.ContainsFunc(r.strays, func(p *assemble.Problem) bool { return p.Fragment == name })
 }
 
 // Same reports whether st, a fragment read from the store, has the paths

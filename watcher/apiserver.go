@@ -56,10 +56,11 @@ type apiServer struct {
 	// is told so, rather than waiting for a version that never goes live
 	stored map[string]storedVersion
 	kick   chan struct{} // holds a token while committed is not empty
-	// wrote is what the writer left of each fragment it changed (nil
-	// once removed), until its files are seen holding something else
-	// (echo)
-	wrote map[string]*fragments.Stored
+	// wrote is what the writer left of each fragment it changed, with
+	// the count of its groups then (wroteSeq), until its files are seen
+	// holding something else or a publish read the store since (echo)
+	wrote    map[string]wroteFiles
+	wroteSeq uint64
 	// asked counts the calls made and not yet answered; idle holds a
 	// token once it fell to zero; expect is when the writer stops waiting
 	// for the callers it answered last (UnixNano). For the loop: Busy.
@@ -125,7 +126,7 @@ const (
 // A socket left by a killed daemon is replaced; one another daemon
 // listens on is an error.
 func listenAPI(s *settings.Settings, log *slog.Logger) (*apiServer, error) {
-	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]storedVersion{}, wrote: map[string]*fragments.Stored{}, busyLog: rate.Sometimes{First: 1, Interval: time.Minute},
+	a := &apiServer{log: log, path: s.APISocket, gid: -1, queue: make(chan *apiCall, 1024), stored: map[string]storedVersion{}, wrote: map[string]wroteFiles{}, busyLog: rate.Sometimes{First: 1, Interval: time.Minute},
 		slots: make(chan struct{}, maxAPIConnections),
 		kick:  make(chan struct{}, 1), idle: make(chan struct{}, 1), status: make(chan struct{})}
 	a.settings.Store(s)
@@ -267,19 +268,53 @@ func (a *apiServer) addCommitted(names []string) {
 	}
 }
 
-// echo reports whether st, fragment name as its files are now (nil when
-// neither part is there), is what the writer left of it: the file events
-// of the writer's own renames, which it reported to the loop itself
-// (Committed). Once the files hold anything else, nothing is an echo
-// until the writer changes the fragment again.
-func (a *apiServer) echo(name string, st *fragments.Stored) bool {
+// wroteFiles is what the writer left of a fragment: its files (nil once
+// removed), and the group that did.
+type wroteFiles struct {
+	st  *fragments.Stored
+	seq uint64
+}
+
+// wroteMark returns the count of groups the writer committed so far.
+func (a *apiServer) wroteMark() uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if w, ok := a.wrote[name]; ok && fragments.SameFiles(w, st) {
+	return a.wroteSeq
+}
+
+// echo reports whether st, fragment name as its files were read after
+// mark (wroteMark) was taken (nil when neither part is there), is what the
+// writer left of it: the file events of the writer's own renames, which
+// it reported to the loop itself (Committed). Once the files hold
+// anything else, nothing is an echo until the writer changes the fragment
+// again.
+func (a *apiServer) echo(name string, st *fragments.Stored, mark uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	w, ok := a.wrote[name]
+	switch {
+	case !ok:
+		return false
+	case fragments.SameFiles(w.st, st):
 		return true
+	case w.seq <= mark:
+		// a group after mark may have changed the files since they were read
+		delete(a.wrote, name)
 	}
-	delete(a.wrote, name)
 	return false
+}
+
+// forgetWrote forgets what the groups up to mark (wroteMark) left, once a
+// publish read the store after them: whatever it read is what counts
+// since, and files holding those groups' bytes again hold a change.
+func (a *apiServer) forgetWrote(mark uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, w := range a.wrote {
+		if w.seq <= mark {
+			delete(a.wrote, name)
+		}
+	}
 }
 
 // Busy says how much longer the writer is busy, as of now: for as long
@@ -496,6 +531,7 @@ func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*
 	var names []string
 	committed := time.Now()
 	a.mu.Lock()
+	a.wroteSeq++
 	for i, r := range results {
 		if r.Err == nil {
 			names = append(names, ops[i].Name)
@@ -509,7 +545,7 @@ func (a *apiServer) commit(ctx context.Context, eng *reconcile.Engine, calls []*
 				files = &fragments.Stored{Name: f.Name, Conf: f.Conf, Map: f.MapText}
 				files.ConfPath, files.MapPath = eng.Store.Paths(f.Name)
 			}
-			a.stored[ops[i].Name], a.wrote[ops[i].Name] = v, files
+			a.stored[ops[i].Name], a.wrote[ops[i].Name] = v, wroteFiles{files, a.wroteSeq}
 		}
 	}
 	a.mu.Unlock()

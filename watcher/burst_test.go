@@ -670,10 +670,10 @@ func TestReadHistorySkipsTheAPIsLines(t *testing.T) {
 func TestEventEchoOfTheWritersFiles(t *testing.T) {
 	const conf, hostMap = "backend shop_web\n    server s1 127.0.0.1:8081\n", "shop.example.com shop_web\n"
 	d := burstDaemon(t)
-	d.api.wrote = map[string]*fragments.Stored{}
 	wrote := &fragments.Stored{Name: "shop", Conf: []byte(conf), Map: []byte(hostMap)}
 	wrote.ConfPath, wrote.MapPath = d.eng.Store.Paths("shop")
-	d.api.wrote["shop"], d.api.wrote["gone"] = wrote, nil
+	d.api.wroteSeq = 1
+	d.api.wrote = map[string]wroteFiles{"shop": {wrote, 1}, "gone": {nil, 1}}
 	writeFragment(t, d, "shop", conf, hostMap)
 	shopMap := filepath.Join(d.s.FragmentsDir, "shop.map")
 
@@ -724,5 +724,160 @@ func TestBurstLingersForABusyWriter(t *testing.T) {
 	d.firstDirty = now.Add(-time.Hour)
 	if got := d.lingerFor(now); got > 0 {
 		t.Errorf("a burst older than the bound: lingers %v, want none", got)
+	}
+}
+
+const (
+	echoConf  = "backend shop_web\n    server s1 127.0.0.1:8081\n"
+	echoConf2 = "backend shop_web\n    server s1 127.0.0.1:8082\n"
+	echoMap   = "shop.example.com shop_web\n"
+)
+
+// withWriter gives d an API writer's state, and returns it with an engine
+// for it.
+func withWriter(d *Daemon) (*apiServer, *reconcile.Engine) {
+	d.api = &apiServer{log: slog.New(slog.NewTextHandler(io.Discard, nil)), stored: map[string]storedVersion{},
+		wrote: map[string]wroteFiles{}, kick: make(chan struct{}, 1), idle: make(chan struct{}, 1)}
+	return d.api, newEngine(d.s, nil)
+}
+
+// commitOps commits ops as the writer's goroutine does, and the loop takes
+// the commit.
+func commitOps(t *testing.T, d *Daemon, eng *reconcile.Engine, ops ...reconcile.Op) {
+	t.Helper()
+	calls := make([]*apiCall, len(ops))
+	for i, op := range ops {
+		calls[i] = &apiCall{op: op, answer: make(chan callResult, 1)}
+	}
+	d.api.commit(t.Context(), eng, calls)
+	for _, c := range calls {
+		if res := <-c.answer; res.Err != nil {
+			t.Fatalf("commit %s: %v", c.op.Name, res.Err)
+		}
+	}
+	for _, name := range d.api.TakeCommitted() {
+		d.change(name, true)
+	}
+}
+
+// publishRead is what step does around a publish, for what the loop
+// remembers: the burst cleared, the store read, and that read recorded.
+func publishRead(t *testing.T, d *Daemon) *reconcile.Selection {
+	t.Helper()
+	d.dirty = map[string]bool{}
+	d.markRead()
+	sel, err := d.eng.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.readBy(sel)
+	return sel
+}
+
+// TestEchoEndsWhenAPublishReadOtherFiles: what the writer left is no
+// echo once a publish read the store after it, and something else there:
+// an in-place copy of the writer's bytes (cp) truncates the file just as
+// the publish the commit asked for reads it, then writes the bytes; the
+// API removes a fragment that Ansible copies in again, the publish reads
+// it, then Ansible removes it. Both end as the writer left them, but not
+// as last read: they count (found by review).
+func TestEchoEndsWhenAPublishReadOtherFiles(t *testing.T) {
+	d := readDaemon(t, map[string][2]string{"shop": {echoConf, echoMap}})
+	_, weng := withWriter(d)
+	commitOps(t, d, weng, reconcile.Op{Change: reconcile.Change{Name: "shop", Conf: []byte(echoConf2), Map: []byte(echoMap)}})
+	confPath, mapPath := d.eng.Store.Paths("shop")
+	if err := os.Truncate(confPath, 0); err != nil {
+		t.Fatal(err)
+	}
+	publishRead(t, d)
+	if err := os.WriteFile(confPath, []byte(echoConf2), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	d.event(fsnotify.Event{Name: confPath, Op: fsnotify.Write})
+	expectDirty(t, d, map[string]bool{"shop": false})
+
+	commitOps(t, d, weng, reconcile.Op{Change: reconcile.Change{Name: "shop"}, Remove: true})
+	writeFragment(t, d, "shop", echoConf2, echoMap)
+	if sel := publishRead(t, d); sel.Stored["shop"] == nil {
+		t.Fatal("the publish did not read the copied-in shop")
+	}
+	for _, p := range []string{confPath, mapPath} {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.event(fsnotify.Event{Name: confPath, Op: fsnotify.Remove})
+	expectDirty(t, d, map[string]bool{"shop": false})
+
+	// a group after the publish began keeps its echoes
+	commitOps(t, d, weng, reconcile.Op{Change: reconcile.Change{Name: "shop", Conf: []byte(echoConf), Map: []byte(echoMap)}})
+	d.dirty = map[string]bool{}
+	d.readBy(&reconcile.Selection{})
+	d.event(fsnotify.Event{Name: confPath, Op: fsnotify.Create})
+	expectDirty(t, d, map[string]bool{})
+}
+
+// TestEventOnAStrayOrTroubledFile: a file named like a part of another
+// fragment ("shop.map.cfg" is fragment shop.map, a stray) and the removal
+// of a fragment whose part was refused (a symlink) change what the status
+// reports: they count, though shop is as read and the troubled fragment
+// was never read (found by review).
+func TestEventOnAStrayOrTroubledFile(t *testing.T) {
+	d := readDaemon(t, map[string][2]string{"shop": {echoConf, echoMap}})
+	stray := filepath.Join(d.s.FragmentsDir, "shop.map.cfg")
+	if err := os.WriteFile(stray, []byte(echoConf), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	d.event(fsnotify.Event{Name: stray, Op: fsnotify.Create})
+	expectDirty(t, d, map[string]bool{"shop.map": false})
+
+	if err := os.Remove(stray); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(d.s.FragmentsDir, "bad.cfg")
+	if err := os.Symlink("/etc/passwd", bad); err != nil {
+		t.Fatal(err)
+	}
+	if sel := publishRead(t, d); len(sel.Strays) != 1 {
+		t.Fatalf("strays %v: want the symlink reported", sel.Strays)
+	}
+	if err := os.Remove(bad); err != nil {
+		t.Fatal(err)
+	}
+	d.event(fsnotify.Event{Name: bad, Op: fsnotify.Remove})
+	expectDirty(t, d, map[string]bool{"bad": false})
+}
+
+// TestWriterAndLoopRace runs the writer's commits against the loop's
+// event handling, linger and commit taking, for the race detector (found
+// sound by review).
+func TestWriterAndLoopRace(t *testing.T) {
+	d := readDaemon(t, map[string][2]string{"shop": {echoConf, echoMap}})
+	a, weng := withWriter(d)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 10 {
+			conf := []string{echoConf, echoConf2}[i%2]
+			c := &apiCall{op: reconcile.Op{Change: reconcile.Change{Name: "shop", Conf: []byte(conf), Map: []byte(echoMap)}}, answer: make(chan callResult, 1)}
+			a.asked.Add(1)
+			a.commit(t.Context(), weng, []*apiCall{c})
+			<-c.answer
+			a.asked.Add(-1)
+		}
+	}()
+	confPath, _ := d.eng.Store.Paths("shop")
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		d.event(fsnotify.Event{Name: confPath, Op: fsnotify.Write})
+		for _, name := range a.TakeCommitted() {
+			d.change(name, true)
+		}
+		d.dirty = map[string]bool{}
+		_ = d.lingerFor(time.Now())
 	}
 }

@@ -65,6 +65,7 @@ type Daemon struct {
 	rescan     bool
 	histSize   int64
 	read       reconcile.Read // what the last publish read of the store
+	readMark   uint64         // the API writer's groups before it began (markRead)
 	// how long the last reconcile took: a burst lingers up to that long
 	// for the API's writer (lingerFor)
 	lastReconcile time.Duration
@@ -301,6 +302,7 @@ func (d *Daemon) Run(ctx context.Context, hup <-chan os.Signal) error {
 // restart starts the managed HAProxy again after it exited: see
 // rollout.restart.
 func (d *Daemon) restart(ctx context.Context) error {
+	d.markRead()
 	out, err := d.ro.restart(ctx)
 	d.fold(out)
 	return err
@@ -486,7 +488,7 @@ func (d *Daemon) event(ev fsnotify.Event) {
 		if fragments.Ignored(file) {
 			return
 		}
-		name := strings.TrimSuffix(strings.TrimSuffix(file, fragments.ConfSuffix), fragments.MapSuffix)
+		name, _ := fragments.PartOf(file)
 		if !d.unread(name) {
 			return
 		}
@@ -590,8 +592,15 @@ func (d *Daemon) readHistory() {
 // place report events that come before or after the loop hears of the
 // commit from the writer, or after the publish it asked for: while the
 // files hold what the writer left, or what the last publish read (with
-// the fragment not part of the burst), the event changes nothing.
+// the fragment not part of the burst), the event changes nothing. A
+// fragment settling already is not read again: the event only moves its
+// settling on.
 func (d *Daemon) unread(name string) bool {
+	vouched, pending := d.dirty[name]
+	if pending && !vouched {
+		return true
+	}
+	mark := d.api.wroteMark()
 	st, err := d.eng.Store.Read(name)
 	if errors.Is(err, fragments.ErrNotFound) {
 		st, err = nil, nil
@@ -599,16 +608,34 @@ func (d *Daemon) unread(name string) bool {
 	if err != nil {
 		return true
 	}
-	if d.api.echo(name, st) {
+	if d.api.echo(name, st, mark) {
 		return false
 	}
-	if _, pending := d.dirty[name]; pending {
+	if pending {
 		return true
 	}
 	if st == nil {
 		return !d.read.Lacks(name)
 	}
 	return !d.read.Same(st)
+}
+
+// markRead notes, before a publish may read the store, how many groups the
+// API's writer committed: those are superseded by what it reads
+// (readBy). The first publish comes before the API listens.
+func (d *Daemon) markRead() {
+	if d.api != nil {
+		d.readMark = d.api.wroteMark()
+	}
+}
+
+// readBy records what a publish read of the store, and that the writer's
+// groups before it began (markRead) have no echoes any more.
+func (d *Daemon) readBy(sel *reconcile.Selection) {
+	d.read = sel.Read()
+	if d.api != nil {
+		d.api.forgetWrote(d.readMark)
+	}
 }
 
 // dueAt says when the gathered burst should be read: at once when every
@@ -718,6 +745,7 @@ func (d *Daemon) setPending() {
 // start brings HAProxy to the current generation (see rollout.start), or
 // serves the live files as they are when the store cannot be published.
 func (d *Daemon) start(ctx context.Context) error {
+	d.markRead()
 	out, publishErr, err := d.ro.start(ctx, time.Now(), d.status.Live != nil)
 	d.fold(out)
 	if publishErr != nil {
@@ -789,6 +817,7 @@ func (d *Daemon) setBehindAt(reason string, at time.Time) {
 // rollout.reconcile). since is when the change was first seen. It reports
 // whether it reloaded.
 func (d *Daemon) reconcile(ctx context.Context, since time.Time) bool {
+	d.markRead()
 	out := d.ro.reconcile(ctx, since, d.status.Live != nil)
 	d.fold(out)
 	return out.reloaded
@@ -807,7 +836,7 @@ func (d *Daemon) fold(out *outcome) {
 		d.quarantine(out.published.Selection, out.published.Excluded, out.probing, out.published.Deferred)
 		d.noteStored(out.published.Selection)
 		if sel := out.published.Selection; sel != nil {
-			d.read = sel.Read()
+			d.readBy(sel)
 		}
 	}
 	d.status.Counts.add(out.counts)

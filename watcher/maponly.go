@@ -9,6 +9,7 @@ import (
 // nothing is left for that reload.
 func (d *Daemon) mapOnlyMeanwhile(ctx context.Context) (done bool) {
 	d.mapOnlyTried = true
+	d.markRead()
 	out, done := d.ro.mapOnly(ctx, d.lastDirty)
 	d.fold(out)
 	if out.published != nil {
