@@ -593,7 +593,7 @@ func writeFragment(t *testing.T, d *Daemon, name, conf, hostMap string) {
 // TestEventOnFilesAsReadIgnored: an event on a fragment's files changes
 // nothing while they hold what the last publish read (the API's writer
 // renames them into place while the loop publishes the commit), unless
-// the fragment is part of the burst.
+// the fragment is settling (a direct write in progress).
 func TestEventOnFilesAsReadIgnored(t *testing.T) {
 	const conf, hostMap = "backend shop_web\n    server s1 127.0.0.1:8081\n", "shop.example.com shop_web\n"
 	d := readDaemon(t, map[string][2]string{"shop": {conf, hostMap}})
@@ -606,10 +606,18 @@ func TestEventOnFilesAsReadIgnored(t *testing.T) {
 	d.event(fsnotify.Event{Name: filepath.Join(d.s.FragmentsDir, "gone.cfg"), Op: fsnotify.Remove})
 	expectDirty(t, d, map[string]bool{})
 
-	// part of the burst: the event counts, as a direct write
+	// part of the burst, vouched: it stays so; settling: it settles on
 	d.change("shop", true)
 	d.event(fsnotify.Event{Name: shopMap, Op: fsnotify.Create})
+	expectDirty(t, d, map[string]bool{"shop": true})
+	d.change("shop", false)
+	raw := time.Now().Add(-time.Second)
+	d.lastRaw = raw
+	d.event(fsnotify.Event{Name: shopMap, Op: fsnotify.Write})
 	expectDirty(t, d, map[string]bool{"shop": false})
+	if !d.lastRaw.After(raw) {
+		t.Error("an event on a settling fragment did not move its settling on")
+	}
 
 	for _, tc := range []struct {
 		name  string
@@ -880,4 +888,39 @@ func TestWriterAndLoopRace(t *testing.T) {
 		d.dirty = map[string]bool{}
 		_ = d.lingerFor(time.Now())
 	}
+}
+
+// TestEchoAfterItsGroupWasRead: a publish that read the writer's group
+// forgets its echoes; the group's own rename events, handled after, leave
+// its vouched change vouched (no WAIT_MIN), whether that publish came
+// before the loop took the commit or was a map-only publish while the
+// burst waits for a reload token (found by review).
+func TestEchoAfterItsGroupWasRead(t *testing.T) {
+	d := readDaemon(t, map[string][2]string{"shop": {echoConf, echoMap}})
+	a, weng := withWriter(d)
+	c := &apiCall{op: reconcile.Op{Change: reconcile.Change{Name: "shop", Conf: []byte(echoConf2), Map: []byte(echoMap)}}, answer: make(chan callResult, 1)}
+	a.commit(t.Context(), weng, []*apiCall{c})
+	if res := <-c.answer; res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	publishRead(t, d) // a step begun before the loop took the commit
+	for _, name := range a.TakeCommitted() {
+		d.change(name, true)
+	}
+	confPath, mapPath := d.eng.Store.Paths("shop")
+	d.event(fsnotify.Event{Name: confPath, Op: fsnotify.Create})
+	expectDirty(t, d, map[string]bool{"shop": true})
+
+	// a map-only publish keeps the burst (the config change deferred)
+	commitOps(t, d, weng, reconcile.Op{Change: reconcile.Change{Name: "shop", Conf: []byte(echoConf), Map: []byte(echoMap)}})
+	d.markRead()
+	sel, err := d.eng.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.readBy(sel)
+	for _, p := range []string{confPath, mapPath} {
+		d.event(fsnotify.Event{Name: p, Op: fsnotify.Create})
+	}
+	expectDirty(t, d, map[string]bool{"shop": true})
 }

@@ -590,11 +590,11 @@ func (d *Daemon) readHistory() {
 // unread reports whether an event on fragment name's files may have
 // changed what is read next. The files the API's writer renamed into
 // place report events that come before or after the loop hears of the
-// commit from the writer, or after the publish it asked for: while the
-// files hold what the writer left, or what the last publish read (with
-// the fragment not part of the burst), the event changes nothing. A
-// fragment settling already is not read again: the event only moves its
-// settling on.
+// commit from the writer, or after a publish that read them: while the
+// files hold what the writer left, or what the last publish read, the
+// event changes nothing (a vouched change stays vouched). A fragment
+// settling already is not read again: the event only moves its settling
+// on.
 func (d *Daemon) unread(name string) bool {
 	vouched, pending := d.dirty[name]
 	if pending && !vouched {
@@ -610,9 +610,6 @@ func (d *Daemon) unread(name string) bool {
 	}
 	if d.api.echo(name, st, mark) {
 		return false
-	}
-	if pending {
-		return true
 	}
 	if st == nil {
 		return !d.read.Lacks(name)
