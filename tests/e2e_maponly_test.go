@@ -24,7 +24,8 @@ func TestMapOnlyUnderLoad(t *testing.T) {
 	if err := in.apply(t, dir, "shop", rtConf, hostMapText(hosts)); err != nil {
 		t.Fatal(err)
 	}
-	in.startDaemon(t, "HAPROXY_CONFIG_WAIT_MIN=50ms")
+	// no rescan within the test, which counts the reconciles
+	in.startDaemon(t, "HAPROXY_CONFIG_WAIT_MIN=50ms", "HAPROXY_CONFIG_RESCAN=1h")
 	in.expectBody(t, "steady.shop.example", "a")
 	before := in.status(t).Counts
 	reloadsBefore := in.masterReloads(t)
